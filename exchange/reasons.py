@@ -1,0 +1,176 @@
+"""Why a package is refused: one stable machine code and a sentence for the clerk.
+
+Every rejection the exchange makes names one :class:`Reason`. The code is
+stable (receipts, metrics labels, the replay tool and agency software match on
+it); the sentences say, in Vietnamese for the agency clerk and in English for
+the operator, what is wrong and what to do about it. A :class:`Rejection`
+carries the reason plus the specific detail (which field, which value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Reason(Enum):
+    """Every reason the exchange gives for refusing a package."""
+
+    # -- the bytes ----------------------------------------------------------
+    NOT_WELL_FORMED = (
+        "Gói tin không phải XML hợp lệ (thẻ chưa đóng, ký tự lạ hoặc bị cắt cụt); "
+        "hãy xuất lại gói tin từ phần mềm quản lý văn bản.",
+        "the package is not well-formed XML (an unclosed tag, a stray character, "
+        "or it was cut short)",
+    )
+    NOT_UTF8 = (
+        "Gói tin phải được mã hóa UTF-8; hãy xuất lại gói tin với bảng mã UTF-8.",
+        "the package is not encoded in UTF-8",
+    )
+    FORBIDDEN_DTD = (
+        "Gói tin chứa khai báo DOCTYPE hoặc thực thể (entity), điều không được phép "
+        "trong edXML; hãy xuất lại gói tin không có DOCTYPE.",
+        "the package declares a DOCTYPE or entities, which edXML does not allow",
+    )
+    TOO_LARGE = (
+        "Gói tin vượt quá dung lượng tối đa cho phép; hãy giảm kích thước tệp đính kèm "
+        "hoặc gửi thành nhiều văn bản.",
+        "the package is larger than the exchange accepts",
+    )
+    TOO_DEEP = (
+        "Gói tin lồng quá nhiều cấp thẻ XML so với cấu trúc edXML.",
+        "the package nests elements deeper than any edXML package needs",
+    )
+    NOT_EDXML = (
+        "Gói tin không phải edXML theo QCVN 102:2016 (sai phần tử gốc hoặc không gian tên).",
+        "the package is not edXML: wrong root element or namespace",
+    )
+    # -- the content --------------------------------------------------------
+    SCHEMA_INVALID = (
+        "Gói tin không đúng cấu trúc edXML (QCVN 102:2016): thiếu, thừa hoặc sai trường "
+        "thông tin như chi tiết bên dưới.",
+        "the package does not follow the edXML schema",
+    )
+    MISSING_FIELD = (
+        "Gói tin thiếu trường thông tin bắt buộc.",
+        "a required field is missing",
+    )
+    BAD_DATE = (
+        "Ngày hoặc thời gian trong gói tin không đúng định dạng yyyy/MM/dd "
+        "(hoặc yyyy/MM/dd HH:mm:ss).",
+        "a date or timestamp is not in the format yyyy/MM/dd (HH:mm:ss)",
+    )
+    BAD_CODE_LIST = (
+        "Giá trị trong gói tin không thuộc danh mục mã quy định (trạng thái, loại văn bản, "
+        "độ khẩn, ...).",
+        "a value is not in its code list (status, document type, priority, ...)",
+    )
+    BAD_AGENCY_CODE = (
+        "Mã định danh cơ quan không đúng định dạng DDD.DD.DD.LNN theo QCVN 102:2016.",
+        "an agency code is not of the form DDD.DD.DD.LNN",
+    )
+    # -- the signature ------------------------------------------------------
+    SIGNATURE_MISSING = (
+        "Gói tin chưa được ký số; hãy ký số gói tin bằng chứng thư số của cơ quan trước khi gửi.",
+        "the package is not signed",
+    )
+    SIGNATURE_INVALID = (
+        "Chữ ký số không khớp với nội dung: gói tin đã bị thay đổi sau khi ký "
+        "hoặc được ký bằng khóa khác.",
+        "the signature does not match the document; it was changed after signing "
+        "or signed with another key",
+    )
+    SIGNATURE_ALGORITHM = (
+        "Chữ ký số dùng thuật toán không còn được chấp nhận (ví dụ SHA-1); "
+        "hãy ký lại với RSA hoặc ECDSA và SHA-256.",
+        "the signature uses an algorithm the exchange does not accept (for example SHA-1)",
+    )
+    SIGNATURE_SCOPE = (
+        "Chữ ký số không bao trùm toàn bộ gói tin hoặc không nằm đúng vị trí trong edXMLHeader.",
+        "the signature does not cover the whole package, or is not where edXML puts it",
+    )
+    CERT_UNTRUSTED = (
+        "Chứng thư số không do tổ chức chứng thực được tin cậy cấp.",
+        "the certificate was not issued by a trusted certification authority",
+    )
+    CERT_EXPIRED = (
+        "Chứng thư số đã hết hạn hoặc chưa có hiệu lực.",
+        "the certificate has expired or is not yet valid",
+    )
+    CERT_NO_AGENCY = (
+        "Chứng thư số không ghi mã định danh của cơ quan.",
+        "the certificate does not name an agency code",
+    )
+    # -- who sends to whom --------------------------------------------------
+    SENDER_MISMATCH = (
+        "Cơ quan gửi ghi trong gói tin không trùng với cơ quan đã ký số hoặc tài khoản gửi.",
+        "the sender named in the package is not the agency that signed or published it",
+    )
+    NOT_ADDRESSED = (
+        "Cơ quan nhận không có trong danh sách nơi nhận (To) của văn bản.",
+        "the recipient in the routing key is not among the package's To",
+    )
+    UNKNOWN_RECIPIENT = (
+        "Cơ quan nhận chưa đăng ký trên trục liên thông.",
+        "the recipient is not registered on the exchange",
+    )
+    UNKNOWN_DOCUMENT = (
+        "Văn bản được báo trạng thái chưa từng được gửi tới cơ quan báo trạng thái.",
+        "the status is for a document never delivered to the reporting agency",
+    )
+    ILLEGAL_TRANSITION = (
+        "Trạng thái báo về không hợp lệ sau trạng thái hiện tại của văn bản.",
+        "the status is not allowed after the document's current status",
+    )
+    DUPLICATE_DOCUMENT = (
+        "Đã có văn bản khác cùng mã văn bản (DocumentId) với nội dung khác.",
+        "another document with the same DocumentId and different content exists",
+    )
+
+    def __init__(self, vietnamese: str, english: str) -> None:
+        self.vietnamese = vietnamese
+        self.english = english
+
+    @property
+    def code(self) -> str:
+        """The stable machine code, as written in receipts and metrics."""
+        return f"REJECTED_{self.name}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One specific thing wrong: where (an element path, a field) and what."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}" if self.where else self.what
+
+
+@dataclass(eq=False)
+class Rejection(Exception):
+    """A package refused for ``reason``, with the specific problems found."""
+
+    reason: Reason
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, reason: Reason, what: str = "", where: str = "") -> Rejection:
+        """A rejection with one problem described by ``what`` (at ``where``)."""
+        return cls(reason, (Problem(where, what),) if what else ())
+
+    @property
+    def code(self) -> str:
+        """The stable machine code."""
+        return self.reason.code
+
+    def explain(self, language: str = "en") -> str:
+        """One line for a person: the reason's sentence and the specifics."""
+        sentence = self.reason.vietnamese if language == "vi" else self.reason.english
+        if not self.problems:
+            return sentence
+        return f"{sentence}: " + "; ".join(str(p) for p in self.problems)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.explain()}"

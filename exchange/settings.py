@@ -1,0 +1,39 @@
+"""Every setting of the exchange, read once from the environment (``LIENTHONG_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A 20 MB document with a few zipped attachments, base64-encoded (x 4/3),
+# stays well under this; anything larger is not a document but an accident.
+DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+
+# The deepest element of a real edXML package (ReplacementInfo/OrganIdList/
+# OrganId inside TraceHeaderList, or a Signature's X509 data) sits about 9
+# levels down; 40 leaves room for extensions and refuses nesting attacks.
+DEFAULT_MAX_DEPTH = 40
+
+
+class ParserLimits(BaseSettings):
+    """Bounds on what the XML parser accepts, before any other check runs."""
+
+    model_config = SettingsConfigDict(env_prefix="LIENTHONG_", extra="ignore")
+
+    max_package_bytes: int = Field(DEFAULT_MAX_PACKAGE_BYTES, gt=0)
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, gt=2)
+
+
+class Settings(ParserLimits):
+    """Settings of the exchange; each can be set as ``LIENTHONG_<NAME>``."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # PEM file (or directory of PEM files) of the certification authorities
+    # whose agency certificates the exchange trusts.
+    trust: Path | None = None
+    # SHA-1 signatures are broken for collision resistance; some legacy
+    # senders still produce them, so an operator may allow them knowingly.
+    allow_sha1: bool = False
