@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Make this machine ready to run lienthong: system packages, running services,
+# a virtual environment with the project installed. Safe to run again: each
+# step does nothing when its work is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: the broker, the database, and xmlsec1 (the interoperability
+# tests verify our signatures with the XML Security Library's own tool).
+missing=()
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+command -v xmlsec1 >/dev/null 2>&1 || missing+=(xmlsec1)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# RabbitMQ: start it when it is not answering.
+if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+  say "starting RabbitMQ"
+  as_root rabbitmq-server -detached
+  for _ in $(seq 60); do as_root rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+fi
+as_root rabbitmqctl -q await_startup >/dev/null
+
+# PostgreSQL: start the cluster when it is not accepting connections.
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  say "starting PostgreSQL"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+# The virtual environment with the project and its test tools.
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtual environment (.venv)"
+  "$python" -m venv .venv
+fi
+if ! .venv/bin/python -c 'import exchange, pytest, hypothesis' >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  say "installing lienthong into .venv"
+  log=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip \
+         && .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+    cat "$log"; exit 1
+  fi
+  rm -f "$log"
+  touch .venv/.installed
+fi
