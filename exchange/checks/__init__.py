@@ -1,0 +1,1 @@
+"""The checks a package passes: schema, signature, authorisation."""
