@@ -1,1 +1,1 @@
-"""The checks a package passes: schema, signature, authorisation."""
+"""The checks a parsed package passes before it is accepted: schema, signature, authorisation."""
