@@ -230,3 +230,135 @@ status_packages = st.builds(
     timestamp=timestamps,
     trace=st.lists(trace_headers, max_size=2).map(tuple),
 )
+
+
+# -- packages the project's XSDs accept ---------------------------------------------------
+#
+# The model is as tolerant as the reader (it holds what real packages say);
+# schemas/*.xsd ask more of a package (an OrganName, a Place, a SignerInfo,
+# ...). These strategies make packages complete enough for the XSDs, so that
+# tests can prove that what the writer produces passes the schema check.
+
+small_codes = st.from_regex(r"\A[0-9]{1,2}\Z")
+short_texts = st.text(_CHARACTERS, min_size=1, max_size=11).filter(lambda t: t.strip() != "")
+
+optional_short_texts = st.none() | short_texts
+
+complete_organizations = st.builds(
+    Organization,
+    organ_id=agency_codes,
+    organization_in_charge=optional_texts,
+    organ_name=texts,
+    organ_address=optional_texts,
+    email=optional_texts,
+    telephone=optional_short_texts,
+    fax=optional_short_texts,
+    website=optional_texts,
+)
+
+complete_response_fors = st.builds(
+    ResponseFor, organ_id=agency_codes, code=texts, promulgation_date=dates, document_id=texts
+)
+
+complete_staff_infos = st.builds(
+    StaffInfo,
+    department=optional_texts,
+    staff=texts,
+    mobile=optional_short_texts,
+    email=optional_texts,
+)
+
+complete_businesses = st.builds(
+    Business,
+    document_id=optional_texts,
+    doc_type=st.sampled_from(BusinessDocType),
+    reason=optional_texts,
+    paper=st.none() | st.sampled_from(["0", "1", "true", "false"]),
+    document_info=st.none()
+    | st.builds(
+        BusinessDocumentInfo,
+        document_info=st.none() | small_codes,
+        document_receiver=st.none() | small_codes,
+        receivers=st.lists(
+            st.builds(Receiver, organ_id=agency_codes, receiver_type=small_codes), max_size=3
+        ).map(tuple),
+    ),
+    replacements=st.lists(
+        st.builds(
+            ReplacementInfo,
+            document_id=texts,
+            organ_ids=st.lists(agency_codes, min_size=1, max_size=3).map(tuple),
+        ),
+        max_size=2,
+    ).map(tuple),
+    staff=st.none() | complete_staff_infos,
+)
+
+
+@st.composite
+def complete_document_packages(draw: st.DrawFn) -> DocumentPackage:
+    """A document package with everything schemas/edxml-document.xsd requires."""
+    package = draw(document_packages())
+    files = tuple(
+        file.model_copy(update={"content_type": draw(texts)}) if file.content_type is None else file
+        for file in package.attachments
+    )
+    files = tuple(f for f in files if f.encoded) or ()
+    return package.model_copy(
+        update={
+            "sender": draw(complete_organizations),
+            "recipients": tuple(draw(st.lists(complete_organizations, min_size=1, max_size=3))),
+            "code": draw(st.builds(Code, code_number=short_texts, code_notation=texts)),
+            "promulgation": draw(st.builds(PromulgationInfo, place=texts, promulgation_date=dates)),
+            "document_type": draw(
+                st.builds(
+                    DocumentType,
+                    type=small_codes,
+                    type_detail=st.none() | small_codes,
+                    type_name=texts,
+                )
+            ),
+            "signer": draw(
+                st.builds(
+                    SignerInfo,
+                    competence=optional_texts,
+                    position=optional_texts,
+                    full_name=texts,
+                )
+            ),
+            "other_info": draw(
+                st.none()
+                | other_infos.map(
+                    lambda info: info.model_copy(
+                        update={"priority": info.priority or Priority.NORMAL}
+                    )
+                )
+            ),
+            "response_for": tuple(draw(st.lists(complete_response_fors, max_size=2))),
+            "business": draw(st.none() | complete_businesses),
+            "manifest": Manifest(
+                version="1.0",
+                references=tuple(
+                    ManifestReference(
+                        content_id=file.content_id,
+                        content_type=file.content_type,
+                        attachment_name=file.attachment_name,
+                    )
+                    for file in files
+                ),
+            ),
+            "attachments": files,
+        }
+    )
+
+
+complete_status_packages = st.builds(
+    StatusPackage,
+    sender=complete_organizations,
+    response_for=complete_response_fors,
+    staff=st.none() | complete_staff_infos,
+    status_code=st.sampled_from(StatusCode),
+    description=optional_texts,
+    timestamp=timestamps,
+    trace=st.lists(trace_headers, max_size=2).map(tuple),
+)

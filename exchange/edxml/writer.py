@@ -318,7 +318,9 @@ def new_document(
     code: Code,
     subject: str,
     promulgation_date: date,
-    place: str | None = None,
+    place: str,
+    document_type: DocumentType,
+    signer: SignerInfo,
     attachments: Sequence[Attachment] = (),
     document_id: str | None = None,
     business: Business | None = None,
@@ -331,10 +333,13 @@ def new_document(
     ``<sender>,<yyyy/MM/dd>,<number>/<notation>``; the trace starts with the
     sender at ``sent_at`` (now, in Vietnam time, by default); the manifest
     lists every attachment; ``business`` defaults to a new document (type 0).
-    Other header fields (``document_type``, ``content``, ``signer``,
-    ``due_date``, ``other_info``, ``response_for``, ``steering_type``,
-    ``to_places``) pass through as keywords. Raises pydantic's
-    ``ValidationError`` for metadata the model refuses.
+    ``place``, ``document_type`` and ``signer`` are required here although
+    the model lets a received package lack them: the exchange's schema check
+    (schemas/edxml-document.xsd) refuses a document without them, and so do
+    recipients' registers. Other header fields (``content``, ``due_date``,
+    ``other_info``, ``response_for``, ``steering_type``, ``to_places``) pass
+    through as keywords. Raises pydantic's ``ValidationError`` for metadata
+    the model refuses.
     """
     return DocumentPackage.model_validate(
         {
@@ -345,6 +350,8 @@ def new_document(
             "code": code,
             "promulgation": PromulgationInfo(place=place, promulgation_date=promulgation_date),
             "subject": subject,
+            "document_type": document_type,
+            "signer": signer,
             "trace": (TraceHeader(organ_id=sender.organ_id, timestamp=sent_at or _now()),),
             "business": business or Business(doc_type=BusinessDocType.NEW),
             "manifest": manifest_for(attachments),

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from lxml import etree
 
 from exchange.agency import AgencyCode
+from exchange.checks.schema import check_schema
 from exchange.edxml import names
 from exchange.edxml.model import (
     Attachment,
@@ -25,9 +26,15 @@ from exchange.edxml.model import (
     split_document_id,
 )
 from exchange.edxml.reader import read_document, read_package, read_status
+from exchange.edxml.safexml import parse
 from exchange.edxml.writer import attachment_from_file, new_document, new_status, write_package
 from exchange.status import BusinessDocType, Priority, StatusCode, SteeringType
-from tests.strategies import document_packages, status_packages
+from tests.strategies import (
+    complete_document_packages,
+    complete_status_packages,
+    document_packages,
+    status_packages,
+)
 
 ROUNDTRIP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -67,7 +74,12 @@ def full_document() -> DocumentPackage:
         due_date=date(2018, 10, 1),
         other_info=OtherInfo(priority=Priority.URGENT, appendixes=("Phụ lục",)),
         response_for=(
-            ResponseFor(organ_id=AgencyCode.parse("000.00.00.H14"), code="267/VPCP-TTĐT"),
+            ResponseFor(
+                organ_id=AgencyCode.parse("000.00.00.H14"),
+                code="267/VPCP-TTĐT",
+                promulgation_date=date(2018, 8, 6),
+                document_id="000.00.00.H14,2018/08/06,267/VPCP-TTĐT",
+            ),
         ),
         steering_type=SteeringType.DIRECTIVE,
         to_places=("Các bộ",),
@@ -153,6 +165,9 @@ def test_new_document_without_business_is_a_new_document() -> None:
         code=Code(code_number="1", code_notation="TB"),
         subject="Thông báo",
         promulgation_date=date(2024, 1, 2),
+        place="Hà Nội",
+        document_type=DocumentType(type="1", type_name="Thông báo"),
+        signer=SignerInfo(full_name="Nguyễn Văn A"),
     )
     assert document.business_doc_type is BusinessDocType.NEW
     assert read_document(write_package(document)) == document
@@ -165,3 +180,34 @@ def test_attachment_from_file_keeps_the_bytes_and_guesses_the_type(tmp_path) -> 
     assert attachment.attachment_name == "công văn.pdf"
     assert attachment.content_type == "application/pdf"
     assert attachment.decode() == b"%PDF-1.4 not zipped"
+
+
+# -- what the writer produces passes the project's own schema check ---------------------------
+
+
+@ROUNDTRIP
+@given(complete_document_packages())
+def test_written_complete_document_passes_the_schema_check(package: DocumentPackage) -> None:
+    check_schema(parse(write_package(package)))
+
+
+@ROUNDTRIP
+@given(complete_status_packages)
+def test_written_complete_status_passes_the_schema_check(package: StatusPackage) -> None:
+    check_schema(parse(write_package(package)))
+
+
+def test_built_document_and_status_pass_the_schema_check() -> None:
+    document = full_document()
+    check_schema(parse(write_package(document)))
+    status = new_status(
+        sender=RECIPIENT,
+        response_for=ResponseFor(
+            organ_id=SENDER.organ_id,
+            code=str(document.code),
+            promulgation_date=document.promulgation.promulgation_date,
+            document_id=document.document_id,
+        ),
+        status_code=StatusCode.ARRIVED,
+    )
+    check_schema(parse(write_package(status)))
