@@ -28,6 +28,16 @@ if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
 fi
 as_root rabbitmqctl -q await_startup >/dev/null
 
+# RabbitMQ plugins: the management HTTP API (provisioning agency users, the
+# audit) and Prometheus metrics. Enabling starts an Erlang VM (seconds), so
+# only when their ports (15672, 15692) do not answer yet.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_open 15672 || ! port_open 15692; then
+  say "enabling the RabbitMQ management and Prometheus plugins"
+  as_root rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null
+  for _ in $(seq 30); do port_open 15672 && port_open 15692 && break; sleep 1; done
+fi
+
 # PostgreSQL: start the cluster when it is not accepting connections.
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   say "starting PostgreSQL"

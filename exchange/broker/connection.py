@@ -1,0 +1,302 @@
+"""Connecting to RabbitMQ, declaring the topology, and publishing with confirms.
+
+The only module that speaks aio-pika: the rest of the exchange connects with
+:func:`connect`, declares a :class:`~exchange.broker.topology.Topology` with
+:func:`declare`, and publishes through a :class:`ConfirmingPublisher`, whose
+``publish`` returns only once the broker has taken responsibility for the
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractRobustConnection,
+)
+
+from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
+
+# Seconds between two attempts of a robust connection to reconnect: short
+# enough that a broker restart costs a few seconds of traffic, long enough not
+# to flood the log of a broker that is down for longer.
+RECONNECT_INTERVAL_S = 2.0
+
+# Seconds a publish waits for the broker's confirm before it counts as failed
+# (the caller retries: a lost confirm does not mean a lost message). A quorum
+# queue confirms after a majority of its replicas wrote the message to disk,
+# which takes milliseconds; 30 s covers a leader election.
+CONFIRM_TIMEOUT_S = 30.0
+
+# Content type of an edXML package on the wire.
+XML_CONTENT_TYPE = "application/xml"
+
+# RabbitMQ's text for an existing entity declared with other settings, e.g.
+# "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in
+# vhost 'v': received 'quorum' but current is 'classic'".
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) "
+    r"'(?P<name>[^']*)' in vhost '[^']*': received (?P<declared>.*?) "
+    r"but current is (?P<current>.*)$"
+)
+
+
+async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
+    """Open a robust connection: it reconnects and restores channels by itself.
+
+    ``name`` is shown in the management UI's connection list, so an operator
+    can tell workers from CLI sessions.
+    """
+    return await aio_pika.connect_robust(
+        url,
+        reconnect_interval=RECONNECT_INTERVAL_S,
+        client_properties={"connection_name": name},
+    )
+
+
+# -- declaring ------------------------------------------------------------------
+
+
+class TopologyMismatchError(RuntimeError):
+    """An exchange or queue already exists on the broker with other settings."""
+
+    def __init__(
+        self, kind: str, name: str, argument: str, declared: str, current: str, reply: str
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.argument = argument
+        self.declared = declared
+        self.current = current
+        super().__init__(
+            f"{kind} {name} already exists on the broker with {argument} = {current}, "
+            f"but the topology declares {argument} = {declared}. RabbitMQ cannot change "
+            f"the settings of an existing {kind}: drain it and delete it (or move its "
+            f"messages elsewhere), then declare again. Broker said: {reply}"
+        )
+
+
+def _mismatch(
+    kind: str, name: str, error: aiormq.exceptions.ChannelPreconditionFailed
+) -> Exception:
+    """Turn RabbitMQ's precondition failure into an error naming the difference."""
+    reply = str(error.args[0]) if error.args else str(error)
+    match = _INEQUIVALENT.search(reply)
+    if match is None:
+        return TopologyMismatchError(kind, name, "its settings", "?", "?", reply)
+    return TopologyMismatchError(
+        match["kind"],
+        match["name"],
+        match["argument"],
+        _readable(match["declared"]),
+        _readable(match["current"]),
+        reply,
+    )
+
+
+# How RabbitMQ writes an argument's value in that text: "the value 'quorum' of
+# type 'longstr'", "the value 5 of type 'signedint'", or "none" when unset.
+_VALUE = re.compile(r"the value (?P<value>.*) of type '[^']*'")
+
+
+def _readable(text: str) -> str:
+    """``quorum``, ``5`` or ``(not set)`` from RabbitMQ's wording of a value."""
+    text = text.strip()
+    if text == "none":
+        return "(not set)"
+    match = _VALUE.fullmatch(text)
+    return match["value"].strip("'") if match else text
+
+
+async def declare(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare every exchange, queue and binding of ``topology``; safe to repeat.
+
+    Raises :class:`TopologyMismatchError` when an exchange or queue exists with
+    other settings (the broker closes the channel in that case; a robust
+    channel reopens by itself).
+    """
+    for exchange in topology.exchanges:
+        try:
+            await channel.declare_exchange(
+                exchange.name, exchange.type.value, durable=exchange.durable
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            raise _mismatch("exchange", exchange.name, error) from error
+    for queue in topology.queues:
+        try:
+            await channel.declare_queue(
+                queue.name, durable=queue.durable, arguments=queue.arguments()
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            raise _mismatch("queue", queue.name, error) from error
+    for binding in topology.bindings:
+        destination = await channel.get_queue(binding.destination, ensure=False)
+        await destination.bind(binding.source, routing_key=binding.routing_key)
+
+
+# -- publishing -------------------------------------------------------------------
+
+
+class PublishError(RuntimeError):
+    """The broker did not take responsibility for a message; the sender must retry."""
+
+    def __init__(self, exchange: str, routing_key: str, message_id: str, why: str) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.message_id = message_id
+        super().__init__(
+            f"message {message_id} to exchange {exchange or '(default)'!r} with key "
+            f"{routing_key!r} was not accepted: {why}"
+        )
+
+
+class PublishNackedError(PublishError):
+    """The broker answered the publish with a negative confirm (nack).
+
+    A quorum queue nacks when it cannot reach a majority of its replicas, or
+    when it is full with overflow ``reject-publish``; retrying later is right.
+    """
+
+
+class UnroutableError(PublishError):
+    """A mandatory message matched no queue and the broker returned it."""
+
+
+class PublishRefusedError(PublishError):
+    """The broker refused the publish and closed the channel.
+
+    For example a ``user_id`` that is not the connection's user, or an
+    exchange the user may not write to. Retrying the same message cannot help.
+    """
+
+
+class ConfirmingPublisher:
+    """Publish persistent messages and wait for the broker's confirms.
+
+    Many ``publish`` calls may be awaited at once (``asyncio.gather``): their
+    confirms are pipelined on one channel, which is much faster than waiting
+    for each in turn.
+    """
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        """Wrap a channel opened with ``publisher_confirms=True, on_return_raises=True``."""
+        self._channel = channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+        # aiormq matches a returned message to its publish by message_id, so two
+        # in-flight publishes must never share one: the second waits.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
+
+    @classmethod
+    async def open(cls, connection: AbstractConnection) -> ConfirmingPublisher:
+        """Open a confirming channel on ``connection``."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel)
+
+    @property
+    def channel(self) -> AbstractChannel:
+        """The underlying channel (for ``close`` or declaring)."""
+        return self._channel
+
+    async def close(self) -> None:
+        """Close the channel (the connection stays open)."""
+        await self._channel.close()
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            # Not declared here: the topology is declared once by `lienthong
+            # init`, and an agency may not even have the right to declare.
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        content_type: str = XML_CONTENT_TYPE,
+        mandatory: bool = True,
+        user_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float = CONFIRM_TIMEOUT_S,
+    ) -> str:
+        """Publish ``body`` persistently; return its message id once the broker confirmed.
+
+        ``mandatory`` makes an unroutable message an :class:`UnroutableError`
+        instead of a silent loss. ``user_id``, when set, must be the
+        connection's user name (RabbitMQ checks it). Raises
+        :class:`PublishNackedError`, :class:`UnroutableError`,
+        :class:`PublishRefusedError`, or :class:`TimeoutError` when no confirm
+        came in ``timeout`` seconds.
+        """
+        message_id = message_id or str(uuid.uuid4())
+        while (earlier := self._in_flight.get(message_id)) is not None:
+            await asyncio.wait([earlier])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight[message_id] = done
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            headers=dict(headers or {}),
+            content_type=content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=user_id,
+            correlation_id=correlation_id,
+            timestamp=datetime.now(UTC),
+        )
+        try:
+            await (await self._exchange(exchange)).publish(
+                message, routing_key, mandatory=mandatory, timeout=timeout
+            )
+        except aiormq.exceptions.PublishError as error:
+            raise UnroutableError(
+                exchange, routing_key, message_id, "no queue is bound for this routing key"
+            ) from error
+        except aiormq.exceptions.DeliveryError as error:
+            raise PublishNackedError(
+                exchange, routing_key, message_id, "the broker nacked it (try again later)"
+            ) from error
+        except aiormq.exceptions.ChannelClosed as error:
+            raise PublishRefusedError(
+                exchange, routing_key, message_id, _reply_text(error)
+            ) from error
+        finally:
+            del self._in_flight[message_id]
+            done.set_result(None)
+        return message_id
+
+
+def _reply_text(error: aiormq.exceptions.ChannelClosed) -> str:
+    """The broker's reason for closing a channel, e.g. a user_id mismatch."""
+    # aiormq passes (reply_text,) for known codes and (code, reply_text) otherwise.
+    texts = [arg for arg in error.args if isinstance(arg, str)]
+    return f"the broker closed the channel: {texts[0] if texts else error!r}"
+
+
+__all__ = [
+    "CONFIRM_TIMEOUT_S",
+    "DEFAULT_EXCHANGE",
+    "XML_CONTENT_TYPE",
+    "ConfirmingPublisher",
+    "PublishError",
+    "PublishNackedError",
+    "PublishRefusedError",
+    "TopologyMismatchError",
+    "UnroutableError",
+    "connect",
+    "declare",
+]

@@ -1,0 +1,487 @@
+"""The RabbitMQ topology of the exchange, as data: one source for every name.
+
+Everything the broker holds (exchanges, queues with their arguments, bindings)
+is described here by frozen dataclasses, so it can be read, printed, diffed,
+declared (:func:`exchange.broker.connection.declare`) and exported as a
+RabbitMQ definitions file (:func:`to_definitions`) from the same objects.
+The names are the public contract that any AMQP client in any language relies
+on; they are documented in the README and must not change lightly.
+
+Message flow::
+
+    agency --(key = recipient code)--> lienthong.submit --#--> lienthong.work
+    worker --(key = recipient code)--> lienthong.deliver --> lienthong.inbox.<code>
+    worker --(key = sender code)-----> lienthong.status  --> lienthong.status.<code>
+    worker --(key = tier)------------> lienthong.retry --> lienthong.retry.<tier>
+                                        --(expires)--> "" --> lienthong.work
+    lienthong.work --(delivery limit)--> lienthong.parking --> lienthong.parked
+
+Run ``python -m exchange.broker.topology`` to print the core topology as a
+definitions file (the committed ``deploy/rabbitmq/definitions.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, TypeVar
+
+from exchange.agency import AgencyCode
+
+# -- names: the public contract -----------------------------------------------
+
+PREFIX = "lienthong"
+
+# Agencies publish documents and status packages here, key = recipient's code.
+SUBMIT_EXCHANGE = f"{PREFIX}.submit"
+# Every submitted message, whatever its recipient, waits here for a worker.
+WORK_QUEUE = f"{PREFIX}.work"
+# Binding key of the work queue: every routing key (every recipient).
+WORK_BINDING_KEY = "#"
+# The worker publishes accepted packages here, key = recipient's code.
+DELIVER_EXCHANGE = f"{PREFIX}.deliver"
+# The worker publishes receipts and forwarded statuses here, key = the code of
+# the agency they are for.
+STATUS_EXCHANGE = f"{PREFIX}.status"
+# The worker sends a message that failed for a transient reason here, with the
+# tier name as routing key; it comes back to the work queue after the delay.
+RETRY_EXCHANGE = f"{PREFIX}.retry"
+# Messages that exhausted their retries or crashed workers too often land here
+# (fanout: the routing key, i.e. the recipient, is kept for the replay tool).
+PARKING_EXCHANGE = f"{PREFIX}.parking"
+PARKED_QUEUE = f"{PREFIX}.parked"
+
+INBOX_QUEUE_PREFIX = f"{PREFIX}.inbox."
+STATUS_QUEUE_PREFIX = f"{PREFIX}.status."
+
+# RabbitMQ's default exchange routes a message to the queue named by its key.
+DEFAULT_EXCHANGE = ""
+
+
+def inbox_queue(code: AgencyCode) -> str:
+    """The queue an agency consumes its incoming documents from."""
+    return f"{INBOX_QUEUE_PREFIX}{code}"
+
+
+def status_queue(code: AgencyCode) -> str:
+    """The queue an agency consumes receipts and statuses of what it sent from."""
+    return f"{STATUS_QUEUE_PREFIX}{code}"
+
+
+# -- numbers, each with its reason ----------------------------------------------
+
+# A quorum queue counts redeliveries. A message redelivered this many times has
+# crashed or stalled a worker each time (a poison message); it is dead-lettered
+# to the parking exchange instead of taking the workers down forever. 5 leaves
+# room for a few worker restarts during a deployment without parking anything.
+WORK_DELIVERY_LIMIT = 5
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTier:
+    """One retry delay: a queue whose messages all wait the same time."""
+
+    name: str  # also the routing key on the retry exchange
+    ttl_ms: int
+
+    @property
+    def queue(self) -> str:
+        """The queue holding messages waiting this delay."""
+        return f"{RETRY_EXCHANGE}.{self.name}"
+
+    @property
+    def routing_key(self) -> str:
+        """The key to publish to :data:`RETRY_EXCHANGE` with to wait this delay."""
+        return self.name
+
+
+# One queue per delay, because RabbitMQ expires messages only from the head of a
+# queue: a 10-minute message at the head would hold back a 1-second message
+# behind it. With one TTL per queue every message expires in arrival order.
+# The delays grow tenfold so that a short outage (a worker restart) is bridged
+# at once and a long one (the database down) is not hammered.
+RETRY_1S = RetryTier("1s", 1 * SECOND_MS)
+RETRY_10S = RetryTier("10s", 10 * SECOND_MS)
+RETRY_1M = RetryTier("1m", 1 * MINUTE_MS)
+RETRY_10M = RetryTier("10m", 10 * MINUTE_MS)
+RETRY_TIERS: tuple[RetryTier, ...] = (RETRY_1S, RETRY_10S, RETRY_1M, RETRY_10M)
+
+
+# -- the data model -------------------------------------------------------------
+
+
+class ExchangeType(StrEnum):
+    """The AMQP exchange types the exchange uses."""
+
+    TOPIC = "topic"
+    DIRECT = "direct"
+    FANOUT = "fanout"
+
+
+class QueueType(StrEnum):
+    """``x-queue-type``: quorum queues are replicated (Raft) and count redeliveries."""
+
+    QUORUM = "quorum"
+    CLASSIC = "classic"
+
+
+class Overflow(StrEnum):
+    """``x-overflow``: what a full queue does with a new message."""
+
+    DROP_HEAD = "drop-head"
+    REJECT_PUBLISH = "reject-publish"
+    REJECT_PUBLISH_DLX = "reject-publish-dlx"
+
+
+class DeadLetterStrategy(StrEnum):
+    """``x-dead-letter-strategy`` of a quorum queue."""
+
+    # The broker forgets the message as soon as it is dead-lettered.
+    AT_MOST_ONCE = "at-most-once"
+    # The source queue keeps the message until the target queue confirmed it
+    # (RabbitMQ >= 3.10; requires overflow reject-publish).
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class TopologyError(ValueError):
+    """A queue or binding that RabbitMQ would refuse or that would lose messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """An AMQP exchange."""
+
+    name: str
+    type: ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """An AMQP queue with typed arguments (each ``None`` means "not set")."""
+
+    name: str
+    queue_type: QueueType = QueueType.QUORUM
+    durable: bool = True
+    delivery_limit: int | None = None
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    dead_letter_strategy: DeadLetterStrategy | None = None
+    overflow: Overflow | None = None
+    message_ttl: int | None = None  # milliseconds
+
+    def __post_init__(self) -> None:
+        if self.queue_type is QueueType.QUORUM and not self.durable:
+            raise TopologyError(f"quorum queue {self.name} must be durable")
+        if self.delivery_limit is not None and self.queue_type is not QueueType.QUORUM:
+            raise TopologyError(
+                f"queue {self.name}: only quorum queues count deliveries (delivery_limit)"
+            )
+        if self.dead_letter_strategy is DeadLetterStrategy.AT_LEAST_ONCE:
+            if self.queue_type is not QueueType.QUORUM:
+                raise TopologyError(
+                    f"queue {self.name}: at-least-once dead-lettering needs a quorum queue"
+                )
+            if self.overflow is not Overflow.REJECT_PUBLISH:
+                raise TopologyError(
+                    f"queue {self.name}: at-least-once dead-lettering needs "
+                    "overflow reject-publish (RabbitMQ ignores the strategy otherwise)"
+                )
+        if self.dead_letter_routing_key is not None and self.dead_letter_exchange is None:
+            raise TopologyError(
+                f"queue {self.name}: a dead-letter routing key needs a dead-letter exchange"
+            )
+        for label, number in (
+            ("delivery_limit", self.delivery_limit),
+            ("message_ttl", self.message_ttl),
+        ):
+            if number is not None and number < 0:
+                raise TopologyError(f"queue {self.name}: {label} must not be negative")
+
+    def arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments RabbitMQ receives, in a fixed order."""
+        optional: list[tuple[str, Any]] = [
+            ("x-delivery-limit", self.delivery_limit),
+            ("x-dead-letter-exchange", self.dead_letter_exchange),
+            ("x-dead-letter-routing-key", self.dead_letter_routing_key),
+            ("x-dead-letter-strategy", _wire(self.dead_letter_strategy)),
+            ("x-overflow", _wire(self.overflow)),
+            ("x-message-ttl", self.message_ttl),
+        ]
+        arguments: dict[str, Any] = {"x-queue-type": self.queue_type.value}
+        arguments.update((key, value) for key, value in optional if value is not None)
+        return arguments
+
+
+def _wire(value: Enum | None) -> Any:
+    return None if value is None else value.value
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A binding of a queue to an exchange with a routing key (or topic pattern)."""
+
+    source: str
+    destination: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Exchanges, queues and bindings; ``a + b`` merges two, dropping repeats."""
+
+    exchanges: tuple[Exchange, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    bindings: tuple[Binding, ...] = ()
+
+    def __add__(self, other: Topology) -> Topology:
+        return Topology(
+            exchanges=_unique_by_name((*self.exchanges, *other.exchanges)),
+            queues=_unique_by_name((*self.queues, *other.queues)),
+            bindings=tuple(dict.fromkeys((*self.bindings, *other.bindings))),
+        )
+
+    def queue(self, name: str) -> Queue:
+        """The queue called ``name``; ``KeyError`` when the topology has none."""
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
+
+_Named = TypeVar("_Named", Exchange, Queue)
+
+
+def _unique_by_name(items: Iterable[_Named]) -> tuple[_Named, ...]:
+    """Keep the first of each name; two different objects with one name is a bug."""
+    kept: dict[str, _Named] = {}
+    for item in items:
+        first = kept.setdefault(item.name, item)
+        if first != item:
+            raise TopologyError(f"{item.name} is declared twice, differently: {first} and {item}")
+    return tuple(kept.values())
+
+
+# -- the topologies ---------------------------------------------------------------
+
+
+def work_queue() -> Queue:
+    """The quorum queue the workers consume every submitted message from."""
+    return Queue(
+        WORK_QUEUE,
+        QueueType.QUORUM,
+        delivery_limit=WORK_DELIVERY_LIMIT,
+        dead_letter_exchange=PARKING_EXCHANGE,
+        # A poison message must not vanish between the work and parked queues.
+        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
+        overflow=Overflow.REJECT_PUBLISH,
+    )
+
+
+def retry_queue(tier: RetryTier) -> Queue:
+    """The queue where a message waits ``tier.ttl_ms`` before going back to work."""
+    return Queue(
+        tier.queue,
+        QueueType.QUORUM,
+        message_ttl=tier.ttl_ms,
+        # Expired messages go through the default exchange straight to the work
+        # queue (not to the submit exchange, which would copy them to every
+        # queue bound there in the future).
+        dead_letter_exchange=DEFAULT_EXCHANGE,
+        dead_letter_routing_key=WORK_QUEUE,
+        # A waiting message is one the exchange has accepted: the queue keeps it
+        # until the work queue has confirmed it back.
+        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
+        overflow=Overflow.REJECT_PUBLISH,
+    )
+
+
+def core_topology() -> Topology:
+    """Everything that exists once per broker: exchanges, work, retry and parked queues."""
+    return Topology(
+        exchanges=(
+            Exchange(SUBMIT_EXCHANGE, ExchangeType.TOPIC),
+            Exchange(DELIVER_EXCHANGE, ExchangeType.TOPIC),
+            Exchange(STATUS_EXCHANGE, ExchangeType.TOPIC),
+            Exchange(RETRY_EXCHANGE, ExchangeType.DIRECT),
+            Exchange(PARKING_EXCHANGE, ExchangeType.FANOUT),
+        ),
+        queues=(
+            work_queue(),
+            *(retry_queue(tier) for tier in RETRY_TIERS),
+            Queue(PARKED_QUEUE, QueueType.QUORUM),
+        ),
+        bindings=(
+            Binding(SUBMIT_EXCHANGE, WORK_QUEUE, WORK_BINDING_KEY),
+            *(Binding(RETRY_EXCHANGE, tier.queue, tier.routing_key) for tier in RETRY_TIERS),
+            # A fanout exchange ignores the key; "" is what RabbitMQ reports.
+            Binding(PARKING_EXCHANGE, PARKED_QUEUE, ""),
+        ),
+    )
+
+
+class SubscriptionError(ValueError):
+    """A subscription pattern the exchange refuses; the message says why."""
+
+
+# What each word of a pattern may be when it is not ``*``: the same shapes as
+# the groups of an agency code, from level 4 (leftmost) to level 1.
+_PATTERN_WORDS = (
+    (re.compile(r"[0-9]{3}"), "3 digits"),
+    (re.compile(r"[0-9]{2}"), "2 digits"),
+    (re.compile(r"[0-9]{2}"), "2 digits"),
+    (re.compile(r"[A-Z][0-9]{2}"), "a capital letter and two digits"),
+)
+
+
+def validate_subscription(pattern: str) -> str:
+    """Check a subtree pattern such as ``*.*.*.H26``; return it or raise why not.
+
+    Four words, each ``*`` or the literal group of an agency code. ``#`` is
+    refused (it matches any number of words, so it would reach past the
+    hierarchy), and so is a ``*`` as the level-1 word: an inbox subscribed to
+    ``*.*.*.*`` would receive every document of the country.
+    """
+    words = pattern.split(".")
+    if "#" in pattern:
+        raise SubscriptionError(
+            f"the subscription {pattern!r} contains '#'; use '*' for one group, "
+            "for example *.*.*.H26"
+        )
+    if len(words) != 4:
+        raise SubscriptionError(
+            f"the subscription {pattern!r} has {len(words)} groups; it needs 4, "
+            "like an agency code (for example *.*.24.H44)"
+        )
+    for position, (word, (shape, description)) in enumerate(
+        zip(words, _PATTERN_WORDS, strict=True), 1
+    ):
+        if word == "*":
+            continue
+        if not shape.fullmatch(word):
+            raise SubscriptionError(
+                f"group {position} of the subscription {pattern!r} is {word!r}; "
+                f"it must be '*' or {description}"
+            )
+    if words[3] == "*":
+        raise SubscriptionError(
+            f"the subscription {pattern!r} has '*' as its last group; name the "
+            "level-1 unit (for example *.*.*.H26), a subscription covers one subtree"
+        )
+    return pattern
+
+
+def agency_topology(code: AgencyCode, subscriptions: Sequence[str] = ()) -> Topology:
+    """An agency's inbox and status queues, bound with its code and its subscriptions."""
+    patterns = [validate_subscription(pattern) for pattern in subscriptions]
+    inbox = inbox_queue(code)
+    status = status_queue(code)
+    inbox_keys = dict.fromkeys([code.routing_key, *patterns])  # ordered, no repeats
+    return Topology(
+        # The exchanges are the core's; repeating them here lets an agency's
+        # topology be declared on its own (declaring is idempotent).
+        exchanges=(
+            Exchange(DELIVER_EXCHANGE, ExchangeType.TOPIC),
+            Exchange(STATUS_EXCHANGE, ExchangeType.TOPIC),
+        ),
+        # No delivery limit on inboxes: there is nowhere safer to dead-letter
+        # an agency's document to, and its own client decides when it is done.
+        queues=(Queue(inbox, QueueType.QUORUM), Queue(status, QueueType.QUORUM)),
+        bindings=(
+            *(Binding(DELIVER_EXCHANGE, inbox, key) for key in inbox_keys),
+            Binding(STATUS_EXCHANGE, status, code.routing_key),
+        ),
+    )
+
+
+# -- permissions of an agency's broker user -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """RabbitMQ permission regexes (Erlang PCRE) for one user in one vhost."""
+
+    configure: str
+    write: str
+    read: str
+
+
+# RabbitMQ's regex for "no resource at all".
+NOTHING = "^$"
+
+
+def agency_permissions(code: AgencyCode) -> Permissions:
+    """What an agency's user may do: publish to submit, consume its own two queues.
+
+    Configure nothing (the exchange declares every queue), write only the
+    submit exchange, read only ``lienthong.inbox.<code>`` and
+    ``lienthong.status.<code>``.
+    """
+    return Permissions(
+        configure=NOTHING,
+        write=f"^{re.escape(SUBMIT_EXCHANGE)}$",
+        read=f"^{re.escape(PREFIX)}\\.(inbox|status)\\.{re.escape(str(code))}$",
+    )
+
+
+# -- definitions file -------------------------------------------------------------
+
+
+def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
+    """The topology in RabbitMQ's definitions-file format, sorted for stable diffs.
+
+    Import it with ``rabbitmqctl import_definitions``, the management UI, or
+    ``POST /api/definitions/{vhost}`` (which imports into that vhost whatever
+    the ``vhost`` fields say).
+    """
+    exchanges: list[dict[str, Any]] = [
+        {
+            "name": exchange.name,
+            "vhost": vhost,
+            "type": exchange.type.value,
+            "durable": exchange.durable,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+        }
+        for exchange in sorted(topology.exchanges, key=lambda e: e.name)
+    ]
+    queues = [
+        {
+            "name": queue.name,
+            "vhost": vhost,
+            "durable": queue.durable,
+            "auto_delete": False,
+            "arguments": dict(sorted(queue.arguments().items())),
+        }
+        for queue in sorted(topology.queues, key=lambda q: q.name)
+    ]
+    bindings = [
+        {
+            "source": binding.source,
+            "vhost": vhost,
+            "destination": binding.destination,
+            "destination_type": "queue",
+            "routing_key": binding.routing_key,
+            "arguments": {},
+        }
+        for binding in sorted(
+            topology.bindings, key=lambda b: (b.source, b.destination, b.routing_key)
+        )
+    ]
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
+def definitions_json(topology: Topology, vhost: str = "/") -> str:
+    """:func:`to_definitions` as the exact text of ``deploy/rabbitmq/definitions.json``."""
+    return json.dumps(to_definitions(topology, vhost), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    print(definitions_json(core_topology()), end="")

@@ -1,0 +1,284 @@
+"""The topology on the real RabbitMQ: declaring, routing, retry, parking, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+
+from exchange.agency import AgencyCode
+from exchange.broker.admin import BrokerAdmin, QueueStats
+from exchange.broker.connection import (
+    ConfirmingPublisher,
+    TopologyMismatchError,
+    UnroutableError,
+    connect,
+    declare,
+)
+from exchange.broker.topology import (
+    DELIVER_EXCHANGE,
+    PARKED_QUEUE,
+    RETRY_1S,
+    RETRY_EXCHANGE,
+    SUBMIT_EXCHANGE,
+    WORK_DELIVERY_LIMIT,
+    WORK_QUEUE,
+    Topology,
+    agency_topology,
+    core_topology,
+    inbox_queue,
+    to_definitions,
+)
+from tests.broker_fixtures import BrokerVhost
+
+pytestmark = pytest.mark.services
+
+COMMUNE = AgencyCode.parse("000.46.24.H44")  # a commune of Phú Thọ
+OTHER_COMMUNE = AgencyCode.parse("000.47.24.H44")
+DISTRICT = AgencyCode.parse("000.00.24.H44")  # its district, subscribed to *.*.24.H44
+PROVINCE = AgencyCode.parse("000.00.00.H44")  # the province, not subscribed
+HANOI = AgencyCode.parse("000.00.00.H26")  # another province, subscribed to *.*.*.H26
+
+
+def full_topology() -> Topology:
+    """The core plus five agencies at three levels, two with subscriptions."""
+    return (
+        core_topology()
+        + agency_topology(COMMUNE)
+        + agency_topology(OTHER_COMMUNE)
+        + agency_topology(DISTRICT, [DISTRICT.subtree_pattern])
+        + agency_topology(PROVINCE)
+        + agency_topology(HANOI, ["*.*.*.H26"])
+    )
+
+
+@pytest.fixture
+async def channel(amqp_connection: AbstractRobustConnection) -> AbstractChannel:
+    """A channel into the module's vhost with the full topology declared, queues empty."""
+    channel = await amqp_connection.channel()
+    await declare(channel, full_topology())
+    await empty_all(channel, full_topology())
+    return channel
+
+
+@pytest.fixture
+async def publisher(amqp_connection: AbstractRobustConnection) -> ConfirmingPublisher:
+    """A confirming publisher into the module's vhost."""
+    return await ConfirmingPublisher.open(amqp_connection)
+
+
+async def drain(queue: AbstractQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take (and ack) every message waiting in ``queue``."""
+    taken = []
+    while (message := await queue.get(fail=False, no_ack=True)) is not None:
+        taken.append(message)
+    return taken
+
+
+async def empty_all(channel: AbstractChannel, topology: Topology) -> None:
+    """Leave no message behind for the next test of the module."""
+    for queue in topology.queues:
+        await (await channel.get_queue(queue.name, ensure=False)).purge()
+
+
+async def test_declaring_topology_twice_changes_nothing(
+    channel: AbstractChannel, broker_admin: BrokerAdmin, broker_vhost: BrokerVhost
+) -> None:
+    before = await broker_admin.list_queues(broker_vhost.name)
+    bindings_before = await broker_admin.list_bindings(broker_vhost.name)
+
+    await declare(channel, full_topology())
+
+    after = await broker_admin.list_queues(broker_vhost.name)
+    assert [(q.name, q.arguments) for q in after] == [(q.name, q.arguments) for q in before]
+    assert len(await broker_admin.list_bindings(broker_vhost.name)) == len(bindings_before)
+    assert {q.name for q in after} == {q.name for q in full_topology().queues}
+    assert all(q.type == "quorum" for q in after)
+
+
+async def test_submitted_message_with_any_agency_key_lands_in_work_queue(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    keys = [str(COMMUNE), str(HANOI), "000.00.00.G22", "999.99.99.Z99"]
+    await asyncio.gather(*(publisher.publish(SUBMIT_EXCHANGE, key, key.encode()) for key in keys))
+
+    work = await channel.get_queue(WORK_QUEUE)
+    taken = await drain(work)
+    assert sorted(m.routing_key or "" for m in taken) == sorted(keys)
+    assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in taken)
+
+
+async def test_delivery_reaches_own_inbox_and_subtree_subscriber_and_nobody_else(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    await publisher.publish(DELIVER_EXCHANGE, COMMUNE.routing_key, b"<edXML/>")
+
+    received = {}
+    for code in (COMMUNE, OTHER_COMMUNE, DISTRICT, PROVINCE, HANOI):
+        received[code] = len(await drain(await channel.get_queue(inbox_queue(code))))
+    assert received == {COMMUNE: 1, OTHER_COMMUNE: 0, DISTRICT: 1, PROVINCE: 0, HANOI: 0}
+
+
+async def test_existing_queue_with_other_arguments_is_named_with_the_difference(
+    make_vhost: Callable[[], BrokerVhost],
+) -> None:
+    vhost = make_vhost()
+    connection = await connect(vhost.amqp_url)
+    try:
+        channel = await connection.channel()
+        # Someone declared the work queue by hand, as a classic queue.
+        await channel.declare_queue(WORK_QUEUE, durable=True)
+
+        with pytest.raises(TopologyMismatchError) as caught:
+            await declare(await connection.channel(), core_topology())
+    finally:
+        await connection.close()
+
+    # RabbitMQ names the first argument it finds different.
+    mismatch = caught.value
+    expected = core_topology().queue(WORK_QUEUE).arguments()
+    assert mismatch.kind == "queue"
+    assert mismatch.name == WORK_QUEUE
+    assert mismatch.argument in expected
+    assert mismatch.declared == str(expected[mismatch.argument])
+    assert mismatch.current == "(not set)"
+    assert f"queue {WORK_QUEUE} already exists" in str(mismatch)
+
+
+async def test_unroutable_mandatory_publish_raises(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    nobody = AgencyCode.parse("000.00.00.G99")  # no inbox is bound for it
+
+    with pytest.raises(UnroutableError) as caught:
+        await publisher.publish(DELIVER_EXCHANGE, nobody.routing_key, b"<edXML/>")
+
+    assert caught.value.routing_key == str(nobody)
+    # The publisher stays usable afterwards.
+    await publisher.publish(DELIVER_EXCHANGE, COMMUNE.routing_key, b"<edXML/>")
+    assert len(await drain(await channel.get_queue(inbox_queue(COMMUNE)))) == 1
+
+
+async def test_unroutable_publish_without_mandatory_is_dropped_silently(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    await publisher.publish(DELIVER_EXCHANGE, "000.00.00.G99", b"<edXML/>", mandatory=False)
+
+    for queue in full_topology().queues:
+        assert await (await channel.get_queue(queue.name)).get(fail=False) is None
+
+
+async def test_many_concurrent_publishes_are_each_confirmed(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    count = 300
+    ids = await asyncio.gather(
+        *(
+            publisher.publish(SUBMIT_EXCHANGE, str(COMMUNE), f"<m n='{n}'/>".encode())
+            for n in range(count)
+        )
+    )
+
+    assert len(set(ids)) == count
+    taken = await drain(await channel.get_queue(WORK_QUEUE))
+    assert sorted(m.message_id or "" for m in taken) == sorted(ids)
+
+
+async def test_concurrent_publishes_with_one_message_id_are_each_confirmed(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    nobody = AgencyCode.parse("000.00.00.G98")
+    results = await asyncio.gather(
+        *(
+            publisher.publish(DELIVER_EXCHANGE, str(code), b"<edXML/>", message_id="same")
+            for code in (COMMUNE, nobody, HANOI)
+        ),
+        return_exceptions=True,
+    )
+
+    # The unroutable copy failed its own publish, not a neighbour's.
+    assert results[0] == results[2] == "same"
+    assert isinstance(results[1], UnroutableError)
+    assert results[1].routing_key == str(nobody)
+    assert len(await drain(await channel.get_queue(inbox_queue(COMMUNE)))) == 1
+    assert len(await drain(await channel.get_queue(inbox_queue(HANOI)))) == 1
+
+
+async def test_retried_message_returns_to_work_queue_after_its_delay(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    sent = time.monotonic()
+    await publisher.publish(
+        RETRY_EXCHANGE, RETRY_1S.routing_key, b"<edXML/>", headers={"x-recipient": str(COMMUNE)}
+    )
+
+    work = await channel.get_queue(WORK_QUEUE)
+    message = None
+    while message is None and time.monotonic() - sent < 10:
+        message = await work.get(fail=False, no_ack=True)
+        await asyncio.sleep(0.1)
+
+    assert message is not None, "the retried message never came back to the work queue"
+    assert time.monotonic() - sent >= RETRY_1S.ttl_ms / 1000 * 0.9
+    assert message.headers["x-recipient"] == str(COMMUNE)
+    assert message.routing_key == WORK_QUEUE
+
+
+async def test_poison_message_is_parked_after_the_delivery_limit(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    await publisher.publish(SUBMIT_EXCHANGE, str(COMMUNE), b"<poison/>")
+    work = await channel.get_queue(WORK_QUEUE)
+    parked = await channel.get_queue(PARKED_QUEUE)
+
+    # A worker that crashes on the message: it comes back, again and again.
+    deliveries = 0
+    while (message := await work.get(fail=False)) is not None:
+        deliveries += 1
+        await message.reject(requeue=True)
+        assert deliveries <= WORK_DELIVERY_LIMIT + 1, "the message was never parked"
+
+    deadline = time.monotonic() + 10
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = await parked.get(fail=False, no_ack=True)
+        await asyncio.sleep(0.05)
+    assert message is not None
+    assert message.body == b"<poison/>"
+    # Fanout parking keeps the routing key: the replay tool knows the recipient.
+    assert message.routing_key == str(COMMUNE)
+    assert deliveries == WORK_DELIVERY_LIMIT + 1
+
+
+async def test_definitions_file_creates_the_same_queues_as_declare(
+    make_vhost: Callable[[], BrokerVhost], broker_admin: BrokerAdmin
+) -> None:
+    topology = full_topology()
+    declared = make_vhost()
+    imported = make_vhost()
+    connection = await connect(declared.amqp_url)
+    try:
+        await declare(await connection.channel(), topology)
+    finally:
+        await connection.close()
+
+    await broker_admin.import_definitions(imported.name, to_definitions(topology))
+
+    def queues(stats: list[QueueStats]) -> list[tuple[str, str, bool, dict[str, Any]]]:
+        return [(q.name, q.type, q.durable, q.arguments) for q in stats]
+
+    def bindings(found: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        return sorted((b["source"], b["destination"], b["routing_key"]) for b in found)
+
+    from_declare = await broker_admin.list_queues(declared.name)
+    from_file = await broker_admin.list_queues(imported.name)
+    assert queues(from_file) == queues(from_declare)
+    assert len(from_file) == len(topology.queues)
+    assert bindings(await broker_admin.list_bindings(imported.name)) == bindings(
+        await broker_admin.list_bindings(declared.name)
+    )
