@@ -30,6 +30,9 @@ class Settings(ParserLimits):
     """Settings of the exchange; each can be set as ``LIENTHONG_<NAME>``."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # RabbitMQ's management HTTP API (plugin rabbitmq_management), used to
+    # create agency users and their permissions, and by the audit.
+    rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     # PEM file (or directory of PEM files) of the certification authorities
     # whose agency certificates the exchange trusts.
