@@ -65,6 +65,11 @@ class Reason(Enum):
         "độ khẩn, ...).",
         "a value is not in its code list (status, document type, priority, ...)",
     )
+    BAD_ATTACHMENT = (
+        "Tệp đính kèm không giải mã được (nội dung base64 bị lỗi hoặc bị cắt cụt); "
+        "hãy đính kèm lại tệp và gửi lại văn bản.",
+        "an attachment's base64 content cannot be decoded",
+    )
     BAD_AGENCY_CODE = (
         "Mã định danh cơ quan không đúng định dạng DDD.DD.DD.LNN theo QCVN 102:2016.",
         "an agency code is not of the form DDD.DD.DD.LNN",

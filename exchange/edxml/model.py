@@ -279,7 +279,7 @@ class Attachment(_Value):
 
     def _not_base64(self, detail: str) -> Rejection:
         return Rejection.of(
-            Reason.SCHEMA_INVALID,
+            Reason.BAD_ATTACHMENT,
             f"the attached file {self.attachment_name!r} is not valid base64 ({detail})",
             f"AttachmentEncoded/Attachment[{self.content_id}]/ContentTransferEncoded",
         )

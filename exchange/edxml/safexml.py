@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import re
 import threading
+from typing import Any
 
 from lxml import etree
 
@@ -20,15 +21,18 @@ from exchange.reasons import Reason, Rejection
 from exchange.settings import ParserLimits
 
 # libxml2 options: no entity substitution, no DTD loading or validation, no
-# network, and huge_tree off so libxml2's own limits on text nodes and
-# nesting stay in force underneath ours. Comments and whitespace are kept:
+# network. huge_tree is on because one base64 attachment of a 20 MB document
+# is a single text node larger than libxml2's default 10 MB cap; what that cap
+# protected against is covered by our own limits: the byte size is checked
+# before parsing, any DOCTYPE (so any entity) is refused before libxml2 sees
+# it, and the depth is checked after. Comments and whitespace are kept:
 # canonicalisation for signatures depends on the document as it was sent.
 _PARSER_OPTIONS = {
     "resolve_entities": False,
     "load_dtd": False,
     "dtd_validation": False,
     "no_network": True,
-    "huge_tree": False,
+    "huge_tree": True,
     "remove_blank_text": False,
     "remove_comments": False,
     "remove_pis": False,
@@ -40,6 +44,19 @@ _PARSER_OPTIONS = {
 _parser_cache: dict[int, etree.XMLParser] = {}
 
 _DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+_DOCTYPE_FOUND = "a <!DOCTYPE> declaration was found; edXML packages have none"
+# The prolog: everything before the root element's start tag, i.e. before the
+# first "<" that opens an element (not "<?" or "<!").
+_FIRST_ELEMENT = re.compile(rb"<[^?!]")
+
+
+def _declares_doctype(data: bytes) -> bool:
+    """Whether the prolog holds a DOCTYPE; only the prolog can, so only it is scanned."""
+    first = _FIRST_ELEMENT.search(data)
+    prolog = data[: first.start()] if first else data
+    return b"<!DOCTYPE" in prolog.upper()
 
 
 def new_parser() -> etree.XMLParser:
@@ -98,15 +115,15 @@ def parse(data: bytes, limits: ParserLimits | None = None) -> etree._Element:
     if not data.strip():
         raise Rejection.of(Reason.NOT_WELL_FORMED, "the package is empty")
     _check_encoding(data)
+    if _declares_doctype(data):
+        raise Rejection.of(Reason.FORBIDDEN_DTD, _DOCTYPE_FOUND)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
         raise _classify_syntax_error(error, data, limits) from None
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise Rejection.of(
-            Reason.FORBIDDEN_DTD, "a <!DOCTYPE> declaration was found; edXML packages have none"
-        )
+    docinfo: Any = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise Rejection.of(Reason.FORBIDDEN_DTD, _DOCTYPE_FOUND)
     too_deep = _depth_exceeds(root, limits.max_depth)
     if too_deep:
         raise Rejection.of(
@@ -122,9 +139,7 @@ def _classify_syntax_error(
     if b"<!DOCTYPE" in data:
         # libxml2 failed while handling the DTD (an external subset it may not
         # load, an entity loop): the cause is the DOCTYPE, not the syntax.
-        return Rejection.of(
-            Reason.FORBIDDEN_DTD, "a <!DOCTYPE> declaration was found; edXML packages have none"
-        )
+        return Rejection.of(Reason.FORBIDDEN_DTD, _DOCTYPE_FOUND)
     message = (error.msg or "syntax error").split(", line ")[0]
     if "Excessive depth" in message:
         return Rejection.of(

@@ -195,7 +195,7 @@ def test_attachment_decode_refuses_text_that_is_not_strict_base64(encoded: str) 
     attachment = Attachment(content_id="cid:1", attachment_name="a.doc", encoded=encoded)
     with pytest.raises(Rejection) as caught:
         attachment.decode()
-    assert caught.value.reason is Reason.SCHEMA_INVALID
+    assert caught.value.reason is Reason.BAD_ATTACHMENT
     assert "a.doc" in caught.value.problems[0].what
 
 

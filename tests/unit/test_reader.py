@@ -674,5 +674,5 @@ def test_twenty_megabyte_package_reads_without_decoding_its_attachments(
     assert len(document.attachments) == 3
     with pytest.raises(Rejection) as caught:
         document.attachments[2].decode()
-    assert caught.value.reason is Reason.SCHEMA_INVALID
+    assert caught.value.reason is Reason.BAD_ATTACHMENT
     assert calls != []
