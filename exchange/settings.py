@@ -34,6 +34,9 @@ class Settings(ParserLimits):
     # create agency users and their permissions, and by the audit.
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Connections per worker process: one per message handled concurrently,
+    # each holding its transaction until the commit.
+    db_pool_size: int = Field(10, ge=1)
     # PEM file (or directory of PEM files) of the certification authorities
     # whose agency certificates the exchange trusts.
     trust: Path | None = None

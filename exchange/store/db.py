@@ -1,0 +1,42 @@
+"""Connections to PostgreSQL: the pool the worker uses, and the connection type.
+
+Every query function of :mod:`exchange.store.queries` takes a
+:data:`Connection`: a plain connection or one borrowed from a pool, so the
+caller decides the transaction (the worker: one per message).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from exchange.settings import Settings
+
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""What the query functions take: a connection, or a pool's proxy for one."""
+
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+"""A pool of connections to the system of record."""
+
+
+async def create_pool(settings: Settings | None = None, *, dsn: str | None = None) -> Pool:
+    """A pool of up to ``settings.db_pool_size`` connections to ``settings.database_url``.
+
+    ``dsn`` overrides the URL (tests point it at their own database). Close
+    the pool with ``await pool.close()`` or use it as ``async with``.
+    """
+    settings = settings or Settings()
+    # min_size=1: a worker that starts keeps one connection warm and opens
+    # the others as concurrent messages need them.
+    pool = await asyncpg.create_pool(
+        dsn or settings.database_url, min_size=1, max_size=settings.db_pool_size
+    )
+    return pool
+
+
+async def connect(settings: Settings | None = None, *, dsn: str | None = None) -> Connection:
+    """One connection to ``settings.database_url`` (or ``dsn``), for commands and tools."""
+    settings = settings or Settings()
+    return await asyncpg.connect(dsn or settings.database_url)

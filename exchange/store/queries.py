@@ -1,0 +1,696 @@
+"""Every query of the exchange: plain SQL over asyncpg, one async function each.
+
+Each function takes a :data:`~exchange.store.db.Connection` and runs inside
+whatever transaction the caller opened: the worker handles one message in
+one transaction, so everything a message changes commits together or not at
+all. Inserts go through the schema's unique keys with ``ON CONFLICT DO
+NOTHING`` followed by a select, so running the same message twice finds the
+rows of the first run instead of adding new ones (exactly-once effect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date, datetime
+
+import asyncpg
+
+from exchange.agency import AgencyCode
+from exchange.reasons import Reason
+from exchange.status import BusinessDocType, DeliveryState, Priority, StatusCode, TransportOutcome
+from exchange.store.db import Connection
+from exchange.store.records import (
+    Agency,
+    Delivery,
+    Document,
+    DocumentTrace,
+    Event,
+    EventKind,
+    Message,
+    MessageKind,
+    RecipientTrace,
+    SenderViewRow,
+    StoredDocument,
+)
+
+
+class AgencyConflictError(ValueError):
+    """The broker user is already the identity of another agency."""
+
+
+def dedup_key(routing_key: str, body: bytes) -> str:
+    """The identity of a message: SHA-256 of its routing key and body, in hex.
+
+    The routing key's length comes first so that no (key, body) pair can be
+    confused with another whose key is a prefix of it.
+    """
+    key = routing_key.encode("utf-8")
+    digest = hashlib.sha256(f"{len(key)}:".encode("ascii"))
+    digest.update(key)
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _reason_code(reason: Reason | str | None) -> str | None:
+    return reason.code if isinstance(reason, Reason) else reason
+
+
+def _by_hierarchy(agency: Agency) -> AgencyCode:
+    return agency.code
+
+
+def _columns(names: tuple[str, ...], alias: str = "") -> str:
+    """A select list of constant column names, qualified by a table alias if given."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + name for name in names)
+
+
+# -- agencies ----------------------------------------------------------------
+
+_AGENCY_COLUMNS = _columns(
+    (
+        "code",
+        "name",
+        "parent",
+        "level",
+        "broker_user",
+        "certificate_pem",
+        "subscriptions",
+        "registered_at",
+    )
+)
+
+
+async def add_agency(
+    conn: Connection,
+    code: AgencyCode,
+    name: str,
+    *,
+    broker_user: str | None = None,
+    certificate_pem: str | None = None,
+    subscriptions: Iterable[str] = (),
+) -> Agency:
+    """Register an agency, or update the registration of one already there.
+
+    Registering is idempotent so that ``lienthong agency add`` and the demo
+    can run again: name, broker user, certificate and subscriptions are
+    replaced, the registration time kept. ``broker_user`` defaults to the
+    code. Raises :class:`AgencyConflictError` when that broker user already
+    identifies another agency.
+    """
+    parent = code.parent
+    try:
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO agencies
+                (code, name, parent, level, broker_user, certificate_pem, subscriptions)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (code) DO UPDATE SET
+                name = EXCLUDED.name,
+                broker_user = EXCLUDED.broker_user,
+                certificate_pem = EXCLUDED.certificate_pem,
+                subscriptions = EXCLUDED.subscriptions
+            RETURNING {_AGENCY_COLUMNS}
+            """,  # noqa: S608 (a constant column list, no input)
+            str(code),
+            name,
+            None if parent is None else str(parent),
+            code.level,
+            broker_user or str(code),
+            certificate_pem,
+            list(subscriptions),
+        )
+    except asyncpg.UniqueViolationError as error:
+        raise AgencyConflictError(
+            f"broker user {broker_user!r} already identifies another agency; "
+            "each agency needs its own broker user"
+        ) from error
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return Agency.from_row(row)
+
+
+async def get_agency(conn: Connection, code: AgencyCode | str) -> Agency | None:
+    """The agency with this code, or ``None`` if it is not registered."""
+    row = await conn.fetchrow(
+        f"SELECT {_AGENCY_COLUMNS} FROM agencies WHERE code = $1",  # noqa: S608
+        str(code),
+    )
+    return None if row is None else Agency.from_row(row)
+
+
+async def get_agency_by_broker_user(conn: Connection, broker_user: str) -> Agency | None:
+    """The agency whose broker user published a message, or ``None``."""
+    row = await conn.fetchrow(
+        f"SELECT {_AGENCY_COLUMNS} FROM agencies WHERE broker_user = $1",  # noqa: S608
+        broker_user,
+    )
+    return None if row is None else Agency.from_row(row)
+
+
+async def list_agencies(conn: Connection) -> list[Agency]:
+    """Every registered agency, as a tree: each level-1 unit, then the agencies under it.
+
+    Sorted by :class:`AgencyCode`'s own order (one definition of the
+    hierarchy, not a second one in SQL); the directory is small.
+    """
+    rows = await conn.fetch(f"SELECT {_AGENCY_COLUMNS} FROM agencies")  # noqa: S608
+    return sorted((Agency.from_row(row) for row in rows), key=_by_hierarchy)
+
+
+async def registered_codes(conn: Connection) -> frozenset[AgencyCode]:
+    """The codes of every registered agency."""
+    rows = await conn.fetch("SELECT code FROM agencies")
+    return frozenset(AgencyCode.parse(row["code"]) for row in rows)
+
+
+# -- messages ----------------------------------------------------------------
+
+_MESSAGE_SELECT = """
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.attempts, s.published_at, s.updated_at
+FROM messages m JOIN message_state s ON s.message_pk = m.id
+"""
+
+
+async def record_message(
+    conn: Connection,
+    *,
+    dedup_key: str,
+    amqp_message_id: str | None,
+    routing_key: str,
+    broker_user: str | None,
+    body: bytes,
+    sha256: str,
+    kind: MessageKind = MessageKind.UNKNOWN,
+    sender: AgencyCode | None = None,
+    received_at: datetime | None = None,
+) -> tuple[Message, bool]:
+    """Record a received message; ``(message, True)`` the first time.
+
+    A redelivery or a re-publish (same ``dedup_key``) inserts nothing and
+    returns ``(existing message, False)`` with the outcome and outbox flag
+    of its first processing, so the caller only re-publishes what is not
+    yet published. When two workers record the same message at once, the
+    second waits for the first one's transaction and then finds its row.
+    """
+    pk = await conn.fetchval(
+        """
+        WITH new AS (
+            INSERT INTO messages
+                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
+            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+            ON CONFLICT (dedup_key) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO message_state (message_pk, kind, sender)
+        SELECT id, $8, $9 FROM new
+        RETURNING message_pk
+        """,
+        dedup_key,
+        amqp_message_id,
+        routing_key,
+        broker_user,
+        body,
+        sha256,
+        received_at,
+        kind.value,
+        None if sender is None else str(sender),
+    )
+    created = pk is not None
+    row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.dedup_key = $1", dedup_key)
+    # Under READ COMMITTED, ON CONFLICT DO NOTHING skips only a row that is
+    # committed (it waits for a concurrent inserter) or our own; rows are
+    # never deleted, so the select sees it.
+    assert row is not None, f"message {dedup_key} vanished between insert and select"
+    return Message.from_row(row), created
+
+
+async def get_message(conn: Connection, pk: int) -> Message | None:
+    """The message with this primary key (without its body), or ``None``."""
+    row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.id = $1", pk)
+    return None if row is None else Message.from_row(row)
+
+
+async def message_body(conn: Connection, pk: int) -> bytes | None:
+    """The bytes of a message exactly as received, or ``None`` for an unknown id."""
+    body: bytes | None = await conn.fetchval("SELECT body FROM messages WHERE id = $1", pk)
+    return body
+
+
+async def set_outcome(
+    conn: Connection,
+    message_pk: int,
+    outcome: TransportOutcome,
+    reason: Reason | str | None = None,
+    detail: str | None = None,
+    *,
+    kind: MessageKind | None = None,
+    sender: AgencyCode | None = None,
+    document_pk: int | None = None,
+    attempts: int | None = None,
+) -> Message:
+    """Record what the exchange decided for a message.
+
+    ``reason`` is required for ``rejected`` and ``parked`` and refused for
+    the others (the database checks it). ``kind``, ``sender``,
+    ``document_pk`` and ``attempts`` are updated when given. A changed
+    outcome (a parked message replayed and now delivered) has new side
+    effects to publish, so it clears the outbox flag.
+    """
+    row = await conn.fetchrow(
+        """
+        UPDATE message_state SET
+            outcome = $2,
+            reason_code = $3,
+            reason_detail = $4,
+            kind = coalesce($5, kind),
+            sender = coalesce($6, sender),
+            document_pk = coalesce($7, document_pk),
+            attempts = coalesce($8, attempts),
+            published_at = CASE WHEN outcome IS DISTINCT FROM $2 THEN NULL ELSE published_at END,
+            updated_at = now()
+        WHERE message_pk = $1
+        RETURNING message_pk
+        """,
+        message_pk,
+        outcome.value,
+        _reason_code(reason),
+        detail,
+        None if kind is None else kind.value,
+        None if sender is None else str(sender),
+        document_pk,
+        attempts,
+    )
+    if row is None:
+        raise LookupError(f"no message {message_pk} to set the outcome of")
+    message = await get_message(conn, message_pk)
+    assert message is not None  # just updated, in this transaction
+    return message
+
+
+async def mark_published(conn: Connection, message_pk: int) -> bool:
+    """Set the outbox flag: the outcome's side effects were published and confirmed.
+
+    The deliveries the message created count as delivered from now on.
+    Returns ``False`` when the message was already marked (a second worker
+    got there first), which is harmless.
+    """
+    changed = await conn.fetchval(
+        """
+        WITH marked AS (
+            UPDATE message_state SET published_at = now(), updated_at = now()
+            WHERE message_pk = $1 AND published_at IS NULL
+            RETURNING message_pk, published_at
+        ), delivered AS (
+            UPDATE deliveries d SET delivered_at = marked.published_at, updated_at = now()
+            FROM marked
+            WHERE d.message_pk = marked.message_pk AND d.delivered_at IS NULL
+        )
+        SELECT count(*) FROM marked
+        """,
+        message_pk,
+    )
+    return bool(changed)
+
+
+async def list_unpublished(conn: Connection, limit: int = 100) -> list[Message]:
+    """Decided messages whose side effects are not confirmed yet, oldest first.
+
+    The outbox sweep: after a crash between the commit and the broker's
+    confirms, these are the messages whose effects must be published again.
+    """
+    rows = await conn.fetch(
+        _MESSAGE_SELECT
+        + " WHERE s.outcome IS NOT NULL AND s.published_at IS NULL ORDER BY m.id LIMIT $1",
+        limit,
+    )
+    return [Message.from_row(row) for row in rows]
+
+
+# -- documents ---------------------------------------------------------------
+
+_DOCUMENT_FIELDS = (
+    "id",
+    "sender",
+    "document_id",
+    "sha256",
+    "code_number",
+    "code_notation",
+    "subject",
+    "promulgation_date",
+    "due_date",
+    "doc_type",
+    "priority",
+    "first_message_pk",
+    "created_at",
+)
+_DOCUMENT_COLUMNS = _columns(_DOCUMENT_FIELDS)
+
+
+async def upsert_document(
+    conn: Connection,
+    *,
+    sender: AgencyCode,
+    document_id: str,
+    sha256: str,
+    first_message_pk: int,
+    code_number: str | None = None,
+    code_notation: str | None = None,
+    subject: str | None = None,
+    promulgation_date: date | None = None,
+    due_date: date | None = None,
+    doc_type: BusinessDocType = BusinessDocType.NEW,
+    priority: Priority | None = None,
+) -> StoredDocument:
+    """Store a document once per (sender, document id) and say what was there.
+
+    The first call inserts; later calls (the same package for another
+    recipient, a redelivery) change nothing and return the stored row.
+    ``conflict`` in the answer is true when the stored row has another
+    SHA-256 than ``sha256``: the id was reused for different content.
+    """
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO documents
+            (sender, document_id, sha256, code_number, code_notation, subject,
+             promulgation_date, due_date, doc_type, priority, first_message_pk)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (sender, document_id) DO NOTHING
+        RETURNING {_DOCUMENT_COLUMNS}
+        """,  # noqa: S608
+        str(sender),
+        document_id,
+        sha256,
+        code_number,
+        code_notation,
+        subject,
+        promulgation_date,
+        due_date,
+        doc_type.value,
+        None if priority is None else priority.value,
+        first_message_pk,
+    )
+    created = row is not None
+    if row is None:
+        row = await conn.fetchrow(
+            f"SELECT {_DOCUMENT_COLUMNS} FROM documents "  # noqa: S608
+            "WHERE sender = $1 AND document_id = $2",
+            str(sender),
+            document_id,
+        )
+        assert row is not None  # the conflict proves it exists
+    document = Document.from_row(row)
+    return StoredDocument(document, created, conflict=document.sha256 != sha256)
+
+
+async def get_document(conn: Connection, sender: AgencyCode, document_id: str) -> Document | None:
+    """The document a sender stored under this id, or ``None``."""
+    row = await conn.fetchrow(
+        f"SELECT {_DOCUMENT_COLUMNS} FROM documents "  # noqa: S608
+        "WHERE sender = $1 AND document_id = $2",
+        str(sender),
+        document_id,
+    )
+    return None if row is None else Document.from_row(row)
+
+
+# -- deliveries --------------------------------------------------------------
+
+_DELIVERY_FIELDS = (
+    "id",
+    "document_pk",
+    "recipient",
+    "message_pk",
+    "state",
+    "recall_pending",
+    "withdrawn",
+    "delivered_at",
+    "created_at",
+    "updated_at",
+)
+_DELIVERY_COLUMNS = _columns(_DELIVERY_FIELDS)
+
+
+async def create_delivery(
+    conn: Connection, document_pk: int, recipient: AgencyCode, message_pk: int
+) -> tuple[Delivery, bool]:
+    """The delivery of a document to a recipient; ``(delivery, True)`` when new.
+
+    ``message_pk`` is the message that carries the document there. A second
+    call for the same (document, recipient) returns the existing delivery.
+    """
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO deliveries (document_pk, recipient, message_pk)
+        VALUES ($1, $2, $3)
+        ON CONFLICT (document_pk, recipient) DO NOTHING
+        RETURNING {_DELIVERY_COLUMNS}
+        """,  # noqa: S608
+        document_pk,
+        str(recipient),
+        message_pk,
+    )
+    created = row is not None
+    if row is None:
+        row = await conn.fetchrow(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "  # noqa: S608
+            "WHERE document_pk = $1 AND recipient = $2",
+            document_pk,
+            str(recipient),
+        )
+        assert row is not None  # the conflict proves it exists
+    return Delivery.from_row(row), created
+
+
+async def get_delivery(
+    conn: Connection,
+    sender: AgencyCode,
+    document_id: str,
+    recipient: AgencyCode,
+    *,
+    lock: bool = False,
+) -> Delivery | None:
+    """The delivery of a sender's document to a recipient, or ``None``.
+
+    With ``lock``, the row stays locked until the transaction ends: two
+    workers handling two statuses of one delivery then apply them one after
+    the other, each checking its transition against the other's result.
+    """
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_columns(_DELIVERY_FIELDS, "d")}
+        FROM deliveries d JOIN documents doc ON doc.id = d.document_pk
+        WHERE doc.sender = $1 AND doc.document_id = $2 AND d.recipient = $3
+        {"FOR UPDATE OF d" if lock else ""}
+        """,  # noqa: S608
+        str(sender),
+        document_id,
+        str(recipient),
+    )
+    return None if row is None else Delivery.from_row(row)
+
+
+async def update_delivery_state(
+    conn: Connection, delivery_pk: int, state: DeliveryState
+) -> Delivery:
+    """Store a delivery's new business state (computed by :func:`exchange.status.next_state`)."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE deliveries SET state = $2, recall_pending = $3, withdrawn = $4, updated_at = now()
+        WHERE id = $1
+        RETURNING {_DELIVERY_COLUMNS}
+        """,  # noqa: S608
+        delivery_pk,
+        None if state.latest is None else state.latest.value,
+        state.recall_pending,
+        state.withdrawn,
+    )
+    if row is None:
+        raise LookupError(f"no delivery {delivery_pk} to update")
+    return Delivery.from_row(row)
+
+
+# -- events ------------------------------------------------------------------
+
+_EVENT_FIELDS = (
+    "id",
+    "delivery_pk",
+    "message_pk",
+    "kind",
+    "code",
+    "reason_code",
+    "description",
+    "at",
+    "recorded_at",
+)
+_EVENT_COLUMNS = _columns(_EVENT_FIELDS)
+
+
+async def append_event(
+    conn: Connection,
+    *,
+    delivery_pk: int,
+    message_pk: int,
+    code: StatusCode | TransportOutcome,
+    at: datetime | None = None,
+    reason: Reason | str | None = None,
+    description: str | None = None,
+) -> tuple[Event, bool]:
+    """Add a receipt (a :class:`TransportOutcome`) or a status (a :class:`StatusCode`).
+
+    The kind follows from the code's vocabulary. A message adds at most one
+    event of each kind to a delivery: a second call returns the first
+    event and ``False``. ``at`` defaults to now (for a status, pass the
+    package's Timestamp).
+    """
+    kind = EventKind.of(code)
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO events (delivery_pk, message_pk, kind, code, reason_code, description, at)
+        VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+        ON CONFLICT (message_pk, delivery_pk, kind) DO NOTHING
+        RETURNING {_EVENT_COLUMNS}
+        """,  # noqa: S608
+        delivery_pk,
+        message_pk,
+        kind.value,
+        code.value,
+        _reason_code(reason),
+        description,
+        at,
+    )
+    created = row is not None
+    if row is None:
+        row = await conn.fetchrow(
+            f"SELECT {_EVENT_COLUMNS} FROM events "  # noqa: S608
+            "WHERE message_pk = $1 AND delivery_pk = $2 AND kind = $3",
+            message_pk,
+            delivery_pk,
+            kind.value,
+        )
+        assert row is not None  # the conflict proves it exists
+    return Event.from_row(row), created
+
+
+async def list_events(conn: Connection, delivery_pk: int) -> list[Event]:
+    """A delivery's history, oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE delivery_pk = $1 "  # noqa: S608
+        "ORDER BY at, id",
+        delivery_pk,
+    )
+    return [Event.from_row(row) for row in rows]
+
+
+# -- what senders and operators read -----------------------------------------
+
+
+async def trace(
+    conn: Connection, document_id: str, sender: AgencyCode | None = None
+) -> list[DocumentTrace]:
+    """The timeline of a document: when submitted, and per recipient its history.
+
+    Without ``sender``, every sender's document with this id (ids follow a
+    convention that starts with the sender's code, so normally one).
+    Recipients come in hierarchy order, each history oldest first.
+    """
+    rows = await conn.fetch(
+        f"""
+        SELECT {_columns(_DOCUMENT_FIELDS, "d")},
+               m.received_at AS submitted_at
+        FROM documents d JOIN messages m ON m.id = d.first_message_pk
+        WHERE d.document_id = $1 AND ($2::text IS NULL OR d.sender = $2)
+        ORDER BY d.created_at, d.id
+        """,  # noqa: S608
+        document_id,
+        None if sender is None else str(sender),
+    )
+    traces: list[DocumentTrace] = []
+    for row in rows:
+        document = Document.from_row(row)
+        delivery_rows = await conn.fetch(
+            f"""
+            SELECT {_columns(_DELIVERY_FIELDS, "d")},
+                   a.name AS recipient_name
+            FROM deliveries d JOIN agencies a ON a.code = d.recipient
+            WHERE d.document_pk = $1
+            """,  # noqa: S608
+            document.pk,
+        )
+        event_rows = await conn.fetch(
+            f"""
+            SELECT {_columns(_EVENT_FIELDS, "e")}
+            FROM events e JOIN deliveries d ON d.id = e.delivery_pk
+            WHERE d.document_pk = $1
+            ORDER BY e.at, e.id
+            """,  # noqa: S608
+            document.pk,
+        )
+        events_by_delivery: dict[int, list[Event]] = {}
+        for event_row in event_rows:
+            event = Event.from_row(event_row)
+            events_by_delivery.setdefault(event.delivery_pk, []).append(event)
+        recipients = sorted(
+            (
+                RecipientTrace(
+                    recipient_name=delivery_row["recipient_name"],
+                    delivery=(delivery := Delivery.from_row(delivery_row)),
+                    events=tuple(events_by_delivery.get(delivery.pk, ())),
+                )
+                for delivery_row in delivery_rows
+            ),
+            key=lambda recipient: recipient.delivery.recipient,
+        )
+        traces.append(DocumentTrace(document, row["submitted_at"], tuple(recipients)))
+    return traces
+
+
+async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRow]:
+    """What a sender sees: each of its documents at each recipient, with the latest status.
+
+    Documents oldest first, recipients in hierarchy order.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT doc.id AS document_pk, doc.document_id, doc.subject,
+               m.received_at AS submitted_at,
+               d.recipient, a.name AS recipient_name,
+               d.state, d.recall_pending, d.withdrawn, d.delivered_at,
+               latest.code AS latest_code, latest.at AS latest_at
+        FROM documents doc
+        JOIN messages m ON m.id = doc.first_message_pk
+        JOIN deliveries d ON d.document_pk = doc.id
+        JOIN agencies a ON a.code = d.recipient
+        LEFT JOIN LATERAL (
+            SELECT e.code, e.at FROM events e
+            WHERE e.delivery_pk = d.id AND e.kind = 'status'
+            ORDER BY e.at DESC, e.id DESC
+            LIMIT 1
+        ) latest ON true
+        WHERE doc.sender = $1
+        """,
+        str(sender),
+    )
+    view = [
+        SenderViewRow(
+            document_pk=row["document_pk"],
+            document_id=row["document_id"],
+            subject=row["subject"],
+            submitted_at=row["submitted_at"],
+            recipient=AgencyCode.parse(row["recipient"]),
+            recipient_name=row["recipient_name"],
+            state=DeliveryState(
+                latest=None if row["state"] is None else StatusCode(row["state"]),
+                recall_pending=row["recall_pending"],
+                withdrawn=row["withdrawn"],
+            ),
+            latest_code=None if row["latest_code"] is None else StatusCode(row["latest_code"]),
+            latest_at=row["latest_at"],
+            delivered_at=row["delivered_at"],
+        )
+        for row in rows
+    ]
+    view.sort(key=lambda line: (line.submitted_at, line.document_pk, line.recipient))
+    return view
