@@ -1,0 +1,646 @@
+"""The query layer against the real PostgreSQL: exactly-once effect, constraints, read views."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from exchange.agency import AgencyCode
+from exchange.reasons import Reason
+from exchange.status import (
+    BusinessDocType,
+    DeliveryState,
+    Priority,
+    StatusCode,
+    TransportOutcome,
+    next_state,
+)
+from exchange.store import Connection, queries
+from exchange.store.queries import AgencyConflictError, dedup_key
+from exchange.store.records import EventKind, Message, MessageKind
+
+pytest_plugins = ["tests.db_fixtures"]
+
+GOVERNMENT_OFFICE = AgencyCode.parse("000.00.00.G22")
+HOME_AFFAIRS = AgencyCode.parse("000.00.00.G09")
+PHU_THO = AgencyCode.parse("000.00.00.H44")
+PHU_THO_DISTRICT = AgencyCode.parse("000.00.24.H44")
+PHU_THO_COMMUNE = AgencyCode.parse("000.46.24.H44")
+
+NAMES = {
+    GOVERNMENT_OFFICE: "Văn phòng Chính phủ",
+    HOME_AFFAIRS: "Bộ Nội vụ",
+    PHU_THO: "UBND tỉnh Phú Thọ",
+    PHU_THO_DISTRICT: "UBND huyện Lâm Thao",
+    PHU_THO_COMMUNE: "UBND xã Sơn Vi",
+}
+
+
+@pytest.fixture
+async def directory(db: Connection) -> Connection:
+    """The test database with the agencies of NAMES registered (in scrambled order)."""
+    for code in sorted(NAMES, key=str, reverse=True):
+        await queries.add_agency(db, code, NAMES[code])
+    return db
+
+
+async def _receive(
+    conn: Connection,
+    body: bytes = b"<edXML>package</edXML>",
+    routing_key: AgencyCode = HOME_AFFAIRS,
+    **state: object,
+) -> tuple[Message, bool]:
+    """Record a message the way the worker does."""
+    return await queries.record_message(
+        conn,
+        dedup_key=dedup_key(str(routing_key), body),
+        amqp_message_id="9d8a3c1e-0000-4000-8000-000000000001",
+        routing_key=str(routing_key),
+        broker_user=str(GOVERNMENT_OFFICE),
+        body=body,
+        sha256=hashlib.sha256(body).hexdigest(),
+        **state,  # type: ignore[arg-type]
+    )
+
+
+async def _document_to(
+    conn: Connection,
+    recipients: list[AgencyCode],
+    document_id: str = "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+    body: bytes = b"<edXML>document 7816</edXML>",
+) -> tuple[int, dict[AgencyCode, int], dict[AgencyCode, int]]:
+    """A document sent by the Government Office to recipients, delivered and published.
+
+    Returns the document's pk, and per recipient its delivery pk and message pk.
+    """
+    deliveries: dict[AgencyCode, int] = {}
+    messages: dict[AgencyCode, int] = {}
+    document_pk = 0
+    for recipient in recipients:
+        message, _ = await _receive(conn, body, recipient, kind=MessageKind.DOCUMENT)
+        stored = await queries.upsert_document(
+            conn,
+            sender=GOVERNMENT_OFFICE,
+            document_id=document_id,
+            sha256=message.sha256,
+            first_message_pk=message.pk,
+            code_number="7816",
+            code_notation="VPCP-TTĐT",
+            subject="Về việc triển khai trục liên thông văn bản",
+            promulgation_date=date(2024, 5, 6),
+            priority=Priority.URGENT,
+        )
+        document_pk = stored.pk
+        delivery, _ = await queries.create_delivery(conn, stored.pk, recipient, message.pk)
+        await queries.set_outcome(
+            conn,
+            message.pk,
+            TransportOutcome.DELIVERED,
+            sender=GOVERNMENT_OFFICE,
+            document_pk=stored.pk,
+        )
+        await queries.append_event(
+            conn, delivery_pk=delivery.pk, message_pk=message.pk, code=TransportOutcome.DELIVERED
+        )
+        await queries.mark_published(conn, message.pk)
+        deliveries[recipient] = delivery.pk
+        messages[recipient] = message.pk
+    return document_pk, deliveries, messages
+
+
+async def _report(
+    conn: Connection,
+    delivery_pk: int,
+    reporter: AgencyCode,
+    code: StatusCode,
+    at: datetime,
+) -> None:
+    """A status package from ``reporter``, recorded and applied the way the worker does."""
+    body = f"<edXML>status {code.value} from {reporter} at {at.isoformat()}</edXML>".encode()
+    message, _ = await _receive(conn, body, GOVERNMENT_OFFICE, kind=MessageKind.STATUS)
+    await queries.append_event(
+        conn, delivery_pk=delivery_pk, message_pk=message.pk, code=code, at=at
+    )
+    current = await queries.get_delivery(
+        conn,
+        GOVERNMENT_OFFICE,
+        "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+        reporter,
+        lock=True,
+    )
+    assert current is not None
+    await queries.update_delivery_state(conn, delivery_pk, next_state(current.state, code))
+    await queries.set_outcome(conn, message.pk, TransportOutcome.DELIVERED, sender=reporter)
+
+
+pytestmark = pytest.mark.services
+
+
+# -- dedup key (pure) -----------------------------------------------------------
+
+
+def test_dedup_key_changes_with_the_routing_key_and_with_the_body() -> None:
+    key = dedup_key("000.00.00.G09", b"<edXML/>")
+    assert key == dedup_key("000.00.00.G09", b"<edXML/>")
+    assert key != dedup_key("000.00.00.H26", b"<edXML/>")
+    assert key != dedup_key("000.00.00.G09", b"<edXML />")
+    # No key/body split can imitate another.
+    assert dedup_key("ab", b"c") != dedup_key("a", b"bc")
+
+
+# -- the schema's code lists ----------------------------------------------------
+
+RECALL_CODES = {StatusCode.RECALL_REQUESTED, StatusCode.RECALL_AGREED, StatusCode.RECALL_REFUSED}
+
+
+@pytest.mark.parametrize(
+    ("constraint", "expected"),
+    [
+        ("message_outcome_code", {o.value for o in TransportOutcome}),
+        ("message_kind_code", {k.value for k in MessageKind}),
+        ("document_doc_type_code", {t.value for t in BusinessDocType}),
+        ("document_priority_code", {p.value for p in Priority}),
+        ("delivery_state_code", {c.value for c in StatusCode if c not in RECALL_CODES}),
+        ("event_kind_code", {k.value for k in EventKind}),
+        (
+            "event_code_in_its_vocabulary",
+            {k.value for k in EventKind}
+            | {o.value for o in TransportOutcome}
+            | {c.value for c in StatusCode},
+        ),
+    ],
+)
+async def test_code_lists_in_the_schema_are_those_of_the_code(
+    db: Connection, constraint: str, expected: set[str]
+) -> None:
+    definition = await db.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1", constraint
+    )
+    assert definition is not None, f"no constraint {constraint}"
+    assert set(re.findall(r"'([^']*)'", definition)) == expected
+
+
+# -- agencies ------------------------------------------------------------------
+
+
+async def test_registered_agency_is_found_by_code_and_by_broker_user(
+    directory: Connection,
+) -> None:
+    by_code = await queries.get_agency(directory, PHU_THO_COMMUNE)
+    assert by_code is not None
+    assert by_code.name == NAMES[PHU_THO_COMMUNE]
+    assert by_code.parent == PHU_THO_DISTRICT
+    assert by_code.level == 3  # under the district (level 2)
+    assert by_code.broker_user == str(PHU_THO_COMMUNE)
+    assert await queries.get_agency_by_broker_user(directory, str(PHU_THO_COMMUNE)) == by_code
+    assert await queries.get_agency(directory, "000.00.00.H26") is None
+    assert await queries.get_agency_by_broker_user(directory, "guest") is None
+
+
+async def test_agencies_are_listed_as_a_tree(directory: Connection) -> None:
+    listed = [agency.code for agency in await queries.list_agencies(directory)]
+    assert listed == [HOME_AFFAIRS, GOVERNMENT_OFFICE, PHU_THO, PHU_THO_DISTRICT, PHU_THO_COMMUNE]
+
+
+async def test_registered_codes_are_every_agency(directory: Connection) -> None:
+    assert await queries.registered_codes(directory) == frozenset(NAMES)
+
+
+async def test_registering_again_updates_the_agency_and_keeps_its_registration_time(
+    directory: Connection,
+) -> None:
+    before = await queries.get_agency(directory, PHU_THO)
+    assert before is not None
+    after = await queries.add_agency(
+        directory,
+        PHU_THO,
+        "Ủy ban nhân dân tỉnh Phú Thọ",
+        certificate_pem="-----BEGIN CERTIFICATE-----\n...",
+        subscriptions=["*.*.*.H44"],
+    )
+    assert after.name == "Ủy ban nhân dân tỉnh Phú Thọ"
+    assert after.subscriptions == ("*.*.*.H44",)
+    assert after.certificate_pem is not None
+    assert after.registered_at == before.registered_at
+    assert len(await queries.list_agencies(directory)) == len(NAMES)
+
+
+async def test_broker_user_of_another_agency_is_refused(directory: Connection) -> None:
+    with pytest.raises(AgencyConflictError, match="broker user"):
+        await queries.add_agency(
+            directory, AgencyCode.parse("000.00.00.H26"), "Hà Nội", broker_user=str(PHU_THO)
+        )
+
+
+async def test_subscription_that_is_not_a_topic_of_four_words_is_refused(
+    directory: Connection,
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="agency_subscription_format"):
+        await queries.add_agency(directory, PHU_THO, NAMES[PHU_THO], subscriptions=["*.H44"])
+
+
+# -- messages ------------------------------------------------------------------
+
+
+async def test_recording_a_message_twice_creates_one_row(db: Connection) -> None:
+    first, created_first = await _receive(db)
+    again, created_again = await _receive(db)
+    assert (created_first, created_again) == (True, False)
+    assert again == first
+    assert await db.fetchval("SELECT count(*) FROM messages") == 1
+    assert await db.fetchval("SELECT count(*) FROM message_state") == 1
+    assert await queries.message_body(db, first.pk) == b"<edXML>package</edXML>"
+
+
+async def test_same_bytes_to_another_recipient_are_another_message(db: Connection) -> None:
+    to_ministry, _ = await _receive(db, routing_key=HOME_AFFAIRS)
+    to_province, created = await _receive(db, routing_key=PHU_THO)
+    assert created
+    assert to_province.pk != to_ministry.pk
+    assert to_province.sha256 == to_ministry.sha256
+
+
+async def test_redelivery_finds_the_outcome_of_the_first_processing(
+    directory: Connection,
+) -> None:
+    message, _ = await _receive(directory)
+    await queries.set_outcome(
+        directory,
+        message.pk,
+        TransportOutcome.REJECTED,
+        Reason.SIGNATURE_INVALID,
+        "SignatureValue does not verify",
+        kind=MessageKind.DOCUMENT,
+        sender=GOVERNMENT_OFFICE,
+    )
+    again, created = await _receive(directory)
+    assert not created
+    assert again.outcome is TransportOutcome.REJECTED
+    assert again.reason_code == "REJECTED_SIGNATURE_INVALID"
+    assert again.reason_detail == "SignatureValue does not verify"
+    assert again.kind is MessageKind.DOCUMENT
+    assert again.sender == GOVERNMENT_OFFICE
+    assert not again.published
+
+
+async def test_two_workers_recording_one_message_at_once_create_one_row(
+    database_url: str,
+) -> None:
+    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        async with first.transaction():
+            _, created_first = await _receive(first)
+            # The second worker's insert waits for the first one's transaction.
+            racing = asyncio.create_task(_receive(second))
+            await asyncio.sleep(0.2)
+            assert not racing.done()
+        message, created_second = await racing
+        assert (created_first, created_second) == (True, False)
+        assert await second.fetchval("SELECT count(*) FROM messages") == 1
+        assert message.routing_key == str(HOME_AFFAIRS)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_hash_that_is_not_the_hash_of_the_body_is_refused(db: Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="message_sha256_matches_body"):
+        await queries.record_message(
+            db,
+            dedup_key=dedup_key("000.00.00.G09", b"real"),
+            amqp_message_id=None,
+            routing_key="000.00.00.G09",
+            broker_user=None,
+            body=b"real",
+            sha256=hashlib.sha256(b"forged").hexdigest(),
+        )
+
+
+@pytest.mark.parametrize("outcome", list(TransportOutcome))
+async def test_every_transport_outcome_can_be_recorded(
+    db: Connection, outcome: TransportOutcome
+) -> None:
+    message, _ = await _receive(db)
+    refused = outcome in (TransportOutcome.REJECTED, TransportOutcome.PARKED)
+    reason = Reason.UNKNOWN_RECIPIENT if refused else None
+    updated = await queries.set_outcome(db, message.pk, outcome, reason)
+    assert updated.outcome is outcome
+    assert updated.reason_code == (reason.code if reason else None)
+    assert updated == await queries.get_message(db, message.pk)
+
+
+async def test_unknown_outcome_is_refused_by_the_database(db: Connection) -> None:
+    message, _ = await _receive(db)
+    with pytest.raises(asyncpg.CheckViolationError, match="message_outcome_code"):
+        await db.execute(
+            "UPDATE message_state SET outcome = 'lost' WHERE message_pk = $1", message.pk
+        )
+
+
+async def test_rejection_without_a_reason_is_refused(db: Connection) -> None:
+    message, _ = await _receive(db)
+    with pytest.raises(asyncpg.CheckViolationError, match="message_reason_iff_refused"):
+        await queries.set_outcome(db, message.pk, TransportOutcome.REJECTED)
+
+
+async def test_new_outcome_clears_the_outbox_flag_and_the_same_outcome_keeps_it(
+    db: Connection,
+) -> None:
+    message, _ = await _receive(db)
+    await queries.set_outcome(db, message.pk, TransportOutcome.PARKED, "TRANSIENT_DATABASE")
+    assert await queries.mark_published(db, message.pk)
+    same = await queries.set_outcome(db, message.pk, TransportOutcome.PARKED, "TRANSIENT_DATABASE")
+    assert same.published
+    replayed = await queries.set_outcome(db, message.pk, TransportOutcome.DELIVERED, attempts=3)
+    assert not replayed.published
+    assert replayed.reason_code is None
+    assert replayed.attempts == 3
+
+
+async def test_unpublished_messages_are_listed_until_marked(db: Connection) -> None:
+    undecided, _ = await _receive(db, b"<edXML>still processing</edXML>")
+    decided, _ = await _receive(db, b"<edXML>decided</edXML>")
+    await queries.set_outcome(db, decided.pk, TransportOutcome.REJECTED, Reason.NOT_EDXML)
+    assert [m.pk for m in await queries.list_unpublished(db)] == [decided.pk]
+    assert await queries.mark_published(db, decided.pk)
+    assert not await queries.mark_published(db, decided.pk)
+    assert await queries.list_unpublished(db) == []
+    assert undecided.outcome is None
+
+
+# -- documents -----------------------------------------------------------------
+
+
+async def test_document_is_stored_once_per_sender_and_id(directory: Connection) -> None:
+    document_pk, _, messages = await _document_to(directory, [HOME_AFFAIRS, PHU_THO])
+    assert await directory.fetchval("SELECT count(*) FROM documents") == 1
+    stored = await queries.get_document(
+        directory, GOVERNMENT_OFFICE, "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT"
+    )
+    assert stored is not None
+    assert stored.pk == document_pk
+    assert stored.first_message_pk == messages[HOME_AFFAIRS]
+    assert stored.priority is Priority.URGENT
+    assert stored.doc_type is BusinessDocType.NEW
+
+
+async def test_same_document_id_with_other_content_is_a_conflict(directory: Connection) -> None:
+    document_pk, _, _ = await _document_to(directory, [HOME_AFFAIRS])
+    other, _ = await _receive(directory, b"<edXML>another document</edXML>", PHU_THO)
+    stored = await queries.upsert_document(
+        directory,
+        sender=GOVERNMENT_OFFICE,
+        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+        sha256=other.sha256,
+        first_message_pk=other.pk,
+    )
+    assert (stored.created, stored.conflict, stored.pk) == (False, True, document_pk)
+    assert stored.document.sha256 != other.sha256
+
+
+async def test_same_content_again_is_no_conflict(directory: Connection) -> None:
+    document_pk, _, messages = await _document_to(directory, [HOME_AFFAIRS])
+    first = await queries.get_message(directory, messages[HOME_AFFAIRS])
+    assert first is not None
+    stored = await queries.upsert_document(
+        directory,
+        sender=GOVERNMENT_OFFICE,
+        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+        sha256=first.sha256,
+        first_message_pk=first.pk,
+    )
+    assert (stored.created, stored.conflict, stored.pk) == (False, False, document_pk)
+
+
+async def test_same_document_id_from_another_sender_is_another_document(
+    directory: Connection,
+) -> None:
+    document_pk, _, messages = await _document_to(directory, [HOME_AFFAIRS])
+    stored = await queries.upsert_document(
+        directory,
+        sender=PHU_THO,
+        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+        sha256="0" * 64,
+        first_message_pk=messages[HOME_AFFAIRS],
+    )
+    assert stored.created
+    assert not stored.conflict
+    assert stored.pk != document_pk
+
+
+async def test_unknown_document_type_is_refused_by_the_database(directory: Connection) -> None:
+    document_pk, _, _ = await _document_to(directory, [HOME_AFFAIRS])
+    with pytest.raises(asyncpg.CheckViolationError, match="document_doc_type_code"):
+        await directory.execute("UPDATE documents SET doc_type = '7' WHERE id = $1", document_pk)
+
+
+# -- deliveries and events -----------------------------------------------------
+
+
+async def test_delivery_created_twice_exists_once(directory: Connection) -> None:
+    document_pk, deliveries, messages = await _document_to(directory, [HOME_AFFAIRS])
+    again, created = await queries.create_delivery(
+        directory, document_pk, HOME_AFFAIRS, messages[HOME_AFFAIRS]
+    )
+    assert not created
+    assert again.pk == deliveries[HOME_AFFAIRS]
+    assert await directory.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+async def test_publishing_marks_the_deliveries_of_the_message_delivered(
+    directory: Connection,
+) -> None:
+    _, _, messages = await _document_to(directory, [HOME_AFFAIRS])
+    delivery = await queries.get_delivery(
+        directory, GOVERNMENT_OFFICE, "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT", HOME_AFFAIRS
+    )
+    message = await queries.get_message(directory, messages[HOME_AFFAIRS])
+    assert delivery is not None
+    assert message is not None
+    assert delivery.delivered_at is not None
+    assert delivery.delivered_at == message.published_at
+
+
+async def test_delivery_state_is_stored_and_read_back(directory: Connection) -> None:
+    _, deliveries, _ = await _document_to(directory, [PHU_THO])
+    pending = DeliveryState(StatusCode.PROCESSING, recall_pending=True)
+    updated = await queries.update_delivery_state(directory, deliveries[PHU_THO], pending)
+    read = await queries.get_delivery(
+        directory, GOVERNMENT_OFFICE, "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT", PHU_THO
+    )
+    assert read == updated
+    assert read.state == pending
+
+
+async def test_delivery_to_an_agency_that_was_not_sent_the_document_is_not_found(
+    directory: Connection,
+) -> None:
+    await _document_to(directory, [PHU_THO])
+    missing = await queries.get_delivery(
+        directory, GOVERNMENT_OFFICE, "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT", HOME_AFFAIRS
+    )
+    assert missing is None
+
+
+async def test_locked_delivery_makes_a_second_status_wait_for_the_first(
+    database_url: str, directory: Connection
+) -> None:
+    _, deliveries, _ = await _document_to(directory, [PHU_THO])
+    document_id = "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT"
+    other = await asyncpg.connect(database_url)
+    try:
+        first = directory.transaction()
+        await first.start()
+        await queries.get_delivery(directory, GOVERNMENT_OFFICE, document_id, PHU_THO, lock=True)
+        second = other.transaction()
+        await second.start()
+        waiting = asyncio.create_task(
+            queries.get_delivery(other, GOVERNMENT_OFFICE, document_id, PHU_THO, lock=True)
+        )
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        arrived = DeliveryState(StatusCode.ARRIVED)
+        await queries.update_delivery_state(directory, deliveries[PHU_THO], arrived)
+        await first.commit()
+        # The second status is checked against the first one's result.
+        seen = await asyncio.wait_for(waiting, timeout=5)
+        assert seen is not None
+        assert seen.state == arrived
+        await second.rollback()
+    finally:
+        await other.close()
+
+
+async def test_event_appended_twice_exists_once(directory: Connection) -> None:
+    _, deliveries, messages = await _document_to(directory, [HOME_AFFAIRS])
+    again, created = await queries.append_event(
+        directory,
+        delivery_pk=deliveries[HOME_AFFAIRS],
+        message_pk=messages[HOME_AFFAIRS],
+        code=TransportOutcome.DELIVERED,
+    )
+    assert not created
+    assert again.kind is EventKind.RECEIPT
+    events = await queries.list_events(directory, deliveries[HOME_AFFAIRS])
+    assert [event.pk for event in events] == [again.pk]
+
+
+async def test_one_message_may_add_a_receipt_and_a_status_to_a_delivery(
+    directory: Connection,
+) -> None:
+    _, deliveries, messages = await _document_to(directory, [HOME_AFFAIRS])
+    status, created = await queries.append_event(
+        directory,
+        delivery_pk=deliveries[HOME_AFFAIRS],
+        message_pk=messages[HOME_AFFAIRS],
+        code=StatusCode.ARRIVED,
+    )
+    assert created
+    assert status.kind is EventKind.STATUS
+    events = await queries.list_events(directory, deliveries[HOME_AFFAIRS])
+    assert {event.kind for event in events} == {EventKind.RECEIPT, EventKind.STATUS}
+
+
+@pytest.mark.parametrize("code", list(StatusCode))
+async def test_every_status_code_can_be_recorded(directory: Connection, code: StatusCode) -> None:
+    _, deliveries, _ = await _document_to(directory, [PHU_THO])
+    message, _ = await _receive(directory, f"<status {code.value}/>".encode(), GOVERNMENT_OFFICE)
+    event, _ = await queries.append_event(
+        directory, delivery_pk=deliveries[PHU_THO], message_pk=message.pk, code=code
+    )
+    assert event.code is code
+
+
+async def test_status_code_in_a_receipt_is_refused_by_the_database(
+    directory: Connection,
+) -> None:
+    _, deliveries, messages = await _document_to(directory, [PHU_THO])
+    with pytest.raises(asyncpg.CheckViolationError, match="event_code_in_its_vocabulary"):
+        await directory.execute(
+            "INSERT INTO events (delivery_pk, message_pk, kind, code, at) "
+            "VALUES ($1, $2, 'receipt', '06', now())",
+            deliveries[PHU_THO],
+            messages[PHU_THO],
+        )
+
+
+# -- trace and the sender's view -----------------------------------------------
+
+
+async def test_trace_tells_when_submitted_delivered_and_each_status(
+    directory: Connection,
+) -> None:
+    document_pk, deliveries, _ = await _document_to(directory, [PHU_THO_COMMUNE, HOME_AFFAIRS])
+    start = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+    for minutes, code in enumerate((StatusCode.ARRIVED, StatusCode.ACCEPTED, StatusCode.DONE)):
+        await _report(
+            directory,
+            deliveries[HOME_AFFAIRS],
+            HOME_AFFAIRS,
+            code,
+            start + timedelta(minutes=minutes),
+        )
+    await _report(
+        directory, deliveries[PHU_THO_COMMUNE], PHU_THO_COMMUNE, StatusCode.RETURNED, start
+    )
+
+    (timeline,) = await queries.trace(directory, "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT")
+    assert timeline.document.pk == document_pk
+    assert timeline.document.subject == "Về việc triển khai trục liên thông văn bản"
+    assert [r.delivery.recipient for r in timeline.recipients] == [HOME_AFFAIRS, PHU_THO_COMMUNE]
+    ministry, commune = timeline.recipients
+    assert ministry.recipient_name == NAMES[HOME_AFFAIRS]
+    assert ministry.delivery.delivered_at is not None
+    assert timeline.submitted_at <= ministry.delivery.delivered_at
+    statuses = [(e.code, e.at) for e in ministry.events if e.kind is EventKind.STATUS]
+    assert statuses == [
+        (StatusCode.ARRIVED, start),
+        (StatusCode.ACCEPTED, start + timedelta(minutes=1)),
+        (StatusCode.DONE, start + timedelta(minutes=2)),
+    ]
+    assert ministry.delivery.state == DeliveryState(StatusCode.DONE)
+    assert [e.code for e in ministry.events if e.kind is EventKind.RECEIPT] == [
+        TransportOutcome.DELIVERED
+    ]
+    assert [e.code for e in commune.events if e.kind is EventKind.STATUS] == [StatusCode.RETURNED]
+
+
+async def test_trace_of_an_unknown_document_or_another_sender_is_empty(
+    directory: Connection,
+) -> None:
+    await _document_to(directory, [HOME_AFFAIRS])
+    document_id = "000.00.00.G22,2024/05/06,7816/VPCP-TTĐT"
+    assert await queries.trace(directory, "000.00.00.G22,2024/05/06,1/VPCP") == []
+    assert await queries.trace(directory, document_id, sender=PHU_THO) == []
+    assert len(await queries.trace(directory, document_id, sender=GOVERNMENT_OFFICE)) == 1
+
+
+async def test_sender_view_shows_each_document_at_each_recipient_with_its_latest_status(
+    directory: Connection,
+) -> None:
+    _, deliveries, _ = await _document_to(directory, [PHU_THO, HOME_AFFAIRS, PHU_THO_DISTRICT])
+    start = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+    await _report(directory, deliveries[PHU_THO], PHU_THO, StatusCode.ARRIVED, start)
+    await _report(
+        directory, deliveries[PHU_THO], PHU_THO, StatusCode.ACCEPTED, start + timedelta(hours=1)
+    )
+    await _report(directory, deliveries[HOME_AFFAIRS], HOME_AFFAIRS, StatusCode.RETURNED, start)
+
+    view = await queries.sender_view(directory, GOVERNMENT_OFFICE)
+    assert [(row.recipient, row.latest_code) for row in view] == [
+        (HOME_AFFAIRS, StatusCode.RETURNED),
+        (PHU_THO, StatusCode.ACCEPTED),
+        (PHU_THO_DISTRICT, None),
+    ]
+    by_recipient = {row.recipient: row for row in view}
+    assert by_recipient[PHU_THO].latest_at == start + timedelta(hours=1)
+    assert by_recipient[PHU_THO].state == DeliveryState(StatusCode.ACCEPTED)
+    assert by_recipient[PHU_THO_DISTRICT].recipient_name == NAMES[PHU_THO_DISTRICT]
+    assert all(row.delivered_at is not None for row in view)
+    assert {row.document_id for row in view} == {"000.00.00.G22,2024/05/06,7816/VPCP-TTĐT"}
+    assert await queries.sender_view(directory, PHU_THO) == []
