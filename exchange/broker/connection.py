@@ -22,6 +22,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
@@ -37,6 +38,10 @@ RECONNECT_INTERVAL_S = 2.0
 # queue confirms after a majority of its replicas wrote the message to disk,
 # which takes milliseconds; 30 s covers a leader election.
 CONFIRM_TIMEOUT_S = 30.0
+
+# Seconds between two looks at a closed robust channel being reopened; it
+# takes a round trip to the broker, about a millisecond on a LAN.
+REOPEN_POLL_S = 0.01
 
 # Content type of an edXML package on the wire.
 XML_CONTENT_TYPE = "application/xml"
@@ -220,6 +225,17 @@ class ConfirmingPublisher:
             self._exchanges[name] = exchange
         return exchange
 
+    async def _ready(self) -> None:
+        """Wait for a robust channel the broker closed (say after a refused
+        publish) to be reopened, instead of failing the next publish too."""
+        if not isinstance(self._channel, AbstractRobustChannel):
+            return
+        # The robust channel learns of the close a moment after the failed
+        # publish does, so `ready()` alone could return before the reopening.
+        while self._channel.is_closed:
+            await asyncio.sleep(REOPEN_POLL_S)
+        await self._channel.ready()
+
     async def publish(
         self,
         exchange: str,
@@ -259,9 +275,11 @@ class ConfirmingPublisher:
             timestamp=datetime.now(UTC),
         )
         try:
-            await (await self._exchange(exchange)).publish(
-                message, routing_key, mandatory=mandatory, timeout=timeout
-            )
+            async with asyncio.timeout(timeout):
+                await self._ready()
+                await (await self._exchange(exchange)).publish(
+                    message, routing_key, mandatory=mandatory
+                )
         except aiormq.exceptions.PublishError as error:
             raise UnroutableError(
                 exchange, routing_key, message_id, "no queue is bound for this routing key"
@@ -273,6 +291,10 @@ class ConfirmingPublisher:
         except aiormq.exceptions.ChannelClosed as error:
             raise PublishRefusedError(
                 exchange, routing_key, message_id, _reply_text(error)
+            ) from error
+        except aiormq.exceptions.ChannelInvalidStateError as error:
+            raise PublishError(
+                exchange, routing_key, message_id, "the channel closed (try again)"
             ) from error
         finally:
             del self._in_flight[message_id]

@@ -94,8 +94,10 @@ async def test_agency_user_cannot_publish_under_another_name(
         publisher = await ConfirmingPublisher.open(connection)
         with pytest.raises(PublishRefusedError) as caught:
             await publisher.publish(
-                SUBMIT_EXCHANGE, str(RECIPIENT), b"<edXML/>", user_id=str(RECIPIENT)
+                SUBMIT_EXCHANGE, str(RECIPIENT), b"<forged/>", user_id=str(RECIPIENT)
             )
+        # The channel is reopened: the next, honest publish goes through.
+        await publisher.publish(SUBMIT_EXCHANGE, str(RECIPIENT), b"<own/>", user_id=sender.name)
     finally:
         await connection.close()
 
@@ -103,7 +105,10 @@ async def test_agency_user_cannot_publish_under_another_name(
     assert isinstance(caught.value.__cause__, aiormq.exceptions.ChannelPreconditionFailed)
     assert "user_id" in str(caught.value)
     assert sender.name in str(caught.value)
-    assert await (await channel.get_queue(WORK_QUEUE)).get(fail=False) is None
+    work = await channel.get_queue(WORK_QUEUE)
+    honest = await work.get(no_ack=True)
+    assert (honest.body, honest.user_id) == (b"<own/>", sender.name)
+    assert await work.get(fail=False) is None
 
 
 async def test_agency_user_cannot_publish_to_the_deliver_exchange(
