@@ -140,7 +140,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_files(files: Sequence[str], check: Callable[[str, bytes], FileVerdict]) -> list[FileVerdict]:
+def _check_files(
+    files: Sequence[str], check: Callable[[str, bytes], FileVerdict]
+) -> list[FileVerdict]:
     verdicts = []
     for file in files:
         data = _read_file(file)
@@ -168,9 +170,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _kind(package: Any, status_type: type) -> str:
-    if isinstance(package, status_type):
-        return f"status {package.status_code.value}"
-    return "document"
+    status_code = getattr(package, "status_code", None) if isinstance(package, status_type) else None
+    return f"status {status_code.value}" if status_code is not None else "document"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from exchange.pki import TrustStore
 from exchange.reasons import Reason, Rejection
 from exchange.receipts import MessageKind
 from exchange.settings import ParserLimits
-from exchange.status import DeliveryState, IllegalTransition, StatusCode, next_state
+from exchange.status import DeliveryState, IllegalTransition, StatusCode, replay_timeline
 
 
 @dataclass(frozen=True)
@@ -125,22 +125,28 @@ def decide_document(
         )
 
 
-def decide_status(inspected: Inspected, current: DeliveryState | None) -> DeliveryState:
-    """The delivery's next state after a status, or a :class:`Rejection`.
+def decide_status(
+    inspected: Inspected, history: list[tuple[datetime, StatusCode]] | None
+) -> DeliveryState:
+    """The delivery's state with this status added, or a :class:`Rejection`.
 
-    ``current`` is the state of the delivery the status speaks of, ``None``
-    when no such document was ever delivered between these agencies.
+    ``history`` holds the statuses already accepted for the delivery the
+    status speaks of, with their Timestamps; ``None`` when no such document
+    was ever delivered between these agencies. The whole timeline, ordered
+    by Timestamp, must be a legal life of a document (see
+    :func:`exchange.status.replay_timeline`).
     """
     code = inspected.status_code
     ref = inspected.ref
     assert code is not None and ref is not None, "decide_status takes a status package"
-    if current is None:
+    assert isinstance(inspected.package, StatusPackage)
+    if history is None:
         raise Rejection.of(
             Reason.UNKNOWN_DOCUMENT,
             f"no document {ref.document_id!r} from {ref.sender} was delivered to {ref.recipient}",
             "ResponseFor/DocumentId",
         )
     try:
-        return next_state(current, code)
+        return replay_timeline([*history, (inspected.package.timestamp, code)])
     except IllegalTransition as error:
         raise Rejection.of(Reason.ILLEGAL_TRANSITION, str(error), "StatusCode") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ RECEIPT_CONTENT_TYPE = "application/vnd.lienthong.receipt+json"
 RECEIPT_SCHEMA_ID = "https://lienthong.gov.vn/schemas/receipt.schema.json"
 
 
-class MessageKind(str, Enum):
+class MessageKind(StrEnum):
     """What a submitted message turned out to be."""
 
     DOCUMENT = "document"

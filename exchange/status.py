@@ -10,11 +10,13 @@ Two vocabularies that must never be mixed:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from datetime import datetime
+from enum import StrEnum
 
 
-class StatusCode(str, Enum):
+class StatusCode(StrEnum):
     """Business status of a document at a recipient (StatusCode on the wire)."""
 
     ARRIVED = "01"  # đã đến: the QLVB received it, the clerk has not handled it
@@ -36,7 +38,7 @@ class StatusCode(str, Enum):
         return self is StatusCode.RECALL_REQUESTED
 
 
-class BusinessDocType(str, Enum):
+class BusinessDocType(StrEnum):
     """What a document package does (BussinessDocType)."""
 
     NEW = "0"
@@ -45,7 +47,7 @@ class BusinessDocType(str, Enum):
     REPLACEMENT = "3"  # thay thế
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Urgency of a document (OtherInfo/Priority)."""
 
     NORMAL = "0"
@@ -55,7 +57,7 @@ class Priority(str, Enum):
     FLASH_TIMED = "4"  # hỏa tốc hẹn giờ
 
 
-class SteeringType(str, Enum):
+class SteeringType(StrEnum):
     """Whether a document directs or reports (SteeringType)."""
 
     NONE = "0"
@@ -63,7 +65,7 @@ class SteeringType(str, Enum):
     DIRECTIVE_REPORT = "2"  # báo cáo việc thực hiện chỉ đạo
 
 
-class TransportOutcome(str, Enum):
+class TransportOutcome(StrEnum):
     """What the exchange did with one message (never a business status)."""
 
     ACCEPTED = "accepted"
@@ -158,3 +160,30 @@ def replay(codes: list[StatusCode]) -> DeliveryState:
     for code in codes:
         state = next_state(state, code)
     return state
+
+
+# Where each code stands in a document's life, to order statuses that carry
+# the same Timestamp (agency systems write whole seconds, and an automated
+# QLVB may report arrival and acceptance in the same second).
+_LIFE_ORDER: dict[StatusCode, int] = {
+    StatusCode.ARRIVED: 0,
+    StatusCode.ACCEPTED: 1,
+    StatusCode.ASSIGNED: 2,
+    StatusCode.PROCESSING: 3,
+    StatusCode.DONE: 4,
+    StatusCode.RETURNED: 4,
+    StatusCode.RECALL_REQUESTED: 5,
+    StatusCode.RECALL_AGREED: 6,
+    StatusCode.RECALL_REFUSED: 6,
+}
+
+
+def replay_timeline(entries: Iterable[tuple[datetime, StatusCode]]) -> DeliveryState:
+    """The state after statuses taken in the order they happened, not of arrival.
+
+    Competing workers and network paths may hand statuses over out of order
+    (05 before 04); each status carries the reporter's Timestamp, so the
+    history is judged in that order. Ties go by the document's life order.
+    """
+    ordered = sorted(entries, key=lambda entry: (entry[0], _LIFE_ORDER[entry[1]]))
+    return replay([code for _, code in ordered])
