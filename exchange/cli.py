@@ -170,7 +170,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _kind(package: Any, status_type: type) -> str:
-    status_code = getattr(package, "status_code", None) if isinstance(package, status_type) else None
+    is_status = isinstance(package, status_type)
+    status_code = getattr(package, "status_code", None) if is_status else None
     return f"status {status_code.value}" if status_code is not None else "document"
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.broker_fixtures", "tests.db_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = (REPO / ".." / "shared" / "samples" / "edxml").resolve()
 
