@@ -65,6 +65,7 @@ _BODY_PATH = f"{ENVELOPE}/{BODY}"
 # and this check counts these (ResponseFor may repeat; DocumentId may sit
 # after To or in the tail, but only once).
 _AT_MOST_ONCE_IN_DOCUMENT_HEADER = ("DocumentId", "OtherInfo", "SteeringType", "ToPlaces")
+_AT_MOST_ONCE_TAGS = {q(name): name for name in _AT_MOST_ONCE_IN_DOCUMENT_HEADER}
 
 
 class PackageKind(Enum):
@@ -111,7 +112,7 @@ def schema_problems(root: etree._Element) -> list[Problem]:
     schema = _schema(kind)
     problems: list[Problem] = []
     if not schema.validate(root):
-        problems.extend(_translate(schema.error_log, root))
+        problems.extend(_translate(schema.error_log, root, _schema_facts(kind)))
     if kind is PackageKind.DOCUMENT:
         problems.extend(_repeated_in_document_header(root))
     return _capped(_unique(problems))
@@ -173,14 +174,11 @@ class _SchemaFacts:
     required_children: frozenset[tuple[str, str]]
 
 
-_GROUPS = {f"{{{_XS_NS}}}{name}" for name in ("sequence", "choice", "all")}
-
-
 @cache
-def _schema_facts() -> _SchemaFacts:
+def _schema_facts(kind: PackageKind) -> _SchemaFacts:
     trees = [
         etree.parse(str(schema_dir() / xsd), new_parser()).getroot()
-        for xsd in (COMMON_XSD, DOCUMENT_XSD, STATUS_XSD)
+        for xsd in (COMMON_XSD, kind.xsd)
     ]
     patterns: dict[str, str] = {}
     owners: dict[str, set[str]] = {}  # complex type name -> names of elements of that type
@@ -240,10 +238,8 @@ def _repeated_in_document_header(root: etree._Element) -> Iterator[Problem]:
         return
     counts: Counter[str] = Counter()
     for child in header:
-        if not isinstance(child.tag, str) or etree.QName(child).namespace != EDXML_NS:
-            continue
-        name = etree.QName(child).localname
-        if name in _AT_MOST_ONCE_IN_DOCUMENT_HEADER:
+        name = _AT_MOST_ONCE_TAGS.get(child.tag)
+        if name is not None:
             counts[name] += 1
             if counts[name] == 2:
                 yield Problem(element_path(child), f"element {name} may appear only once")
@@ -267,14 +263,17 @@ def _wrong_root(root: etree._Element) -> Problem | None:
 # "Element '{ns}Name': message" or "Element '{ns}Name', attribute 'a': message"
 _SUBJECT = re.compile(r"^Element '(?P<element>[^']*)'(?:, attribute '(?P<attribute>[^']*)')?: ")
 _CLARK = re.compile(r"\{[^}]*\}")
+_FACET = re.compile(r"\[facet '[^']*'\] ")
+# libxml2 cuts its messages at 64,000 characters, so a huge value may come
+# without the pattern after it.
 _PATTERN = re.compile(
-    r"\[facet 'pattern'\] The value '(?P<value>.*)' is not accepted by the "
-    r"pattern '(?P<pattern>.*)'\.$",
+    r"\[facet 'pattern'\] The value '(?P<value>.*?)"
+    r"(?:' is not accepted by the pattern '(?P<pattern>.*)'\.)?$",
     re.DOTALL,
 )
 _ENUMERATION = re.compile(
-    r"\[facet 'enumeration'\] The value '(?P<value>.*)' is not an "
-    r"element of the set \{(?P<allowed>.*)\}\.$",
+    r"\[facet 'enumeration'\] The value '(?P<value>.*?)"
+    r"(?:' is not an element of the set \{(?P<allowed>.*)\}\.)?$",
     re.DOTALL,
 )
 _MAX_LENGTH = re.compile(
@@ -323,7 +322,9 @@ _BUILTIN_TYPES = {
 }
 
 
-def _translate(log: etree._ListErrorLog, root: etree._Element) -> Iterator[Problem]:
+def _translate(
+    log: etree._ListErrorLog, root: etree._Element, facts: _SchemaFacts
+) -> Iterator[Problem]:
     reported: set[str] = set()
     for count, entry in enumerate(log):
         if count > MAX_PROBLEMS:
@@ -338,7 +339,7 @@ def _translate(log: etree._ListErrorLog, root: etree._Element) -> Iterator[Probl
         if where in reported and _about_value(entry.message):
             continue
         reported.add(where)
-        yield _problem(entry.message, where, element)
+        yield _problem(entry.message, where, element, facts)
 
 
 def _about_value(message: str) -> bool:
@@ -348,7 +349,9 @@ def _about_value(message: str) -> bool:
     )
 
 
-def _problem(message: str, where: str, element: etree._Element | None) -> Problem:
+def _problem(
+    message: str, where: str, element: etree._Element | None, facts: _SchemaFacts
+) -> Problem:
     subject = _SUBJECT.match(message)
     if subject is None:
         return Problem(where, _plain(message))
@@ -358,9 +361,14 @@ def _problem(message: str, where: str, element: etree._Element | None) -> Proble
     if attribute is not None:
         return Problem(where, _attribute_sentence(name, _local(attribute), detail))
     if (match := _PATTERN.search(detail)) is not None:
-        return Problem(where, _pattern_sentence(name, match["value"], match["pattern"]))
+        return Problem(
+            where,
+            _pattern_sentence(
+                name, match["value"], facts.pattern_types.get(match["pattern"] or "", "")
+            ),
+        )
     if (match := _ENUMERATION.search(detail)) is not None:
-        return Problem(where, _enumeration_sentence(match["value"], match["allowed"]))
+        return Problem(where, _enumeration_sentence(match["value"], match["allowed"] or ""))
     if (match := _MAX_LENGTH.search(detail)) is not None:
         return Problem(
             where,
@@ -372,9 +380,9 @@ def _problem(message: str, where: str, element: etree._Element | None) -> Proble
     if (match := _ATOMIC.search(detail)) is not None:
         return Problem(where, _atomic_sentence(match["value"], match["type"], name))
     if (match := _MISSING.search(detail)) is not None:
-        return Problem(where, _missing_sentence(_names(match["expected"])))
+        return Problem(where, _missing_sentence(name, _names(match["expected"]), facts))
     if (match := _NOT_EXPECTED.search(detail)) is not None:
-        return _unexpected(name, _names(match["expected"] or ""), where, element)
+        return _unexpected(name, _names(match["expected"] or ""), where, element, facts)
     if detail.startswith("Element content is not allowed"):
         return Problem(where, f"element {name} must hold only text, not other elements")
     if detail.startswith("Character content other than whitespace is not allowed"):
@@ -382,20 +390,22 @@ def _problem(message: str, where: str, element: etree._Element | None) -> Proble
     return Problem(where, _plain(detail))
 
 
-def _pattern_sentence(name: str, value: str, pattern: str) -> str:
-    kind = _schema_facts().pattern_types.get(pattern, "")
+def _pattern_sentence(name: str, value: str, kind: str) -> str:
+    """Say what is wrong with ``value``, of the simple type named ``kind``."""
     written = _WRITTEN_AS.get(kind)
     if written is not None and not value.strip():
         return f"element {name} is empty; it must hold {written}"
     if written is not None:
         return f"value {_quote(value)} is not {written}"
     if kind == "AgencyCode":
-        try:
-            AgencyCode.parse(value)
-        except InvalidAgencyCode as error:
-            reason = str(error)
-        else:  # pragma: no cover - libxml2 and agency.py agree on the pattern
-            reason = f"the agency code {_quote(value)} is not accepted"
+        # agency.py explains best what is wrong with a code, quoting it whole:
+        # ask it only about values short enough to quote.
+        reason = f"the agency code {_quote(value)} is not of the form DDD.DD.DD.LNN"
+        if len(value) <= MAX_QUOTED_CHARS:
+            try:
+                AgencyCode.parse(value)
+            except InvalidAgencyCode as error:
+                reason = str(error)
         if "DDD.DD.DD.LNN" not in reason:
             reason += "; agency codes are written DDD.DD.DD.LNN, for example 000.00.00.G22"
         return reason
@@ -405,6 +415,8 @@ def _pattern_sentence(name: str, value: str, pattern: str) -> str:
 def _enumeration_sentence(value: str, allowed: str) -> str:
     values = re.findall(r"'([^']*)'", allowed)
     known = _CODE_LISTS.get(frozenset(values))
+    if not values:  # the message was cut before the list
+        return f"value {_quote(value)} is not in its code list"
     if known is None:
         return f"value {_quote(value)} is not allowed; allowed: {', '.join(values)}"
     label, enum = known
@@ -431,14 +443,22 @@ def _attribute_sentence(element: str, attribute: str, detail: str) -> str:
     return f"attribute {attribute} of element {element}: {_plain(detail)}"
 
 
-def _missing_sentence(expected: list[str]) -> str:
-    if len(expected) == 1:
-        return f"element {expected[0]} is missing"
-    return f"elements are missing: expected {', '.join(expected)}"
+def _missing_sentence(parent: str, expected: list[str], facts: _SchemaFacts) -> str:
+    # For an xs:all, libxml2 lists every child not yet seen, optional ones
+    # too: name only those that must be there.
+    required = [name for name in expected if (parent, name) in facts.required_children]
+    missing = required or expected
+    if len(missing) == 1:
+        return f"element {missing[0]} is missing"
+    return f"elements are missing: {', '.join(missing)}"
 
 
 def _unexpected(
-    name: str, expected: list[str], where: str, element: etree._Element | None
+    name: str,
+    expected: list[str],
+    where: str,
+    element: etree._Element | None,
+    facts: _SchemaFacts,
 ) -> Problem:
     parent = element.getparent() if element is not None else None
     if element is not None and parent is not None:
@@ -448,7 +468,7 @@ def _unexpected(
         if name in before and name not in expected:
             return Problem(where, f"element {name} may appear only once here")
         required = (etree.QName(parent).localname, expected[0]) if len(expected) == 1 else None
-        if required in _schema_facts().required_children and expected[0] not in names:
+        if required in facts.required_children and expected[0] not in names:
             # The one element that had to come here is nowhere: say that,
             # at the parent, rather than blaming the element after the gap.
             return Problem(
@@ -533,7 +553,9 @@ def _names(listing: str) -> list[str]:
 
 
 def _plain(message: str) -> str:
-    return _CLARK.sub("", message).strip()
+    """A message libxml2 wrote that no rule above rewrites, without namespaces, kept short."""
+    plain = _FACET.sub("", _CLARK.sub("", message)).strip()
+    return plain if len(plain) <= 4 * MAX_QUOTED_CHARS else plain[: 4 * MAX_QUOTED_CHARS] + "..."
 
 
 def _quote(value: str) -> str:
