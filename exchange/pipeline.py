@@ -30,9 +30,14 @@ from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse
 from exchange.pki import TrustStore
 from exchange.reasons import Reason, Rejection
-from exchange.receipts import MessageKind
 from exchange.settings import ParserLimits
-from exchange.status import DeliveryState, IllegalTransition, StatusCode, replay_timeline
+from exchange.status import (
+    DeliveryState,
+    IllegalTransition,
+    MessageKind,
+    StatusCode,
+    replay_timeline,
+)
 
 
 @dataclass(frozen=True)

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from exchange.reasons import Rejection
-from exchange.status import TransportOutcome
+from exchange.status import MessageKind, TransportOutcome
 
 RECEIPT_CONTENT_TYPE = "application/vnd.lienthong.receipt+json"
 RECEIPT_SCHEMA_ID = "https://lienthong.gov.vn/schemas/receipt.schema.json"
-
-
-class MessageKind(StrEnum):
-    """What a submitted message turned out to be."""
-
-    DOCUMENT = "document"
-    STATUS = "status"
-    UNKNOWN = "unknown"  # not readable far enough to tell
 
 
 class Receipt(BaseModel):

@@ -74,6 +74,14 @@ class TransportOutcome(StrEnum):
     PARKED = "parked"
 
 
+class MessageKind(StrEnum):
+    """What a submitted message turned out to be."""
+
+    DOCUMENT = "document"
+    STATUS = "status"
+    UNKNOWN = "unknown"  # not (yet) read far enough to tell: unreadable bytes
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryState:
     """Where one document stands at one recipient, as far as statuses tell.

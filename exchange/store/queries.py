@@ -18,7 +18,14 @@ import asyncpg
 
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason
-from exchange.status import BusinessDocType, DeliveryState, Priority, StatusCode, TransportOutcome
+from exchange.status import (
+    BusinessDocType,
+    DeliveryState,
+    MessageKind,
+    Priority,
+    StatusCode,
+    TransportOutcome,
+)
 from exchange.store.db import Connection
 from exchange.store.records import (
     Agency,
@@ -28,7 +35,6 @@ from exchange.store.records import (
     Event,
     EventKind,
     Message,
-    MessageKind,
     RecipientTrace,
     SenderViewRow,
     StoredDocument,

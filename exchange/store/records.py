@@ -19,18 +19,11 @@ from exchange.agency import AgencyCode
 from exchange.status import (
     BusinessDocType,
     DeliveryState,
+    MessageKind,
     Priority,
     StatusCode,
     TransportOutcome,
 )
-
-
-class MessageKind(StrEnum):
-    """What a received message turned out to be."""
-
-    DOCUMENT = "document"
-    STATUS = "status"
-    UNKNOWN = "unknown"  # not (yet) read: unreadable bytes, or not processed yet
 
 
 class EventKind(StrEnum):

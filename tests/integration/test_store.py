@@ -15,6 +15,7 @@ from exchange.reasons import Reason
 from exchange.status import (
     BusinessDocType,
     DeliveryState,
+    MessageKind,
     Priority,
     StatusCode,
     TransportOutcome,
@@ -22,7 +23,7 @@ from exchange.status import (
 )
 from exchange.store import Connection, queries
 from exchange.store.queries import AgencyConflictError, dedup_key
-from exchange.store.records import EventKind, Message, MessageKind
+from exchange.store.records import EventKind, Message
 
 pytest_plugins = ["tests.db_fixtures"]
 

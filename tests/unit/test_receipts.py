@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 
 from exchange.reasons import Reason, Rejection
-from exchange.receipts import MessageKind, Receipt, receipt_json_schema, schema_path
-from exchange.status import TransportOutcome
+from exchange.receipts import Receipt, receipt_json_schema, schema_path
+from exchange.status import MessageKind, TransportOutcome
 
 
 def test_committed_receipt_schema_is_generated_from_the_model() -> None:
