@@ -23,6 +23,7 @@ import re
 from base64 import b64decode
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Literal
 
 from cryptography import x509
@@ -406,10 +407,17 @@ def _require_algorithm(
         )
 
 
+@cache
+def _default_limits() -> ParserLimits:
+    # Reading the environment costs more than verifying a status package's
+    # signature; do it once, not on every call.
+    return ParserLimits()
+
+
 def _root_of(source: bytes | etree._Element, limits: ParserLimits | None) -> etree._Element:
     if isinstance(source, etree._Element):
         return source
-    return safexml.parse(source, limits)
+    return safexml.parse(source, limits or _default_limits())
 
 
 def verify(
