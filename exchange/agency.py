@@ -64,7 +64,8 @@ def _explain(text: str) -> str:
     groups = text.split(".")
     if len(groups) != 4:
         return (
-            f"the agency code {text!r} has {len(groups)} groups; it needs 4, "
+            f"the agency code {text!r} has {len(groups)} group{'s' if len(groups) > 1 else ''}; "
+            "it needs 4, "
             "written DDD.DD.DD.LNN (for example 000.00.00.G22)"
         )
     for position, (group, width) in enumerate(zip(groups[:3], _WIDTHS, strict=True), 1):

@@ -141,6 +141,11 @@ class Reason(Enum):
         """The stable machine code, as written in receipts and metrics."""
         return f"REJECTED_{self.name}"
 
+    @classmethod
+    def from_code(cls, code: str) -> Reason | None:
+        """The reason with this machine code, or ``None`` for a code it does not know."""
+        return cls.__members__.get(code.removeprefix("REJECTED_"))
+
 
 @dataclass(frozen=True)
 class Problem:

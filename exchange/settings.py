@@ -43,3 +43,7 @@ class Settings(ParserLimits):
     # SHA-1 signatures are broken for collision resistance; some legacy
     # senders still produce them, so an operator may allow them knowingly.
     allow_sha1: bool = False
+    # Messages a worker holds unacknowledged at once. They wait for a database
+    # connection (db_pool_size) and the broker's confirms; a few more than the
+    # pool keeps both busy, many more only grows memory and redeliveries.
+    prefetch: int = Field(32, ge=1)

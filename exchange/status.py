@@ -186,6 +186,11 @@ _LIFE_ORDER: dict[StatusCode, int] = {
 }
 
 
+def life_order(code: StatusCode) -> int:
+    """Where a code stands in a document's life (arrival first, recall answers last)."""
+    return _LIFE_ORDER[code]
+
+
 def replay_timeline(entries: Iterable[tuple[datetime, StatusCode]]) -> DeliveryState:
     """The state after statuses taken in the order they happened, not of arrival.
 

@@ -175,7 +175,7 @@ async def registered_codes(conn: Connection) -> frozenset[AgencyCode]:
 _MESSAGE_SELECT = """
 SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
        m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-       s.document_pk, s.attempts, s.published_at, s.updated_at
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
 FROM messages m JOIN message_state s ON s.message_pk = m.id
 """
 
@@ -255,13 +255,14 @@ async def set_outcome(
     kind: MessageKind | None = None,
     sender: AgencyCode | None = None,
     document_pk: int | None = None,
+    document_id: str | None = None,
     attempts: int | None = None,
 ) -> Message:
     """Record what the exchange decided for a message.
 
     ``reason`` is required for ``rejected`` and ``parked`` and refused for
     the others (the database checks it). ``kind``, ``sender``,
-    ``document_pk`` and ``attempts`` are updated when given. A changed
+    ``document_pk``, ``document_id`` and ``attempts`` are updated when given. A changed
     outcome (a parked message replayed and now delivered) has new side
     effects to publish, so it clears the outbox flag.
     """
@@ -275,6 +276,7 @@ async def set_outcome(
             sender = coalesce($6, sender),
             document_pk = coalesce($7, document_pk),
             attempts = coalesce($8, attempts),
+            document_id = coalesce($9, document_id),
             published_at = CASE WHEN outcome IS DISTINCT FROM $2 THEN NULL ELSE published_at END,
             updated_at = now()
         WHERE message_pk = $1
@@ -288,6 +290,7 @@ async def set_outcome(
         None if sender is None else str(sender),
         document_pk,
         attempts,
+        document_id,
     )
     if row is None:
         raise LookupError(f"no message {message_pk} to set the outcome of")

@@ -92,6 +92,7 @@ class Message:
     reason_code: str | None
     reason_detail: str | None
     document_pk: int | None
+    document_id: str | None
     attempts: int
     published_at: datetime | None
     updated_at: datetime
@@ -123,6 +124,7 @@ class Message:
             reason_code=row["reason_code"],
             reason_detail=row["reason_detail"],
             document_pk=row["document_pk"],
+            document_id=row["document_id"],
             attempts=row["attempts"],
             published_at=row["published_at"],
             updated_at=row["updated_at"],

@@ -110,6 +110,9 @@ CREATE TABLE message_state (
     reason_code     text CONSTRAINT message_reason_code_format CHECK (reason_code ~ '^[A-Z][A-Z0-9_]*$'),
     reason_detail   text,
     document_pk     bigint REFERENCES documents (id),
+    -- The DocumentId the package carried (or the conventional one derived
+    -- from it), kept for rejected messages too: the clerk's receipt names it.
+    document_id     text,
     attempts        integer NOT NULL DEFAULT 1 CONSTRAINT message_attempts_positive CHECK (attempts >= 1),
     -- The outbox flag: every side effect of the outcome (delivery, receipt,
     -- forwarded status) was published and confirmed by the broker.

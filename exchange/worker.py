@@ -1,0 +1,509 @@
+"""The worker: consume ``lienthong.work``; decide, record, publish, then ack.
+
+For each message, in this order (the order is the guarantee):
+
+1. inspect it (pure checks, :mod:`exchange.pipeline`) off the event loop;
+2. in one PostgreSQL transaction: record the raw message (once, by its
+   dedup key), look up what the decision needs, record the outcome and its
+   effects on documents, deliveries and history;
+3. publish the effects (the package to the recipient, the receipt to the
+   sender) and wait for the broker's confirms, then mark them published;
+4. ack the input.
+
+A crash anywhere leaves the input unacked, so the broker hands it out again;
+the dedup key makes the second pass find the first one's decision, and it
+only publishes what was not confirmed yet. Receivers may therefore see a
+delivery twice, always with the same message id, and drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from exchange.agency import AgencyCode
+from exchange.broker.connection import ConfirmingPublisher, connect, declare
+from exchange.broker.topology import (
+    DELIVER_EXCHANGE,
+    STATUS_EXCHANGE,
+    WORK_QUEUE,
+    core_topology,
+)
+from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
+from exchange.pipeline import (
+    CheckContext,
+    Envelope,
+    Inspected,
+    decide_document,
+    decide_status,
+    inspect,
+)
+from exchange.pki import TrustStore
+from exchange.reasons import Reason, Rejection
+from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.settings import Settings
+from exchange.status import MessageKind, StatusCode, TransportOutcome
+from exchange.store import queries
+from exchange.store.db import Connection, Pool, create_pool
+from exchange.store.migrate import migrate
+from exchange.store.records import Message
+
+log = logging.getLogger("lienthong.worker")
+
+# Headers the exchange puts on everything it publishes, so that receivers
+# can route, deduplicate and trace without parsing the body.
+HEADER_MESSAGE = "x-lienthong-message"  # the exchange's id of the received message
+HEADER_KIND = "x-lienthong-kind"  # document, status or receipt
+HEADER_DOCUMENT_ID = "x-document-id"
+HEADER_SENDER = "x-sender"
+HEADER_RECIPIENT = "x-recipient"
+HEADER_SHA256 = "x-sha256"
+
+# A directory miss (an agency registered after this worker started) reloads
+# the directory, but not more often than this, so a flood of messages from
+# an unknown broker user cannot turn into a flood of queries.
+DIRECTORY_RELOAD_MIN_S = 1.0
+# Registrations change rarely; a periodic reload picks up removals and
+# renamed broker users without a restart.
+DIRECTORY_MAX_AGE_S = 30.0
+# How long a failed message waits before it is handed back to the broker
+# (issue 4 replaces this with the retry queues).
+TRANSIENT_BACKOFF_S = 1.0
+
+
+class Directory:
+    """The registered agencies, cached: broker user to agency, and who exists."""
+
+    def __init__(self, pool: Pool) -> None:
+        """A directory read from ``pool`` on first use."""
+        self._pool = pool
+        self._by_user: dict[str, AgencyCode] = {}
+        self._codes: frozenset[AgencyCode] = frozenset()
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _reload(self, *, at_most_every: float) -> None:
+        async with self._lock:
+            if time.monotonic() - self._loaded_at < at_most_every:
+                return
+            async with self._pool.acquire() as conn:
+                agencies = await queries.list_agencies(conn)
+            self._by_user = {a.broker_user: a.code for a in agencies}
+            self._codes = frozenset(a.code for a in agencies)
+            self._loaded_at = time.monotonic()
+
+    async def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at > DIRECTORY_MAX_AGE_S:
+            await self._reload(at_most_every=DIRECTORY_MAX_AGE_S)
+
+    async def agency_of_user(self, user: str | None) -> AgencyCode | None:
+        """The agency a broker user publishes for, or ``None``."""
+        if not user:
+            return None
+        await self._fresh()
+        if user not in self._by_user:
+            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
+        return self._by_user.get(user)
+
+    async def is_registered(self, code: AgencyCode) -> bool:
+        """Whether ``code`` is a registered agency."""
+        await self._fresh()
+        if code not in self._codes:
+            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
+        return code in self._codes
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One message the worker must publish (and see confirmed) for a decision."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: dict[str, Any]
+    content_type: str
+
+
+def receipt_for(message: Message, recipient: str) -> Receipt:
+    """The receipt of a decided message, rebuilt from its record alone.
+
+    Built from the database row (not from the first pass's memory) so that a
+    second pass after a crash sends the same receipt.
+    """
+    assert message.outcome is not None, "only decided messages have receipts"
+    problems = message.reason_detail.splitlines() if message.reason_detail else []
+    reason = Reason.from_code(message.reason_code) if message.reason_code else None
+    return Receipt(
+        message_id=message.amqp_message_id or f"lienthong:{message.pk}",
+        document_id=message.document_id,
+        kind=message.kind,
+        sender=None if message.sender is None else str(message.sender),
+        recipient=recipient,
+        outcome=message.outcome,
+        reason_code=message.reason_code,
+        reason=_sentence(reason.vietnamese if reason else None, problems),
+        reason_en=_sentence(reason.english if reason else None, problems),
+        problems=problems,
+        sha256=message.sha256,
+        at=message.updated_at,
+    )
+
+
+def _sentence(text: str | None, problems: list[str]) -> str | None:
+    if text is None:
+        return None
+    return f"{text}: " + "; ".join(problems) if problems else text
+
+
+def effects_of(message: Message, body: bytes, recipient: str) -> list[Publication]:
+    """What must be published for a decided message, in publishing order.
+
+    An accepted package goes to its recipient first (the inbox for a
+    document, the status queue for a status), then the receipt to its
+    sender, so a sender never holds a ``delivered`` receipt for something
+    the broker has not confirmed. A rejected message only gets its receipt,
+    and only when the publisher is a registered agency to send it to.
+    """
+    effects = []
+    headers: dict[str, Any] = {
+        HEADER_MESSAGE: message.pk,
+        HEADER_KIND: message.kind.value,
+        HEADER_RECIPIENT: recipient,
+        HEADER_SHA256: message.sha256,
+    }
+    if message.document_id:
+        headers[HEADER_DOCUMENT_ID] = message.document_id
+    if message.sender is not None:
+        headers[HEADER_SENDER] = str(message.sender)
+    if message.outcome is TransportOutcome.DELIVERED:
+        exchange = DELIVER_EXCHANGE if message.kind is MessageKind.DOCUMENT else STATUS_EXCHANGE
+        effects.append(
+            Publication(
+                exchange, recipient, body, f"lienthong:{message.pk}", headers, "application/xml"
+            )
+        )
+    if message.sender is not None:
+        receipt = receipt_for(message, recipient)
+        effects.append(
+            Publication(
+                STATUS_EXCHANGE,
+                str(message.sender),
+                receipt.to_bytes(),
+                f"lienthong:{message.pk}:receipt",
+                {**headers, HEADER_KIND: "receipt"},
+                RECEIPT_CONTENT_TYPE,
+            )
+        )
+    return effects
+
+
+def _as_aware(moment: datetime) -> datetime:
+    """Package timestamps are Vietnam local time; the database wants an instant."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
+
+
+class Worker:
+    """One consumer of the work queue, with its database pool and publisher."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        trust: TrustStore,
+        pool: Pool,
+        connection: AbstractRobustConnection,
+        prefetch: int | None = None,
+    ) -> None:
+        """A worker over an open broker connection and database pool."""
+        self.settings = settings
+        self.context = CheckContext(
+            trust=trust, limits=settings, allow_sha1=settings.allow_sha1
+        )
+        self.pool = pool
+        self.connection = connection
+        self.prefetch = prefetch or settings.prefetch
+        self.directory = Directory(pool)
+        self._publisher: ConfirmingPublisher | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish what is in flight."""
+        self._publisher = await ConfirmingPublisher.open(self.connection)
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await channel.get_queue(WORK_QUEUE, ensure=False)
+        tag = await queue.consume(self._on_message)
+        log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
+        try:
+            await stop.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+            # Messages already handed to us are finished, not abandoned:
+            # each one ends acked (done) or nacked (back to the queue).
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            with contextlib.suppress(Exception):
+                await channel.close()
+            await self._publisher.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self.handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Process one message to its end: acked once its effects are confirmed."""
+        try:
+            await self.process(
+                message.body,
+                routing_key=self._recipient_key(message),
+                broker_user=message.user_id,
+                amqp_message_id=message.message_id,
+            )
+        except Exception:
+            # Not the package's fault (the database or the broker failed):
+            # the message goes back to the queue to be tried again.
+            log.exception("transient failure on message %s; returned to the queue",
+                          message.message_id)
+            await asyncio.sleep(TRANSIENT_BACKOFF_S)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        await message.ack()
+        self.processed += 1
+
+    @staticmethod
+    def _recipient_key(message: AbstractIncomingMessage) -> str:
+        # A message coming back from a retry queue carries its original
+        # routing key in a header; the queue's own key means nothing.
+        original = (message.headers or {}).get(HEADER_RECIPIENT)
+        if isinstance(original, bytes):
+            original = original.decode()
+        return original if isinstance(original, str) else (message.routing_key or "")
+
+    async def process(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        broker_user: str | None,
+        amqp_message_id: str | None,
+    ) -> Message:
+        """Decide, record and publish one message; returns its record."""
+        publisher = await self.directory.agency_of_user(broker_user)
+        envelope = Envelope(body, routing_key, publisher)
+        loop = asyncio.get_running_loop()
+        inspected: Inspected | Rejection
+        try:
+            inspected = await loop.run_in_executor(None, inspect, envelope, self.context)
+        except Rejection as rejection:
+            inspected = rejection
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                record, _ = await queries.record_message(
+                    conn,
+                    dedup_key=queries.dedup_key(routing_key, body),
+                    amqp_message_id=amqp_message_id,
+                    routing_key=routing_key,
+                    broker_user=broker_user,
+                    body=body,
+                    sha256=envelope.sha256,
+                    sender=publisher,
+                )
+                if not record.decided:
+                    record = await self._decide(conn, record, envelope, inspected)
+            if not record.published:
+                await self._publish(effects_of(record, body, routing_key))
+                await queries.mark_published(conn, record.pk)
+        log.info(
+            "message %s %s: %s%s",
+            record.pk,
+            record.kind.value,
+            record.outcome.value if record.outcome else "undecided",
+            f" {record.reason_code}" if record.reason_code else "",
+            extra={"sender": str(record.sender), "recipient": routing_key,
+                   "document_id": record.document_id},
+        )
+        return record
+
+    async def _decide(
+        self,
+        conn: Connection,
+        record: Message,
+        envelope: Envelope,
+        inspected: Inspected | Rejection,
+    ) -> Message:
+        """Record the outcome of a message never decided before (in the caller's transaction)."""
+        document_id = None
+        kind = MessageKind.UNKNOWN
+        try:
+            if isinstance(inspected, Rejection):
+                raise inspected
+            kind, document_id = inspected.kind, inspected.document_id
+            if isinstance(inspected.package, DocumentPackage):
+                return await self._accept_document(conn, record, envelope, inspected)
+            return await self._accept_status(conn, record, inspected)
+        except Rejection as rejection:
+            return await queries.set_outcome(
+                conn,
+                record.pk,
+                TransportOutcome.REJECTED,
+                rejection.reason,
+                "\n".join(str(p) for p in rejection.problems) or None,
+                kind=kind,
+                sender=envelope.publisher,
+                document_id=document_id,
+            )
+
+    async def _accept_document(
+        self, conn: Connection, record: Message, envelope: Envelope, inspected: Inspected
+    ) -> Message:
+        package = inspected.package
+        assert isinstance(package, DocumentPackage)
+        registered = await self.directory.is_registered(inspected.recipient)
+        stored = await queries.upsert_document(
+            conn,
+            sender=inspected.sender,
+            document_id=inspected.document_id,
+            sha256=envelope.sha256,
+            first_message_pk=record.pk,
+            code_number=package.code.code_number,
+            code_notation=package.code.code_notation,
+            subject=package.subject,
+            promulgation_date=package.promulgation.promulgation_date,
+            due_date=package.due_date,
+            doc_type=package.business_doc_type,
+            priority=package.other_info.priority if package.other_info else None,
+        )
+        decide_document(
+            inspected,
+            recipient_registered=registered,
+            existing_sha256=stored.document.sha256,
+            sha256=envelope.sha256,
+        )
+        delivery, _ = await queries.create_delivery(
+            conn, stored.document.pk, inspected.recipient, record.pk
+        )
+        await queries.append_event(
+            conn, delivery_pk=delivery.pk, message_pk=record.pk, code=TransportOutcome.DELIVERED
+        )
+        return await queries.set_outcome(
+            conn,
+            record.pk,
+            TransportOutcome.DELIVERED,
+            kind=MessageKind.DOCUMENT,
+            sender=inspected.sender,
+            document_pk=stored.document.pk,
+            document_id=inspected.document_id,
+        )
+
+    async def _accept_status(
+        self, conn: Connection, record: Message, inspected: Inspected
+    ) -> Message:
+        package = inspected.package
+        assert isinstance(package, StatusPackage) and inspected.ref is not None
+        ref = inspected.ref
+        delivery = await queries.get_delivery(
+            conn, ref.sender, ref.document_id, ref.recipient, lock=True
+        )
+        history = None
+        if delivery is not None:
+            history = [
+                (event.at.astimezone(VIETNAM_TIME).replace(tzinfo=None), StatusCode(event.code))
+                for event in await queries.list_events(conn, delivery.pk)
+                if event.kind.value == "status"
+            ]
+        state = decide_status(inspected, history)
+        assert delivery is not None  # decide_status refuses a status for no delivery
+        await queries.update_delivery_state(conn, delivery.pk, state)
+        await queries.append_event(
+            conn,
+            delivery_pk=delivery.pk,
+            message_pk=record.pk,
+            code=package.status_code,
+            at=_as_aware(package.timestamp),
+            description=package.description,
+        )
+        return await queries.set_outcome(
+            conn,
+            record.pk,
+            TransportOutcome.DELIVERED,
+            kind=MessageKind.STATUS,
+            sender=inspected.sender,
+            document_pk=delivery.document_pk,
+            document_id=ref.document_id,
+        )
+
+    async def _publish(self, publications: list[Publication]) -> None:
+        assert self._publisher is not None, "run() opens the publisher"
+        for publication in publications:
+            await self._publisher.publish(
+                publication.exchange,
+                publication.routing_key,
+                publication.body,
+                message_id=publication.message_id,
+                headers=publication.headers,
+                content_type=publication.content_type,
+            )
+
+
+async def prepare(settings: Settings) -> None:
+    """Bring the database schema and the core broker topology up to date."""
+    pool = await create_pool(settings)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+    connection = await connect(settings.amqp_url, name="lienthong-init")
+    try:
+        channel = await connection.channel()
+        await declare(channel, core_topology())
+    finally:
+        await connection.close()
+
+
+async def run_workers(
+    settings: Settings,
+    *,
+    count: int = 1,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[list[Worker]], Awaitable[None]] | None = None,
+) -> int:
+    """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM)."""
+    if settings.trust is None:
+        raise RuntimeError(
+            "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
+        )
+    trust = TrustStore.load(settings.trust)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    pool = await create_pool(settings)
+    connection = await connect(settings.amqp_url, name="lienthong-worker")
+    workers = [
+        Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
+    ]
+    try:
+        runs = [asyncio.create_task(w.run(stop)) for w in workers]
+        if on_ready is not None:
+            await on_ready(workers)
+        await asyncio.gather(*runs)
+    finally:
+        await connection.close()
+        await pool.close()
+    return sum(w.processed for w in workers)
+
