@@ -8,14 +8,19 @@ trace, and set a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.reasons import Rejection
+
+if TYPE_CHECKING:
+    from exchange.client import AgencyClient
+    from exchange.settings import Settings
 
 # Exit statuses: 0 all good, 1 some input was refused, 2 the command could not run.
 EXIT_OK = 0
@@ -206,6 +211,380 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- running the exchange -------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the command's options."""
+    from exchange.settings import Settings
+
+    overrides = {
+        name: value
+        for name in ("amqp_url", "database_url", "rabbitmq_api_url", "trust")
+        if (value := getattr(args, name, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine, turning connection failures into a sentence."""
+    import asyncpg
+    from aiormq.exceptions import AMQPConnectionError
+
+    try:
+        return asyncio.run(coroutine)
+    except (OSError, AMQPConnectionError) as error:
+        raise CommandError(
+            f"cannot reach RabbitMQ or PostgreSQL ({error}); are they running? "
+            "`bash scripts/setup.sh` starts them"
+        ) from None
+    except asyncpg.PostgresError as error:
+        raise CommandError(f"the database refused: {error}") from None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Apply database migrations and declare the core broker topology."""
+    from exchange.worker import prepare
+
+    settings = _settings(args)
+
+    async def init() -> int:
+        await prepare(settings)
+        print("database migrated and core topology declared")
+        return EXIT_OK
+
+    return _run(init())
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    """Print the topology: as a RabbitMQ definitions file, or as a list."""
+    from exchange.broker.topology import core_topology, definitions_json
+
+    topology = core_topology()
+    if args.definitions:
+        sys.stdout.write(definitions_json(topology, args.vhost))
+        return EXIT_OK
+    for exchange in topology.exchanges:
+        print(f"exchange {exchange.name} ({exchange.type})")
+    for queue in topology.queues:
+        print(f"queue    {queue.name} {queue.arguments()}")
+    for binding in topology.bindings:
+        print(f"binding  {binding.source} -> {binding.destination} [{binding.routing_key}]")
+    return EXIT_OK
+
+
+def cmd_agency_add(args: argparse.Namespace) -> int:
+    """Register an agency: directory row, broker user, inbox and status queues."""
+    from exchange.agency import AgencyCode, InvalidAgencyCode
+    from exchange.registry import RegistrationError, register_agency
+
+    try:
+        code = AgencyCode.parse(args.code)
+    except InvalidAgencyCode as error:
+        raise CommandError(str(error)) from None
+    certificate = _read_file(args.cert).decode() if args.cert else None
+
+    async def add() -> int:
+        try:
+            registration = await register_agency(
+                _settings(args),
+                code,
+                args.name,
+                certificate_pem=certificate,
+                subscriptions=args.subscribe or (),
+                broker_user=args.broker_user,
+                password=args.password,
+                provision_user=not args.no_broker_user,
+            )
+        except RegistrationError as error:
+            raise CommandError(str(error)) from None
+        agency = registration.agency
+        print(f"registered {agency.code} (level {agency.level}) {agency.name}")
+        print(f"  queues: lienthong.inbox.{agency.code}, lienthong.status.{agency.code}")
+        if registration.password is not None:
+            print(f"  broker user: {registration.broker_user}")
+            print(f"  broker password: {registration.password}  (shown once; keep it safe)")
+        return EXIT_OK
+
+    return _run(add())
+
+
+def cmd_agency_list(args: argparse.Namespace) -> int:
+    """List registered agencies as a tree, by level."""
+    from exchange.store import queries
+    from exchange.store.db import connect
+
+    async def listing() -> int:
+        conn = await connect(_settings(args))
+        try:
+            agencies = await queries.list_agencies(conn)
+        finally:
+            await conn.close()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "code": str(a.code),
+                            "name": a.name,
+                            "level": a.level,
+                            "parent": None if a.parent is None else str(a.parent),
+                            "broker_user": a.broker_user,
+                            "subscriptions": list(a.subscriptions),
+                        }
+                        for a in agencies
+                    ],
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+            return EXIT_OK
+        registered = {a.code for a in agencies}
+        for agency in agencies:
+            indent = "  " * (agency.level - 1)
+            if agency.parent is not None and agency.parent not in registered:
+                print(f"{indent[:-2]}({agency.parent}, not registered)")
+                registered.add(agency.parent)
+            subscribed = ", ".join(agency.subscriptions)
+            extra = f"  [subscribes {subscribed}]" if subscribed else ""
+            print(f"{indent}{agency.code}  {agency.name}{extra}")
+        print(f"{len(agencies)} agencies")
+        return EXIT_OK
+
+    return _run(listing())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run workers until interrupted (SIGINT or SIGTERM)."""
+    import logging
+
+    from exchange.worker import run_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _settings(args)
+    if settings.trust is None:
+        raise CommandError("no trust anchors: pass --trust CA.pem or set LIENTHONG_TRUST")
+
+    async def work() -> int:
+        processed = await run_workers(settings, count=args.count)
+        print(f"stopped after {processed} messages")
+        return EXIT_OK
+
+    return _run(work())
+
+
+def _agency_client(args: argparse.Namespace) -> AgencyClient:
+    from exchange.client import AgencyClient
+    from exchange.pki import Credential
+
+    credential = None
+    if getattr(args, "key", None) and getattr(args, "cert", None):
+        credential = Credential(_read_file(args.key), _read_file(args.cert))
+    return AgencyClient(args.agency, _settings(args).amqp_url, credential=credential)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Build a document from metadata and files, sign it, publish it to each recipient."""
+    from datetime import date
+
+    from exchange.agency import AgencyCode, InvalidAgencyCode
+    from exchange.edxml.model import Code, DocumentType, Organization, SignerInfo
+    from exchange.edxml.writer import attachment_from_file, new_document
+
+    try:
+        recipients = [Organization(organ_id=AgencyCode.parse(c)) for c in args.to]
+        sender = Organization(organ_id=AgencyCode.parse(args.agency), organ_name=args.sender_name)
+    except InvalidAgencyCode as error:
+        raise CommandError(str(error)) from None
+    for path in args.attach or ():
+        if not Path(path).is_file():
+            raise CommandError(f"cannot read {path}")
+    document = new_document(
+        sender=sender,
+        recipients=recipients,
+        code=Code(code_number=args.number, code_notation=args.notation),
+        subject=args.subject,
+        promulgation_date=date.fromisoformat(args.date) if args.date else date.today(),
+        place=args.place,
+        document_type=DocumentType(type="1", type_name=args.type_name),
+        signer=SignerInfo(full_name=args.signer, position=args.position),
+        attachments=[attachment_from_file(Path(p)) for p in args.attach or ()],
+    )
+
+    async def send() -> int:
+        async with _agency_client(args) as client:
+            ids = await client.send_document(document)
+        print(
+            f"sent {args.number}/{args.notation} to {len(ids)} recipient(s): " + ", ".join(args.to)
+        )
+        return EXIT_OK
+
+    return _run(send())
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    """Save each received package in DIR, then acknowledge it."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def drain() -> int:
+        count = 0
+        async with _agency_client(args) as client:
+            async for item in client.inbox(idle_timeout=args.idle):
+                name = item.message_id.replace(":", "_").replace("/", "_") or f"item-{count}"
+                path = out / f"{name}.edxml"
+                path.write_bytes(item.body)
+                await item.ack()
+                count += 1
+                print(f"{path}  from {item.sender}  {item.document_id}")
+        print(f"{count} document(s) saved in {out}")
+        return EXIT_OK
+
+    return _run(drain())
+
+
+def cmd_statuses(args: argparse.Namespace) -> int:
+    """Print (and acknowledge) the receipts and statuses waiting for an agency."""
+
+    async def drain() -> int:
+        async with _agency_client(args) as client:
+            async for item in client.statuses(idle_timeout=args.idle):
+                if item.is_receipt:
+                    line = item.receipt.model_dump(mode="json")
+                else:
+                    status = item.status
+                    line = {
+                        "type": "status",
+                        "document_id": status.response_for.document_id,
+                        "from": str(status.sender.organ_id),
+                        "status_code": status.status_code.value,
+                        "description": status.description,
+                        "timestamp": status.timestamp.isoformat(),
+                    }
+                print(json.dumps(line, ensure_ascii=False) if args.json else _status_line(line))
+                await item.ack()
+        return EXIT_OK
+
+    return _run(drain())
+
+
+def _status_line(item: dict[str, Any]) -> str:
+    if item["type"] == "receipt":
+        why = f" {item['reason_code']}: {item['reason']}" if item["reason_code"] else ""
+        return f"receipt {item['document_id']} -> {item['recipient']}: {item['outcome']}{why}"
+    return (
+        f"status  {item['document_id']} at {item['from']}: {item['status_code']} "
+        f"{item['description'] or ''}"
+    )
+
+
+def cmd_report_status(args: argparse.Namespace) -> int:
+    """Report a business status for a received document (a file saved by `inbox`)."""
+    from exchange.edxml.reader import read_document
+    from exchange.status import StatusCode
+
+    try:
+        code = StatusCode(args.code)
+    except ValueError:
+        allowed = ", ".join(c.value for c in StatusCode)
+        raise CommandError(f"--code {args.code} is not a status code; allowed: {allowed}") from None
+    try:
+        document = read_document(_read_file(args.document))
+    except Rejection as rejection:
+        raise CommandError(f"{args.document} is not a readable document: {rejection}") from None
+
+    async def report() -> int:
+        async with _agency_client(args) as client:
+            await client.report_status(document, code, args.description)
+        print(
+            f"reported {code.value} for {document.document_id or args.document} "
+            f"to {document.sender.organ_id}"
+        )
+        return EXIT_OK
+
+    return _run(report())
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Print a document's timeline: submitted, then per recipient each receipt and status."""
+    from exchange.agency import AgencyCode
+    from exchange.edxml.model import VIETNAM_TIME
+    from exchange.store import queries
+    from exchange.store.db import connect
+
+    sender = AgencyCode.parse(args.sender) if args.sender else None
+
+    async def tracing() -> int:
+        conn = await connect(_settings(args))
+        try:
+            traces = await queries.trace(conn, args.document, sender)
+        finally:
+            await conn.close()
+        if not traces:
+            print(f"no document {args.document!r} is recorded", file=sys.stderr)
+            return EXIT_REFUSED
+        if args.json:
+            print(json.dumps([_trace_json(t) for t in traces], ensure_ascii=False, indent=2))
+            return EXIT_OK
+        for trace in traces:
+            doc = trace.document
+            print(f'{doc.document_id}  from {doc.sender}  "{doc.subject or ""}"')
+            submitted = trace.submitted_at.astimezone(VIETNAM_TIME)
+            print(f"  {submitted:%Y-%m-%d %H:%M:%S%z}  submitted")
+            for recipient in trace.recipients:
+                print(f"  -> {recipient.delivery.recipient} {recipient.recipient_name}")
+                for event in recipient.events:
+                    label = event.code.value
+                    extra = event.description or event.reason_code or ""
+                    when = event.at.astimezone(VIETNAM_TIME)
+                    print(f"     {when:%Y-%m-%d %H:%M:%S%z}  {event.kind.value:<7} {label} {extra}")
+        return EXIT_OK
+
+    return _run(tracing())
+
+
+def _trace_json(trace: Any) -> dict[str, Any]:
+    doc = trace.document
+    return {
+        "document_id": doc.document_id,
+        "sender": str(doc.sender),
+        "subject": doc.subject,
+        "submitted_at": trace.submitted_at.isoformat(),
+        "recipients": [
+            {
+                "recipient": str(r.delivery.recipient),
+                "name": r.recipient_name,
+                "state": None if r.delivery.state is None else r.delivery.state.value,
+                "events": [
+                    {
+                        "kind": e.kind.value,
+                        "code": e.code.value,
+                        "at": e.at.isoformat(),
+                        "reason_code": e.reason_code,
+                        "description": e.description,
+                    }
+                    for e in r.events
+                ],
+            }
+            for r in trace.recipients
+        ],
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the four-level demo and print what every sender sees."""
+    from exchange.demo import run_demo
+
+    async def demo() -> int:
+        table = await run_demo(_settings(args), Path(args.keys), workers=args.workers)
+        print()
+        print("What every sender sees (from its own status queue):")
+        print(table)
+        return EXIT_OK
+
+    return _run(demo())
+
+
 # -- the parser ---------------------------------------------------------------
 
 
@@ -256,6 +635,125 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print a published schema")
     schema.add_argument("name", choices=["receipt"])
     schema.set_defaults(handler=cmd_schema)
+
+    services = argparse.ArgumentParser(add_help=False)
+    services.add_argument("--amqp-url", help="RabbitMQ (default LIENTHONG_AMQP_URL)")
+    services.add_argument("--database-url", help="PostgreSQL (default LIENTHONG_DATABASE_URL)")
+    services.add_argument(
+        "--rabbitmq-api-url", help="RabbitMQ management API (default LIENTHONG_RABBITMQ_API_URL)"
+    )
+    agency_side = argparse.ArgumentParser(add_help=False, parents=[services])
+    agency_side.add_argument(
+        "--as", dest="agency", required=True, metavar="CODE", help="the agency acting (its code)"
+    )
+    signing = argparse.ArgumentParser(add_help=False)
+    signing.add_argument("--key", required=True, help="the agency's private key (PEM)")
+    signing.add_argument("--cert", required=True, help="the agency's certificate (PEM)")
+
+    init_cmd = commands.add_parser(
+        "init", parents=[services], help="migrate the database, declare the core topology"
+    )
+    init_cmd.set_defaults(handler=cmd_init)
+
+    topology = commands.add_parser("topology", help="print the broker topology")
+    topology.add_argument(
+        "--definitions", action="store_true", help="as a RabbitMQ definitions file (JSON)"
+    )
+    topology.add_argument("--vhost", default="/", help="the vhost for the definitions file")
+    topology.set_defaults(handler=cmd_topology)
+
+    agency = commands.add_parser("agency", help="the agency directory")
+    agency_commands = agency.add_subparsers(dest="agency_command", required=True, metavar="ACTION")
+    add = agency_commands.add_parser("add", parents=[services], help="register an agency")
+    add.add_argument("code", help="agency code, e.g. 000.00.00.H26")
+    add.add_argument("--name", required=True, help="the agency's name")
+    add.add_argument("--cert", help="its signing certificate (PEM); must name the code")
+    add.add_argument(
+        "--subscribe",
+        action="append",
+        metavar="PATTERN",
+        help="also receive what is addressed to a subtree, e.g. '*.*.*.H26'",
+    )
+    add.add_argument("--broker-user", help="its RabbitMQ user (default: the code)")
+    add.add_argument("--password", help="the broker user's password (default: generated)")
+    add.add_argument(
+        "--no-broker-user",
+        action="store_true",
+        help="leave the broker user alone (managed elsewhere)",
+    )
+    add.set_defaults(handler=cmd_agency_add)
+    listing = agency_commands.add_parser("list", parents=[services], help="list agencies as a tree")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_agency_list)
+
+    worker = commands.add_parser("worker", parents=[services], help="run workers")
+    worker.add_argument("--trust", help="CA certificate(s) (default LIENTHONG_TRUST)")
+    worker.add_argument("--count", type=int, default=1, help="workers in this process")
+    worker.set_defaults(handler=cmd_worker)
+
+    send = commands.add_parser(
+        "send", parents=[agency_side, signing], help="build, sign and send a document"
+    )
+    send.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        metavar="CODE",
+        help="a recipient (repeat for several)",
+    )
+    send.add_argument("--number", required=True, help="số văn bản (CodeNumber)")
+    send.add_argument("--notation", required=True, help="ký hiệu (CodeNotation)")
+    send.add_argument("--subject", required=True, help="trích yếu")
+    send.add_argument("--date", help="promulgation date, YYYY-MM-DD (default today)")
+    send.add_argument("--place", default="Hà Nội", help="place of promulgation")
+    send.add_argument("--type-name", default="Công văn", help="document type name")
+    send.add_argument("--signer", default="", help="the signer's full name")
+    send.add_argument("--position", default="", help="the signer's position")
+    send.add_argument("--sender-name", help="the sending agency's name")
+    send.add_argument("--attach", action="append", metavar="FILE", help="attach a file")
+    send.set_defaults(handler=cmd_send)
+
+    inbox = commands.add_parser(
+        "inbox", parents=[agency_side], help="save received documents and acknowledge them"
+    )
+    inbox.add_argument("--out", required=True, help="directory to save packages in")
+    inbox.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="stop after this many seconds without a new document",
+    )
+    inbox.set_defaults(handler=cmd_inbox)
+
+    statuses = commands.add_parser(
+        "statuses", parents=[agency_side], help="print receipts and statuses, and acknowledge them"
+    )
+    statuses.add_argument(
+        "--idle", type=float, default=2.0, help="stop after this many seconds without news"
+    )
+    statuses.add_argument("--json", action="store_true")
+    statuses.set_defaults(handler=cmd_statuses)
+
+    report = commands.add_parser(
+        "report-status",
+        parents=[agency_side, signing],
+        help="report a status for a received document",
+    )
+    report.add_argument("document", help="the received package (a file saved by `inbox`)")
+    report.add_argument("--code", required=True, help="StatusCode: 01..06, 15, 16")
+    report.add_argument("--description", help="what happened, for the sender's clerk")
+    report.set_defaults(handler=cmd_report_status)
+
+    trace = commands.add_parser("trace", parents=[services], help="a document's timeline")
+    trace.add_argument("document", help="its DocumentId")
+    trace.add_argument("--sender", help="the sender's code, if several sent that id")
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(handler=cmd_trace)
+
+    demo = commands.add_parser("demo", parents=[services], help="run the four-level demo")
+    demo.add_argument("--keys", default="var/demo-keys", help="where the demo CA and keys go")
+    demo.add_argument("--workers", type=int, default=2, help="workers to run")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

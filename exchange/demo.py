@@ -166,6 +166,10 @@ def demo_document(
     )
 
 
+# How long an agency's QLVB waits for one more item before it stops reading:
+# long enough for the workers to handle what was just sent.
+INBOX_IDLE_S = 3.0
+
 # Each recipient's progress, in the order it reports; one recipient returns.
 NORMAL_PROGRESS = (
     (StatusCode.ARRIVED, "Phần mềm QLVB đã nhận"),
@@ -257,32 +261,46 @@ async def run_demo(settings: Settings, keys_dir: Path, *, workers: int = 2) -> s
             sent.append((sender, document))
             to = ", ".join(str(r.code) for r in recipients)
             print(f"sent {number}/{notation} from {sender.code} to {to}")
-        # Each recipient reads its inbox and reports; the district returns
-        # the commune's report to show a 02.
-        for recipient in cast.values():
-            async with recipient.client() as client:
-                async for item in client.inbox(idle_timeout=3.0):
-                    document = item.package
-                    returns = recipient is district and document.sender.organ_id == commune.code
-                    progress = RETURN_PROGRESS if returns else NORMAL_PROGRESS
-                    base = datetime.now(VIETNAM_TIME).replace(tzinfo=None, microsecond=0)
-                    for step, (code, description) in enumerate(progress):
-                        await client.report_status(
-                            document, code, description, at=base + timedelta(seconds=step)
-                        )
-                    await item.ack()
-                    print(f"{recipient.code} received {document.code.code_number}/"
-                          f"{document.code.code_notation} and reported "
-                          + ", ".join(c.value for c, _ in progress))
+        # Each recipient reads its inbox and reports, all at once as real
+        # agencies would; the district returns the commune's report (a 02).
+        await asyncio.gather(
+            *(
+                _work_inbox(recipient, returns_from=commune if recipient is district else None)
+                for recipient in cast.values()
+            )
+        )
         # Every sender reads its status queue: receipts, then statuses.
         for sender, _ in sent:
             views.setdefault(sender.code, SenderView())
-        for sender_code, view in views.items():
-            async with cast[str(sender_code)].client() as client:
-                async for news in client.statuses(idle_timeout=3.0):
-                    view.read(news)
-                    await news.ack()
+        await asyncio.gather(*(_read_statuses(cast[str(c)], v) for c, v in views.items()))
     return format_views(views)
+
+
+async def _work_inbox(recipient: LocalAgency, *, returns_from: LocalAgency | None) -> None:
+    """A recipient's QLVB: take each document, report its progress, acknowledge it."""
+    async with recipient.client() as client:
+        async for item in client.inbox(idle_timeout=INBOX_IDLE_S):
+            document = item.package
+            returns = returns_from is not None and document.sender.organ_id == returns_from.code
+            progress = RETURN_PROGRESS if returns else NORMAL_PROGRESS
+            base = datetime.now(VIETNAM_TIME).replace(tzinfo=None, microsecond=0)
+            for step, (code, description) in enumerate(progress):
+                at = base + timedelta(seconds=step)
+                await client.report_status(document, code, description, at=at)
+            await item.ack()
+            print(
+                f"{recipient.code} received {document.code.code_number}/"
+                f"{document.code.code_notation} and reported "
+                + ", ".join(c.value for c, _ in progress)
+            )
+
+
+async def _read_statuses(sender: LocalAgency, view: SenderView) -> None:
+    """A sender's QLVB: read every receipt and status waiting for it."""
+    async with sender.client() as client:
+        async for news in client.statuses(idle_timeout=INBOX_IDLE_S):
+            view.read(news)
+            await news.ack()
 
 
 def format_views(views: dict[AgencyCode, SenderView]) -> str:
@@ -293,4 +311,3 @@ def format_views(views: dict[AgencyCode, SenderView]) -> str:
         for (document, recipient), (_, news) in sorted(view.rows.items()):
             lines.append(f"{sender!s:<14} {document:<44} {recipient:<14} {news}")
     return "\n".join(lines)
-

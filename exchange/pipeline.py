@@ -99,9 +99,7 @@ def inspect(envelope: Envelope, context: CheckContext) -> Inspected:
     sender = authorise_sender(package, signer=verified.agency, publisher=envelope.publisher)
     authorise_route(package, recipient)
     if isinstance(package, DocumentPackage):
-        return Inspected(
-            MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package)
-        )
+        return Inspected(MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package))
     ref = document_ref(package)
     return Inspected(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
 

@@ -47,9 +47,7 @@ class Receipt(BaseModel):
     reason_code: str | None = Field(
         None, description="Stable machine code of the reason (REJECTED_...), when not delivered."
     )
-    reason: str | None = Field(
-        None, description="The reason in Vietnamese, for the agency clerk."
-    )
+    reason: str | None = Field(None, description="The reason in Vietnamese, for the agency clerk.")
     reason_en: str | None = Field(None, description="The reason in English, for operators.")
     problems: list[str] = Field(
         default_factory=list, description="Each specific problem found: where, and what."

@@ -83,9 +83,7 @@ async def register_agency(
             raise RegistrationError("the certificate file is not a PEM certificate") from None
         named = agency_code_of(certificate)
         if named != code:
-            raise RegistrationError(
-                f"the certificate names {named or 'no agency'}, not {code}"
-            )
+            raise RegistrationError(f"the certificate names {named or 'no agency'}, not {code}")
     try:
         patterns = [validate_subscription(p) for p in subscriptions]
     except ValueError as error:

@@ -106,25 +106,25 @@ class IllegalTransition(ValueError):
     """A status that may not follow the current state; the message says why."""
 
 
+_S = StatusCode
 # The normal flow: which codes may follow which. None is "delivered, nothing
-# reported yet". Systems may skip 01 (the clerk registers at once) and 04
-# (no leader assignment for routine documents); 04 and 05 may repeat (a
-# re-assignment, a progress report); a document may be returned (02) at any
-# point before it is done.
+# reported yet". The flow only moves forward (01, 03, 04, 05, 06) and may
+# skip steps: a clerk registers at once without 01, a routine document needs
+# no leader assignment (04), an automated QLVB reports only 06. Skipping also
+# keeps the exchange right when statuses overtake each other on the way (04
+# handled before 03 by competing workers): the later one is judged against
+# what has arrived, and the earlier one then fits in by its Timestamp.
+# 04 and 05 may repeat and alternate (a re-assignment, a progress report);
+# a document may be returned (02) at any point before it is done; nothing
+# follows 02 or 06 (a resend after 02 is a new delivery).
 _FLOW: dict[StatusCode | None, frozenset[StatusCode]] = {
-    None: frozenset({StatusCode.ARRIVED, StatusCode.RETURNED, StatusCode.ACCEPTED}),
-    StatusCode.ARRIVED: frozenset({StatusCode.RETURNED, StatusCode.ACCEPTED}),
-    StatusCode.ACCEPTED: frozenset(
-        {StatusCode.RETURNED, StatusCode.ASSIGNED, StatusCode.PROCESSING, StatusCode.DONE}
-    ),
-    StatusCode.ASSIGNED: frozenset(
-        {StatusCode.RETURNED, StatusCode.ASSIGNED, StatusCode.PROCESSING, StatusCode.DONE}
-    ),
-    StatusCode.PROCESSING: frozenset(
-        {StatusCode.RETURNED, StatusCode.ASSIGNED, StatusCode.PROCESSING, StatusCode.DONE}
-    ),
-    StatusCode.RETURNED: frozenset(),
-    StatusCode.DONE: frozenset(),
+    None: frozenset({_S.ARRIVED, _S.RETURNED, _S.ACCEPTED, _S.ASSIGNED, _S.PROCESSING, _S.DONE}),
+    _S.ARRIVED: frozenset({_S.RETURNED, _S.ACCEPTED, _S.ASSIGNED, _S.PROCESSING, _S.DONE}),
+    _S.ACCEPTED: frozenset({_S.RETURNED, _S.ASSIGNED, _S.PROCESSING, _S.DONE}),
+    _S.ASSIGNED: frozenset({_S.RETURNED, _S.ASSIGNED, _S.PROCESSING, _S.DONE}),
+    _S.PROCESSING: frozenset({_S.RETURNED, _S.ASSIGNED, _S.PROCESSING, _S.DONE}),
+    _S.RETURNED: frozenset(),
+    _S.DONE: frozenset(),
 }
 
 

@@ -226,9 +226,7 @@ class Worker:
     ) -> None:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
-        self.context = CheckContext(
-            trust=trust, limits=settings, allow_sha1=settings.allow_sha1
-        )
+        self.context = CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1)
         self.pool = pool
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
@@ -275,8 +273,9 @@ class Worker:
         except Exception:
             # Not the package's fault (the database or the broker failed):
             # the message goes back to the queue to be tried again.
-            log.exception("transient failure on message %s; returned to the queue",
-                          message.message_id)
+            log.exception(
+                "transient failure on message %s; returned to the queue", message.message_id
+            )
             await asyncio.sleep(TRANSIENT_BACKOFF_S)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
@@ -333,8 +332,11 @@ class Worker:
             record.kind.value,
             record.outcome.value if record.outcome else "undecided",
             f" {record.reason_code}" if record.reason_code else "",
-            extra={"sender": str(record.sender), "recipient": routing_key,
-                   "document_id": record.document_id},
+            extra={
+                "sender": str(record.sender),
+                "recipient": routing_key,
+                "document_id": record.document_id,
+            },
         )
         return record
 
@@ -506,4 +508,3 @@ async def run_workers(
         await connection.close()
         await pool.close()
     return sum(w.processed for w in workers)
-

@@ -29,6 +29,9 @@ S = StatusCode
         [S.ARRIVED, S.RECALL_REQUESTED, S.RECALL_REFUSED, S.ACCEPTED, S.DONE],
         [S.ARRIVED, S.ACCEPTED, S.RECALL_REQUESTED, S.RECALL_AGREED],
         [S.ACCEPTED, S.DONE, S.RECALL_REQUESTED, S.RECALL_REFUSED],
+        [S.DONE],
+        [S.ARRIVED, S.ASSIGNED, S.DONE],
+        [S.PROCESSING, S.ASSIGNED, S.PROCESSING],
     ],
 )
 def test_real_histories_are_allowed(history: list[StatusCode]) -> None:
@@ -40,9 +43,9 @@ def test_real_histories_are_allowed(history: list[StatusCode]) -> None:
     [
         ([S.ARRIVED, S.ACCEPTED, S.DONE, S.PROCESSING], "cannot follow 06"),
         ([S.RETURNED, S.ACCEPTED], "cannot follow 02"),
-        ([S.DONE], "cannot follow no status yet"),
         ([S.ARRIVED, S.ARRIVED], "cannot follow 01"),
-        ([S.ASSIGNED], "cannot follow no status yet"),
+        ([S.ACCEPTED, S.ARRIVED], "cannot follow 03"),
+        ([S.PROCESSING, S.ACCEPTED], "cannot follow 05"),
         ([S.RECALL_AGREED], "none is pending"),
         ([S.RECALL_REQUESTED, S.RECALL_REQUESTED], "already waiting"),
         ([S.RETURNED, S.RECALL_REQUESTED], "nothing to recall"),
@@ -80,3 +83,17 @@ def test_a_closed_delivery_accepts_nothing_but_a_recall_answer_path(
             assert code in (S.RECALL_REQUESTED, S.RECALL_AGREED, S.RECALL_REFUSED)
         assert not state.withdrawn  # a withdrawn delivery never moves
         state = after
+
+
+def test_statuses_that_overtook_each_other_are_judged_in_timestamp_order() -> None:
+    from datetime import datetime, timedelta
+
+    from exchange.status import replay_timeline
+
+    t0 = datetime(2026, 1, 1, 8, 0, 0)
+    arrived_late = [(t0 + timedelta(seconds=3), S.DONE), (t0 + timedelta(seconds=1), S.ACCEPTED)]
+    assert replay_timeline(arrived_late).latest is S.DONE
+    same_second = [(t0, S.DONE), (t0, S.ARRIVED), (t0, S.ACCEPTED)]
+    assert replay_timeline(same_second).latest is S.DONE
+    with pytest.raises(IllegalTransition, match="cannot follow 06"):
+        replay_timeline([(t0, S.DONE), (t0 + timedelta(seconds=1), S.PROCESSING)])
