@@ -11,6 +11,7 @@ the network or the file system.
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import threading
 from typing import Any
@@ -59,6 +60,12 @@ def _declares_doctype(data: bytes) -> bool:
     return b"<!DOCTYPE" in prolog.upper()
 
 
+@functools.cache
+def _default_limits() -> ParserLimits:
+    """The limits from the environment, read once (reading them costs more than a parse)."""
+    return ParserLimits()
+
+
 def new_parser() -> etree.XMLParser:
     """A fresh parser with the hardened options (for libraries that take one)."""
     return etree.XMLParser(**_PARSER_OPTIONS)  # type: ignore[arg-type]
@@ -103,7 +110,7 @@ def _depth_exceeds(root: etree._Element, limit: int) -> int:
 
 def parse(data: bytes, limits: ParserLimits | None = None) -> etree._Element:
     """Parse untrusted package bytes into an element tree, or raise :class:`Rejection`."""
-    limits = limits or ParserLimits()
+    limits = limits or _default_limits()
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError("parse() takes the package's bytes")
     data = bytes(data)
