@@ -47,3 +47,10 @@ class Settings(ParserLimits):
     # connection (db_pool_size) and the broker's confirms; a few more than the
     # pool keeps both busy, many more only grows memory and redeliveries.
     prefetch: int = Field(32, ge=1)
+    # Broker users of the exchange itself (besides the one in amqp_url) whose
+    # messages may carry an original sender in headers: the replay tool's
+    # user, other workers' users. Never an agency's user.
+    exchange_users: list[str] = Field(default_factory=list)
+    # Fault injection for the crash-safety tests only, e.g.
+    # "after_commit=0.01": the worker SIGKILLs itself at that point.
+    fault_kill: str = ""

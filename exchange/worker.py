@@ -20,25 +20,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from exchange import metrics
 from exchange.agency import AgencyCode
-from exchange.broker.connection import ConfirmingPublisher, connect, declare
+from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect, declare
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
+    PARKING_EXCHANGE,
+    RETRY_EXCHANGE,
+    RETRY_TIERS,
     STATUS_EXCHANGE,
     WORK_QUEUE,
     core_topology,
 )
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
+from exchange.failures import Failure, classify
 from exchange.pipeline import (
     CheckContext,
     Envelope,
@@ -75,9 +84,124 @@ DIRECTORY_RELOAD_MIN_S = 1.0
 # Registrations change rarely; a periodic reload picks up removals and
 # renamed broker users without a restart.
 DIRECTORY_MAX_AGE_S = 30.0
-# How long a failed message waits before it is handed back to the broker
-# (issue 4 replaces this with the retry queues).
+# How long a message waits before it is handed back to the broker when even
+# its retry or parking failed (the broker itself is failing).
 TRANSIENT_BACKOFF_S = 1.0
+# A message redelivered more often than this was being handled when a worker
+# died, again and again: parked before it is parsed once more. Below the work
+# queue's delivery limit, which stays the broker's own backstop.
+POISON_REDELIVERIES = 3
+# A parked row keeps this much of the error text.
+MAX_DETAIL_CHARS = 500
+# Outcomes a replay decides again; a delivered message stays delivered.
+REDECIDED_ON_REPLAY = frozenset({TransportOutcome.REJECTED, TransportOutcome.PARKED})
+# Headers with which the exchange's own users carry a message's origin
+# through retry queues and replays (RabbitMQ's user_id then names the worker).
+HEADER_ORIGINAL_USER = "x-lienthong-user"
+HEADER_ATTEMPTS = "x-lienthong-attempts"
+HEADER_FAILURE = "x-lienthong-failure"
+HEADER_PUBLISHED_AT = "x-lienthong-published-at"
+HEADER_REPLAY = "x-lienthong-replay"
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _deliveries(message: AbstractIncomingMessage) -> int:
+    """How many times the broker handed this message out before (quorum queues count)."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
+
+
+def broker_user_of(amqp_url: str) -> str:
+    """The broker user an AMQP URL logs in as."""
+    return unquote(urlsplit(amqp_url).username or "guest")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message really comes from, whichever way it reached the work queue.
+
+    Straight from an agency, the broker's ``user_id`` and routing key say it.
+    Back from a retry queue or sent by the replay tool, the exchange's own
+    user published it, and headers carry the original values; those headers
+    are believed only then, never from an agency.
+    """
+
+    routing_key: str
+    broker_user: str | None
+    attempts: int = 0
+    replay: bool = False
+    published_at: datetime | None = None
+
+    @classmethod
+    def of(cls, message: AbstractIncomingMessage, trusted_users: frozenset[str]) -> Origin:
+        """The origin of a message as the worker received it."""
+        published_at = message.timestamp
+        if published_at is not None and published_at.tzinfo is None:
+            published_at = published_at.replace(tzinfo=UTC)
+        if message.user_id not in trusted_users:
+            return cls(message.routing_key or "", message.user_id, published_at=published_at)
+        headers = message.headers or {}
+        attempts = headers.get(HEADER_ATTEMPTS, 0)
+        first = _text(headers.get(HEADER_PUBLISHED_AT))
+        return cls(
+            routing_key=_text(headers.get(HEADER_RECIPIENT)) or message.routing_key or "",
+            broker_user=_text(headers.get(HEADER_ORIGINAL_USER)) or message.user_id,
+            attempts=attempts if isinstance(attempts, int) else 0,
+            replay=headers.get(HEADER_REPLAY) is not None,
+            published_at=datetime.fromisoformat(first) if first else published_at,
+        )
+
+    def headers(self, *, attempts: int, failure: Failure) -> dict[str, Any]:
+        """Headers that carry this origin through a retry queue or the parked queue."""
+        headers: dict[str, Any] = {
+            HEADER_RECIPIENT: self.routing_key,
+            HEADER_ATTEMPTS: attempts,
+            HEADER_FAILURE: failure.code,
+        }
+        if self.broker_user:
+            headers[HEADER_ORIGINAL_USER] = self.broker_user
+        if self.published_at is not None:
+            headers[HEADER_PUBLISHED_AT] = self.published_at.isoformat()
+        return headers
+
+
+@dataclass(frozen=True)
+class FaultInjector:
+    """Kills the worker process at named points, for the crash-safety tests.
+
+    Off unless ``LIENTHONG_FAULT_KILL`` is set, for example
+    ``after_receive=0.01,after_commit=0.01,after_publish=0.01``: at each
+    point the process SIGKILLs itself with that probability, as a power cut
+    or the OOM killer would.
+    """
+
+    points: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultInjector:
+        """Read ``point=probability,...``."""
+        points = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            point, _, probability = item.partition("=")
+            if point not in FAULT_POINTS:
+                raise ValueError(f"unknown fault point {point!r}; known: {', '.join(FAULT_POINTS)}")
+            points[point] = float(probability or 1.0)
+        return cls(points)
+
+    def maybe_kill(self, point: str) -> None:
+        """SIGKILL this process now, with the probability set for ``point``."""
+        probability = self.points.get(point)
+        if probability and random.random() < probability:  # noqa: S311 (not cryptography)
+            log.warning("fault injection: killing the worker %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+FAULT_POINTS = ("after_receive", "after_commit", "after_publish")
 
 
 class Directory:
@@ -142,7 +266,9 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
     """
     assert message.outcome is not None, "only decided messages have receipts"
     problems = message.reason_detail.splitlines() if message.reason_detail else []
-    reason = Reason.from_code(message.reason_code) if message.reason_code else None
+    reason: Reason | Failure | None = None
+    if message.reason_code:
+        reason = Reason.from_code(message.reason_code) or Failure.from_code(message.reason_code)
     return Receipt(
         message_id=message.amqp_message_id or f"lienthong:{message.pk}",
         document_id=message.document_id,
@@ -199,7 +325,7 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
                 STATUS_EXCHANGE,
                 str(message.sender),
                 receipt.to_bytes(),
-                f"lienthong:{message.pk}:receipt",
+                f"lienthong:{message.pk}:receipt:{receipt.outcome.value}",
                 {**headers, HEADER_KIND: "receipt"},
                 RECEIPT_CONTENT_TYPE,
             )
@@ -231,6 +357,12 @@ class Worker:
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
         self.directory = Directory(pool)
+        self.own_user = broker_user_of(settings.amqp_url)
+        # Broker users of the exchange itself (workers, the replay tool):
+        # only messages they published may carry the original sender, the
+        # recipient and the attempt count in headers.
+        self.trusted_users = frozenset({self.own_user, *settings.exchange_users})
+        self.faults = FaultInjector.parse(settings.fault_kill)
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.processed = 0
@@ -242,10 +374,12 @@ class Worker:
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await channel.get_queue(WORK_QUEUE, ensure=False)
         tag = await queue.consume(self._on_message)
+        metrics.CONSUMERS.inc()
         log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
         try:
             await stop.wait()
         finally:
+            metrics.CONSUMERS.dec()
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
             # Messages already handed to us are finished, not abandoned:
@@ -262,35 +396,146 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Process one message to its end: acked once its effects are confirmed."""
+        """Process one message to its end: acked once its effects are confirmed.
+
+        A permanent problem ends as a rejection (inside :meth:`process`); a
+        transient one sends the message to a retry queue, or parks it after
+        the last retry; only if even that fails does it go back to the work
+        queue (and a broker that keeps failing will park it by its delivery
+        limit).
+        """
+        origin = Origin.of(message, self.trusted_users)
+        metrics.IN_FLIGHT.inc()
         try:
-            await self.process(
-                message.body,
-                routing_key=self._recipient_key(message),
-                broker_user=message.user_id,
-                amqp_message_id=message.message_id,
-            )
+            if _deliveries(message) > POISON_REDELIVERIES:
+                await self._park(message, origin, Failure.POISON, "handed out too often")
+                await message.ack()
+                return
+            self.faults.maybe_kill("after_receive")
+            try:
+                record = await self.process(
+                    message.body,
+                    routing_key=origin.routing_key,
+                    broker_user=origin.broker_user,
+                    amqp_message_id=message.message_id,
+                    replay=origin.replay,
+                )
+            except Exception as error:  # classified: anything not a Rejection is transient
+                await self._retry_or_park(message, origin, classify(error), error)
+                await message.ack()
+                return
+            self.faults.maybe_kill("after_publish")
+            await message.ack()
+            self.processed += 1
+            self._observe(record, origin)
         except Exception:
-            # Not the package's fault (the database or the broker failed):
-            # the message goes back to the queue to be tried again.
-            log.exception(
-                "transient failure on message %s; returned to the queue", message.message_id
-            )
+            # Even the retry or parking path failed (the broker is going
+            # away): hand the message back; it is redelivered when the
+            # broker is back, and counts towards its delivery limit.
+            log.exception("could not finish message %s; returned to the queue", message.message_id)
             await asyncio.sleep(TRANSIENT_BACKOFF_S)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
-            return
-        await message.ack()
-        self.processed += 1
+        finally:
+            metrics.IN_FLIGHT.dec()
 
-    @staticmethod
-    def _recipient_key(message: AbstractIncomingMessage) -> str:
-        # A message coming back from a retry queue carries its original
-        # routing key in a header; the queue's own key means nothing.
-        original = (message.headers or {}).get(HEADER_RECIPIENT)
-        if isinstance(original, bytes):
-            original = original.decode()
-        return original if isinstance(original, str) else (message.routing_key or "")
+    def _observe(self, record: Message, origin: Origin) -> None:
+        outcome = record.outcome.value if record.outcome else "undecided"
+        metrics.MESSAGES.labels(record.kind.value, outcome).inc()
+        if record.outcome is TransportOutcome.REJECTED and record.reason_code:
+            metrics.REJECTIONS.labels(record.reason_code).inc()
+        if origin.published_at is not None and record.outcome is TransportOutcome.DELIVERED:
+            latency = (datetime.now(UTC) - origin.published_at).total_seconds()
+            metrics.END_TO_END_SECONDS.labels(record.kind.value).observe(max(latency, 0.0))
+
+    async def _retry_or_park(
+        self,
+        message: AbstractIncomingMessage,
+        origin: Origin,
+        failure: Failure,
+        error: BaseException,
+    ) -> None:
+        """Send a message that failed for a transient reason to its next retry tier, or park it."""
+        if origin.attempts >= len(RETRY_TIERS):
+            await self._park(message, origin, failure, str(error))
+            return
+        tier = RETRY_TIERS[origin.attempts]
+        log.warning(
+            "%s on message %s (attempt %d): %s; retrying in %s",
+            failure.code,
+            message.message_id,
+            origin.attempts + 1,
+            error,
+            tier.name,
+        )
+        assert self._publisher is not None
+        await self._publisher.publish(
+            RETRY_EXCHANGE,
+            tier.routing_key,
+            message.body,
+            message_id=message.message_id,
+            headers=origin.headers(attempts=origin.attempts + 1, failure=failure),
+            content_type=message.content_type or XML_CONTENT_TYPE,
+            user_id=self.own_user,
+        )
+        metrics.RETRIES.labels(tier.name, failure.code).inc()
+
+    async def _park(
+        self, message: AbstractIncomingMessage, origin: Origin, failure: Failure, detail: str
+    ) -> None:
+        """Park a message: into ``lienthong.parked``, into the record, and tell its sender."""
+        log.error("parking message %s: %s (%s)", message.message_id, failure.code, detail)
+        assert self._publisher is not None
+        await self._publisher.publish(
+            PARKING_EXCHANGE,
+            origin.routing_key,
+            message.body,
+            message_id=message.message_id,
+            headers=origin.headers(attempts=origin.attempts, failure=failure),
+            content_type=message.content_type or XML_CONTENT_TYPE,
+            user_id=self.own_user,
+        )
+        metrics.PARKED.labels(failure.code).inc()
+        # The parked queue holds it now; recording it is best effort (the
+        # database may be why it is parked): the audit lists parked messages
+        # that have no row, and the replay tool takes them from the queue.
+        try:
+            await self._record_parked(message.body, origin, failure, detail, message.message_id)
+        except Exception as error:
+            log.error("parked message %s is not recorded: %s", message.message_id, error)
+
+    async def _record_parked(
+        self, body: bytes, origin: Origin, failure: Failure, detail: str, message_id: str | None
+    ) -> None:
+        publisher = await self.directory.agency_of_user(origin.broker_user)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                record, _ = await queries.record_message(
+                    conn,
+                    dedup_key=queries.dedup_key(origin.routing_key, body),
+                    amqp_message_id=message_id,
+                    routing_key=origin.routing_key,
+                    broker_user=origin.broker_user,
+                    body=body,
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    sender=publisher,
+                )
+                if record.decided:
+                    # Decided before the failure (it was the publishing that
+                    # failed): the decision stands and its effects are still
+                    # owed; the replay tool publishes them.
+                    return
+                record = await queries.set_outcome(
+                    conn,
+                    record.pk,
+                    TransportOutcome.PARKED,
+                    failure.parked_code,
+                    detail[:MAX_DETAIL_CHARS],
+                    sender=publisher,
+                    attempts=origin.attempts,
+                )
+            await self._publish(effects_of(record, body, origin.routing_key))
+            await queries.mark_published(conn, record.pk)
 
     async def process(
         self,
@@ -299,16 +544,26 @@ class Worker:
         routing_key: str,
         broker_user: str | None,
         amqp_message_id: str | None,
+        replay: bool = False,
     ) -> Message:
-        """Decide, record and publish one message; returns its record."""
+        """Decide, record and publish one message; returns its record.
+
+        A message seen before keeps its decision, except on a replay of a
+        rejected or parked message, which is decided again (a CA added since,
+        a database back up).
+        """
         publisher = await self.directory.agency_of_user(broker_user)
         envelope = Envelope(body, routing_key, publisher)
         loop = asyncio.get_running_loop()
         inspected: Inspected | Rejection
+        timings: dict[str, float] = {}
         try:
-            inspected = await loop.run_in_executor(None, inspect, envelope, self.context)
+            inspected = await loop.run_in_executor(None, inspect, envelope, self.context, timings)
         except Rejection as rejection:
             inspected = rejection
+        for stage, seconds in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 record, _ = await queries.record_message(
@@ -321,11 +576,22 @@ class Worker:
                     sha256=envelope.sha256,
                     sender=publisher,
                 )
-                if not record.decided:
+                redecide = replay and record.outcome in REDECIDED_ON_REPLAY
+                if not record.decided or redecide:
                     record = await self._decide(conn, record, envelope, inspected)
+                elif record.published:
+                    metrics.DUPLICATES.inc()
+            metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(
+                time.perf_counter() - started
+            )
+            self.faults.maybe_kill("after_commit")
             if not record.published:
+                started = time.perf_counter()
                 await self._publish(effects_of(record, body, routing_key))
                 await queries.mark_published(conn, record.pk)
+                metrics.STAGE_SECONDS.labels(metrics.STAGE_PUBLISH).observe(
+                    time.perf_counter() - started
+                )
         log.info(
             "message %s %s: %s%s",
             record.pk,
@@ -354,9 +620,13 @@ class Worker:
             if isinstance(inspected, Rejection):
                 raise inspected
             kind, document_id = inspected.kind, inspected.document_id
-            if isinstance(inspected.package, DocumentPackage):
-                return await self._accept_document(conn, record, envelope, inspected)
-            return await self._accept_status(conn, record, inspected)
+            # A savepoint: a refusal found half-way (an unregistered recipient
+            # after the document row was written) must leave nothing behind,
+            # or a corrected re-send would collide with a document never sent.
+            async with conn.transaction():
+                if isinstance(inspected.package, DocumentPackage):
+                    return await self._accept_document(conn, record, envelope, inspected)
+                return await self._accept_status(conn, record, inspected)
         except Rejection as rejection:
             return await queries.set_outcome(
                 conn,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.broker_fixtures", "tests.db_fixtures"]
+pytest_plugins = ["tests.broker_fixtures", "tests.db_fixtures", "tests.exchange_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = (REPO / ".." / "shared" / "samples" / "edxml").resolve()
