@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
@@ -55,6 +55,7 @@ SEEN_IDS_KEPT = 100_000
 # How many unacknowledged items the broker hands an agency at once.
 CLIENT_PREFETCH = 20
 HEADER_MESSAGE = "x-lienthong-message"
+HEADER_PUBLISHED_AT = "x-lienthong-published-at"
 
 
 def _header(message: AbstractIncomingMessage, name: str) -> str | None:
@@ -223,6 +224,9 @@ class AgencyClient:
                     message_id=str(uuid.uuid4()),
                     content_type=XML_CONTENT_TYPE,
                     user_id=self.broker_user,
+                    # To the microsecond, for the exchange's latency figures
+                    # (the AMQP timestamp has whole seconds).
+                    headers={HEADER_PUBLISHED_AT: datetime.now(UTC).isoformat()},
                 )
             )
         return ids
@@ -269,7 +273,7 @@ class AgencyClient:
 
     async def _consume(
         self, queue_name: str, seen: _SeenIds, idle_timeout: float | None
-    ) -> AsyncIterator[AbstractIncomingMessage]:
+    ) -> AsyncGenerator[AbstractIncomingMessage, None]:
         assert self._channel is not None, "connect() first"
         queue = await self._channel.get_queue(queue_name, ensure=False)
         async with queue.iterator(timeout=idle_timeout) as messages:
@@ -284,14 +288,19 @@ class AgencyClient:
 
     async def inbox(self, *, idle_timeout: float | None = None) -> AsyncIterator[InboxItem]:
         """Documents delivered to this agency, until ``idle_timeout`` seconds without one."""
-        async for message in self._consume(
-            inbox_queue(self.agency), self._inbox_seen, idle_timeout
-        ):
-            yield InboxItem(message, self._inbox_seen)
+        # aclosing: a caller that breaks out early stops the consumer now,
+        # not whenever the garbage collector finalises the inner generator
+        # (by then the connection may be closed, and the cancel fails).
+        async with contextlib.aclosing(
+            self._consume(inbox_queue(self.agency), self._inbox_seen, idle_timeout)
+        ) as messages:
+            async for message in messages:
+                yield InboxItem(message, self._inbox_seen)
 
     async def statuses(self, *, idle_timeout: float | None = None) -> AsyncIterator[StatusItem]:
         """Receipts and statuses for what this agency sent."""
-        async for message in self._consume(
-            status_queue(self.agency), self._status_seen, idle_timeout
-        ):
-            yield StatusItem(message, self._status_seen)
+        async with contextlib.aclosing(
+            self._consume(status_queue(self.agency), self._status_seen, idle_timeout)
+        ) as messages:
+            async for message in messages:
+                yield StatusItem(message, self._status_seen)
