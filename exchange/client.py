@@ -31,6 +31,7 @@ from aio_pika.abc import (
 )
 
 from exchange.agency import AgencyCode
+from exchange.broker import headers as h
 from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect
 from exchange.broker.topology import SUBMIT_EXCHANGE, inbox_queue, status_queue
 from exchange.checks.authorise import document_id_of
@@ -54,8 +55,6 @@ from exchange.status import StatusCode
 SEEN_IDS_KEPT = 100_000
 # How many unacknowledged items the broker hands an agency at once.
 CLIENT_PREFETCH = 20
-HEADER_MESSAGE = "x-lienthong-message"
-HEADER_PUBLISHED_AT = "x-lienthong-published-at"
 
 
 def _header(message: AbstractIncomingMessage, name: str) -> str | None:
@@ -75,7 +74,7 @@ class Item:
     @property
     def message_id(self) -> str:
         """Stable across redeliveries: the exchange's id of the message."""
-        return self.message.message_id or _header(self.message, HEADER_MESSAGE) or ""
+        return self.message.message_id or _header(self.message, h.MESSAGE) or ""
 
     @property
     def body(self) -> bytes:
@@ -85,12 +84,12 @@ class Item:
     @property
     def sender(self) -> str | None:
         """The authenticated sender's agency code."""
-        return _header(self.message, "x-sender")
+        return _header(self.message, h.SENDER)
 
     @property
     def document_id(self) -> str | None:
         """The DocumentId the exchange recorded for this item."""
-        return _header(self.message, "x-document-id")
+        return _header(self.message, h.DOCUMENT_ID)
 
     async def ack(self) -> None:
         """Tell the exchange this item is handled; it will not come again."""
@@ -226,7 +225,7 @@ class AgencyClient:
                     user_id=self.broker_user,
                     # To the microsecond, for the exchange's latency figures
                     # (the AMQP timestamp has whole seconds).
-                    headers={HEADER_PUBLISHED_AT: datetime.now(UTC).isoformat()},
+                    headers={h.PUBLISHED_AT: datetime.now(UTC).isoformat()},
                 )
             )
         return ids
@@ -279,7 +278,7 @@ class AgencyClient:
         async with queue.iterator(timeout=idle_timeout) as messages:
             with contextlib.suppress(TimeoutError):
                 async for message in messages:
-                    message_id = message.message_id or _header(message, HEADER_MESSAGE) or ""
+                    message_id = message.message_id or _header(message, h.MESSAGE) or ""
                     if message_id in seen:
                         # A redelivery of something already handled.
                         await message.ack()

@@ -36,6 +36,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange import metrics
 from exchange.agency import AgencyCode
+from exchange.broker import headers as h
 from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect, declare
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
@@ -68,15 +69,6 @@ from exchange.store.records import Message
 
 log = logging.getLogger("lienthong.worker")
 
-# Headers the exchange puts on everything it publishes, so that receivers
-# can route, deduplicate and trace without parsing the body.
-HEADER_MESSAGE = "x-lienthong-message"  # the exchange's id of the received message
-HEADER_KIND = "x-lienthong-kind"  # document, status or receipt
-HEADER_DOCUMENT_ID = "x-document-id"
-HEADER_SENDER = "x-sender"
-HEADER_RECIPIENT = "x-recipient"
-HEADER_SHA256 = "x-sha256"
-
 # A directory miss (an agency registered after this worker started) reloads
 # the directory, but not more often than this, so a flood of messages from
 # an unknown broker user cannot turn into a flood of queries.
@@ -95,13 +87,6 @@ POISON_REDELIVERIES = 3
 MAX_DETAIL_CHARS = 500
 # Outcomes a replay decides again; a delivered message stays delivered.
 REDECIDED_ON_REPLAY = frozenset({TransportOutcome.REJECTED, TransportOutcome.PARKED})
-# Headers with which the exchange's own users carry a message's origin
-# through retry queues and replays (RabbitMQ's user_id then names the worker).
-HEADER_ORIGINAL_USER = "x-lienthong-user"
-HEADER_ATTEMPTS = "x-lienthong-attempts"
-HEADER_FAILURE = "x-lienthong-failure"
-HEADER_PUBLISHED_AT = "x-lienthong-published-at"
-HEADER_REPLAY = "x-lienthong-replay"
 
 
 def _text(value: object) -> str | None:
@@ -114,6 +99,13 @@ def _deliveries(message: AbstractIncomingMessage) -> int:
     """How many times the broker handed this message out before (quorum queues count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)
     return count if isinstance(count, int) else 0
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def broker_user_of(amqp_url: str) -> str:
@@ -140,33 +132,36 @@ class Origin:
     @classmethod
     def of(cls, message: AbstractIncomingMessage, trusted_users: frozenset[str]) -> Origin:
         """The origin of a message as the worker received it."""
-        published_at = message.timestamp
+        headers = message.headers or {}
+        # The AMQP timestamp has whole seconds; the client adds the publish
+        # time to the microsecond. Only latency figures use it, so it is
+        # taken from anyone.
+        stamped = _text(headers.get(h.PUBLISHED_AT))
+        published_at = _parse_time(stamped) if stamped else message.timestamp
         if published_at is not None and published_at.tzinfo is None:
             published_at = published_at.replace(tzinfo=UTC)
         if message.user_id not in trusted_users:
             return cls(message.routing_key or "", message.user_id, published_at=published_at)
-        headers = message.headers or {}
-        attempts = headers.get(HEADER_ATTEMPTS, 0)
-        first = _text(headers.get(HEADER_PUBLISHED_AT))
+        attempts = headers.get(h.ATTEMPTS, 0)
         return cls(
-            routing_key=_text(headers.get(HEADER_RECIPIENT)) or message.routing_key or "",
-            broker_user=_text(headers.get(HEADER_ORIGINAL_USER)) or message.user_id,
+            routing_key=_text(headers.get(h.RECIPIENT)) or message.routing_key or "",
+            broker_user=_text(headers.get(h.ORIGINAL_USER)) or message.user_id,
             attempts=attempts if isinstance(attempts, int) else 0,
-            replay=headers.get(HEADER_REPLAY) is not None,
-            published_at=datetime.fromisoformat(first) if first else published_at,
+            replay=headers.get(h.REPLAY) is not None,
+            published_at=published_at,
         )
 
     def headers(self, *, attempts: int, failure: Failure) -> dict[str, Any]:
         """Headers that carry this origin through a retry queue or the parked queue."""
         headers: dict[str, Any] = {
-            HEADER_RECIPIENT: self.routing_key,
-            HEADER_ATTEMPTS: attempts,
-            HEADER_FAILURE: failure.code,
+            h.RECIPIENT: self.routing_key,
+            h.ATTEMPTS: attempts,
+            h.FAILURE: failure.code,
         }
         if self.broker_user:
-            headers[HEADER_ORIGINAL_USER] = self.broker_user
+            headers[h.ORIGINAL_USER] = self.broker_user
         if self.published_at is not None:
-            headers[HEADER_PUBLISHED_AT] = self.published_at.isoformat()
+            headers[h.PUBLISHED_AT] = self.published_at.isoformat()
         return headers
 
 
@@ -302,15 +297,15 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
     """
     effects = []
     headers: dict[str, Any] = {
-        HEADER_MESSAGE: message.pk,
-        HEADER_KIND: message.kind.value,
-        HEADER_RECIPIENT: recipient,
-        HEADER_SHA256: message.sha256,
+        h.MESSAGE: message.pk,
+        h.KIND: message.kind.value,
+        h.RECIPIENT: recipient,
+        h.SHA256: message.sha256,
     }
     if message.document_id:
-        headers[HEADER_DOCUMENT_ID] = message.document_id
+        headers[h.DOCUMENT_ID] = message.document_id
     if message.sender is not None:
-        headers[HEADER_SENDER] = str(message.sender)
+        headers[h.SENDER] = str(message.sender)
     if message.outcome is TransportOutcome.DELIVERED:
         exchange = DELIVER_EXCHANGE if message.kind is MessageKind.DOCUMENT else STATUS_EXCHANGE
         effects.append(
@@ -326,7 +321,7 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
                 str(message.sender),
                 receipt.to_bytes(),
                 f"lienthong:{message.pk}:receipt:{receipt.outcome.value}",
-                {**headers, HEADER_KIND: "receipt"},
+                {**headers, h.KIND: "receipt"},
                 RECEIPT_CONTENT_TYPE,
             )
         )

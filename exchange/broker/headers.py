@@ -1,0 +1,26 @@
+"""AMQP message headers of the exchange: the wire contract, named once.
+
+What the worker publishes carries the first group, so receivers can route,
+deduplicate and trace without parsing the body. The second group carries a
+message's origin through retry queues and replays; the worker believes those
+only from the exchange's own broker users, never from an agency.
+"""
+
+from __future__ import annotations
+
+# -- on everything the worker publishes ---------------------------------------
+MESSAGE = "x-lienthong-message"  # the exchange's id of the received message
+KIND = "x-lienthong-kind"  # document, status or receipt
+DOCUMENT_ID = "x-document-id"
+SENDER = "x-sender"  # the authenticated sender's agency code
+RECIPIENT = "x-recipient"  # also: the original routing key, through retries
+SHA256 = "x-sha256"
+
+# -- the origin of a message, through retry queues and replays ----------------
+ORIGINAL_USER = "x-lienthong-user"
+ATTEMPTS = "x-lienthong-attempts"
+FAILURE = "x-lienthong-failure"
+REPLAY = "x-lienthong-replay"
+# The publish time to the microsecond (the AMQP timestamp has whole seconds);
+# set by the client, used only for latency figures.
+PUBLISHED_AT = "x-lienthong-published-at"
