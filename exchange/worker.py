@@ -507,7 +507,7 @@ class Worker:
             async with conn.transaction():
                 record, _ = await queries.record_message(
                     conn,
-                    dedup_key=queries.dedup_key(origin.routing_key, body),
+                    dedup_key=queries.dedup_key(origin.routing_key, body, origin.broker_user),
                     amqp_message_id=message_id,
                     routing_key=origin.routing_key,
                     broker_user=origin.broker_user,
@@ -563,7 +563,7 @@ class Worker:
             async with conn.transaction():
                 record, _ = await queries.record_message(
                     conn,
-                    dedup_key=queries.dedup_key(routing_key, body),
+                    dedup_key=queries.dedup_key(routing_key, body, broker_user),
                     amqp_message_id=amqp_message_id,
                     routing_key=routing_key,
                     broker_user=broker_user,

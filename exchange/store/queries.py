@@ -45,14 +45,20 @@ class AgencyConflictError(ValueError):
     """The broker user is already the identity of another agency."""
 
 
-def dedup_key(routing_key: str, body: bytes) -> str:
-    """The identity of a message: SHA-256 of its routing key and body, in hex.
+def dedup_key(routing_key: str, body: bytes, broker_user: str | None = None) -> str:
+    """The identity of a message: SHA-256 of who published it, its routing key and body.
 
-    The routing key's length comes first so that no (key, body) pair can be
-    confused with another whose key is a prefix of it.
+    A redelivery or a re-publish by the same broker user is the same
+    message. The publisher is part of it so that another agency re-sending a
+    copy of a genuine package (refused: it is not the signer) can never take
+    the place of the genuine sender's own publication. Lengths come first so
+    that no (user, key, body) can be confused with another whose parts are
+    prefixes of each other's.
     """
+    user = (broker_user or "").encode("utf-8")
     key = routing_key.encode("utf-8")
-    digest = hashlib.sha256(f"{len(key)}:".encode("ascii"))
+    digest = hashlib.sha256(f"{len(user)}:{len(key)}:".encode("ascii"))
+    digest.update(user)
     digest.update(key)
     digest.update(body)
     return digest.hexdigest()

@@ -152,6 +152,8 @@ def test_dedup_key_changes_with_the_routing_key_and_with_the_body() -> None:
     assert key != dedup_key("000.00.00.G09", b"<edXML />")
     # No key/body split can imitate another.
     assert dedup_key("ab", b"c") != dedup_key("a", b"bc")
+    assert dedup_key("000.00.00.G09", b"x", "agency-a") != dedup_key("000.00.00.G09", b"x", "b")
+    assert dedup_key("k", b"x", "ab") != dedup_key("bk", b"x", "a")
 
 
 # -- the schema's code lists ----------------------------------------------------
