@@ -93,6 +93,12 @@ _MAX_CERTIFICATES = 8
 
 _WHITESPACE = re.compile(r"\s+")
 
+# Agencies sign with a few certificates, used again and again. Parsing one
+# and, later, its key and subject costs more than the rest of the checks
+# before the cryptography; the same base64 text is the same certificate.
+_PARSED_CERTIFICATES_KEPT = 1024
+_parsed_certificates: dict[str, x509.Certificate] = {}
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -103,7 +109,12 @@ class Verified:
     certificate: x509.Certificate
     """The signer's certificate, validated up to a trusted CA."""
     signed_root: etree._Element
-    """The package as the signature covers it (without the signature); read the model from this."""
+    """The package as the signature covers it; read the model from this.
+
+    A copy of the received package without the signature and without the
+    comments the signature does not cover: its canonical form is exactly
+    the bytes whose digest was checked.
+    """
     signature_method: str
     """The SignatureMethod algorithm URI, for the operator's view of legacy (SHA-1) senders."""
 
@@ -232,6 +243,15 @@ class _PackageVerifier(XMLVerifier):
     signxml serialises and re-parses any element it is given, to detach it
     from its parents' namespaces. A package root has no parent, so the copy
     only costs time; :func:`verify` never hands it anything else.
+
+    For the same reason the reference is checked here with one copy of the
+    tree instead of signxml's three parses (copy, copy again before
+    canonicalising, parse the canonical bytes back). This applies only to
+    what :func:`_check_signed_info` lets through: one ``Reference URI=""``
+    whose transforms are the enveloped signature and canonicalization;
+    anything else is refused here too. Canonicalization, digest functions
+    and the check of the digest algorithm are signxml's own; SignedInfo and
+    the SignatureValue are checked by signxml unchanged.
     """
 
     def get_root(self, data: Any) -> Any:
@@ -239,6 +259,79 @@ class _PackageVerifier(XMLVerifier):
         if isinstance(data, etree._Element) and data.getparent() is None:
             return data
         return super().get_root(data)  # type: ignore[no-untyped-call]
+
+    def _check_cert_validity(self, cert: x509.Certificate, cert_source: str) -> None:
+        # signxml words its error message (the certificate's subject as text)
+        # before it compares the dates; compare first, the same way.
+        moment = self._get_cert_verification_time()  # type: ignore[no-untyped-call]
+        if cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
+            return
+        super()._check_cert_validity(cert, cert_source)  # type: ignore[no-untyped-call]
+
+    def _verify_reference(
+        self,
+        reference: etree._Element,
+        index: int,
+        root: etree._Element,
+        uri_resolver: Any,
+        c14n_algorithm: CanonicalizationMethod,
+        signature: etree._Element,
+        signature_key_used: Any,
+    ) -> VerifyResult:
+        """Check the digest of the whole package; return it as a tree, exactly what was digested.
+
+        ``signed_xml`` is a private copy of the received tree with the
+        signature removed (the enveloped transform) and, when the
+        canonicalization leaves comments out, without comments: its
+        canonical form is the digested bytes, and it holds the same
+        elements, attributes and text as those bytes parsed back (which is
+        what signxml returns), without the cost of parsing them.
+        """
+        transforms = reference.findall("ds:Transforms/ds:Transform", _NS)
+        algorithms = [transform.get("Algorithm", "") for transform in transforms]
+        c14n_transforms = [
+            t for t, a in zip(transforms, algorithms, strict=True) if a in _C14N_METHODS
+        ]
+        # verify() refused anything else already; this holds it to that.
+        if (
+            reference.get("URI") != ""
+            or any(a != _ENVELOPED and a not in _C14N_METHODS for a in algorithms)
+            or len(c14n_transforms) > 1
+        ):
+            raise InvalidInput(
+                f'only URI="" with the enveloped and one canonicalization transform is accepted, '
+                f"not URI={reference.get('URI')!r} with {algorithms!r}"
+            )
+        payload = copy.deepcopy(root)
+        if _ENVELOPED in algorithms:
+            _remove_keeping_tail(self._get_signature(payload))  # type: ignore[no-untyped-call]
+        method = self.config.default_reference_c14n_method
+        prefixes = None
+        if c14n_transforms:
+            method = CanonicalizationMethod(c14n_transforms[0].get("Algorithm"))
+            prefixes = self._get_inclusive_ns_prefixes(c14n_transforms[0])  # type: ignore[no-untyped-call]
+        payload_c14n = self._c14n(payload, algorithm=method, inclusive_ns_prefixes=prefixes)
+        digest_method = reference.find("ds:DigestMethod", _NS)
+        digest_value = reference.find("ds:DigestValue", _NS)
+        if digest_method is None or digest_value is None:
+            raise InvalidInput("the Reference has no DigestMethod or no DigestValue")
+        digest_alg = DigestAlgorithm(digest_method.get("Algorithm"))
+        self.check_digest_alg_expected(digest_alg)  # type: ignore[no-untyped-call]
+        if b64decode(digest_value.text or "") != self._get_digest(payload_c14n, digest_alg):
+            raise InvalidDigest(f'Digest mismatch for reference {index} (URI="")')
+        if not method.value.endswith("#WithComments"):
+            # Comments are not signed: a forger may add some anywhere, so they
+            # must not be in what is read (one inside a text would cut it).
+            etree.strip_tags(payload, etree.Comment)
+        key = signature_key_used
+        signature_key = (
+            key
+            if isinstance(key, bytes)
+            else key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return VerifyResult(payload_c14n, payload, signature, signature_key=signature_key)
 
 
 def _local_path(element: etree._Element) -> str:
@@ -310,9 +403,13 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
         )
     certificates = []
     for element in texts:
+        text = _WHITESPACE.sub("", element.text or "")
+        known = _parsed_certificates.get(text)
+        if known is not None:
+            certificates.append(known)
+            continue
         try:
-            der = b64decode(_WHITESPACE.sub("", element.text or ""), validate=True)
-            certificates.append(x509.load_der_x509_certificate(der))
+            certificate = x509.load_der_x509_certificate(b64decode(text, validate=True))
         except (binascii.Error, ValueError):
             raise Rejection.of(
                 Reason.SIGNATURE_MISSING,
@@ -320,6 +417,10 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
                 "X509Certificate is truncated or is not a certificate",
                 where,
             ) from None
+        if len(_parsed_certificates) >= _PARSED_CERTIFICATES_KEPT:
+            _parsed_certificates.clear()
+        _parsed_certificates[text] = certificate
+        certificates.append(certificate)
     return certificates
 
 
