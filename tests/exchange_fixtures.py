@@ -12,8 +12,8 @@ built on ``tests.broker_fixtures`` and ``tests.db_fixtures``. Fixture:
   database is dropped by ``database_url``.
 
 Also helpers the exchange tests share: waiting on the database with a
-deadline, queue depths, draining a queue, and :class:`RecordingClient`,
-which keeps the exact bytes an agency published.
+deadline, queue depths, reading an agency's queues through its own client,
+and :class:`RecordingClient`, which keeps the exact bytes an agency published.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import aio_pika
 import asyncpg
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
@@ -45,9 +44,6 @@ ItemT = TypeVar("ItemT", bound=Item)
 # message takes milliseconds; the margin is for a loaded CI machine.
 SETTLE_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
-# Once the database says a message's effects are confirmed by the broker,
-# they are in their queues already: a short idle time drains them.
-DRAIN_IDLE_S = 0.5
 
 
 class RecordingClient(AgencyClient):
@@ -161,15 +157,6 @@ class ExchangeUnderTest:
 
         await wait_for(settled, timeout=timeout)
 
-    async def wait_work_queue_empty(self, *, timeout: float = SETTLE_TIMEOUT_S) -> None:
-        """Wait until no message is waiting in ``lienthong.work``."""
-
-        async def empty() -> tuple[bool, str]:
-            depth = await self.queue_depth("lienthong.work")
-            return depth == 0, f"{depth} messages still waiting in lienthong.work"
-
-        await wait_for(empty, timeout=timeout)
-
     # -- the broker -------------------------------------------------------------
 
     async def queue_depth(self, queue: str) -> int:
@@ -182,12 +169,6 @@ class ExchangeUnderTest:
             return int(count or 0)
         finally:
             await connection.close()
-
-    async def drain(
-        self, queue: str, *, idle: float = DRAIN_IDLE_S
-    ) -> list[AbstractIncomingMessage]:
-        """Take every message out of ``queue`` (as the operator), acked, in order."""
-        return await drain_queue(self.settings.amqp_url, queue, idle=idle)
 
     async def inbox_of(self, agency: LocalAgency) -> list[InboxItem]:
         """What waits in an agency's inbox, read and acked by the agency's own client.
@@ -221,25 +202,6 @@ class ExchangeUnderTest:
                 if len(items) == expected:
                     break
         return items
-
-
-async def drain_queue(
-    amqp_url: str, queue: str, *, idle: float = DRAIN_IDLE_S
-) -> list[AbstractIncomingMessage]:
-    """Every message of ``queue``, acknowledged, until ``idle`` seconds bring none."""
-    taken: list[AbstractIncomingMessage] = []
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        source = await channel.get_queue(queue, ensure=False)
-        async with source.iterator(timeout=idle) as messages:
-            with contextlib.suppress(TimeoutError):
-                async for message in messages:
-                    await message.ack()
-                    taken.append(message)
-    finally:
-        await connection.close()
-    return taken
 
 
 async def wait_for(
