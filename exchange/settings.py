@@ -54,3 +54,9 @@ class Settings(ParserLimits):
     # Fault injection for the crash-safety tests only, e.g.
     # "after_commit=0.01": the worker SIGKILLs itself at that point.
     fault_kill: str = ""
+    # Port of a worker process's Prometheus endpoint (``lienthong worker
+    # --metrics-port``); several processes on one host need one port each.
+    # 0: no endpoint.
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
+    log_format: str = Field("auto", pattern="^(auto|json|text)$")
