@@ -147,6 +147,13 @@ class Reason(Enum):
         return cls.__members__.get(code.removeprefix("REJECTED_"))
 
 
+def with_problems(sentence: str, problems: list[str]) -> str:
+    """A reason's sentence followed by the specific problems, punctuated as one sentence."""
+    if not problems:
+        return sentence
+    return f"{sentence.rstrip('.')}: " + "; ".join(problems)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One specific thing wrong: where (an element path, a field) and what."""
@@ -180,7 +187,7 @@ class Rejection(Exception):
         sentence = self.reason.vietnamese if language == "vi" else self.reason.english
         if not self.problems:
             return sentence
-        return f"{sentence}: " + "; ".join(str(p) for p in self.problems)
+        return with_problems(sentence, [str(p) for p in self.problems])
 
     def __str__(self) -> str:
         return f"{self.code}: {self.explain()}"

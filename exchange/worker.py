@@ -58,7 +58,7 @@ from exchange.pipeline import (
     inspect,
 )
 from exchange.pki import TrustStore
-from exchange.reasons import Reason, Rejection
+from exchange.reasons import Reason, Rejection, with_problems
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
@@ -283,7 +283,7 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
 def _sentence(text: str | None, problems: list[str]) -> str | None:
     if text is None:
         return None
-    return f"{text}: " + "; ".join(problems) if problems else text
+    return with_problems(text, problems)
 
 
 def effects_of(message: Message, body: bytes, recipient: str) -> list[Publication]:
