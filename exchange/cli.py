@@ -356,17 +356,21 @@ def cmd_agency_list(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run workers until interrupted (SIGINT or SIGTERM)."""
-    import logging
-
+    from exchange.logs import configure_logging
+    from exchange.metrics import MetricsEndpointError
     from exchange.worker import run_workers
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _settings(args)
+    configure_logging(settings.log_format)
     if settings.trust is None:
         raise CommandError("no trust anchors: pass --trust CA.pem or set LIENTHONG_TRUST")
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
 
     async def work() -> int:
-        processed = await run_workers(settings, count=args.count)
+        try:
+            processed = await run_workers(settings, count=args.count, metrics_port=port)
+        except MetricsEndpointError as error:
+            raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK
 
@@ -689,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", parents=[services], help="run workers")
     worker.add_argument("--trust", help="CA certificate(s) (default LIENTHONG_TRUST)")
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of this process's Prometheus endpoint (default LIENTHONG_METRICS_PORT "
+        "or 9108; one port per worker process; 0: none)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     send = commands.add_parser(

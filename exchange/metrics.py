@@ -1,13 +1,26 @@
-"""Every Prometheus metric of the exchange, declared once.
+"""Every Prometheus metric of the exchange, declared once, and the endpoint that serves them.
 
-Labels stay bounded: kinds, outcomes, reason codes, stages and retry tiers
-are small fixed sets; never an agency code or a document id (there are
-thousands of agencies and millions of documents).
+Labels stay bounded: kinds, outcomes, reason codes, stages, retry tiers,
+certificate states, agency levels (1 to 4) and agency groups (the letter
+families of QCVN 102:2016) are small fixed sets; never an agency code or a
+document id (there are thousands of agencies and millions of documents).
+Per-queue figures (an inbox per agency) come from RabbitMQ's own Prometheus
+plugin, not from here.
+
+Several worker processes on one host: each process serves its own endpoint
+on its own port (``--metrics-port``: 9108, 9109, ...) and Prometheus scrapes
+each as a target; totals are ``sum()`` over the targets. No shared
+multiprocess directory, so a dead process never leaves stale gauges behind
+and ``up`` tells which process is down (deploy/prometheus/README.md).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import sys
+from collections.abc import Callable
+from importlib import metadata
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 # Per-stage costs run from tens of microseconds (reading a status) to tens of
 # milliseconds (verifying a large package on a loaded machine).
@@ -17,6 +30,8 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 # target, 1 s and 10 s the warning and critical levels, and retries take
 # from 1 s to 10 minutes.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0)
+
+# -- what the workers do ----------------------------------------------------------
 
 MESSAGES = Counter(
     "lienthong_messages_total",
@@ -57,19 +72,62 @@ END_TO_END_SECONDS = Histogram(
 IN_FLIGHT = Gauge(
     "lienthong_in_flight_messages",
     "Messages a worker process holds (received, not yet acknowledged).",
-    multiprocess_mode="livesum",
 )
+
+# -- the real state of a worker process, refreshed by its watchdog ---------------------
+
 CONSUMERS = Gauge(
     "lienthong_worker_consumers",
-    "Consumers this worker process has on the work queue (0 after a silent loss).",
-    multiprocess_mode="livesum",
+    "Consumers this worker process really has on the work queue, as its channels report "
+    "them (0 after a silent loss, e.g. a consumer the broker cancelled).",
 )
 BROKER_CONNECTED = Gauge(
     "lienthong_broker_connected",
-    "1 while this worker process is connected to RabbitMQ.",
-    multiprocess_mode="livemin",
+    "1 while this worker process is connected to RabbitMQ, 0 while it is reconnecting.",
 )
-BUILD = Info("lienthong_build", "Version of the exchange.")
+DB_POOL_CONNECTIONS = Gauge(
+    "lienthong_db_pool_connections",
+    "Connections of this worker process's PostgreSQL pool, by state (busy, idle).",
+    ["state"],
+)
+DB_POOL_MAX_CONNECTIONS = Gauge(
+    "lienthong_db_pool_max_connections",
+    "The most connections this worker process's PostgreSQL pool may open.",
+)
+BUILD = Info("lienthong_build", "Version of the exchange and of Python.")
+
+# -- the directory, computed from the database by every worker (same figure on each) ------
+
+CERTIFICATES = Gauge(
+    "lienthong_agency_certificates",
+    "Registered agencies' signing certificates by state: valid, expiring (within 30 days), "
+    "expired, missing, unreadable.",
+    ["state"],
+)
+CERTIFICATE_EARLIEST_EXPIRY = Gauge(
+    "lienthong_agency_certificate_earliest_expiry_timestamp_seconds",
+    "When the first of the registered agencies' certificates expires (Unix time; "
+    "+Inf when no agency has one).",
+)
+AGENCIES_REGISTERED = Gauge(
+    "lienthong_agencies_registered",
+    "Registered agencies, by level (1 to 4) and group (ministry, province, ...).",
+    ["level", "group"],
+)
+AGENCIES_CONNECTED = Gauge(
+    "lienthong_agencies_connected",
+    "Registered agencies that sent and received at least one document in the last 30 days, "
+    "by level and group.",
+    ["level", "group"],
+)
+OVERDUE_DELIVERIES = Gauge(
+    "lienthong_overdue_deliveries",
+    "Deliveries of documents past their DueDate whose recipient has not reported 06 (done).",
+)
+DIRECTORY_REFRESHED = Gauge(
+    "lienthong_directory_figures_timestamp_seconds",
+    "When this worker process last computed the directory figures (Unix time).",
+)
 
 # The stages, named once (labels of STAGE_SECONDS).
 STAGE_PARSE = "parse"
@@ -78,3 +136,41 @@ STAGE_VERIFY = "verify"
 STAGE_READ = "read"
 STAGE_PERSIST = "persist"
 STAGE_PUBLISH = "publish"
+
+# The certificate states, named once (labels of CERTIFICATES).
+CERTIFICATE_STATES = ("valid", "expiring", "expired", "missing", "unreadable")
+
+
+class MetricsEndpointError(RuntimeError):
+    """The metrics endpoint could not start; the message says why and what to do."""
+
+
+def version() -> str:
+    """The installed version of the exchange (``unknown`` when run from a bare checkout)."""
+    try:
+        return metadata.version("lienthong")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def serve(port: int, address: str = "0.0.0.0") -> Callable[[], None]:  # noqa: S104
+    """Serve every metric on ``http://address:port/metrics``; returns the function that stops it.
+
+    All interfaces by default: Prometheus scrapes from another host. The
+    metrics hold counts and codes, never a document or a credential.
+    """
+    BUILD.info({"version": version(), "python": sys.version.split()[0]})
+    try:
+        server, thread = start_http_server(port, address)
+    except OSError as error:
+        raise MetricsEndpointError(
+            f"cannot serve metrics on {address}:{port} ({error.strerror}); give each worker "
+            "process a port of its own with --metrics-port (or LIENTHONG_METRICS_PORT)"
+        ) from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from exchange import metrics
+from exchange import metrics, report
 from exchange.agency import AgencyCode
 from exchange.broker import headers as h
 from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect, declare
@@ -87,6 +88,13 @@ POISON_REDELIVERIES = 3
 MAX_DETAIL_CHARS = 500
 # Outcomes a replay decides again; a delivered message stays delivered.
 REDECIDED_ON_REPLAY = frozenset({TransportOutcome.REJECTED, TransportOutcome.PARKED})
+# How often the watchdog reads the real state of the broker connection, the
+# consumers and the database pool into the gauges: a consumer the broker
+# cancelled (a silent loss after a broker restart) shows within this time.
+WATCH_INTERVAL_S = 5.0
+# The directory figures (connectivity, overdue statuses, certificates) cost a
+# few queries and change slowly.
+DIRECTORY_FIGURES_INTERVAL_S = 60.0
 
 
 def _text(value: object) -> str | None:
@@ -361,6 +369,10 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.processed = 0
+        # The channel and consumer tag of the work queue's consumer, for the
+        # watchdog (is_consuming).
+        self._channel: AbstractChannel | None = None
+        self._consumer_tag: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish what is in flight."""
@@ -369,12 +381,12 @@ class Worker:
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await channel.get_queue(WORK_QUEUE, ensure=False)
         tag = await queue.consume(self._on_message)
-        metrics.CONSUMERS.inc()
+        self._channel, self._consumer_tag = channel, tag
         log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
         try:
             await stop.wait()
         finally:
-            metrics.CONSUMERS.dec()
+            self._consumer_tag = None
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
             # Messages already handed to us are finished, not abandoned:
@@ -384,6 +396,24 @@ class Worker:
             with contextlib.suppress(Exception):
                 await channel.close()
             await self._publisher.close()
+
+    async def is_consuming(self) -> bool:
+        """Whether this worker's consumer is registered on an open channel right now.
+
+        Read from the channel itself, not from what the worker asked for: a
+        consumer the broker cancelled (its queue deleted or lost), or one a
+        reconnection did not restore, no longer counts.
+        """
+        channel, tag = self._channel, self._consumer_tag
+        if channel is None or tag is None or channel.is_closed:
+            return False
+        try:
+            underlay = await channel.get_underlay_channel()
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return False
+        # aiormq's channel drops a consumer's tag when the broker cancels it.
+        consumers = underlay.consumers if isinstance(underlay, aiormq.Channel) else {}
+        return not underlay.is_closed and tag in consumers
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self.handle(message))
@@ -462,6 +492,15 @@ class Worker:
             origin.attempts + 1,
             error,
             tier.name,
+            extra={
+                "message_id": message.message_id,
+                "recipient": origin.routing_key,
+                "broker_user": origin.broker_user,
+                "outcome": "retry",
+                "failure": failure.code,
+                "attempt": origin.attempts + 1,
+                "tier": tier.name,
+            },
         )
         assert self._publisher is not None
         await self._publisher.publish(
@@ -479,7 +518,20 @@ class Worker:
         self, message: AbstractIncomingMessage, origin: Origin, failure: Failure, detail: str
     ) -> None:
         """Park a message: into ``lienthong.parked``, into the record, and tell its sender."""
-        log.error("parking message %s: %s (%s)", message.message_id, failure.code, detail)
+        log.error(
+            "parking message %s: %s (%s)",
+            message.message_id,
+            failure.code,
+            detail,
+            extra={
+                "message_id": message.message_id,
+                "recipient": origin.routing_key,
+                "broker_user": origin.broker_user,
+                "outcome": TransportOutcome.PARKED.value,
+                "failure": failure.code,
+                "attempt": origin.attempts,
+            },
+        )
         assert self._publisher is not None
         await self._publisher.publish(
             PARKING_EXCHANGE,
@@ -594,9 +646,15 @@ class Worker:
             record.outcome.value if record.outcome else "undecided",
             f" {record.reason_code}" if record.reason_code else "",
             extra={
-                "sender": str(record.sender),
-                "recipient": routing_key,
+                "message_id": amqp_message_id,
+                "message_pk": record.pk,
                 "document_id": record.document_id,
+                "sender": None if record.sender is None else str(record.sender),
+                "recipient": routing_key,
+                "broker_user": broker_user,
+                "kind": record.kind.value,
+                "outcome": record.outcome.value if record.outcome else "undecided",
+                "reason_code": record.reason_code,
             },
         )
         return record
@@ -741,14 +799,48 @@ async def prepare(settings: Settings) -> None:
         await connection.close()
 
 
+async def watch(
+    workers: list[Worker], connection: AbstractRobustConnection, pool: Pool, stop: asyncio.Event
+) -> None:
+    """Keep the gauges of real state current until ``stop``: the watchdog.
+
+    Every :data:`WATCH_INTERVAL_S`: broker connected or not, consumers this
+    process really has, database pool usage; every
+    :data:`DIRECTORY_FIGURES_INTERVAL_S`: the directory figures of
+    :func:`exchange.report.refresh_metrics`.
+    """
+    figures_due = 0.0
+    while not stop.is_set():
+        connected = not connection.is_closed and connection.connected.is_set()
+        metrics.BROKER_CONNECTED.set(int(connected))
+        metrics.CONSUMERS.set(sum([await worker.is_consuming() for worker in workers]))
+        idle = pool.get_idle_size()
+        metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
+        metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
+        metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
+        if time.monotonic() >= figures_due:
+            figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
+            try:
+                await report.refresh_metrics(pool)
+            except Exception as error:  # the figures wait for the next round
+                log.warning("directory figures not refreshed: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+
+
 async def run_workers(
     settings: Settings,
     *,
     count: int = 1,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[Worker]], Awaitable[None]] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
-    """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM)."""
+    """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM).
+
+    With ``metrics_port``, the process serves its metrics on that port
+    (:func:`exchange.metrics.serve`) while the workers run.
+    """
     if settings.trust is None:
         raise RuntimeError(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
@@ -759,17 +851,27 @@ async def run_workers(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    pool = await create_pool(settings)
-    connection = await connect(settings.amqp_url, name="lienthong-worker")
-    workers = [
-        Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
-    ]
+    # First: a port already taken fails the start before anything else.
+    stop_serving = metrics.serve(metrics_port) if metrics_port else None
     try:
-        runs = [asyncio.create_task(w.run(stop)) for w in workers]
-        if on_ready is not None:
-            await on_ready(workers)
-        await asyncio.gather(*runs)
+        pool = await create_pool(settings)
+        connection = await connect(settings.amqp_url, name="lienthong-worker")
+        workers = [
+            Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
+        ]
+        try:
+            runs = [asyncio.create_task(w.run(stop)) for w in workers]
+            watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
+            if on_ready is not None:
+                await on_ready(workers)
+            await asyncio.gather(*runs)
+            await watchdog
+        finally:
+            metrics.CONSUMERS.set(0)
+            metrics.BROKER_CONNECTED.set(0)
+            await connection.close()
+            await pool.close()
     finally:
-        await connection.close()
-        await pool.close()
+        if stop_serving is not None:
+            stop_serving()
     return sum(w.processed for w in workers)

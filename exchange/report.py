@@ -1,0 +1,560 @@
+"""The connectivity report (thống kê kết nối), as the national rollout counted it.
+
+``lienthong report`` says, for a period (30 days unless ``--since`` says
+otherwise):
+
+* per level (1 to 4) and per agency group (ministries, provinces, ...): how
+  many agencies are registered and how many are *connected*, that is sent
+  and received at least one document in the period;
+* the backlog of each inbox (documents waiting in ``lienthong.inbox.<code>``,
+  from RabbitMQ's management API);
+* the statuses not reported in time: deliveries of documents past their
+  DueDate whose recipient has not reported 06 (done) nor returned them (02);
+* the state of the agencies' signing certificates.
+
+The same counts are exported as metrics by every worker
+(:func:`refresh_metrics`, called by the worker's watchdog every minute), so
+dashboards and alerts see them without anyone running the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from exchange import metrics
+from exchange.agency import AgencyCode, AgencyGroup
+from exchange.broker.topology import INBOX_QUEUE_PREFIX
+from exchange.edxml.model import VIETNAM_TIME
+from exchange.status import StatusCode
+
+if TYPE_CHECKING:
+    from exchange.broker.admin import BrokerAdmin
+    from exchange.settings import Settings
+    from exchange.store.db import Connection, Pool
+
+# The period of the report, and of the connectivity figures the workers export.
+DEFAULT_PERIOD = timedelta(days=30)
+# A certificate expiring within this is "expiring": time to issue the next one
+# and register it before the agency's packages start being refused.
+CERTIFICATE_WARNING = timedelta(days=30)
+# How many overdue deliveries the report lists (it always gives the total).
+DEFAULT_OVERDUE_LIMIT = 100
+
+LEVELS = (1, 2, 3, 4)
+LEVEL_NAMES = {
+    1: "ministries, provinces, central bodies",
+    2: "departments, districts",
+    3: "communes, units below departments",
+    4: "units at level 4",
+}
+GROUP_NAMES = {
+    AgencyGroup.PARTY: "Party bodies",
+    AgencyGroup.PRESIDENT_OFFICE: "Office of the President",
+    AgencyGroup.NATIONAL_ASSEMBLY: "National Assembly",
+    AgencyGroup.SUPREME_COURT: "Supreme People's Court",
+    AgencyGroup.SUPREME_PROCURACY: "Supreme People's Procuracy",
+    AgencyGroup.STATE_AUDIT: "State Audit",
+    AgencyGroup.MINISTRY: "ministries and government agencies",
+    AgencyGroup.PROVINCE: "provinces (People's Committees)",
+    AgencyGroup.SOCIO_POLITICAL: "central socio-political organisations",
+    AgencyGroup.SOCIAL_PROFESSIONAL: "social and professional organisations",
+    AgencyGroup.PROVINCIAL_COUNCIL: "provincial People's Councils",
+    AgencyGroup.OTHER: "other letters",
+}
+# A returned document (02) was answered; a done one (06) is finished. Any
+# other state past the DueDate is a status not reported in time.
+ANSWERED_STATES = (StatusCode.RETURNED.value, StatusCode.DONE.value)
+
+
+def group_label(group: AgencyGroup) -> str:
+    """The metric label of a group: ``ministry``, ``province``, ..."""
+    return group.name.lower()
+
+
+# -- connectivity -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyActivity:
+    """What one registered agency did in the period."""
+
+    code: AgencyCode
+    sent: bool
+    received: bool
+
+    @property
+    def connected(self) -> bool:
+        """Connected: it sent and it received at least one document."""
+        return self.sent and self.received
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Registered and connected agencies of one slice of the directory."""
+
+    registered: int = 0
+    connected: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.registered + other.registered, self.connected + other.connected)
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """The counts per level, per group, per (level, group), and in total."""
+
+    by_level: dict[int, Tally]
+    by_group: dict[AgencyGroup, Tally]
+    by_level_and_group: dict[tuple[int, AgencyGroup], Tally]
+    total: Tally
+
+
+def tally(activities: Iterable[AgencyActivity]) -> Connectivity:
+    """Count registered and connected agencies per level, per group and in total."""
+    cells: dict[tuple[int, AgencyGroup], Tally] = {}
+    for activity in activities:
+        key = (activity.code.level, activity.code.group)
+        cells[key] = cells.get(key, Tally()) + Tally(1, int(activity.connected))
+    by_level: dict[int, Tally] = {}
+    by_group: dict[AgencyGroup, Tally] = {}
+    for (level, group), cell in cells.items():
+        by_level[level] = by_level.get(level, Tally()) + cell
+        by_group[group] = by_group.get(group, Tally()) + cell
+    total = sum(cells.values(), Tally())
+    order = list(AgencyGroup)
+    return Connectivity(
+        by_level=dict(sorted(by_level.items())),
+        by_group=dict(sorted(by_group.items(), key=lambda item: order.index(item[0]))),
+        by_level_and_group=dict(
+            sorted(cells.items(), key=lambda item: (item[0][0], order.index(item[0][1])))
+        ),
+        total=total,
+    )
+
+
+# -- certificates -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertificateSummary:
+    """The registered agencies' signing certificates, counted by state."""
+
+    counts: dict[str, int]
+    earliest_expiry: datetime | None
+
+
+def certificate_summary(
+    pems: Iterable[str | None], now: datetime, *, warning: timedelta = CERTIFICATE_WARNING
+) -> CertificateSummary:
+    """Count certificates as valid, expiring (within ``warning``), expired, missing, unreadable."""
+    counts = dict.fromkeys(metrics.CERTIFICATE_STATES, 0)
+    earliest: datetime | None = None
+    for pem in pems:
+        if not pem:
+            counts["missing"] += 1
+            continue
+        try:
+            expiry = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+        except ValueError:
+            counts["unreadable"] += 1
+            continue
+        if expiry <= now:
+            counts["expired"] += 1
+        elif expiry - now <= warning:
+            counts["expiring"] += 1
+        else:
+            counts["valid"] += 1
+        earliest = expiry if earliest is None else min(earliest, expiry)
+    return CertificateSummary(counts, earliest)
+
+
+# -- the report -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InboxBacklog:
+    """One agency's inbox as RabbitMQ counts it."""
+
+    agency: str
+    queue: str
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueDelivery:
+    """A document past its DueDate at a recipient that has not reported 06."""
+
+    document_id: str
+    sender: str
+    recipient: str
+    due_date: date
+    state: str | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``lienthong report`` prints."""
+
+    since: datetime
+    until: datetime
+    connectivity: Connectivity
+    certificates: CertificateSummary
+    overdue_total: int
+    overdue: list[OverdueDelivery]
+    inboxes: list[InboxBacklog] | None = None
+    # Why the inbox backlog is missing (the management API did not answer).
+    inboxes_unavailable: str | None = None
+    activities: list[AgencyActivity] = field(default_factory=list)
+
+
+_DIRECTORY = """
+SELECT a.code, a.certificate_pem,
+       EXISTS (SELECT 1 FROM documents d
+               WHERE d.sender = a.code AND d.created_at >= $1 AND d.created_at < $2) AS sent,
+       EXISTS (SELECT 1 FROM deliveries v
+               WHERE v.recipient = a.code
+                 AND v.delivered_at >= $1 AND v.delivered_at < $2) AS received
+FROM agencies a
+"""
+
+_OVERDUE_WHERE = """
+FROM deliveries v JOIN documents d ON d.id = v.document_pk
+WHERE d.due_date < $1
+  AND v.delivered_at IS NOT NULL
+  AND NOT v.withdrawn
+  AND NOT (coalesce(v.state, '') = ANY($2::text[]))
+"""
+
+
+async def directory_figures(
+    conn: Connection, since: datetime, until: datetime
+) -> tuple[list[AgencyActivity], list[str | None]]:
+    """Each agency's activity in ``[since, until)``, and every agency's certificate (PEM)."""
+    rows = await conn.fetch(_DIRECTORY, since, until)
+    activities = [
+        AgencyActivity(AgencyCode.parse(row["code"]), row["sent"], row["received"]) for row in rows
+    ]
+    return activities, [row["certificate_pem"] for row in rows]
+
+
+async def count_overdue(conn: Connection, today: date) -> int:
+    """Deliveries of documents due before ``today`` whose recipient has not answered."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) " + _OVERDUE_WHERE, today, list(ANSWERED_STATES)
+    )
+    return count
+
+
+async def list_overdue(conn: Connection, today: date, limit: int) -> list[OverdueDelivery]:
+    """The first ``limit`` overdue deliveries, longest overdue first."""
+    rows = await conn.fetch(
+        "SELECT d.document_id, d.sender, v.recipient, d.due_date, v.state "
+        + _OVERDUE_WHERE
+        + " ORDER BY d.due_date, d.document_id, v.recipient LIMIT $3",
+        today,
+        list(ANSWERED_STATES),
+        limit,
+    )
+    return [
+        OverdueDelivery(
+            row["document_id"], row["sender"], row["recipient"], row["due_date"], row["state"]
+        )
+        for row in rows
+    ]
+
+
+async def inbox_backlog(admin: BrokerAdmin, vhost: str) -> list[InboxBacklog]:
+    """Every agency inbox of ``vhost``, most documents waiting first."""
+    queues = await admin.list_queues(vhost)
+    inboxes = [
+        InboxBacklog(q.name.removeprefix(INBOX_QUEUE_PREFIX), q.name, q.messages, q.consumers)
+        for q in queues
+        if q.name.startswith(INBOX_QUEUE_PREFIX)
+    ]
+    return sorted(inboxes, key=lambda inbox: (-inbox.messages, inbox.queue))
+
+
+def today_in_vietnam(now: datetime) -> date:
+    """The calendar day in Vietnam at ``now``: DueDates are Vietnamese dates."""
+    return now.astimezone(VIETNAM_TIME).date()
+
+
+async def build_report(
+    settings: Settings,
+    since: datetime,
+    *,
+    until: datetime | None = None,
+    overdue_limit: int = DEFAULT_OVERDUE_LIMIT,
+    admin: BrokerAdmin | None = None,
+) -> Report:
+    """Read the directory and the deliveries from the database, the inboxes from the broker."""
+    from exchange.broker.admin import BrokerAdmin, BrokerAdminError
+    from exchange.registry import vhost_of
+    from exchange.store.db import connect
+
+    until = until or datetime.now(UTC)
+    today = today_in_vietnam(until)
+    conn = await connect(settings)
+    try:
+        activities, pems = await directory_figures(conn, since, until)
+        overdue_total = await count_overdue(conn, today)
+        overdue = await list_overdue(conn, today, overdue_limit)
+    finally:
+        await conn.close()
+    inboxes: list[InboxBacklog] | None = None
+    unavailable = None
+    try:
+        admin = admin or BrokerAdmin.from_settings(settings)
+        inboxes = await inbox_backlog(admin, vhost_of(settings.amqp_url))
+    except (BrokerAdminError, ValueError) as error:
+        unavailable = str(error)
+    return Report(
+        since=since,
+        until=until,
+        connectivity=tally(activities),
+        certificates=certificate_summary(pems, until),
+        overdue_total=overdue_total,
+        overdue=overdue,
+        inboxes=inboxes,
+        inboxes_unavailable=unavailable,
+        activities=activities,
+    )
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def export_metrics(
+    connectivity: Connectivity, overdue_total: int, certificates: CertificateSummary, now: datetime
+) -> None:
+    """Set the directory gauges (connectivity, overdue deliveries, certificates)."""
+    # Cleared first: a (level, group) with no agency left must not keep its
+    # last count.
+    metrics.AGENCIES_REGISTERED.clear()
+    metrics.AGENCIES_CONNECTED.clear()
+    for (level, group), cell in connectivity.by_level_and_group.items():
+        labels = (str(level), group_label(group))
+        metrics.AGENCIES_REGISTERED.labels(*labels).set(cell.registered)
+        metrics.AGENCIES_CONNECTED.labels(*labels).set(cell.connected)
+    metrics.OVERDUE_DELIVERIES.set(overdue_total)
+    for state, count in certificates.counts.items():
+        metrics.CERTIFICATES.labels(state).set(count)
+    earliest = certificates.earliest_expiry
+    metrics.CERTIFICATE_EARLIEST_EXPIRY.set(
+        float("inf") if earliest is None else earliest.timestamp()
+    )
+    metrics.DIRECTORY_REFRESHED.set(now.timestamp())
+
+
+async def refresh_metrics(pool: Pool, *, period: timedelta = DEFAULT_PERIOD) -> None:
+    """Compute the directory figures over the last ``period`` and export them."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        activities, pems = await directory_figures(conn, now - period, now)
+        overdue_total = await count_overdue(conn, today_in_vietnam(now))
+    export_metrics(tally(activities), overdue_total, certificate_summary(pems, now), now)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _tally_json(cell: Tally) -> dict[str, int]:
+    return {"registered": cell.registered, "connected": cell.connected}
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as JSON-ready data (``lienthong report --json``)."""
+    connectivity = report.connectivity
+    earliest = report.certificates.earliest_expiry
+    return {
+        "since": report.since.isoformat(),
+        "until": report.until.isoformat(),
+        "connected_means": "sent and received at least one document in the period",
+        "by_level": [
+            {"level": level, "name": LEVEL_NAMES[level], **_tally_json(cell)}
+            for level, cell in connectivity.by_level.items()
+        ],
+        "by_group": [
+            {
+                "group": group_label(group),
+                "letter": group.value,
+                "name": GROUP_NAMES[group],
+                **_tally_json(cell),
+            }
+            for group, cell in connectivity.by_group.items()
+        ],
+        "total": _tally_json(connectivity.total),
+        "inboxes": None
+        if report.inboxes is None
+        else [
+            {
+                "agency": inbox.agency,
+                "queue": inbox.queue,
+                "messages": inbox.messages,
+                "consumers": inbox.consumers,
+            }
+            for inbox in report.inboxes
+        ],
+        "inboxes_unavailable": report.inboxes_unavailable,
+        "overdue_total": report.overdue_total,
+        "overdue": [
+            {
+                "document_id": item.document_id,
+                "sender": item.sender,
+                "recipient": item.recipient,
+                "due_date": item.due_date.isoformat(),
+                "state": item.state,
+            }
+            for item in report.overdue
+        ],
+        "certificates": {
+            **report.certificates.counts,
+            "earliest_expiry": None if earliest is None else earliest.isoformat(),
+        },
+    }
+
+
+def format_report(report: Report) -> str:
+    """The report for a terminal."""
+    local = "%Y-%m-%d %H:%M"
+    since = report.since.astimezone(VIETNAM_TIME).strftime(local)
+    until = report.until.astimezone(VIETNAM_TIME).strftime(local)
+    lines = [
+        f"Connectivity from {since} to {until} (Vietnam time)",
+        "connected = sent and received at least one document in the period",
+        "",
+        f"{'by level':<48} {'registered':>10} {'connected':>10}",
+    ]
+    connectivity = report.connectivity
+    for level, cell in connectivity.by_level.items():
+        name = f"  {level}  {LEVEL_NAMES[level]}"
+        lines.append(f"{name:<48} {cell.registered:>10} {cell.connected:>10}")
+    lines.append(f"{'by group':<48}")
+    for group, cell in connectivity.by_group.items():
+        name = f"  {group.value}  {GROUP_NAMES[group]}"
+        lines.append(f"{name:<48} {cell.registered:>10} {cell.connected:>10}")
+    total = connectivity.total
+    lines.append(f"{'total':<48} {total.registered:>10} {total.connected:>10}")
+    lines.append("")
+    if report.inboxes is None:
+        lines.append(f"Inbox backlog: unavailable ({report.inboxes_unavailable})")
+    else:
+        waiting = [inbox for inbox in report.inboxes if inbox.messages]
+        lines.append(
+            f"Inbox backlog: {sum(i.messages for i in waiting)} documents waiting "
+            f"in {len(waiting)} of {len(report.inboxes)} inboxes"
+        )
+        for inbox in waiting:
+            lines.append(
+                f"  {inbox.agency:<16} {inbox.messages:>6} waiting, "
+                f"{inbox.consumers} consumer{'s' if inbox.consumers != 1 else ''}"
+            )
+    lines.append("")
+    lines.append(f"Statuses not reported in time (past DueDate, no 06): {report.overdue_total}")
+    for item in report.overdue:
+        state = item.state or "none"
+        lines.append(
+            f"  {item.document_id}  {item.sender} -> {item.recipient}  "
+            f"due {item.due_date.isoformat()}  latest status {state}"
+        )
+    if report.overdue_total > len(report.overdue):
+        lines.append(f"  ... and {report.overdue_total - len(report.overdue)} more")
+    counts = report.certificates.counts
+    earliest = report.certificates.earliest_expiry
+    lines.append("")
+    lines.append(
+        "Certificates: "
+        + ", ".join(f"{counts[state]} {state}" for state in metrics.CERTIFICATE_STATES)
+        + ("" if earliest is None else f"; the first expires {earliest:%Y-%m-%d}")
+    )
+    return "\n".join(lines)
+
+
+# -- the command ------------------------------------------------------------------------
+
+_AGE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[mhdw])")
+_UNITS = {
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """The start of the period: an age (``30d``, ``12h``, ``2w``, ``90m``) or a date or time.
+
+    A date is its midnight in Vietnam; a time without a zone is Vietnam time.
+    """
+    text = text.strip()
+    age = _AGE.fullmatch(text)
+    if age:
+        return now - int(age["amount"]) * _UNITS[age["unit"]]
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), VIETNAM_TIME)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither an age (30d, 12h, 2w, 90m) nor a date "
+            "(2025-01-31) or a time (2025-01-31T08:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the connectivity report: agencies connected, inbox backlogs, overdue statuses."""
+    from exchange import cli
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_since(args.since, now)
+    except ValueError as error:
+        raise cli.CommandError(str(error)) from None
+    if since >= now:
+        raise cli.CommandError(f"--since {args.since} is not in the past")
+    settings = cli._settings(args)
+
+    async def reporting() -> int:
+        report = await build_report(settings, since, until=now, overdue_limit=args.overdue_limit)
+        if args.json:
+            print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
+        else:
+            print(format_report(report))
+        return cli.EXIT_OK
+
+    return cli._run(reporting())
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    services_parent: argparse.ArgumentParser,
+) -> None:
+    """Add ``lienthong report`` to the command line (``services_parent``: connection options)."""
+    report = commands.add_parser(
+        "report",
+        parents=[services_parent],
+        help="connectivity report: agencies connected, inbox backlogs, overdue statuses",
+    )
+    report.add_argument(
+        "--since",
+        default="30d",
+        help="start of the period: an age (30d, 12h, 2w) or a date (2025-01-31); default 30d",
+    )
+    report.add_argument(
+        "--overdue-limit",
+        type=int,
+        default=DEFAULT_OVERDUE_LIMIT,
+        help="list at most this many overdue deliveries (the total is always given)",
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.set_defaults(handler=cmd_report)
