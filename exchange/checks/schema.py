@@ -56,9 +56,10 @@ MAX_PROBLEMS = 20
 MAX_QUOTED_CHARS = 60
 
 _XS_NS = "http://www.w3.org/2001/XMLSchema"
-_STATUS_CODE_PATH = f"{ENVELOPE}/{HEADER}/{MESSAGE_HEADER}/{q('StatusCode')}"
-_TO_PATH = f"{ENVELOPE}/{HEADER}/{MESSAGE_HEADER}/{q('To')}"
-_BODY_PATH = f"{ENVELOPE}/{BODY}"
+_MESSAGE_HEADER_PATH = (ENVELOPE, HEADER, MESSAGE_HEADER)
+_STATUS_CODE_PATH = (*_MESSAGE_HEADER_PATH, q("StatusCode"))
+_TO_PATH = (*_MESSAGE_HEADER_PATH, q("To"))
+_BODY_PATH = (ENVELOPE, BODY)
 
 # XSD 1.0 cannot say "in any order, each at most once" next to the repeated
 # To, so edxml-document.xsd lets the tail of MessageHeader come in any order
@@ -96,11 +97,19 @@ def package_kind(root: etree._Element) -> PackageKind:
     and "StatusCode is missing" helps its sender more than a list of what a
     document would need.
     """
-    if root.find(_STATUS_CODE_PATH) is not None:
+    if _first(root, _STATUS_CODE_PATH) is not None:
         return PackageKind.STATUS
-    if root.find(_TO_PATH) is None and root.find(_BODY_PATH) is None:
+    if _first(root, _TO_PATH) is None and _first(root, _BODY_PATH) is None:
         return PackageKind.STATUS
     return PackageKind.DOCUMENT
+
+
+def _first(root: etree._Element, path: tuple[str, ...]) -> etree._Element | None:
+    """``root.find("a/b/c")`` for a path of child tags, without ElementPath's cost."""
+    found = [root]
+    for tag in path:
+        found = [child for parent in found for child in parent.iterchildren(tag)]
+    return found[0] if found else None
 
 
 def schema_problems(root: etree._Element) -> list[Problem]:
@@ -233,7 +242,7 @@ def _always_present(declaration: etree._Element) -> bool:
 
 
 def _repeated_in_document_header(root: etree._Element) -> Iterator[Problem]:
-    header = root.find(f"{ENVELOPE}/{HEADER}/{MESSAGE_HEADER}")
+    header = _first(root, _MESSAGE_HEADER_PATH)
     if header is None:
         return
     counts: Counter[str] = Counter()

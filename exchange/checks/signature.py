@@ -64,7 +64,6 @@ from exchange.settings import ParserLimits
 
 Digest = Literal["sha256", "sha384", "sha512", "sha1"]
 
-_NS = {"ds": DSIG_NS}
 _SIGNATURE_PATH = "edXML/edXMLEnvelope/edXMLHeader/Signature"
 _ENVELOPED = SignatureConstructionMethod.enveloped.value
 _C14N_METHODS = frozenset(method.value for method in CanonicalizationMethod)
@@ -95,7 +94,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 # Agencies sign with a few certificates, used again and again. Parsing one
 # and, later, its key and subject costs more than the rest of the checks
-# before the cryptography; the same base64 text is the same certificate.
+# before the cryptography; the same text is the same certificate.
 _PARSED_CERTIFICATES_KEPT = 1024
 _parsed_certificates: dict[str, x509.Certificate] = {}
 
@@ -287,7 +286,7 @@ class _PackageVerifier(XMLVerifier):
         elements, attributes and text as those bytes parsed back (which is
         what signxml returns), without the cost of parsing them.
         """
-        transforms = reference.findall("ds:Transforms/ds:Transform", _NS)
+        transforms = _ds_all(reference, "Transforms", "Transform")
         algorithms = [transform.get("Algorithm", "") for transform in transforms]
         c14n_transforms = [
             t for t, a in zip(transforms, algorithms, strict=True) if a in _C14N_METHODS
@@ -311,8 +310,8 @@ class _PackageVerifier(XMLVerifier):
             method = CanonicalizationMethod(c14n_transforms[0].get("Algorithm"))
             prefixes = self._get_inclusive_ns_prefixes(c14n_transforms[0])  # type: ignore[no-untyped-call]
         payload_c14n = self._c14n(payload, algorithm=method, inclusive_ns_prefixes=prefixes)
-        digest_method = reference.find("ds:DigestMethod", _NS)
-        digest_value = reference.find("ds:DigestValue", _NS)
+        digest_method = _ds_first(reference, "DigestMethod")
+        digest_value = _ds_first(reference, "DigestValue")
         if digest_method is None or digest_value is None:
             raise InvalidInput("the Reference has no DigestMethod or no DigestValue")
         digest_alg = DigestAlgorithm(digest_method.get("Algorithm"))
@@ -332,6 +331,21 @@ class _PackageVerifier(XMLVerifier):
             )
         )
         return VerifyResult(payload_c14n, payload, signature, signature_key=signature_key)
+
+
+def _ds_all(element: etree._Element, *steps: str) -> list[etree._Element]:
+    """``element.findall("ds:A/ds:B")`` for ``steps`` ("A", "B"), without ElementPath's cost."""
+    found = [element]
+    for step in steps:
+        tag = f"{{{DSIG_NS}}}{step}"
+        found = [child for parent in found for child in parent.iterchildren(tag)]
+    return found
+
+
+def _ds_first(element: etree._Element, *steps: str) -> etree._Element | None:
+    """``element.find("ds:A/ds:B")`` for ``steps`` ("A", "B"): the first of :func:`_ds_all`."""
+    found = _ds_all(element, *steps)
+    return found[0] if found else None
 
 
 def _local_path(element: etree._Element) -> str:
@@ -386,7 +400,7 @@ def _the_signature(root: etree._Element) -> etree._Element:
 
 def _certificates(signature: etree._Element) -> list[x509.Certificate]:
     """The certificates in KeyInfo/X509Data; a missing or garbled one means no real signature."""
-    texts = signature.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", _NS)
+    texts = _ds_all(signature, "KeyInfo", "X509Data", "X509Certificate")
     where = f"{_SIGNATURE_PATH}/KeyInfo/X509Data/X509Certificate"
     if not texts:
         raise Rejection.of(
@@ -403,13 +417,14 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
         )
     certificates = []
     for element in texts:
-        text = _WHITESPACE.sub("", element.text or "")
+        text = element.text or ""
         known = _parsed_certificates.get(text)
         if known is not None:
             certificates.append(known)
             continue
         try:
-            certificate = x509.load_der_x509_certificate(b64decode(text, validate=True))
+            der = b64decode(_WHITESPACE.sub("", text), validate=True)
+            certificate = x509.load_der_x509_certificate(der)
         except (binascii.Error, ValueError):
             raise Rejection.of(
                 Reason.SIGNATURE_MISSING,
@@ -444,13 +459,13 @@ def _allowed(allow_sha1: bool) -> tuple[frozenset[SignatureMethod], frozenset[Di
 def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
     """Refuse, before any cryptography, what the signature says it does: return its method."""
     methods, digests = _allowed(allow_sha1)
-    signed_info = signature.find("ds:SignedInfo", _NS)
+    signed_info = _ds_first(signature, "SignedInfo")
     if signed_info is None:
         raise Rejection.of(
             Reason.SIGNATURE_INVALID, "the signature has no SignedInfo", _SIGNATURE_PATH
         )
     where = f"{_SIGNATURE_PATH}/SignedInfo"
-    c14n = signed_info.find("ds:CanonicalizationMethod", _NS)
+    c14n = _ds_first(signed_info, "CanonicalizationMethod")
     c14n_uri = c14n.get("Algorithm", "") if c14n is not None else ""
     if c14n_uri not in _C14N_METHODS:
         raise Rejection.of(
@@ -459,11 +474,11 @@ def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
             "exchange knows",
             f"{where}/CanonicalizationMethod",
         )
-    method = signed_info.find("ds:SignatureMethod", _NS)
+    method = _ds_first(signed_info, "SignatureMethod")
     method_uri = method.get("Algorithm", "") if method is not None else ""
     _require_algorithm(SignatureMethod, method_uri, methods, f"{where}/SignatureMethod")
 
-    references = signed_info.findall("ds:Reference", _NS)
+    references = _ds_all(signed_info, "Reference")
     if len(references) != 1 or references[0].get("URI") != "":
         uris = [r.get("URI") for r in references]
         raise Rejection.of(
@@ -473,7 +488,7 @@ def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
             f"{where}/Reference",
         )
     reference = references[0]
-    for transform in reference.findall("ds:Transforms/ds:Transform", _NS):
+    for transform in _ds_all(reference, "Transforms", "Transform"):
         algorithm = transform.get("Algorithm", "")
         # Anything else (XPath filters, base64) could narrow what the digest covers.
         if algorithm != _ENVELOPED and algorithm not in _C14N_METHODS:
@@ -483,7 +498,7 @@ def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
                 "canonicalization, so that the signature covers the whole package",
                 f"{where}/Reference/Transforms",
             )
-    digest = reference.find("ds:DigestMethod", _NS)
+    digest = _ds_first(reference, "DigestMethod")
     digest_uri = digest.get("Algorithm", "") if digest is not None else ""
     _require_algorithm(DigestAlgorithm, digest_uri, digests, f"{where}/Reference/DigestMethod")
     return method_uri
