@@ -610,6 +610,15 @@ class Worker:
             inspected = rejection
         for stage, seconds in timings.items():
             metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+        # Asked before a connection is taken: a directory miss reloads the
+        # directory through the pool, and waiting for a second pooled
+        # connection inside the transaction can exhaust the pool (and, while
+        # the transaction holds a lock other writers wait for, stall them all).
+        registered = (
+            isinstance(inspected, Inspected)
+            and inspected.kind is MessageKind.DOCUMENT
+            and await self.directory.is_registered(inspected.recipient)
+        )
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -625,7 +634,7 @@ class Worker:
                 )
                 redecide = replay and record.outcome in REDECIDED_ON_REPLAY
                 if not record.decided or redecide:
-                    record = await self._decide(conn, record, envelope, inspected)
+                    record = await self._decide(conn, record, envelope, inspected, registered)
                 elif record.published:
                     metrics.DUPLICATES.inc()
             metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(
@@ -665,6 +674,7 @@ class Worker:
         record: Message,
         envelope: Envelope,
         inspected: Inspected | Rejection,
+        recipient_registered: bool,
     ) -> Message:
         """Record the outcome of a message never decided before (in the caller's transaction)."""
         document_id = None
@@ -678,7 +688,9 @@ class Worker:
             # or a corrected re-send would collide with a document never sent.
             async with conn.transaction():
                 if isinstance(inspected.package, DocumentPackage):
-                    return await self._accept_document(conn, record, envelope, inspected)
+                    return await self._accept_document(
+                        conn, record, envelope, inspected, recipient_registered
+                    )
                 return await self._accept_status(conn, record, inspected)
         except Rejection as rejection:
             return await queries.set_outcome(
@@ -693,11 +705,15 @@ class Worker:
             )
 
     async def _accept_document(
-        self, conn: Connection, record: Message, envelope: Envelope, inspected: Inspected
+        self,
+        conn: Connection,
+        record: Message,
+        envelope: Envelope,
+        inspected: Inspected,
+        registered: bool,
     ) -> Message:
         package = inspected.package
         assert isinstance(package, DocumentPackage)
-        registered = await self.directory.is_registered(inspected.recipient)
         stored = await queries.upsert_document(
             conn,
             sender=inspected.sender,
