@@ -212,7 +212,7 @@ async def test_two_worker_processes_each_count_what_they_did_and_together_every_
 
         scraped = await poll_until(totals, f"{delivered} delivered and 1 rejected on the endpoints")
     finally:
-        statuses = [w.stop() for w in workers]
+        statuses = await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
 
     assert statuses == [0, 0], [w.log()[-2000:] for w in workers]
     for process, samples in zip(workers, scraped, strict=True):
