@@ -11,8 +11,11 @@ rows of the first run instead of adding new ones (exactly-once effect).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -709,3 +712,276 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
     ]
     view.sort(key=lambda line: (line.submitted_at, line.document_pk, line.recipient))
     return view
+
+
+# -- replays (the replay tool, issue 4 point 3) ---------------------------------
+#
+# Added by the replay tool (exchange/replay.py); kept apart so the rest of the
+# file can change without touching it. The rows of `replays` and
+# `replay_items` (migration 0003) are values of their own, defined here.
+
+REFUSED_OUTCOMES = (TransportOutcome.REJECTED, TransportOutcome.PARKED)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    """One executed replay: who, when, what was asked, and what came of it."""
+
+    pk: int
+    started_at: datetime
+    finished_at: datetime | None
+    os_user: str
+    host: str
+    broker_user: str
+    selection: dict[str, Any]
+    state: str
+    result: dict[str, Any] | None
+    items: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ReplayRecord:
+        """Build from a row of ``replays`` with its item count."""
+        return cls(
+            pk=row["id"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            os_user=row["os_user"],
+            host=row["host"],
+            broker_user=row["broker_user"],
+            selection=json.loads(row["selection"]),
+            state=row["state"],
+            result=None if row["result"] is None else json.loads(row["result"]),
+            items=row["items"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayItemRecord:
+    """What one replay did with one message (a row of ``replay_items``)."""
+
+    replay_pk: int
+    dedup_key: str
+    message_pk: int | None
+    source: str
+    action: str
+    note: str | None
+    outcome_before: str | None
+    reason_before: str | None
+    outcome_after: str | None
+    reason_after: str | None
+    decided_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ReplayItemRecord:
+        """Build from a row of ``replay_items``."""
+        return cls(
+            replay_pk=row["replay_pk"],
+            dedup_key=row["dedup_key"],
+            message_pk=row["message_pk"],
+            source=row["source"],
+            action=row["action"],
+            note=row["note"],
+            outcome_before=row["outcome_before"],
+            reason_before=row["reason_before"],
+            outcome_after=row["outcome_after"],
+            reason_after=row["reason_after"],
+            decided_at=row["decided_at"],
+        )
+
+
+async def list_refused(
+    conn: Connection,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    sender: AgencyCode | None = None,
+    recipient: AgencyCode | None = None,
+    reason_codes: Iterable[str] | None = None,
+    outcomes: Iterable[TransportOutcome] = REFUSED_OUTCOMES,
+    limit: int | None = None,
+) -> list[Message]:
+    """Rejected and parked messages, oldest first, filtered as given.
+
+    ``since`` and ``until`` bound the time received (``since`` included,
+    ``until`` not); ``sender`` is the agency the exchange identified as the
+    publisher, ``recipient`` the routing key; ``reason_codes`` keeps those
+    refused for one of these codes. ``outcomes`` may only narrow the refused
+    outcomes: a delivered message is never listed.
+    """
+    wanted = [o.value for o in outcomes if o in REFUSED_OUTCOMES]
+    rows = await conn.fetch(
+        _MESSAGE_SELECT
+        + """
+        WHERE s.outcome = ANY($1::text[])
+          AND ($2::timestamptz IS NULL OR m.received_at >= $2)
+          AND ($3::timestamptz IS NULL OR m.received_at < $3)
+          AND ($4::text IS NULL OR s.sender = $4)
+          AND ($5::text IS NULL OR m.routing_key = $5)
+          AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
+        ORDER BY m.received_at, m.id
+        LIMIT $7
+        """,
+        wanted,
+        since,
+        until,
+        None if sender is None else str(sender),
+        None if recipient is None else str(recipient),
+        None if reason_codes is None else list(reason_codes),
+        limit,
+    )
+    return [Message.from_row(row) for row in rows]
+
+
+async def get_messages(conn: Connection, pks: Iterable[int]) -> dict[int, Message]:
+    """The messages with these primary keys that exist, by key."""
+    rows = await conn.fetch(_MESSAGE_SELECT + " WHERE m.id = ANY($1::bigint[])", list(pks))
+    return {row["id"]: Message.from_row(row) for row in rows}
+
+
+async def messages_by_dedup_key(conn: Connection, keys: Iterable[str]) -> dict[str, Message]:
+    """The recorded messages with these dedup keys, by key (absent ones are left out)."""
+    rows = await conn.fetch(_MESSAGE_SELECT + " WHERE m.dedup_key = ANY($1::text[])", list(keys))
+    return {row["dedup_key"]: Message.from_row(row) for row in rows}
+
+
+async def database_now(conn: Connection) -> datetime:
+    """The database's clock: the instant later decisions are compared with."""
+    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return now
+
+
+async def start_replay(
+    conn: Connection, *, os_user: str, host: str, broker_user: str, selection: dict[str, Any]
+) -> int:
+    """Record that a replay starts; returns its id (the ``x-lienthong-replay`` header)."""
+    pk: int = await conn.fetchval(
+        """
+        INSERT INTO replays (os_user, host, broker_user, selection)
+        VALUES ($1, $2, $3, $4::jsonb)
+        RETURNING id
+        """,
+        os_user,
+        host,
+        broker_user,
+        json.dumps(selection, ensure_ascii=False, sort_keys=True),
+    )
+    return pk
+
+
+async def add_replay_items(
+    conn: Connection,
+    replay_pk: int,
+    items: Iterable[tuple[str, int | None, str, str, str | None, str | None, str | None]],
+) -> None:
+    """Record what a replay takes: ``(dedup_key, message_pk, source, action, note,
+    outcome_before, reason_before)`` per message."""
+    await conn.executemany(
+        """
+        INSERT INTO replay_items
+            (replay_pk, dedup_key, message_pk, source, action, note, outcome_before, reason_before)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (replay_pk, dedup_key) DO NOTHING
+        """,
+        [(replay_pk, *item) for item in items],
+    )
+
+
+async def set_replay_item_action(
+    conn: Connection, replay_pk: int, dedup_key: str, action: str, note: str | None = None
+) -> None:
+    """Record what became of publishing one message of a replay."""
+    await conn.execute(
+        """
+        UPDATE replay_items SET action = $3, note = coalesce($4, note)
+        WHERE replay_pk = $1 AND dedup_key = $2
+        """,
+        replay_pk,
+        dedup_key,
+        action,
+        note,
+    )
+
+
+async def set_replay_item_decisions(
+    conn: Connection, replay_pk: int, decisions: Iterable[Message]
+) -> None:
+    """Record the new decision each replayed message led to (and its row, if it was new)."""
+    await conn.executemany(
+        """
+        UPDATE replay_items SET
+            message_pk = $3, outcome_after = $4, reason_after = $5, decided_at = $6
+        WHERE replay_pk = $1 AND dedup_key = $2
+        """,
+        [
+            (
+                replay_pk,
+                m.dedup_key,
+                m.pk,
+                None if m.outcome is None else m.outcome.value,
+                m.reason_code,
+                m.updated_at,
+            )
+            for m in decisions
+        ],
+    )
+
+
+async def finish_replay(
+    conn: Connection, replay_pk: int, *, complete: bool, result: dict[str, Any]
+) -> None:
+    """Record the end of a replay and its outcome counts."""
+    await conn.execute(
+        """
+        UPDATE replays SET finished_at = now(), state = $2, result = $3::jsonb
+        WHERE id = $1
+        """,
+        replay_pk,
+        "finished" if complete else "incomplete",
+        json.dumps(result, ensure_ascii=False, sort_keys=True),
+    )
+
+
+_REPLAY_SELECT = """
+SELECT r.id, r.started_at, r.finished_at, r.os_user, r.host, r.broker_user,
+       r.selection::text AS selection, r.state, r.result::text AS result,
+       (SELECT count(*) FROM replay_items i WHERE i.replay_pk = r.id) AS items
+FROM replays r
+"""
+
+
+async def list_replays(conn: Connection, limit: int | None = None) -> list[ReplayRecord]:
+    """The replays executed so far, the latest first."""
+    rows = await conn.fetch(_REPLAY_SELECT + " ORDER BY r.id DESC LIMIT $1", limit)
+    return [ReplayRecord.from_row(row) for row in rows]
+
+
+async def get_replay(conn: Connection, replay_pk: int) -> ReplayRecord | None:
+    """One replay, or ``None``."""
+    row = await conn.fetchrow(_REPLAY_SELECT + " WHERE r.id = $1", replay_pk)
+    return None if row is None else ReplayRecord.from_row(row)
+
+
+async def list_replay_items(conn: Connection, replay_pk: int) -> list[ReplayItemRecord]:
+    """What one replay did with each message, in the order it recorded them."""
+    rows = await conn.fetch(
+        "SELECT * FROM replay_items WHERE replay_pk = $1 ORDER BY message_pk NULLS LAST, dedup_key",
+        replay_pk,
+    )
+    return [ReplayItemRecord.from_row(row) for row in rows]
+
+
+async def replays_of_message(
+    conn: Connection, message: Message
+) -> list[tuple[ReplayRecord, ReplayItemRecord]]:
+    """Every replay that took this message (by id or by identity), oldest first."""
+    rows = await conn.fetch(
+        "SELECT * FROM replay_items WHERE message_pk = $1 OR dedup_key = $2 ORDER BY replay_pk",
+        message.pk,
+        message.dedup_key,
+    )
+    history = []
+    for row in rows:
+        replay = await get_replay(conn, row["replay_pk"])
+        assert replay is not None  # a foreign key
+        history.append((replay, ReplayItemRecord.from_row(row)))
+    return history
