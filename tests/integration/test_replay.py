@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,12 @@ from exchange.failures import Failure
 from exchange.pki import Credential, TrustStore, create_ca, issue_agency_certificate
 from exchange.registry import register_agency
 from exchange.replay import (
+    PUBLISH_WINDOW,
+    REPLAY_LOCK_KEY,
     Action,
+    Filters,
+    Progress,
+    ReplayError,
     Selection,
     add_commands,
     plan_replay,
@@ -381,3 +387,45 @@ def test_run_without_saying_what_is_refused_before_anything_runs() -> None:
     args = replay_parser().parse_args(["replay", "run", "--yes"])
     with pytest.raises(CommandError, match="say what to replay"):
         args.handler(args)
+
+
+# -- large sets and concurrent replays --------------------------------------------------------
+
+
+async def test_a_large_filtered_set_is_published_in_windows_with_progress_and_all_decided(
+    exchange: ExchangeUnderTest,
+) -> None:
+    sender = await exchange.register(GOVERNMENT_OFFICE)
+    await exchange.register(HANOI)
+    count = PUBLISH_WINDOW + 16  # more than one window of confirms
+    lines = io.StringIO()
+
+    def progress(label: str, total: int) -> Progress:
+        return Progress(label, total, lines, tty=False)
+
+    async with exchange.workers(2):
+        async with sender.client() as client:
+            for n in range(count):
+                await client.submit(f"<edXML>{n}".encode(), [HANOI])
+        await exchange.wait_settled(count)
+        selection = Selection(filters=Filters.parse(reason="NOT_WELL_FORMED", recipient=HANOI))
+        done = await run_replay(exchange.settings, selection, wait=WAIT_S, progress=progress)
+
+    assert done.summary.published == count
+    assert done.summary.rejected == {"REJECTED_NOT_WELL_FORMED": count}
+    assert done.summary.complete and not done.summary.all_delivered
+    shown = lines.getvalue().splitlines()
+    # One line per window confirmed (each is more than a tenth of the set).
+    assert [line for line in shown if line.startswith("publishing")] == [
+        f"publishing: {PUBLISH_WINDOW}/{count}",
+        f"publishing: {count}/{count}",
+    ]
+    assert f"waiting for decisions: {count}/{count}" in shown
+
+
+async def test_a_second_replay_waits_its_turn(exchange: ExchangeUnderTest) -> None:
+    async with exchange.db() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK_KEY)
+        with pytest.raises(ReplayError, match="another replay is running"):
+            await run_replay(exchange.settings, Selection(all=True), wait=0)
+    assert await exchange.fetchval("SELECT count(*) FROM replays") == 0
