@@ -434,7 +434,10 @@ class Worker:
         metrics.IN_FLIGHT.inc()
         try:
             if _deliveries(message) > POISON_REDELIVERIES:
-                await self._park(message, origin, Failure.POISON, "handed out too often")
+                # Decided before a worker died with it: only its effects are
+                # owed, and publishing them parses nothing, so it is no poison.
+                if not await self._publish_owed(message, origin):
+                    await self._park(message, origin, Failure.POISON, "handed out too often")
                 await message.ack()
                 return
             self.faults.maybe_kill("after_receive")
@@ -552,6 +555,28 @@ class Worker:
         except Exception as error:
             log.error("parked message %s is not recorded: %s", message.message_id, error)
 
+    async def _publish_owed(self, message: AbstractIncomingMessage, origin: Origin) -> bool:
+        """Finish a message decided on an earlier pass: publish what it still owes.
+
+        Returns ``False`` when it was never decided (or is a replay to decide
+        again), or when the database cannot say: then it may be poison.
+        """
+        key = queries.dedup_key(origin.routing_key, message.body, origin.broker_user)
+        try:
+            async with self.pool.acquire() as conn:
+                record = (await queries.messages_by_dedup_key(conn, [key])).get(key)
+                if record is None or not record.decided:
+                    return False
+                if origin.replay and record.outcome in REDECIDED_ON_REPLAY:
+                    return False
+                if not record.published:
+                    await self._publish(effects_of(record, message.body, origin.routing_key))
+                    await queries.mark_published(conn, record.pk)
+        except Exception as error:
+            log.warning("cannot tell whether message %s was decided: %s", message.message_id, error)
+            return False
+        return True
+
     async def _record_parked(
         self, body: bytes, origin: Origin, failure: Failure, detail: str, message_id: str | None
     ) -> None:
@@ -580,7 +605,9 @@ class Worker:
                     failure.parked_code,
                     detail[:MAX_DETAIL_CHARS],
                     sender=publisher,
-                    attempts=origin.attempts,
+                    # A message parked on its first pass (poison) was still
+                    # attempted once; the column counts attempts from 1.
+                    attempts=max(origin.attempts, 1),
                 )
             await self._publish(effects_of(record, body, origin.routing_key))
             await queries.mark_published(conn, record.pk)
@@ -828,19 +855,21 @@ async def watch(
     """
     figures_due = 0.0
     while not stop.is_set():
-        connected = not connection.is_closed and connection.connected.is_set()
-        metrics.BROKER_CONNECTED.set(int(connected))
-        metrics.CONSUMERS.set(sum([await worker.is_consuming() for worker in workers]))
-        idle = pool.get_idle_size()
-        metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
-        metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
-        metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
-        if time.monotonic() >= figures_due:
-            figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
-            try:
+        # A watchdog that fails must not stop the workers: it says so and
+        # looks again next round.
+        try:
+            connected = not connection.is_closed and connection.connected.is_set()
+            metrics.BROKER_CONNECTED.set(int(connected))
+            metrics.CONSUMERS.set(sum([await worker.is_consuming() for worker in workers]))
+            idle = pool.get_idle_size()
+            metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
+            metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
+            metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
+            if time.monotonic() >= figures_due:
+                figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
                 await report.refresh_metrics(pool)
-            except Exception as error:  # the figures wait for the next round
-                log.warning("directory figures not refreshed: %s", error)
+        except Exception as error:
+            log.warning("watchdog: %s", error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
@@ -876,14 +905,16 @@ async def run_workers(
         workers = [
             Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
         ]
+        watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
         try:
             runs = [asyncio.create_task(w.run(stop)) for w in workers]
-            watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
             if on_ready is not None:
                 await on_ready(workers)
             await asyncio.gather(*runs)
-            await watchdog
         finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
             metrics.CONSUMERS.set(0)
             metrics.BROKER_CONNECTED.set(0)
             await connection.close()
