@@ -38,8 +38,8 @@ from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 from exchange.failures import Failure
 from exchange.reasons import Reason
 from exchange.store.queries import dedup_key
-from tests.crash.load import Submission, Traffic, Workload
-from tests.crash.supervisor import worker_command
+from tests.crash.load import Submission, Traffic, Workload, build_workload, register_agencies
+from tests.crash.supervisor import Supervisor, worker_command
 from tests.exchange_fixtures import ExchangeUnderTest
 
 # A tampered document fails its signature check.
@@ -406,6 +406,53 @@ async def run_audit(env: Mapping[str, str]) -> str | None:
     return text
 
 
+async def signed_workload(exchange: ExchangeUnderTest, documents: int) -> Workload:
+    """Register the six agencies and sign their documents and statuses (off the event loop)."""
+    agencies = await register_agencies(exchange)
+    return await asyncio.to_thread(build_workload, agencies, documents)
+
+
+async def inboxes_drained(exchange: ExchangeUnderTest, workload: Workload) -> None:
+    """Wait until the applications took everything from their inboxes, repeats included."""
+
+    async def drained() -> tuple[bool, str]:
+        depths = {
+            code: await exchange.queue_depth(f"lienthong.inbox.{code}")
+            for code in workload.agencies
+        }
+        return not any(depths.values()), f"inbox depths {depths}"
+
+    await poll(drained, timeout=30, what="the inboxes were not drained")
+
+
+async def reconcile(
+    exchange: ExchangeUnderTest,
+    workload: Workload,
+    traffic: Traffic,
+    workers: Supervisor,
+    figures: Figures,
+    *,
+    consumers: int,
+) -> Decided:
+    """Every check of :mod:`tests.crash.checks` that needs the workers still running."""
+    assert not workers.unexpected, "workers died of something else: " + "; ".join(
+        run.describe() for run in workers.unexpected
+    )
+    decided = await check_database(exchange, workload, traffic)
+    check_applications(traffic, workload, decided)
+    await check_status_queues(exchange, workload, traffic, decided)
+    await check_broker(exchange, consumers=consumers)
+    figures.messages = decided.counts["messages"]
+    figures.parked = decided.counts["parked"]
+    figures.publishes = traffic.publishes
+    figures.publish_retries = traffic.publish_retries
+    figures.kills = workers.kills
+    figures.workers_started = len(workers.runs)
+    figures.processed_more_than_once = sum(1 for n in workers.finished_messages().values() if n > 1)
+    figures.retries = workers.retries()
+    return decided
+
+
 @dataclass
 class Figures:
     """What a run did, for the report: sizes, faults, time."""
@@ -420,6 +467,7 @@ class Figures:
     parked: int = 0
     retries: Counter[str] | None = None
     seconds: float = 0.0
+    audit: str = "lienthong audit not available"
     notes: str = ""
 
     def line(self) -> str:
@@ -431,6 +479,6 @@ class Figures:
             f"{self.workers_started} workers started, "
             f"{self.processed_more_than_once} messages processed again after a crash, "
             f"{self.parked} innocent messages parked as poison, "
-            f"retries {dict(self.retries or {})}, {self.seconds:.1f} s"
+            f"retries {dict(self.retries or {})}, {self.seconds:.1f} s, {self.audit}"
             + (f"; {self.notes}" if self.notes else "")
         )

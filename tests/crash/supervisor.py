@@ -272,15 +272,20 @@ class Supervisor:
             ) from None
         return run
 
+    async def start_worker(self, slot: int) -> WorkerRun:
+        """Start a worker in an empty ``slot`` and wait until it consumes."""
+        assert slot not in self.live, f"slot {slot} has a worker"
+        run = await self._spawn(slot)
+        await self.wait_ready()
+        return run
+
     async def replace(self, slot: int) -> tuple[WorkerRun, WorkerRun]:
         """A rolling-restart step: SIGTERM the worker in ``slot``, start a new one there.
 
         Returns the old run (ended) and the new one (consuming).
         """
         old = await self.terminate(slot)
-        new = await self._spawn(slot)
-        await self.wait_ready()
-        return old, new
+        return old, await self.start_worker(slot)
 
     async def kill(self, slot: int) -> WorkerRun:
         """SIGKILL the worker in ``slot`` from outside (it is restarted)."""
