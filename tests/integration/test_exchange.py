@@ -184,7 +184,7 @@ async def assert_rejected(
     receipt = news[0].receipt
     assert receipt.outcome is TransportOutcome.REJECTED
     assert receipt.reason_code == reason.code, receipt.reason_en
-    assert receipt.reason is not None and receipt.reason.startswith(reason.vietnamese)
+    assert receipt.reason is not None and receipt.reason.startswith(reason.vietnamese.rstrip("."))
     assert problem in receipt.reason, receipt.reason
     assert receipt.message_id == message_id
     assert receipt.recipient == routing_key
