@@ -764,6 +764,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keys", default="var/demo-keys", help="where the demo CA and keys go")
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
     demo.set_defaults(handler=cmd_demo)
+
+    # Operator tools that live in their own modules add their own commands.
+    from exchange.replay import add_commands as add_replay_commands
+    from exchange.report import add_commands as add_report_commands
+
+    add_replay_commands(commands, services)
+    add_report_commands(commands, services)
     return parser
 
 

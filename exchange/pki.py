@@ -414,6 +414,16 @@ class TrustStore:
                 store = cls._loaded[resolved] = cls(anchors)
             return store
 
+    @classmethod
+    def forget(cls, path: Path | str) -> None:
+        """Drop the cached store for ``path``: the next :meth:`load` reads the files again.
+
+        For an operator who added a CA certificate to a trust directory
+        without restarting the process.
+        """
+        with cls._lock:
+            cls._loaded.pop(Path(path).resolve(), None)
+
     def _verify(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], at: datetime
     ) -> list[x509.Certificate]:

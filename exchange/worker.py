@@ -169,6 +169,10 @@ class Origin:
         }
         if self.broker_user:
             headers[h.ORIGINAL_USER] = self.broker_user
+        if self.replay:
+            # A replay that meets a transient failure is still a replay when
+            # it comes back from the retry queue.
+            headers[h.REPLAY] = "retried"
         if self.published_at is not None:
             headers[h.PUBLISHED_AT] = self.published_at.isoformat()
         return headers

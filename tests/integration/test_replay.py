@@ -165,7 +165,7 @@ async def test_a_document_rejected_for_a_missing_ca_is_delivered_once_the_ca_is_
     # The CA is added to the trust directory and the workers restart (a new
     # process reads the directory again; here, its cache is forgotten).
     shutil.copy(tmp_path / "other-ca" / "ca.cert.pem", trust / "other-ca.pem")
-    TrustStore._loaded.pop(trust.resolve(), None)
+    TrustStore.forget(trust)
     async with exchange.workers(1):
         first = await run_replay(exchange.settings, Selection(ids=(pk,)), wait=WAIT_S)
         again = await run_replay(exchange.settings, Selection(ids=(pk,)), wait=WAIT_S)
