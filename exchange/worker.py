@@ -384,7 +384,10 @@ class Worker:
         self._publisher = await ConfirmingPublisher.open(self.connection)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
-        queue = await channel.get_queue(WORK_QUEUE, ensure=False)
+        # Declared (passively), not just named: aio-pika's robust channel
+        # restores only the consumers of queues it declared, so a consumer on
+        # get_queue(ensure=False) is silently gone after a broker restart.
+        queue = await channel.get_queue(WORK_QUEUE, ensure=True)
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
         log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
