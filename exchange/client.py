@@ -93,8 +93,11 @@ class Item:
 
     async def ack(self) -> None:
         """Tell the exchange this item is handled; it will not come again."""
-        await self.message.ack()
+        # Remembered first: the application has handled the item even when
+        # the ack is lost with the connection (a broker restart), and the
+        # redelivery that follows must be dropped, not handed over again.
         self._seen.add(self.message_id)
+        await self.message.ack()
 
     async def reject(self) -> None:
         """Hand the item back to the queue, to be received again later."""
