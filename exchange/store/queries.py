@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -985,3 +985,235 @@ async def replays_of_message(
         assert replay is not None  # a foreign key
         history.append((replay, ReplayItemRecord.from_row(row)))
     return history
+
+
+# -- audit and tamper evidence (exchange/audit.py, issue 4 points 7 and 8) ------
+#
+# Added by the audit; kept apart so the rest of the file can change without
+# touching it. Read-only: the audit never changes the record. The hash chains
+# of `messages`, `documents` and `events` are migration 0002's.
+
+CHAINED_TABLES = ("messages", "documents", "events")
+"""The append-only, hash-chained history tables, each one chain."""
+
+# Rows the audit names per discrepancy; the counts stay exact beyond it.
+AUDIT_LISTING_LIMIT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTally:
+    """How many received messages stand where (the audit's side of the record)."""
+
+    received: int
+    # Per outcome: delivered, rejected, parked (and accepted, if ever used).
+    outcomes: dict[str, int]
+    # Recorded without an outcome: being processed, or waiting for a retry.
+    undecided: int
+    # Decided, but the outcome's effects were never confirmed by the broker.
+    unpublished: int
+    # Parked messages whose receipt was published (their bytes wait in
+    # lienthong.parked until a replay takes them).
+    parked_published: int
+
+    @property
+    def unsettled(self) -> int:
+        """Messages not yet in a terminal, published state."""
+        return self.undecided + self.unpublished
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledMessage:
+    """A received message without an outcome, or whose outcome is unpublished."""
+
+    pk: int
+    received_at: datetime
+    routing_key: str
+    broker_user: str | None
+    outcome: TransportOutcome | None
+    reason_code: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMismatch:
+    """A delivery whose ``delivered_at`` disagrees with its message's record."""
+
+    delivery_pk: int | None
+    message_pk: int
+    recipient: str
+    outcome: TransportOutcome | None
+    published: bool
+    delivered_at: datetime | None
+
+
+async def tally_messages(conn: Connection) -> MessageTally:
+    """Count the received messages by outcome, undecided and unpublished.
+
+    A ``messages`` row without its ``message_state`` (which the store never
+    writes apart) counts as undecided.
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS received,
+               count(*) FILTER (WHERE s.outcome IS NULL) AS undecided,
+               count(*) FILTER (WHERE s.outcome IS NOT NULL AND s.published_at IS NULL)
+                   AS unpublished,
+               count(*) FILTER (WHERE s.outcome = 'parked' AND s.published_at IS NOT NULL)
+                   AS parked_published
+        FROM messages m LEFT JOIN message_state s ON s.message_pk = m.id
+        """
+    )
+    assert row is not None  # an aggregate always returns a row
+    outcomes = {
+        r["outcome"]: r["count"]
+        for r in await conn.fetch(
+            "SELECT outcome, count(*) AS count FROM message_state "
+            "WHERE outcome IS NOT NULL GROUP BY outcome"
+        )
+    }
+    return MessageTally(
+        received=row["received"],
+        outcomes=outcomes,
+        undecided=row["undecided"],
+        unpublished=row["unpublished"],
+        parked_published=row["parked_published"],
+    )
+
+
+async def unsettled_messages(
+    conn: Connection, limit: int = AUDIT_LISTING_LIMIT
+) -> list[UnsettledMessage]:
+    """The oldest messages without an outcome, or decided but unpublished."""
+    rows = await conn.fetch(
+        """
+        SELECT m.id, m.received_at, m.routing_key, m.broker_user,
+               s.outcome, s.reason_code, coalesce(s.attempts, 1) AS attempts
+        FROM messages m LEFT JOIN message_state s ON s.message_pk = m.id
+        WHERE s.outcome IS NULL OR s.published_at IS NULL
+        ORDER BY m.id
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [
+        UnsettledMessage(
+            pk=row["id"],
+            received_at=row["received_at"],
+            routing_key=row["routing_key"],
+            broker_user=row["broker_user"],
+            outcome=None if row["outcome"] is None else TransportOutcome(row["outcome"]),
+            reason_code=row["reason_code"],
+            attempts=row["attempts"],
+        )
+        for row in rows
+    ]
+
+
+async def deliveries_marked_but_message_not(
+    conn: Connection, limit: int = AUDIT_LISTING_LIMIT
+) -> list[DeliveryMismatch]:
+    """Deliveries marked delivered whose message is not delivered and published.
+
+    ``delivered_at`` is set only by :func:`mark_published` of the message
+    that created the delivery, so any of these was written by something else.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT d.id AS delivery_pk, d.message_pk, d.recipient, d.delivered_at,
+               s.outcome, s.published_at IS NOT NULL AS published
+        FROM deliveries d LEFT JOIN message_state s ON s.message_pk = d.message_pk
+        WHERE d.delivered_at IS NOT NULL
+          AND (s.outcome IS DISTINCT FROM 'delivered' OR s.published_at IS NULL)
+        ORDER BY d.id
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [_delivery_mismatch(row) for row in rows]
+
+
+async def delivered_documents_not_marked(
+    conn: Connection, limit: int = AUDIT_LISTING_LIMIT
+) -> list[DeliveryMismatch]:
+    """Document messages delivered and published whose delivery is not marked delivered.
+
+    The delivery is the document's at the message's recipient (its routing
+    key); ``delivery_pk`` is ``None`` when there is no such delivery at all.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT d.id AS delivery_pk, s.message_pk, m.routing_key AS recipient,
+               d.delivered_at, s.outcome, true AS published
+        FROM message_state s
+        JOIN messages m ON m.id = s.message_pk
+        LEFT JOIN deliveries d ON d.document_pk = s.document_pk AND d.recipient = m.routing_key
+        WHERE s.kind = 'document' AND s.outcome = 'delivered' AND s.published_at IS NOT NULL
+          AND d.delivered_at IS NULL
+        ORDER BY s.message_pk
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [_delivery_mismatch(row) for row in rows]
+
+
+def _delivery_mismatch(row: asyncpg.Record) -> DeliveryMismatch:
+    return DeliveryMismatch(
+        delivery_pk=row["delivery_pk"],
+        message_pk=row["message_pk"],
+        recipient=row["recipient"],
+        outcome=None if row["outcome"] is None else TransportOutcome(row["outcome"]),
+        published=row["published"],
+        delivered_at=row["delivered_at"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Where a chain ends, as ``chain_heads`` remembers it."""
+
+    chain: str
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """One row of a chain: its id, position, stored hash and canonical content."""
+
+    row_id: int
+    seq: int
+    hash: str
+    # chain_content(row) as the database encodes the row now.
+    content: bytes
+
+
+async def chain_heads(conn: Connection) -> dict[str, ChainHead]:
+    """Each chain's head, by table name."""
+    rows = await conn.fetch("SELECT chain, seq, hash FROM chain_heads")
+    return {row["chain"]: ChainHead(row["chain"], row["seq"], row["hash"]) for row in rows}
+
+
+async def chain_genesis(conn: Connection, chain: str) -> str:
+    """The hash a chain starts from (the "previous hash" of its position 1)."""
+    genesis: str = await conn.fetchval("SELECT chain_genesis($1)", chain)
+    return genesis
+
+
+async def chain_links(
+    conn: Connection, chain: str, *, prefetch: int = 1000
+) -> AsyncIterator[ChainLink]:
+    """Every row of ``chain`` in chain order, with its content encoded now.
+
+    A server-side cursor, so a chain of millions of rows streams in batches;
+    call it inside a transaction (a REPEATABLE READ one sees every chain and
+    the heads at one instant).
+    """
+    if chain not in CHAINED_TABLES:
+        raise ValueError(f"{chain!r} is not a chained table; chains: {', '.join(CHAINED_TABLES)}")
+    query = (
+        f"SELECT t.id, t.chain_seq, t.chain_hash, chain_content(t) AS content "  # noqa: S608
+        f"FROM {chain} t ORDER BY t.chain_seq"
+    )
+    async for row in conn.cursor(query, prefetch=prefetch):
+        yield ChainLink(row["id"], row["chain_seq"], row["chain_hash"], bytes(row["content"]))

@@ -1,0 +1,669 @@
+"""The audit: does the record agree with the broker, and is the history untouched?
+
+Two checks an operator runs (``lienthong audit``), and the crash tests end with:
+
+* :func:`audit` reconciles the database with the broker (issue 4, point 7).
+  Every received message must be settled (delivered, rejected or parked, and
+  its effects published) or still be on its way in a queue: the work queue,
+  a retry queue, the parked queue. The broker cannot say *which* messages a
+  queue holds without taking them out, so queues are counted: the audit
+  finds a discrepancy when more messages are unsettled in the record than
+  the queues hold, when the parked queue and the parked rows disagree, or
+  when deliveries and their messages tell different stories.
+* :func:`verify_chains` recomputes the hash chains of ``messages``,
+  ``documents`` and ``events`` (issue 4, point 8; migration 0002) and names
+  the first row changed or deleted behind the exchange's back.
+
+Counts are exact when no worker is running: the broker reports messages
+ready in a queue exactly (a passive declare), but messages a worker holds
+unacknowledged only through the management API's statistics, refreshed
+every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+
+from exchange.broker.admin import BrokerAdmin, BrokerAdminError
+from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.settings import Settings
+from exchange.store import queries
+from exchange.store.db import connect
+from exchange.store.queries import (
+    CHAINED_TABLES,
+    ChainHead,
+    ChainLink,
+    DeliveryMismatch,
+    MessageTally,
+    UnsettledMessage,
+)
+
+# The queues a received message waits in until it is decided: the work
+# queue and one queue per retry delay.
+PENDING_QUEUES: tuple[str, ...] = (WORK_QUEUE, *(tier.queue for tier in RETRY_TIERS))
+AUDITED_QUEUES: tuple[str, ...] = (*PENDING_QUEUES, PARKED_QUEUE)
+
+
+# -- reconciliation (point 7) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCount:
+    """What one queue holds: ready exactly, unacknowledged as far as known."""
+
+    name: str
+    exists: bool
+    ready: int = 0
+    consumers: int = 0
+    # Held by consumers, not acknowledged yet: 0 when nobody consumes; from the
+    # management API's statistics otherwise (None when it did not answer).
+    unacked: int | None = 0
+
+    @property
+    def messages(self) -> int:
+        """Every message the queue holds, as far as the broker tells."""
+        return self.ready + (self.unacked or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One thing the record and the broker disagree on, with the rows concerned."""
+
+    code: str
+    summary: str
+    details: tuple[str, ...] = ()
+    message_pks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The result of :func:`audit`: the counts on both sides and every discrepancy."""
+
+    tally: MessageTally
+    queues: tuple[QueueCount, ...]
+    discrepancies: tuple[Discrepancy, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the record and the broker agree."""
+        return not self.discrepancies
+
+    def lines(self) -> Iterator[str]:
+        """The report for a terminal."""
+        tally = self.tally
+        outcomes = ", ".join(f"{name} {count}" for name, count in sorted(tally.outcomes.items()))
+        yield (
+            f"{tally.received} messages recorded ({outcomes or 'none decided'}); "
+            f"{tally.undecided} without an outcome, {tally.unpublished} decided but unpublished"
+        )
+        for queue in self.queues:
+            if not queue.exists:
+                yield f"  {queue.name}: missing"
+                continue
+            unacked = "?" if queue.unacked is None else str(queue.unacked)
+            held = f", {unacked} held by {queue.consumers} consumer(s)" if queue.consumers else ""
+            yield f"  {queue.name}: {queue.ready} waiting{held}"
+        for note in self.notes:
+            yield f"note: {note}"
+        if self.ok:
+            yield "OK: every message is settled or waiting in a queue"
+            return
+        for discrepancy in self.discrepancies:
+            yield f"DISCREPANCY {discrepancy.code}: {discrepancy.summary}"
+            for detail in discrepancy.details:
+                yield f"  {detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The report for a program."""
+        return {
+            "ok": self.ok,
+            "messages": {
+                "received": self.tally.received,
+                "outcomes": dict(self.tally.outcomes),
+                "undecided": self.tally.undecided,
+                "unpublished": self.tally.unpublished,
+            },
+            "queues": [{**asdict(queue), "messages": queue.messages} for queue in self.queues],
+            "discrepancies": [
+                {**asdict(d), "details": list(d.details), "message_pks": list(d.message_pks)}
+                for d in self.discrepancies
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def _describe_unsettled(message: UnsettledMessage) -> str:
+    when = message.received_at.isoformat(timespec="seconds")
+    who = f"from broker user {message.broker_user}" if message.broker_user else "from nobody known"
+    state = (
+        "no outcome"
+        if message.outcome is None
+        else f"{message.outcome.value}, effects not published"
+    )
+    last = f", last failure {message.reason_code}" if message.reason_code else ""
+    return (
+        f"message {message.pk} received {when} {who} for {message.routing_key}: "
+        f"{state}{last} (attempts {message.attempts})"
+    )
+
+
+def _describe_delivery(mismatch: DeliveryMismatch) -> str:
+    delivery = (
+        f"delivery {mismatch.delivery_pk}"
+        if mismatch.delivery_pk is not None
+        else "no delivery row"
+    )
+    outcome = mismatch.outcome.value if mismatch.outcome else "no outcome"
+    published = "published" if mismatch.published else "not published"
+    marked = (
+        f"marked delivered {mismatch.delivered_at.isoformat(timespec='seconds')}"
+        if mismatch.delivered_at
+        else "not marked delivered"
+    )
+    return (
+        f"message {mismatch.message_pk} to {mismatch.recipient} ({outcome}, {published}): "
+        f"{delivery} {marked}"
+    )
+
+
+def reconcile(
+    tally: MessageTally,
+    queues: Iterable[QueueCount],
+    unsettled: Iterable[UnsettledMessage] = (),
+    marked_not_delivered: Iterable[DeliveryMismatch] = (),
+    delivered_not_marked: Iterable[DeliveryMismatch] = (),
+) -> list[Discrepancy]:
+    """Every discrepancy between the record's counts and rows and the queues' counts.
+
+    Pure: the facts in, the discrepancies out. ``unsettled`` and the
+    mismatches are the (possibly truncated) listings that name the rows;
+    the counts decide.
+    """
+    by_name = {queue.name: queue for queue in queues}
+    found: list[Discrepancy] = []
+    missing = [name for name in AUDITED_QUEUES if name in by_name and not by_name[name].exists]
+    if missing:
+        found.append(
+            Discrepancy(
+                "QUEUE_MISSING",
+                f"{', '.join(missing)} do(es) not exist on the broker; "
+                "`lienthong init` declares the core topology",
+            )
+        )
+
+    parked = by_name.get(PARKED_QUEUE)
+    parked_depth = parked.messages if parked is not None else 0
+    parked_rows = tally.outcomes.get("parked", 0)
+    # The parked queue first holds the parked messages whose receipt went
+    # out; whatever it holds beyond them may be an unsettled message parked
+    # before its row was written (the database was down).
+    spare_parked = max(parked_depth - tally.parked_published, 0)
+    pending = sum(by_name[name].messages for name in PENDING_QUEUES if name in by_name)
+    room = pending + spare_parked
+    if tally.unsettled > room:
+        listed = list(unsettled)
+        undecided = [m for m in listed if m.outcome is None]
+        unpublished = [m for m in listed if m.outcome is not None]
+        lost = tally.unsettled - room
+        where = (
+            f"the work and retry queues hold {pending} message(s)"
+            + (f" and the parked queue {spare_parked} more" if spare_parked else "")
+            if room
+            else "no queue holds any message"
+        )
+        if tally.undecided:
+            found.append(
+                Discrepancy(
+                    "NO_OUTCOME",
+                    f"{tally.undecided} message(s) recorded without an outcome, and {where}: "
+                    f"at least {lost} unsettled message(s) are in no queue and will never "
+                    "be decided",
+                    tuple(_describe_unsettled(m) for m in undecided),
+                    tuple(m.pk for m in undecided),
+                )
+            )
+        if tally.unpublished:
+            found.append(
+                Discrepancy(
+                    "UNPUBLISHED",
+                    f"{tally.unpublished} message(s) decided but their delivery or receipt "
+                    f"was never confirmed by the broker, and {where}: at least {lost} "
+                    "unsettled message(s) are in no queue; `lienthong replay` publishes "
+                    "what they owe",
+                    tuple(_describe_unsettled(m) for m in unpublished),
+                    tuple(m.pk for m in unpublished),
+                )
+            )
+
+    if parked is not None and parked.exists and parked_rows != parked_depth:
+        if parked_depth > parked_rows:
+            why = (
+                f"{parked_depth - parked_rows} parked message(s) have no parked row "
+                "(parked while the database was down, or dead-lettered by the broker "
+                "as poison); `lienthong replay --from-queue` takes them"
+            )
+        else:
+            why = (
+                f"{parked_rows - parked_depth} parked row(s) have no message in the parked "
+                "queue (taken off it by hand?); `lienthong replay` replays them from the record"
+            )
+        found.append(
+            Discrepancy(
+                "PARKED_MISMATCH",
+                f"{parked_rows} message(s) recorded as parked, {parked_depth} in "
+                f"{PARKED_QUEUE}: {why}",
+            )
+        )
+
+    marked = list(marked_not_delivered)
+    if marked:
+        found.append(
+            Discrepancy(
+                "DELIVERY_WITHOUT_MESSAGE",
+                f"{len(marked)}{'+' if len(marked) >= queries.AUDIT_LISTING_LIMIT else ''} "
+                "delivery(ies) marked delivered whose message is not delivered and published",
+                tuple(_describe_delivery(m) for m in marked),
+                tuple(m.message_pk for m in marked),
+            )
+        )
+    unmarked = list(delivered_not_marked)
+    if unmarked:
+        found.append(
+            Discrepancy(
+                "DELIVERED_NOT_MARKED",
+                f"{len(unmarked)}{'+' if len(unmarked) >= queries.AUDIT_LISTING_LIMIT else ''} "
+                "document message(s) delivered and published whose delivery is not "
+                "marked delivered",
+                tuple(_describe_delivery(m) for m in unmarked),
+                tuple(m.message_pk for m in unmarked),
+            )
+        )
+    return found
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The vhost an AMQP URL connects to (``/`` when the URL names none)."""
+    path = urllib.parse.urlsplit(amqp_url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+
+
+async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]:
+    """Count the audited queues; returns the counts and notes on their precision.
+
+    Ready messages come from a passive declare (exact, now). Only when a
+    queue has consumers are its unacknowledged messages asked of the
+    management API, whose statistics lag a few seconds.
+    """
+    counts: list[QueueCount] = []
+    notes: list[str] = []
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        for name in AUDITED_QUEUES:
+            try:
+                declared = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                counts.append(QueueCount(name, exists=False))
+                # The broker closes a channel on a failed passive declare.
+                channel = await connection.channel()
+                continue
+            result = declared.declaration_result
+            counts.append(
+                QueueCount(
+                    name,
+                    exists=True,
+                    ready=int(result.message_count or 0),
+                    consumers=int(result.consumer_count or 0),
+                )
+            )
+    finally:
+        await connection.close()
+    if any(queue.consumers for queue in counts):
+        counts = await _add_unacked(settings, counts, notes)
+    return counts, notes
+
+
+async def _add_unacked(
+    settings: Settings, counts: list[QueueCount], notes: list[str]
+) -> list[QueueCount]:
+    try:
+        stats = {
+            queue.name: queue
+            for queue in await BrokerAdmin.from_settings(settings).list_queues(
+                vhost_of(settings.amqp_url)
+            )
+        }
+    except (BrokerAdminError, ValueError) as error:
+        notes.append(
+            f"workers are consuming and the management API did not answer ({error}); "
+            "messages they hold are not counted: run the audit with the workers stopped"
+        )
+        return [
+            QueueCount(q.name, q.exists, q.ready, q.consumers, None if q.consumers else 0)
+            for q in counts
+        ]
+    notes.append(
+        "workers are consuming: the messages they hold are counted from the management "
+        "API's statistics, a few seconds old; for exact counts run the audit with the "
+        "workers stopped"
+    )
+    return [
+        QueueCount(
+            q.name,
+            q.exists,
+            q.ready,
+            q.consumers,
+            stats[q.name].messages_unacknowledged if q.consumers and q.name in stats else 0,
+        )
+        for q in counts
+    ]
+
+
+async def audit(settings: Settings) -> AuditReport:
+    """Reconcile the database with the broker of ``settings``.
+
+    The queues are counted first and the record read second: a message
+    leaves its queue only once it is settled in the record, so a message
+    moving between the two while the audit runs is counted on at least one
+    side and raises no false alarm.
+    """
+    counts, notes = await count_queues(settings)
+    conn = await connect(settings)
+    try:
+        # One snapshot, so the counts and the listings agree with each other.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            tally = await queries.tally_messages(conn)
+            unsettled = await queries.unsettled_messages(conn) if tally.unsettled else []
+            marked = await queries.deliveries_marked_but_message_not(conn)
+            unmarked = await queries.delivered_documents_not_marked(conn)
+    finally:
+        await conn.close()
+    discrepancies = reconcile(tally, counts, unsettled, marked, unmarked)
+    return AuditReport(tally, tuple(counts), tuple(discrepancies), tuple(notes))
+
+
+# -- the hash chains (point 8) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    """A place where a chain shows that its history was changed."""
+
+    chain: str
+    code: str  # ROW_CHANGED, ROWS_MISSING, TAIL_MISSING, HEAD_MISMATCH, PAST_HEAD, NO_HEAD
+    chain_seq: int
+    row_id: int | None
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStatus:
+    """One verified chain: how long it is, where it ends, what is wrong with it."""
+
+    chain: str
+    rows: int
+    head_seq: int
+    head_hash: str
+    problems: tuple[ChainProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every row matches its hash and none is missing."""
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The result of :func:`verify_chains`, one status per chain."""
+
+    chains: tuple[ChainStatus, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every chain verified."""
+        return all(chain.ok for chain in self.chains)
+
+    @property
+    def problems(self) -> tuple[ChainProblem, ...]:
+        """Every problem, chain by chain, each chain's in chain order."""
+        return tuple(problem for chain in self.chains for problem in chain.problems)
+
+    def lines(self) -> Iterator[str]:
+        """The report for a terminal: per chain its length and head, then each problem."""
+        for chain in self.chains:
+            verdict = "OK" if chain.ok else f"{len(chain.problems)} problem(s)"
+            yield (
+                f"{chain.chain}: {chain.rows} rows, head {chain.head_seq} "
+                f"{chain.head_hash}: {verdict}"
+            )
+            for index, problem in enumerate(chain.problems):
+                first = "first: " if index == 0 else ""
+                yield f"  {first}{problem.sentence}"
+        if self.ok:
+            yield "OK: every chain verifies; keep the heads above to compare with later"
+        else:
+            yield "TAMPERED: the history was changed behind the exchange's back"
+
+    def to_json(self) -> dict[str, Any]:
+        """The report for a program."""
+        return {
+            "ok": self.ok,
+            "chains": [
+                {
+                    "chain": chain.chain,
+                    "rows": chain.rows,
+                    "head_seq": chain.head_seq,
+                    "head_hash": chain.head_hash,
+                    "ok": chain.ok,
+                    "problems": [asdict(problem) for problem in chain.problems],
+                }
+                for chain in self.chains
+            ],
+        }
+
+
+def chain_hash(previous: str, content: bytes) -> str:
+    """The hash of a row whose content is ``content`` after the row hashed ``previous``.
+
+    Migration 0002's ``chain_link``: hex(sha256(previous as bytes || content)).
+    """
+    return hashlib.sha256(bytes.fromhex(previous) + content).hexdigest()
+
+
+@dataclass
+class ChainWalk:
+    """Verifies one chain row by row (pure: the rows are fed in chain order).
+
+    Each row's hash is recomputed from the stored hash of the row before it,
+    so every changed row is named, not only the first: after a problem the
+    walk carries on from what is stored.
+    """
+
+    chain: str
+    genesis: str
+    rows: int = 0
+    last_seq: int = 0
+    last_hash: str = ""
+    last_id: int | None = None
+    problems: list[ChainProblem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last_hash = self.genesis
+
+    def feed(self, link: ChainLink) -> None:
+        """Check the next row of the chain."""
+        self.rows += 1
+        expected_seq = self.last_seq + 1
+        if link.seq != expected_seq:
+            self._problem("ROWS_MISSING", expected_seq, None, self._gap(expected_seq, link))
+        elif chain_hash(self.last_hash, link.content) != link.hash:
+            before = (
+                f" or the row before it (position {self.last_seq}, row id {self.last_id}) "
+                "was rewritten with a new hash"
+                if self.last_id is not None
+                else ""
+            )
+            self._problem(
+                "ROW_CHANGED",
+                link.seq,
+                link.row_id,
+                f"{self.chain} row id {link.row_id} (chain position {link.seq}) does not match "
+                f"its chain hash: it was changed after it was recorded,{before}",
+            )
+        self.last_seq, self.last_hash, self.last_id = link.seq, link.hash, link.row_id
+
+    def _gap(self, expected_seq: int, link: ChainLink) -> str:
+        count = link.seq - expected_seq
+        positions = (
+            f"position {expected_seq} is"
+            if count == 1
+            else f"positions {expected_seq} to {link.seq - 1} are"
+        )
+        after = f"row id {self.last_id}" if self.last_id is not None else "the start"
+        guess = (
+            f" (row id {self.last_id + 1})"
+            if count == 1 and self.last_id is not None and link.row_id == self.last_id + 2
+            else ""
+        )
+        return (
+            f"{self.chain} chain {positions} missing: {count} row(s) deleted{guess} "
+            f"between {after} and row id {link.row_id}"
+        )
+
+    def finish(self, head: ChainHead | None) -> ChainStatus:
+        """Compare the end of the chain with its head and return the verdict."""
+        if head is None:
+            self._problem(
+                "NO_HEAD",
+                self.last_seq,
+                self.last_id,
+                f"the chain {self.chain} has no row in chain_heads: it was deleted",
+            )
+            head = ChainHead(self.chain, self.last_seq, self.last_hash)
+        elif head.seq > self.last_seq:
+            count = head.seq - self.last_seq
+            after = f"after row id {self.last_id}" if self.last_id is not None else "all of them"
+            self._problem(
+                "TAIL_MISSING",
+                self.last_seq + 1,
+                None,
+                f"{self.chain} ends at chain position {self.last_seq} but its head is at "
+                f"{head.seq}: the last {count} row(s) were deleted ({after})",
+            )
+        elif head.seq < self.last_seq:
+            self._problem(
+                "PAST_HEAD",
+                head.seq + 1,
+                self.last_id,
+                f"{self.chain} has rows past its head (position {head.seq}), up to position "
+                f"{self.last_seq} (row id {self.last_id}): inserted with the triggers disabled",
+            )
+        elif head.hash != self.last_hash:
+            self._problem(
+                "HEAD_MISMATCH",
+                head.seq,
+                self.last_id,
+                f"the head of {self.chain} does not match its last row (position {head.seq}, "
+                f"row id {self.last_id}): the row's hash or the head was changed",
+            )
+        return ChainStatus(self.chain, self.rows, head.seq, head.hash, tuple(self.problems))
+
+    def _problem(self, code: str, seq: int, row_id: int | None, sentence: str) -> None:
+        self.problems.append(ChainProblem(self.chain, code, seq, row_id, sentence))
+
+
+async def verify_chains(settings: Settings) -> ChainReport:
+    """Recompute every hash chain of the database of ``settings``.
+
+    Reads everything in one REPEATABLE READ snapshot, so rows the exchange
+    inserts meanwhile are either wholly in (row and head) or wholly out.
+    """
+    conn = await connect(settings)
+    statuses = []
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            heads = await queries.chain_heads(conn)
+            for chain in CHAINED_TABLES:
+                walk = ChainWalk(chain, await queries.chain_genesis(conn, chain))
+                async for link in queries.chain_links(conn, chain):
+                    walk.feed(link)
+                statuses.append(walk.finish(heads.get(chain)))
+    finally:
+        await conn.close()
+    return ChainReport(tuple(statuses))
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    services_parent: argparse.ArgumentParser,
+) -> None:
+    """Add ``lienthong audit`` (with ``--verify-chain`` and ``--json``) to the CLI."""
+    command = commands.add_parser(
+        "audit",
+        parents=[services_parent],
+        help="reconcile the record with the broker, or verify the history's hash chains",
+        description="Without options: check that every received message is settled or "
+        "waiting in a queue (exact when no worker runs). With --verify-chain: recompute "
+        "the hash chains of messages, documents and events (database only). Exit status "
+        "0 when all is well, 1 when something is found.",
+    )
+    command.add_argument(
+        "--verify-chain",
+        action="store_true",
+        help="recompute the hash chains and name the first row changed or deleted",
+    )
+    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.set_defaults(handler=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Run the audit or the chain verification and print the report."""
+    # exchange.cli imports this module to build its parser.
+    from exchange.cli import EXIT_OK, EXIT_REFUSED, _run, _settings
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        report: AuditReport | ChainReport = (
+            await verify_chains(settings) if args.verify_chain else await audit(settings)
+        )
+        if args.json:
+            print(json.dumps(report.to_json(), ensure_ascii=False, indent=2, default=str))
+        else:
+            for line in report.lines():
+                print(line)
+        sys.stdout.flush()
+        return EXIT_OK if report.ok else EXIT_REFUSED
+
+    return _run(run())
+
+
+__all__ = [
+    "AuditReport",
+    "ChainProblem",
+    "ChainReport",
+    "ChainStatus",
+    "ChainWalk",
+    "Discrepancy",
+    "QueueCount",
+    "add_commands",
+    "audit",
+    "chain_hash",
+    "count_queues",
+    "reconcile",
+    "verify_chains",
+]
