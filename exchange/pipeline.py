@@ -111,6 +111,11 @@ def inspect(
     sender = authorise_sender(package, signer=verified.agency, publisher=envelope.publisher)
     authorise_route(package, recipient)
     if isinstance(package, DocumentPackage):
+        with clock("attachments"):
+            # A recipient's QLVB cannot open an attachment that is not base64;
+            # the sender's clerk is told now rather than the recipient later.
+            for attachment in package.attachments:
+                attachment.decode()
         return Inspected(MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package))
     ref = document_ref(package)
     return Inspected(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)

@@ -1170,8 +1170,6 @@ CASES: list[Case] = [
         "invalid_base64_attachment",
         invalid_base64_attachment,
         Reason.BAD_ATTACHMENT,
-        finding="the worker never decodes attachments: neither the XSD (EncodedContent is "
-        "text) nor the pipeline calls Attachment.decode(), so the package is delivered",
     ),
 ]
 
