@@ -29,29 +29,28 @@ import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import aiormq
-
-from exchange.broker.admin import BrokerAdmin, BrokerAdminError
 from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
-from exchange.settings import Settings
-from exchange.store import queries
-from exchange.store.db import connect
-from exchange.store.queries import (
-    CHAINED_TABLES,
-    ChainHead,
-    ChainLink,
-    DeliveryMismatch,
-    MessageTally,
-    UnsettledMessage,
-)
+
+# The CLI builds its parser (add_commands) on every run: the broker, the
+# database and the settings are imported only when the audit really runs.
+if TYPE_CHECKING:
+    from exchange.settings import Settings
+    from exchange.store.queries import (
+        ChainHead,
+        ChainLink,
+        DeliveryMismatch,
+        MessageTally,
+        UnsettledMessage,
+    )
 
 # The queues a received message waits in until it is decided: the work
 # queue and one queue per retry delay.
 PENDING_QUEUES: tuple[str, ...] = (WORK_QUEUE, *(tier.queue for tier in RETRY_TIERS))
 AUDITED_QUEUES: tuple[str, ...] = (*PENDING_QUEUES, PARKED_QUEUE)
+# Rows named per discrepancy; the counts stay exact beyond it.
+LISTING_LIMIT = 50
 
 
 # -- reconciliation (point 7) ---------------------------------------------------
@@ -271,7 +270,7 @@ def reconcile(
         found.append(
             Discrepancy(
                 "DELIVERY_WITHOUT_MESSAGE",
-                f"{len(marked)}{'+' if len(marked) >= queries.AUDIT_LISTING_LIMIT else ''} "
+                f"{len(marked)}{'+' if len(marked) >= LISTING_LIMIT else ''} "
                 "delivery(ies) marked delivered whose message is not delivered and published",
                 tuple(_describe_delivery(m) for m in marked),
                 tuple(m.message_pk for m in marked),
@@ -282,7 +281,7 @@ def reconcile(
         found.append(
             Discrepancy(
                 "DELIVERED_NOT_MARKED",
-                f"{len(unmarked)}{'+' if len(unmarked) >= queries.AUDIT_LISTING_LIMIT else ''} "
+                f"{len(unmarked)}{'+' if len(unmarked) >= LISTING_LIMIT else ''} "
                 "document message(s) delivered and published whose delivery is not "
                 "marked delivered",
                 tuple(_describe_delivery(m) for m in unmarked),
@@ -305,6 +304,9 @@ async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]
     queue has consumers are its unacknowledged messages asked of the
     management API, whose statistics lag a few seconds.
     """
+    import aio_pika
+    import aiormq
+
     counts: list[QueueCount] = []
     notes: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url)
@@ -337,6 +339,8 @@ async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]
 async def _add_unacked(
     settings: Settings, counts: list[QueueCount], notes: list[str]
 ) -> list[QueueCount]:
+    from exchange.broker.admin import BrokerAdmin, BrokerAdminError
+
     try:
         stats = {
             queue.name: queue
@@ -378,15 +382,20 @@ async def audit(settings: Settings) -> AuditReport:
     moving between the two while the audit runs is counted on at least one
     side and raises no false alarm.
     """
+    from exchange.store import queries
+    from exchange.store.db import connect
+
     counts, notes = await count_queues(settings)
     conn = await connect(settings)
     try:
         # One snapshot, so the counts and the listings agree with each other.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             tally = await queries.tally_messages(conn)
-            unsettled = await queries.unsettled_messages(conn) if tally.unsettled else []
-            marked = await queries.deliveries_marked_but_message_not(conn)
-            unmarked = await queries.delivered_documents_not_marked(conn)
+            unsettled = (
+                await queries.unsettled_messages(conn, LISTING_LIMIT) if tally.unsettled else []
+            )
+            marked = await queries.deliveries_marked_but_message_not(conn, LISTING_LIMIT)
+            unmarked = await queries.delivered_documents_not_marked(conn, LISTING_LIMIT)
     finally:
         await conn.close()
     discrepancies = reconcile(tally, counts, unsettled, marked, unmarked)
@@ -550,8 +559,8 @@ class ChainWalk:
                 self.last_id,
                 f"the chain {self.chain} has no row in chain_heads: it was deleted",
             )
-            head = ChainHead(self.chain, self.last_seq, self.last_hash)
-        elif head.seq > self.last_seq:
+            return self._status(self.last_seq, self.last_hash)
+        if head.seq > self.last_seq:
             count = head.seq - self.last_seq
             after = f"after row id {self.last_id}" if self.last_id is not None else "all of them"
             self._problem(
@@ -577,7 +586,10 @@ class ChainWalk:
                 f"the head of {self.chain} does not match its last row (position {head.seq}, "
                 f"row id {self.last_id}): the row's hash or the head was changed",
             )
-        return ChainStatus(self.chain, self.rows, head.seq, head.hash, tuple(self.problems))
+        return self._status(head.seq, head.hash)
+
+    def _status(self, head_seq: int, head_hash: str) -> ChainStatus:
+        return ChainStatus(self.chain, self.rows, head_seq, head_hash, tuple(self.problems))
 
     def _problem(self, code: str, seq: int, row_id: int | None, sentence: str) -> None:
         self.problems.append(ChainProblem(self.chain, code, seq, row_id, sentence))
@@ -589,12 +601,15 @@ async def verify_chains(settings: Settings) -> ChainReport:
     Reads everything in one REPEATABLE READ snapshot, so rows the exchange
     inserts meanwhile are either wholly in (row and head) or wholly out.
     """
+    from exchange.store import queries
+    from exchange.store.db import connect
+
     conn = await connect(settings)
     statuses = []
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             heads = await queries.chain_heads(conn)
-            for chain in CHAINED_TABLES:
+            for chain in queries.CHAINED_TABLES:
                 walk = ChainWalk(chain, await queries.chain_genesis(conn, chain))
                 async for link in queries.chain_links(conn, chain):
                     walk.feed(link)
