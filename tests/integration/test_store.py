@@ -438,8 +438,16 @@ async def test_same_document_id_from_another_sender_is_another_document(
 
 async def test_unknown_document_type_is_refused_by_the_database(directory: Connection) -> None:
     document_pk, _, _ = await _document_to(directory, [HOME_AFFAIRS])
+    # Documents are append-only history: the check must hold on INSERT.
     with pytest.raises(asyncpg.CheckViolationError, match="document_doc_type_code"):
-        await directory.execute("UPDATE documents SET doc_type = '7' WHERE id = $1", document_pk)
+        await directory.execute(
+            """
+            INSERT INTO documents (sender, document_id, sha256, doc_type, first_message_pk)
+            SELECT sender, document_id || '-2', sha256, '7', first_message_pk
+            FROM documents WHERE id = $1
+            """,
+            document_pk,
+        )
 
 
 # -- deliveries and events -----------------------------------------------------
