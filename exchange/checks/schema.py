@@ -147,6 +147,13 @@ def check_schema(root: etree._Element) -> None:
 # error log on the XMLSchema object, so two threads validating with one object
 # would read each other's errors. Each thread compiles its own, once.
 _per_thread = threading.local()
+# Compiling, though, is not thread-safe: threads compiling at once (a new
+# worker's first messages, each on its own executor thread) fail with
+# "Internal error: xmlSchemaPValAttrNodeValue, the given type is not a
+# built-in type" or "Document is not valid XML Schema", and sometimes crash
+# the process (SIGSEGV, seen in tests/integration/test_crash_safety.py).
+# One compilation at a time; it happens once per thread and kind.
+_compiling = threading.Lock()
 
 
 def _schema(kind: PackageKind) -> etree.XMLSchema:
@@ -155,7 +162,8 @@ def _schema(kind: PackageKind) -> etree.XMLSchema:
         schemas = _per_thread.schemas = {}
     schema = schemas.get(kind)
     if schema is None:
-        schema = schemas[kind] = load_schema(kind)
+        with _compiling:
+            schema = schemas[kind] = load_schema(kind)
     return schema
 
 
