@@ -47,8 +47,9 @@ TAMPERED_REASON = Reason.SIGNATURE_INVALID
 # The management API refreshes queue statistics every 5 s by default.
 BROKER_SETTLE_S = 30.0
 POLL_S = 0.2
-# How long the status queues are read after their last item.
-STATUS_IDLE_S = 1.0
+# How long a queue is read after its last item: every effect is already in
+# its queue when the run is settled, so a moment is enough.
+STATUS_IDLE_S = 0.3
 
 
 async def poll(
@@ -81,6 +82,22 @@ async def _fetch(exchange: ExchangeUnderTest, query: str) -> list[asyncpg.Record
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def settled_at_least(
+    exchange: ExchangeUnderTest, count: int, *, timeout: float = 180.0
+) -> None:
+    """Wait until at least ``count`` messages are decided and their effects confirmed."""
+
+    async def enough() -> tuple[bool, str]:
+        done = (
+            await _fetch(
+                exchange, "SELECT count(*) FROM message_state WHERE published_at IS NOT NULL"
+            )
+        )[0][0]
+        return done >= count, f"{done} of {count} messages settled"
+
+    await poll(enough, timeout=timeout, what="the run made no progress")
 
 
 async def wait_run_complete(
@@ -477,7 +494,7 @@ class Figures:
             f"[{self.name}] {self.messages} messages ({self.publishes} publishes, "
             f"{self.publish_retries} retried), {sum(kills.values())} kills {kills}, "
             f"{self.workers_started} workers started, "
-            f"{self.processed_more_than_once} messages processed again after a crash, "
+            f"{self.processed_more_than_once} messages processed more than once, "
             f"{self.parked} innocent messages parked as poison, "
             f"retries {dict(self.retries or {})}, {self.seconds:.1f} s, {self.audit}"
             + (f"; {self.notes}" if self.notes else "")

@@ -40,6 +40,8 @@ START_TIMEOUT_S = 60.0
 # SIGTERM lets a worker finish what it holds (a few messages of
 # milliseconds each, or a confirm timeout of 30 s at worst).
 STOP_TIMEOUT_S = 45.0
+# Before starting again a worker that died of something other than SIGKILL.
+RESTART_PAUSE_S = 1.0
 
 
 def worker_command() -> list[str]:
@@ -188,7 +190,7 @@ class Supervisor:
             waiting = [run for run in self.live.values() if not run.ready.is_set()]
             if not waiting and len(self.live) == self.count:
                 return
-            if self.unexpected or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 stuck = [*waiting, *self.unexpected]
                 raise AssertionError(
                     "workers did not start consuming: " + "; ".join(r.describe() for r in stuck)
@@ -227,8 +229,13 @@ class Supervisor:
         run.ended.set()
         if self.live.get(run.slot) is run:
             del self.live[run.slot]
-        if run.killed and self.restart and not self._stopping:
-            await self._spawn(run.slot)
+        if self.restart and not self._stopping and not run.terminated:
+            if not run.killed:
+                # Died of something else (recorded in ``unexpected``): started
+                # again all the same, as a service manager would, after a pause.
+                await asyncio.sleep(RESTART_PAUSE_S)
+            if not self._stopping:
+                await self._spawn(run.slot)
 
     @staticmethod
     def _read(run: WorkerRun, line: str) -> None:

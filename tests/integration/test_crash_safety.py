@@ -18,6 +18,7 @@ out) and always leave the services running.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -30,10 +31,20 @@ from tests.crash.checks import (
     inboxes_drained,
     reconcile,
     run_audit,
+    settled_at_least,
     signed_workload,
     wait_run_complete,
 )
 from tests.crash.load import Traffic
+from tests.crash.services import (
+    broker_kept_running,
+    database_kept_running,
+    require,
+    start_broker,
+    start_database,
+    stop_broker,
+    stop_database,
+)
 from tests.crash.supervisor import Supervisor, worker_env
 from tests.exchange_fixtures import ExchangeUnderTest
 
@@ -83,4 +94,102 @@ async def test_workers_killed_at_every_step_lose_nothing_and_repeat_nothing(
     if await run_audit(worker_env(exchange.settings)) is not None:
         figures.audit = "lienthong audit clean"
     await check_parked_queue(exchange, decided)
+    print(figures.line())
+
+
+# -- 2. RabbitMQ restarted during a run -------------------------------------------
+
+# ~900 messages: 150 documents to 3 recipients (3 tampered) and their statuses.
+BROKER_RUN_DOCUMENTS = 150
+# How long the broker stays down: several reconnection attempts of the
+# workers and clients (every 2 s).
+BROKER_OUTAGE_S = 5.0
+RUN_TIMEOUT_S = 240.0
+
+
+@pytest.mark.disruptive
+async def test_broker_restarted_during_a_run_loses_nothing_and_workers_reconnect(
+    exchange: ExchangeUnderTest, tmp_path: Path
+) -> None:
+    require("rabbitmqctl")
+    workload = await signed_workload(exchange, BROKER_RUN_DOCUMENTS)
+    expected = len(workload.document_submissions()) + len(workload.statuses)
+    figures = Figures("RabbitMQ restart")
+    started = time.monotonic()
+    async with (
+        broker_kept_running(),
+        Supervisor(
+            worker_env(exchange.settings), workers=WORKERS, log_dir=tmp_path / "logs"
+        ) as workers,
+    ):
+        async with Traffic(workload) as traffic:
+            sending = asyncio.create_task(traffic.send_documents())
+            await settled_at_least(exchange, expected // 4)
+            await stop_broker()
+            # The outage itself: its length is the scenario, not a wait for a result.
+            await asyncio.sleep(BROKER_OUTAGE_S)
+            await start_broker()
+            await sending
+            await wait_run_complete(exchange, workload, traffic, timeout=RUN_TIMEOUT_S)
+            await inboxes_drained(exchange, workload)
+        figures.seconds = time.monotonic() - started
+        # The same worker processes consume again: they reconnected by
+        # themselves, none died or needed restarting.
+        decided = await reconcile(exchange, workload, traffic, workers, figures, consumers=WORKERS)
+        assert len(workers.runs) == WORKERS, [run.describe() for run in workers.runs]
+        assert decided.counts["parked"] == 0
+    if await run_audit(worker_env(exchange.settings)) is not None:
+        figures.audit = "lienthong audit clean"
+    await check_parked_queue(exchange, decided)
+    figures.notes = f"broker down {BROKER_OUTAGE_S:.0f} s; {len(traffic.app_errors)} app reconnects"
+    print(figures.line())
+
+
+# -- 3. PostgreSQL stopped for 30 s during a run -----------------------------------
+
+# ~600 messages: the outage, not the volume, is the point (and the 1 min
+# retry tier sets the pace).
+DATABASE_RUN_DOCUMENTS = 100
+DATABASE_OUTAGE_S = 30.0
+
+
+@pytest.mark.disruptive
+async def test_database_stopped_for_30_s_messages_retry_and_end_delivered(
+    exchange: ExchangeUnderTest, tmp_path: Path
+) -> None:
+    require("pg_ctlcluster", "pg_isready")
+    workload = await signed_workload(exchange, DATABASE_RUN_DOCUMENTS)
+    expected = len(workload.document_submissions()) + len(workload.statuses)
+    figures = Figures("PostgreSQL stopped 30 s")
+    started = time.monotonic()
+    async with (
+        database_kept_running(),
+        Supervisor(
+            worker_env(exchange.settings), workers=WORKERS, log_dir=tmp_path / "logs"
+        ) as workers,
+    ):
+        async with Traffic(workload) as traffic:
+            sending = asyncio.create_task(traffic.send_documents())
+            await settled_at_least(exchange, expected // 4)
+            await stop_database()
+            # The outage itself: its length is the scenario.
+            await asyncio.sleep(DATABASE_OUTAGE_S)
+            await start_database()
+            await sending
+            await wait_run_complete(exchange, workload, traffic, timeout=RUN_TIMEOUT_S)
+            await inboxes_drained(exchange, workload)
+        figures.seconds = time.monotonic() - started
+        decided = await reconcile(exchange, workload, traffic, workers, figures, consumers=WORKERS)
+        assert len(workers.runs) == WORKERS, [run.describe() for run in workers.runs]
+        # Nothing was parked: messages went through the retry tiers (a 30 s
+        # outage outlasts the 1 s and 10 s waits, so some waited a minute)
+        # and came back to be delivered.
+        assert decided.counts["parked"] == 0
+        retries = workers.retries()
+        assert {"1s", "10s", "1m"} <= set(retries), retries
+        assert "10m" not in retries, retries
+    if await run_audit(worker_env(exchange.settings)) is not None:
+        figures.audit = "lienthong audit clean"
+    await check_parked_queue(exchange, decided)
+    figures.notes = f"database down {DATABASE_OUTAGE_S:.0f} s"
     print(figures.line())

@@ -25,6 +25,7 @@ from tests.crash.checks import (
     queue_stats,
     reconcile,
     run_audit,
+    settled_at_least,
     signed_workload,
     wait_run_complete,
 )
@@ -35,18 +36,6 @@ from tests.exchange_fixtures import ExchangeUnderTest
 pytestmark = pytest.mark.services
 
 RUN_TIMEOUT_S = 180.0
-
-
-async def settled_at_least(exchange: ExchangeUnderTest, count: int) -> None:
-    """Wait until at least ``count`` messages are decided and their effects confirmed."""
-
-    async def enough() -> tuple[bool, str]:
-        done = await exchange.fetchval(
-            "SELECT count(*) FROM message_state WHERE published_at IS NOT NULL"
-        )
-        return done >= count, f"{done} of {count} messages settled"
-
-    await poll(enough, timeout=RUN_TIMEOUT_S, what="the run made no progress")
 
 
 def assert_stopped_cleanly(run: WorkerRun) -> None:
@@ -64,10 +53,10 @@ def assert_each_processed_once(workers: Supervisor) -> None:
 
 # -- one worker stopped in the middle of a run --------------------------------------
 
-# 450 document messages and their statuses: a single worker needs several
+# 300 document messages and their statuses: a single worker needs several
 # seconds, so it is stopped with plenty still waiting.
-STOP_RUN_DOCUMENTS = 150
-STOP_AFTER_SETTLED = 120
+STOP_RUN_DOCUMENTS = 100
+STOP_AFTER_SETTLED = 80
 
 
 async def test_sigterm_stops_consuming_finishes_what_is_in_flight_and_exits_0(
@@ -119,7 +108,7 @@ async def test_sigterm_stops_consuming_finishes_what_is_in_flight_and_exits_0(
 # -- a rolling restart of three workers during a run --------------------------------
 
 ROLLING_WORKERS = 3
-ROLLING_DOCUMENTS = 300  # 900 document messages and 900 statuses
+ROLLING_DOCUMENTS = 200  # 600 document messages and ~600 statuses
 # Each worker is replaced twice, spread over the run.
 ROLLING_ROUNDS = 2
 
