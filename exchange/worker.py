@@ -80,10 +80,11 @@ DIRECTORY_MAX_AGE_S = 30.0
 # How long a message waits before it is handed back to the broker when even
 # its retry or parking failed (the broker itself is failing).
 TRANSIENT_BACKOFF_S = 1.0
-# A message redelivered more often than this was being handled when a worker
-# died, again and again: parked before it is parsed once more. Below the work
-# queue's delivery limit, which stays the broker's own backstop.
-POISON_REDELIVERIES = 3
+# A redelivered message whose handling was started more often than this
+# (counted in the database, one redelivered message at a time) was being
+# handled each time a worker died: it is parked before it is parsed again.
+# Well below the work queue's delivery limit, the broker's own backstop.
+POISON_STARTS = 3
 # A parked row keeps this much of the error text.
 MAX_DETAIL_CHARS = 500
 # Outcomes a replay decides again; a delivered message stays delivered.
@@ -373,6 +374,7 @@ class Worker:
         self.faults = FaultInjector.parse(settings.fault_kill)
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._redelivered_lane = asyncio.Semaphore(1)
         self.processed = 0
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
@@ -440,30 +442,13 @@ class Worker:
         origin = Origin.of(message, self.trusted_users)
         metrics.IN_FLIGHT.inc()
         try:
-            if _deliveries(message) > POISON_REDELIVERIES:
-                # Decided before a worker died with it: only its effects are
-                # owed, and publishing them parses nothing, so it is no poison.
-                if not await self._publish_owed(message, origin):
-                    await self._park(message, origin, Failure.POISON, "handed out too often")
-                await message.ack()
-                return
-            self.faults.maybe_kill("after_receive")
-            try:
-                record = await self.process(
-                    message.body,
-                    routing_key=origin.routing_key,
-                    broker_user=origin.broker_user,
-                    amqp_message_id=message.message_id,
-                    replay=origin.replay,
-                )
-            except Exception as error:  # classified: anything not a Rejection is transient
-                await self._retry_or_park(message, origin, classify(error), error)
-                await message.ack()
-                return
-            self.faults.maybe_kill("after_publish")
-            await message.ack()
-            self.processed += 1
-            self._observe(record, origin)
+            if message.redelivered or _deliveries(message):
+                # One redelivered message at a time: if a worker dies now, the
+                # one being handled is the suspect, not every message it held.
+                async with self._redelivered_lane:
+                    await self._handle(message, origin, redelivered=True)
+            else:
+                await self._handle(message, origin, redelivered=False)
         except Exception:
             # Even the retry or parking path failed (the broker is going
             # away): hand the message back; it is redelivered when the
@@ -474,6 +459,45 @@ class Worker:
                 await message.nack(requeue=True)
         finally:
             metrics.IN_FLIGHT.dec()
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
+    ) -> None:
+        if redelivered:
+            key = queries.dedup_key(origin.routing_key, message.body, origin.broker_user)
+            try:
+                async with self.pool.acquire() as conn:
+                    starts = await queries.count_start(conn, key)
+            except Exception as error:
+                await self._retry_or_park(message, origin, classify(error), error)
+                await message.ack()
+                return
+            if starts > POISON_STARTS:
+                # Decided before a worker died with it: only its effects are
+                # owed, and publishing them parses nothing, so it is no poison.
+                if not await self._publish_owed(message, origin):
+                    await self._park(
+                        message, origin, Failure.POISON, f"handling started {starts} times"
+                    )
+                await message.ack()
+                return
+        self.faults.maybe_kill("after_receive")
+        try:
+            record = await self.process(
+                message.body,
+                routing_key=origin.routing_key,
+                broker_user=origin.broker_user,
+                amqp_message_id=message.message_id,
+                replay=origin.replay,
+            )
+        except Exception as error:  # classified: anything not a Rejection is transient
+            await self._retry_or_park(message, origin, classify(error), error)
+            await message.ack()
+            return
+        self.faults.maybe_kill("after_publish")
+        await message.ack()
+        self.processed += 1
+        self._observe(record, origin)
 
     def _observe(self, record: Message, origin: Origin) -> None:
         outcome = record.outcome.value if record.outcome else "undecided"

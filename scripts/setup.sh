@@ -14,6 +14,7 @@ missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v xmlsec1 >/dev/null 2>&1 || missing+=(xmlsec1)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Prometheus (server and promtool): the alert rule tests and the real scrape
 # test run their own server on a free port; the package's service is unused.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

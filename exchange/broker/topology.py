@@ -73,11 +73,13 @@ def status_queue(code: AgencyCode) -> str:
 
 # -- numbers, each with its reason ----------------------------------------------
 
-# A quorum queue counts redeliveries. A message redelivered this many times has
-# crashed or stalled a worker each time (a poison message); it is dead-lettered
-# to the parking exchange instead of taking the workers down forever. 5 leaves
-# room for a few worker restarts during a deployment without parking anything.
-WORK_DELIVERY_LIMIT = 5
+# A quorum queue counts redeliveries, and it counts every message a dead
+# worker held, prefetched or not. The workers park real poison themselves,
+# counting only the handlings they start (exchange/worker.py, POISON_STARTS);
+# this limit is the broker's backstop for a message that kills a worker
+# before it can even be counted. High enough that a run of worker crashes or
+# restarts never dead-letters innocent prefetched messages.
+WORK_DELIVERY_LIMIT = 20
 
 SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS

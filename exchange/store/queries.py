@@ -242,6 +242,20 @@ async def record_message(
     return Message.from_row(row), created
 
 
+async def count_start(conn: Connection, dedup_key: str) -> int:
+    """Count one more start of handling a redelivered message; returns the starts so far."""
+    starts: int = await conn.fetchval(
+        """
+        INSERT INTO processing_starts (dedup_key, starts) VALUES ($1, 1)
+        ON CONFLICT (dedup_key) DO UPDATE
+            SET starts = processing_starts.starts + 1, last_at = now()
+        RETURNING starts
+        """,
+        dedup_key,
+    )
+    return starts
+
+
 async def get_message(conn: Connection, pk: int) -> Message | None:
     """The message with this primary key (without its body), or ``None``."""
     row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.id = $1", pk)

@@ -22,7 +22,12 @@ import pytest
 
 from exchange.agency import AgencyCode
 from exchange.broker.connection import ConfirmingPublisher, connect
-from exchange.broker.topology import PARKED_QUEUE, PARKING_EXCHANGE, WORK_QUEUE
+from exchange.broker.topology import (
+    PARKED_QUEUE,
+    PARKING_EXCHANGE,
+    WORK_DELIVERY_LIMIT,
+    WORK_QUEUE,
+)
 from exchange.demo import LocalAgency, demo_document
 from exchange.failures import Failure
 from exchange.pki import Credential, TrustStore, create_ca, issue_agency_certificate
@@ -124,7 +129,7 @@ async def poison(exchange: ExchangeUnderTest) -> None:
     try:
         channel = await connection.channel()
         queue = await channel.get_queue(WORK_QUEUE, ensure=False)
-        for _ in range(20):
+        for _ in range(WORK_DELIVERY_LIMIT + 1):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
