@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import copy
+import functools
 import re
 from base64 import b64decode
 from dataclasses import dataclass
@@ -128,7 +129,10 @@ class _LegacySigner(XMLSigner):
         """Allow SHA-1: it was requested explicitly, to make legacy test data."""
 
 
+@functools.lru_cache(maxsize=64)
 def _private_key(key_pem: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    # Loading an RSA key checks it, which costs ~40 ms: an agency signs with
+    # the same few keys again and again.
     key = serialization.load_pem_private_key(key_pem, password=None)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise ValueError(f"an edXML signing key is RSA or ECDSA, not {type(key).__name__}")
