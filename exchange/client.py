@@ -277,7 +277,9 @@ class AgencyClient:
         self, queue_name: str, seen: _SeenIds, idle_timeout: float | None
     ) -> AsyncGenerator[AbstractIncomingMessage, None]:
         assert self._channel is not None, "connect() first"
-        queue = await self._channel.get_queue(queue_name, ensure=False)
+        # A passive declare (allowed to agency users): aio-pika restores the
+        # consumers of declared queues after the broker restarts.
+        queue = await self._channel.get_queue(queue_name, ensure=True)
         async with queue.iterator(timeout=idle_timeout) as messages:
             with contextlib.suppress(TimeoutError):
                 async for message in messages:
