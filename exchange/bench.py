@@ -254,6 +254,27 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(values) - idle), float(sum(values))
 
 
+def service_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by RabbitMQ (``beam.smp``) and PostgreSQL processes, by service.
+
+    Every such process on the machine counts, the benchmark's or not: on a
+    machine running only the benchmark, that is the services' share.
+    """
+    names = {"beam.smp": "rabbitmq", "postgres": "postgresql"}
+    used = dict.fromkeys(names.values(), 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                service = names.get(comm.read().strip())
+            if service is not None:
+                used[service] += cpu_seconds(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return used
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile of ``values`` (``fraction`` in 0..1)."""
     ordered = sorted(values)
@@ -861,14 +882,20 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         for child in children:
             child.mark()
         busy0, total0 = machine_busy()
+        services0 = service_cpu_seconds()
+        progress("worker pids: " + " ".join(str(child.pid) for child in children))
         progress(f"sustained: {config.workers} worker processes, {len(sustained_set)} messages")
         _, wall = await run_phase("sustained", sustained_set, publishers, observer, progress)
         busy1, total1 = machine_busy()
+        services1 = service_cpu_seconds()
         throughput = len(sustained_set) / wall
         result["throughput_docs_per_s"] = round(throughput, 1)
         result["sustained_seconds"] = round(wall, 2)
         result["machine_busy_percent"] = round(100 * (busy1 - busy0) / (total1 - total0), 1)
         result["workers"] = [child.figures(wall) for child in children]
+        result["services_cpu_percent"] = {
+            name: round(100 * (services1[name] - services0[name]) / wall, 1) for name in services1
+        }
         progress(f"sustained: {throughput:.0f} docs/s")
 
         rate = config.rate or throughput / 2
@@ -899,6 +926,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         result["targets"] = targets(result, config)
         if config.keep:
             result["kept"] = {
+                "drop_with": f"lienthong bench --drop {token}",
                 "amqp_url": settings.amqp_url,
                 "database_url": settings.database_url,
                 "trust": str(settings.trust),
@@ -923,6 +951,35 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
                 await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             finally:
                 await server.close()
+
+
+async def drop_run(token: str) -> list[str]:
+    """Delete what a ``--keep`` run left: its vhost, broker users and database; says what went."""
+    import asyncpg
+
+    from exchange.broker.admin import BrokerAdmin
+    from exchange.settings import Settings
+
+    if not token.isalnum():
+        raise ValueError(f"not a bench run's token: {token!r}")
+    base = Settings()
+    admin = BrokerAdmin.from_settings(base)
+    gone = []
+    users = await admin.request("GET", "/users")
+    for user in users:
+        if str(user["name"]).startswith(f"b{token}-") and await admin.delete_user(user["name"]):
+            gone.append(f"broker user {user['name']}")
+    if await admin.delete_vhost(f"lienthong-bench-{token}"):
+        gone.append(f"vhost lienthong-bench-{token}")
+    server = await asyncpg.connect(base.database_url)
+    try:
+        database = f"lienthong_bench_{token}"
+        if await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await server.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+            gone.append(f"database {database}")
+    finally:
+        await server.close()
+    return gone
 
 
 def targets(result: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
@@ -963,7 +1020,9 @@ def table(result: dict[str, Any]) -> str:
         " docs/s",
         f"{'sustained (all checks, every guarantee)':<44}{result['throughput_docs_per_s']:>10.0f}"
         f" docs/s  ({result['passthrough_ratio']:.2f} of pass-through)",
-        f"{'machine busy during the sustained run':<44}{result['machine_busy_percent']:>10.0f} %",
+        f"{'machine busy during the sustained run':<44}{result['machine_busy_percent']:>10.0f} %"
+        f"  (of {m['cpus']} CPUs; RabbitMQ {result['services_cpu_percent']['rabbitmq']:.0f} %, "
+        f"PostgreSQL {result['services_cpu_percent']['postgresql']:.0f} % of one CPU)",
     ]
     if "latency_ms" in result:
         lat = result["latency_ms"]
@@ -1024,6 +1083,11 @@ def add_commands(
     command.add_argument(
         "--keep", action="store_true", help="keep the vhost, database and keys (for an audit)"
     )
+    command.add_argument(
+        "--drop",
+        metavar="TOKEN",
+        help="only delete what the --keep run with this token left (vhost, users, database)",
+    )
     command.add_argument("--json", action="store_true", help="print the figures as JSON")
     command.set_defaults(handler=cmd_bench)
 
@@ -1061,6 +1125,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ):
             if getattr(args, name):
                 os.environ[env] = getattr(args, name)
+    if args.drop:
+
+        async def drop() -> int:
+            for line in await drop_run(args.drop):
+                print(f"deleted {line}")
+            return EXIT_OK
+
+        try:
+            return _run(drop())
+        except ValueError as error:
+            raise CommandError(str(error)) from None
     try:
         config = config_of(args)
     except ValueError as error:
