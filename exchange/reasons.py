@@ -156,10 +156,16 @@ def with_problems(sentence: str, problems: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """One specific thing wrong: where (an element path, a field) and what."""
+    """One specific thing wrong: where (an element path, a field) and what.
+
+    ``reason`` is the most specific reason this one problem stands for, when
+    a check knows it (a missing field, a bad date); a rejection whose
+    problems all share one such reason is given that reason.
+    """
 
     where: str
     what: str
+    reason: Reason | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}" if self.where else self.what

@@ -138,7 +138,21 @@ def check_schema(root: etree._Element) -> None:
         raise Rejection(Reason.NOT_EDXML, (wrong_root,))
     problems = schema_problems(root)
     if problems:
-        raise Rejection(Reason.SCHEMA_INVALID, tuple(problems))
+        raise Rejection(_most_specific(problems), tuple(problems))
+
+
+def _most_specific(problems: list[Problem]) -> Reason:
+    """The one specific reason all problems share (all dates, all missing), else SCHEMA_INVALID.
+
+    Agency software and metrics then tell a bad date from a missing subject
+    by the code alone; mixed problems keep the general reason.
+    """
+    reasons = {problem.reason for problem in problems}
+    if len(reasons) == 1 and None not in reasons:
+        (reason,) = reasons
+        assert reason is not None
+        return reason
+    return Reason.SCHEMA_INVALID
 
 
 # -- loading the schemas ----------------------------------------------------
@@ -333,6 +347,14 @@ _WRITTEN_AS = {
     "SmallCode": "a code of one or two digits",
 }
 
+# The specific reason a value of these simple types stands for.
+_PATTERN_REASONS = {
+    "AgencyCode": Reason.BAD_AGENCY_CODE,
+    "Date": Reason.BAD_DATE,
+    "Timestamp": Reason.BAD_DATE,
+    "SmallCode": Reason.BAD_CODE_LIST,
+}
+
 _BUILTIN_TYPES = {
     "xs:boolean": "must be true or false (or 1 or 0)",
     "xs:nonNegativeInteger": "must be a whole number, 0 or more",
@@ -378,14 +400,13 @@ def _problem(
     if attribute is not None:
         return Problem(where, _attribute_sentence(name, _local(attribute), detail))
     if (match := _PATTERN.search(detail)) is not None:
+        kind = facts.pattern_types.get(match["pattern"] or "", "")
         return Problem(
-            where,
-            _pattern_sentence(
-                name, match["value"], facts.pattern_types.get(match["pattern"] or "", "")
-            ),
+            where, _pattern_sentence(name, match["value"], kind), _PATTERN_REASONS.get(kind)
         )
     if (match := _ENUMERATION.search(detail)) is not None:
-        return Problem(where, _enumeration_sentence(match["value"], match["allowed"] or ""))
+        sentence = _enumeration_sentence(match["value"], match["allowed"] or "")
+        return Problem(where, sentence, Reason.BAD_CODE_LIST)
     if (match := _MAX_LENGTH.search(detail)) is not None:
         return Problem(
             where,
@@ -397,7 +418,8 @@ def _problem(
     if (match := _ATOMIC.search(detail)) is not None:
         return Problem(where, _atomic_sentence(match["value"], match["type"], name))
     if (match := _MISSING.search(detail)) is not None:
-        return Problem(where, _missing_sentence(name, _names(match["expected"]), facts))
+        sentence = _missing_sentence(name, _names(match["expected"]), facts)
+        return Problem(where, sentence, Reason.MISSING_FIELD)
     if (match := _NOT_EXPECTED.search(detail)) is not None:
         return _unexpected(name, _names(match["expected"] or ""), where, element, facts)
     if detail.startswith("Element content is not allowed"):
@@ -489,7 +511,9 @@ def _unexpected(
             # The one element that had to come here is nowhere: say that,
             # at the parent, rather than blaming the element after the gap.
             return Problem(
-                element_path(parent), f"element {expected[0]} is missing (before {name})"
+                element_path(parent),
+                f"element {expected[0]} is missing (before {name})",
+                Reason.MISSING_FIELD,
             )
     if not expected:
         return Problem(where, f"element {name} is not allowed here")

@@ -831,31 +831,31 @@ CASES: list[Case] = [
     Case(
         "missing_from",
         letter_with(remove("MessageHeader/From")),
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="From",
     ),
     Case(
-        "missing_to", letter_with(remove("MessageHeader/To")), Reason.SCHEMA_INVALID, mentions="To"
+        "missing_to", letter_with(remove("MessageHeader/To")), Reason.MISSING_FIELD, mentions="To"
     ),
     Case(
-        "missing_subject", letter_with(remove(SUBJECT)), Reason.SCHEMA_INVALID, mentions="Subject"
+        "missing_subject", letter_with(remove(SUBJECT)), Reason.MISSING_FIELD, mentions="Subject"
     ),
     Case(
         "missing_code",
         letter_with(remove("MessageHeader/Code")),
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="Code",
     ),
     Case(
         "missing_code_number",
         letter_with(remove("MessageHeader/Code/CodeNumber")),
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="CodeNumber",
     ),
     Case(
         "missing_trace_headers",
         letter_with(remove("TraceHeaderList")),
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="TraceHeaderList",
     ),
     reported(
@@ -864,7 +864,7 @@ CASES: list[Case] = [
     reported(
         "missing_response_for",
         status_with(remove("MessageHeader/ResponseFor")),
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="ResponseFor",
     ),
     Case(
@@ -877,13 +877,13 @@ CASES: list[Case] = [
     Case(
         "promulgation_date_iso",
         letter_with(set_text("MessageHeader/PromulgationInfo/PromulgationDate", "2026-11-25")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_DATE,
         mentions="yyyy/MM/dd",
     ),
     Case(
         "due_date_in_words",
         letter_with(set_text("MessageHeader/DueDate", "ngày 5 tháng 12")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_DATE,
         mentions="yyyy/MM/dd",
     ),
     Case(
@@ -895,18 +895,18 @@ CASES: list[Case] = [
     Case(
         "trace_timestamp_without_time",
         letter_with(set_text("TraceHeaderList/TraceHeader/Timestamp", "2026/11/25")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_DATE,
         mentions="HH:mm:ss",
     ),
     reported(
         "status_timestamp_wrong_order",
         status_with(set_text("MessageHeader/Timestamp", "25/11/2026 10:00:00")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_DATE,
         mentions="HH:mm:ss",
     ),
     # -- code lists
     reported(
-        "status_code_07", status_with_code("07"), Reason.SCHEMA_INVALID, mentions="status code"
+        "status_code_07", status_with_code("07"), Reason.BAD_CODE_LIST, mentions="status code"
     ),
     Case(
         "priority_9",
@@ -914,38 +914,38 @@ CASES: list[Case] = [
             set_text("MessageHeader/OtherInfo/Priority", "9"),
             other_info=OtherInfo(priority=Priority.NORMAL),
         ),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_CODE_LIST,
         mentions="priority",
     ),
     Case(
         "business_doc_type_5",
         letter_with(set_text("TraceHeaderList/Bussiness/BussinessDocType", "5")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_CODE_LIST,
         mentions="business document type",
     ),
     Case(
         "steering_type_7",
         letter_with(set_text("MessageHeader/SteeringType", "7"), steering_type=SteeringType.NONE),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_CODE_LIST,
         mentions="steering type",
     ),
     # -- agency codes
     Case(
         "malformed_code_in_to",
         letter_with(set_text("MessageHeader/To/OrganId", "28.22.H17")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_AGENCY_CODE,
         mentions="28.22.H17",
     ),
     Case(
         "malformed_code_in_from",
         letter_with(set_text("MessageHeader/From/OrganId", "G22")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_AGENCY_CODE,
         mentions="G22",
     ),
     reported(
         "malformed_code_in_response_for",
         status_with(set_text("MessageHeader/ResponseFor/OrganId", "000.00.00.g22")),
-        Reason.SCHEMA_INVALID,
+        Reason.BAD_AGENCY_CODE,
         mentions="000.00.00.g22",
     ),
     Case(
@@ -1076,7 +1076,7 @@ CASES: list[Case] = [
     Case(
         "original_wrapped_in_attachments",
         wrapped_in_attachments,
-        Reason.SCHEMA_INVALID,
+        Reason.MISSING_FIELD,
         mentions="Wrapper",
     ),
     # -- who sends to whom

@@ -238,7 +238,7 @@ async def test_package_breaking_the_schema_is_rejected_with_the_schema_reason(
             sender,
             client.sign(without_subject),
             MINISTRY,
-            Reason.SCHEMA_INVALID,
+            Reason.MISSING_FIELD,
             settled_before=1,
             problem="Subject",
         )

@@ -720,7 +720,8 @@ def test_real_sample_gets_its_expected_outcome(samples_dir: Path, name: str) -> 
         assert fragment in problem.what
     with pytest.raises(Rejection) as caught:
         check_schema(root)
-    assert caught.value.reason is Reason.SCHEMA_INVALID
+    # The only sample refused here has one malformed agency code: that reason.
+    assert caught.value.reason is Reason.BAD_AGENCY_CODE
 
 
 @pytest.mark.samples
@@ -765,3 +766,29 @@ def test_an_element_that_is_not_a_package_is_reported_not_raised() -> None:
     (problem,) = schema_problems(subject)
     assert problem.where == "/Subject"
     assert "an edXML package starts with <edXML>" in problem.what
+
+
+def _package_with(old: str, new: str) -> bytes:
+    assert old in DOCUMENT
+    return DOCUMENT.replace(old, new, 1).encode()
+
+
+def test_problems_of_one_kind_give_their_specific_reason() -> None:
+    """A bad date alone is BAD_DATE, a missing element alone MISSING_FIELD; mixed stays general."""
+    import re as _re
+
+    date = _re.search(r"<edXML:PromulgationDate>([^<]*)<", DOCUMENT)
+    assert date is not None
+    bad_date = _package_with(date.group(0), "<edXML:PromulgationDate>2024-13-99<")
+    with pytest.raises(Rejection) as caught:
+        check_schema(parse(bad_date))
+    assert caught.value.reason is Reason.BAD_DATE
+    subject = _re.search(r"<edXML:Subject>[^<]*</edXML:Subject>", DOCUMENT)
+    assert subject is not None
+    with pytest.raises(Rejection) as caught:
+        check_schema(parse(_package_with(subject.group(0), "")))
+    assert caught.value.reason is Reason.MISSING_FIELD
+    both = bad_date.decode().replace(subject.group(0), "").encode()
+    with pytest.raises(Rejection) as caught:
+        check_schema(parse(both))
+    assert caught.value.reason is Reason.SCHEMA_INVALID
