@@ -883,11 +883,13 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
             child.mark()
         busy0, total0 = machine_busy()
         services0 = service_cpu_seconds()
+        own0 = cpu_seconds(os.getpid())
         progress("worker pids: " + " ".join(str(child.pid) for child in children))
         progress(f"sustained: {config.workers} worker processes, {len(sustained_set)} messages")
         _, wall = await run_phase("sustained", sustained_set, publishers, observer, progress)
         busy1, total1 = machine_busy()
         services1 = service_cpu_seconds()
+        own1 = cpu_seconds(os.getpid())
         throughput = len(sustained_set) / wall
         result["throughput_docs_per_s"] = round(throughput, 1)
         result["sustained_seconds"] = round(wall, 2)
@@ -896,6 +898,8 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         result["services_cpu_percent"] = {
             name: round(100 * (services1[name] - services0[name]) / wall, 1) for name in services1
         }
+        # The agencies' side (publishers and consumers) runs in this process.
+        result["services_cpu_percent"]["load_generator"] = round(100 * (own1 - own0) / wall, 1)
         progress(f"sustained: {throughput:.0f} docs/s")
 
         rate = config.rate or throughput / 2
@@ -1022,7 +1026,8 @@ def table(result: dict[str, Any]) -> str:
         f" docs/s  ({result['passthrough_ratio']:.2f} of pass-through)",
         f"{'machine busy during the sustained run':<44}{result['machine_busy_percent']:>10.0f} %"
         f"  (of {m['cpus']} CPUs; RabbitMQ {result['services_cpu_percent']['rabbitmq']:.0f} %, "
-        f"PostgreSQL {result['services_cpu_percent']['postgresql']:.0f} % of one CPU)",
+        f"PostgreSQL {result['services_cpu_percent']['postgresql']:.0f} %, load generator "
+        f"{result['services_cpu_percent']['load_generator']:.0f} % of one CPU)",
     ]
     if "latency_ms" in result:
         lat = result["latency_ms"]
