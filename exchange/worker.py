@@ -351,6 +351,8 @@ T = TypeVar("T")
 
 # Most messages one database transaction records (see GroupCommit).
 GROUP_COMMIT_MAX = 64
+# A message's writes waiting for the next group, and where its result goes.
+_Pending = tuple[Callable[[Connection], Awaitable[Any]], asyncio.Future[Any]]
 
 
 class GroupCommit:
@@ -361,9 +363,10 @@ class GroupCommit:
     0002), so transactions that record messages run one after the other,
     each paying its own lock hand-over and WAL flush. Here the writes of
     every message that waits while a transaction runs go into the next one,
-    together: one lock and one flush for the group. Each message's writes
-    run in a savepoint of their own, so one that fails (a transient error)
-    leaves the others' writes alone and only that message fails. Nobody
+    together: one lock and one flush for the group. Should one message's
+    writes fail (a transient error), the group is written again with each
+    message's writes in a savepoint of their own, so that only that message
+    fails; its writes are plain database work, safe to run again. Nobody
     learns the outcome of its writes before the commit, so a message is
     still published only once its decision is durable, and acked only once
     published. A lone message is written at once: no waiting for company.
@@ -373,8 +376,7 @@ class GroupCommit:
         """Group commits on connections of ``pool``, at most ``most`` messages each."""
         self._pool = pool
         self._most = most
-        self._waiting: list[tuple[Callable[[Connection], Awaitable[Any]], asyncio.Future[Any]]]
-        self._waiting = []
+        self._waiting: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def run(self, writes: Callable[[Connection], Awaitable[T]]) -> T:
@@ -399,24 +401,49 @@ class GroupCommit:
                 if isinstance(error, asyncio.CancelledError):
                     raise
 
-    async def _commit(
-        self, group: list[tuple[Callable[[Connection], Awaitable[Any]], asyncio.Future[Any]]]
-    ) -> None:
-        results: list[tuple[asyncio.Future[Any], Any]] = []
-        failures: list[tuple[asyncio.Future[Any], BaseException]] = []
+    async def _commit(self, group: list[_Pending]) -> None:
+        try:
+            results = await self._together(group)
+        except Exception as error:
+            if len(group) == 1:
+                _settle(group[0][1], error=error)
+                return
+            # One message's writes failed and took the others' with them:
+            # again, each in a savepoint of its own, so that only it fails.
+            await self._separately(group)
+            return
+        for (_, done), result in zip(group, results, strict=True):
+            _settle(done, result=result)
+
+    async def _together(self, group: list[_Pending]) -> list[Any]:
+        """Every message's writes in one transaction, no savepoints: the usual case."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return [await writes(conn) for writes, _ in group]
+
+    async def _separately(self, group: list[_Pending]) -> None:
+        """One transaction, each message's writes in a savepoint: a failure stays its own."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         async with self._pool.acquire() as conn, conn.transaction():
             for writes, done in group:
                 try:
                     async with conn.transaction():
-                        results.append((done, await writes(conn)))
+                        outcomes.append((done, await writes(conn), None))
                 except Exception as error:
-                    failures.append((done, error))
-        for done, result in results:
-            if not done.done():
-                done.set_result(result)
-        for done, failure in failures:
-            if not done.done():
-                done.set_exception(failure)
+                    outcomes.append((done, None, error))
+        for done, result, failure in outcomes:
+            _settle(done, result=result, error=failure)
+
+
+def _settle(
+    done: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
+) -> None:
+    """Tell a waiting message its outcome (unless it stopped waiting)."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 class Worker:

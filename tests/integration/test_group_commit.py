@@ -102,3 +102,18 @@ async def test_a_failed_commit_fails_every_message_of_the_group(db_pool: Pool) -
     assert all(isinstance(o, Exception) for o in outcomes)
     async with db_pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM group_probe") == 0
+
+
+async def test_a_lone_failing_message_fails_and_leaves_nothing(db_pool: Pool) -> None:
+    await _probe(db_pool)
+    group = GroupCommit(db_pool)
+
+    async def fails(conn: Connection) -> None:
+        await conn.execute("INSERT INTO group_probe (n, tx) VALUES (1, 0)")
+        await conn.execute("INSERT INTO group_probe (n, tx) VALUES (1, 0)")  # duplicate key
+
+    with pytest.raises(Exception, match="duplicate key"):
+        await group.run(fails)
+    assert await group.run(_insert(2)) > 0  # the group commit still works afterwards
+    async with db_pool.acquire() as conn:
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM group_probe")] == [2]
