@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -955,6 +956,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
                 await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             finally:
                 await server.close()
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 async def drop_run(token: str) -> list[str]:
