@@ -276,7 +276,12 @@ class AgencyClient:
     async def _consume(
         self, queue_name: str, seen: _SeenIds, idle_timeout: float | None
     ) -> AsyncGenerator[AbstractIncomingMessage, None]:
-        assert self._channel is not None, "connect() first"
+        assert self._channel is not None and self._connection is not None, "connect() first"
+        if self._channel.is_closed and not self._connection.is_closed:
+            # The channel did not survive a broker restart (its restoration
+            # can fail while the broker is still starting): open a new one.
+            self._channel = await self._connection.channel()
+            await self._channel.set_qos(prefetch_count=CLIENT_PREFETCH)
         # A passive declare (allowed to agency users): aio-pika restores the
         # consumers of declared queues after the broker restarts.
         queue = await self._channel.get_queue(queue_name, ensure=True)
