@@ -210,18 +210,27 @@ async def record_message(
     yet published. When two workers record the same message at once, the
     second waits for the first one's transaction and then finds its row.
     """
-    pk = await conn.fetchval(
+    # The usual case, a new message, takes one round trip: the statement
+    # returns the new row as _MESSAGE_SELECT would read it.
+    created_row = await conn.fetchrow(
         """
         WITH new AS (
             INSERT INTO messages
                 (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
             VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
             ON CONFLICT (dedup_key) DO NOTHING
-            RETURNING id
+            RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
+                      received_at
+        ), state AS (
+            INSERT INTO message_state (message_pk, kind, sender)
+            SELECT id, $8, $9 FROM new
+            RETURNING message_pk, kind, sender, outcome, reason_code, reason_detail,
+                      document_pk, document_id, attempts, published_at, updated_at
         )
-        INSERT INTO message_state (message_pk, kind, sender)
-        SELECT id, $8, $9 FROM new
-        RETURNING message_pk
+        SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+        FROM new m JOIN state s ON s.message_pk = m.id
         """,
         dedup_key,
         amqp_message_id,
@@ -233,13 +242,14 @@ async def record_message(
         kind.value,
         None if sender is None else str(sender),
     )
-    created = pk is not None
+    if created_row is not None:
+        return Message.from_row(created_row), True
     row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.dedup_key = $1", dedup_key)
     # Under READ COMMITTED, ON CONFLICT DO NOTHING skips only a row that is
     # committed (it waits for a concurrent inserter) or our own; rows are
     # never deleted, so the select sees it.
     assert row is not None, f"message {dedup_key} vanished between insert and select"
-    return Message.from_row(row), created
+    return Message.from_row(row), False
 
 
 async def count_start(conn: Connection, dedup_key: str) -> int:
@@ -403,14 +413,23 @@ async def upsert_document(
     ``conflict`` in the answer is true when the stored row has another
     SHA-256 than ``sha256``: the id was reused for different content.
     """
+    # One round trip whether the document is new or known (the same package
+    # for its next recipient, the usual case): the insert's row, or else the
+    # stored one as this statement's snapshot sees it.
     row = await conn.fetchrow(
         f"""
-        INSERT INTO documents
-            (sender, document_id, sha256, code_number, code_notation, subject,
-             promulgation_date, due_date, doc_type, priority, first_message_pk)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        ON CONFLICT (sender, document_id) DO NOTHING
-        RETURNING {_DOCUMENT_COLUMNS}
+        WITH new AS (
+            INSERT INTO documents
+                (sender, document_id, sha256, code_number, code_notation, subject,
+                 promulgation_date, due_date, doc_type, priority, first_message_pk)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (sender, document_id) DO NOTHING
+            RETURNING {_DOCUMENT_COLUMNS}
+        )
+        SELECT true AS created, {_DOCUMENT_COLUMNS} FROM new
+        UNION ALL
+        SELECT false AS created, {_DOCUMENT_COLUMNS} FROM documents
+        WHERE sender = $1 AND document_id = $2 AND NOT EXISTS (SELECT FROM new)
         """,  # noqa: S608
         str(sender),
         document_id,
@@ -424,8 +443,10 @@ async def upsert_document(
         None if priority is None else priority.value,
         first_message_pk,
     )
-    created = row is not None
+    created = row is not None and bool(row["created"])
     if row is None:
+        # Stored by a transaction that committed after this statement's
+        # snapshot was taken (the insert waited for it): read it now.
         row = await conn.fetchrow(
             f"SELECT {_DOCUMENT_COLUMNS} FROM documents "  # noqa: S608
             "WHERE sender = $1 AND document_id = $2",
