@@ -185,6 +185,11 @@ class PublishRefusedError(PublishError):
     """
 
 
+# How long a closed robust channel may take to come back by itself before the
+# publisher opens a new one on the (reconnected) connection.
+REOPEN_GIVE_UP_S = 5.0
+
+
 class ConfirmingPublisher:
     """Publish persistent messages and wait for the broker's confirms.
 
@@ -193,9 +198,12 @@ class ConfirmingPublisher:
     for each in turn.
     """
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    def __init__(
+        self, channel: AbstractChannel, connection: AbstractConnection | None = None
+    ) -> None:
         """Wrap a channel opened with ``publisher_confirms=True, on_return_raises=True``."""
         self._channel = channel
+        self._connection = connection
         self._exchanges: dict[str, AbstractExchange] = {}
         # aiormq matches a returned message to its publish by message_id, so two
         # in-flight publishes must never share one: the second waits.
@@ -205,7 +213,7 @@ class ConfirmingPublisher:
     async def open(cls, connection: AbstractConnection) -> ConfirmingPublisher:
         """Open a confirming channel on ``connection``."""
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel)
+        return cls(channel, connection)
 
     @property
     def channel(self) -> AbstractChannel:
@@ -232,9 +240,22 @@ class ConfirmingPublisher:
             return
         # The robust channel learns of the close a moment after the failed
         # publish does, so `ready()` alone could return before the reopening.
+        waited = 0.0
         while self._channel.is_closed:
+            connection = self._connection
+            if waited >= REOPEN_GIVE_UP_S and connection is not None and not connection.is_closed:
+                # The channel's own restoration failed (it can, while the
+                # broker is still starting after a restart): the connection
+                # is back, so open a new channel on it.
+                self._channel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._exchanges.clear()
+                break
             await asyncio.sleep(REOPEN_POLL_S)
-        await self._channel.ready()
+            waited += REOPEN_POLL_S
+        if isinstance(self._channel, AbstractRobustChannel):
+            await self._channel.ready()
 
     async def publish(
         self,
