@@ -37,7 +37,7 @@ from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 # database and the settings are imported only when the audit really runs.
 if TYPE_CHECKING:
     from exchange.settings import Settings
-    from exchange.store.queries import (
+    from exchange.store.records import (
         ChainHead,
         ChainLink,
         DeliveryMismatch,

@@ -57,8 +57,7 @@ from exchange.status import TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.db import connect as connect_database
-from exchange.store.queries import ReplayItemRecord, ReplayRecord
-from exchange.store.records import Message
+from exchange.store.records import Message, ReplayItemRecord, ReplayRecord
 from exchange.worker import broker_user_of
 
 # One replay at a time: two operators replaying overlapping sets would

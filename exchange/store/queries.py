@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -32,15 +31,22 @@ from exchange.status import (
 from exchange.store.db import Connection
 from exchange.store.records import (
     Agency,
+    ChainHead,
+    ChainLink,
     Delivery,
+    DeliveryMismatch,
     Document,
     DocumentTrace,
     Event,
     EventKind,
     Message,
+    MessageTally,
     RecipientTrace,
+    ReplayItemRecord,
+    ReplayRecord,
     SenderViewRow,
     StoredDocument,
+    UnsettledMessage,
 )
 
 
@@ -758,72 +764,6 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
 REFUSED_OUTCOMES = (TransportOutcome.REJECTED, TransportOutcome.PARKED)
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayRecord:
-    """One executed replay: who, when, what was asked, and what came of it."""
-
-    pk: int
-    started_at: datetime
-    finished_at: datetime | None
-    os_user: str
-    host: str
-    broker_user: str
-    selection: dict[str, Any]
-    state: str
-    result: dict[str, Any] | None
-    items: int
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ReplayRecord:
-        """Build from a row of ``replays`` with its item count."""
-        return cls(
-            pk=row["id"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            os_user=row["os_user"],
-            host=row["host"],
-            broker_user=row["broker_user"],
-            selection=json.loads(row["selection"]),
-            state=row["state"],
-            result=None if row["result"] is None else json.loads(row["result"]),
-            items=row["items"],
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayItemRecord:
-    """What one replay did with one message (a row of ``replay_items``)."""
-
-    replay_pk: int
-    dedup_key: str
-    message_pk: int | None
-    source: str
-    action: str
-    note: str | None
-    outcome_before: str | None
-    reason_before: str | None
-    outcome_after: str | None
-    reason_after: str | None
-    decided_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ReplayItemRecord:
-        """Build from a row of ``replay_items``."""
-        return cls(
-            replay_pk=row["replay_pk"],
-            dedup_key=row["dedup_key"],
-            message_pk=row["message_pk"],
-            source=row["source"],
-            action=row["action"],
-            note=row["note"],
-            outcome_before=row["outcome_before"],
-            reason_before=row["reason_before"],
-            outcome_after=row["outcome_after"],
-            reason_after=row["reason_after"],
-            decided_at=row["decided_at"],
-        )
-
-
 async def list_refused(
     conn: Connection,
     *,
@@ -1035,52 +975,6 @@ CHAINED_TABLES = ("messages", "documents", "events")
 AUDIT_LISTING_LIMIT = 50
 
 
-@dataclass(frozen=True, slots=True)
-class MessageTally:
-    """How many received messages stand where (the audit's side of the record)."""
-
-    received: int
-    # Per outcome: delivered, rejected, parked (and accepted, if ever used).
-    outcomes: dict[str, int]
-    # Recorded without an outcome: being processed, or waiting for a retry.
-    undecided: int
-    # Decided, but the outcome's effects were never confirmed by the broker.
-    unpublished: int
-    # Parked messages whose receipt was published (their bytes wait in
-    # lienthong.parked until a replay takes them).
-    parked_published: int
-
-    @property
-    def unsettled(self) -> int:
-        """Messages not yet in a terminal, published state."""
-        return self.undecided + self.unpublished
-
-
-@dataclass(frozen=True, slots=True)
-class UnsettledMessage:
-    """A received message without an outcome, or whose outcome is unpublished."""
-
-    pk: int
-    received_at: datetime
-    routing_key: str
-    broker_user: str | None
-    outcome: TransportOutcome | None
-    reason_code: str | None
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryMismatch:
-    """A delivery whose ``delivered_at`` disagrees with its message's record."""
-
-    delivery_pk: int | None
-    message_pk: int
-    recipient: str
-    outcome: TransportOutcome | None
-    published: bool
-    delivered_at: datetime | None
-
-
 async def tally_messages(conn: Connection) -> MessageTally:
     """Count the received messages by outcome, undecided and unpublished.
 
@@ -1201,26 +1095,6 @@ def _delivery_mismatch(row: asyncpg.Record) -> DeliveryMismatch:
         published=row["published"],
         delivered_at=row["delivered_at"],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """Where a chain ends, as ``chain_heads`` remembers it."""
-
-    chain: str
-    seq: int
-    hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChainLink:
-    """One row of a chain: its id, position, stored hash and canonical content."""
-
-    row_id: int
-    seq: int
-    hash: str
-    # chain_content(row) as the database encodes the row now.
-    content: bytes
 
 
 async def chain_heads(conn: Connection) -> dict[str, ChainHead]:

@@ -31,7 +31,7 @@ from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.status import StatusCode, TransportOutcome
 from exchange.store import queries
-from exchange.store.queries import DeliveryMismatch, MessageTally, UnsettledMessage
+from exchange.store.records import DeliveryMismatch, MessageTally, UnsettledMessage
 from tests.exchange_fixtures import ExchangeUnderTest
 
 SENDER = "000.00.00.G22"  # Văn phòng Chính phủ

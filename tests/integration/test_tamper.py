@@ -36,7 +36,7 @@ from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
 from exchange.store.migrate import load_migrations, migrate
-from exchange.store.queries import ChainHead, ChainLink
+from exchange.store.records import ChainHead, ChainLink
 from tests.exchange_fixtures import ExchangeUnderTest
 
 SENDER = AgencyCode.parse("000.00.00.G22")  # Văn phòng Chính phủ
