@@ -18,104 +18,11 @@ from exchange.checks.schema import (
 from exchange.edxml.safexml import parse
 from exchange.reasons import Problem, Reason, Rejection
 from exchange.status import StatusCode
+from tests.packages import document_package
 
 HEADER = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader"
 
-# A small document package shaped like the real ones (edoc_update.edxml):
-# default namespace on the root, the edXML: prefix declared again on the
-# envelope, the placeholder Signature in the edXML namespace, unprefixed
-# AttachmentEncoded.
-DOCUMENT = """<?xml version="1.0" encoding="UTF-8"?>
-<edXML xmlns="http://www.mic.gov.vn/TBT/QCVN_102_2016">
-  <edXML:edXMLEnvelope xmlns:edXML="http://www.mic.gov.vn/TBT/QCVN_102_2016">
-    <edXML:edXMLHeader>
-      <edXML:MessageHeader>
-        <edXML:From>
-          <edXML:OrganId>000.00.00.G22</edXML:OrganId>
-          <edXML:OrganizationInCharge>Văn phòng Chính phủ</edXML:OrganizationInCharge>
-          <edXML:OrganName>Văn phòng Chính phủ</edXML:OrganName>
-          <edXML:OrganAdd>Số 1 Hoàng Hoa Thám, Quận Ba Đình, Hà Nội</edXML:OrganAdd>
-          <edXML:Email>vpcp@gov.vn</edXML:Email>
-          <edXML:Telephone>8043100</edXML:Telephone>
-          <edXML:Fax>048989898789</edXML:Fax>
-          <edXML:Website>vpcp.vn</edXML:Website>
-        </edXML:From>
-        <edXML:To>
-          <edXML:OrganId>000.00.00.H41</edXML:OrganId>
-          <edXML:OrganName>UBND Tỉnh Nghệ An</edXML:OrganName>
-        </edXML:To>
-        <edXML:To>
-          <edXML:OrganId>000.00.00.H14</edXML:OrganId>
-          <edXML:OrganName>UBND Tỉnh Cao Bằng</edXML:OrganName>
-        </edXML:To>
-        <edXML:DocumentId>000.00.00.G22,2018/09/28,7816/VPCP-TTĐT</edXML:DocumentId>
-        <edXML:Code>
-          <edXML:CodeNumber>7816</edXML:CodeNumber>
-          <edXML:CodeNotation>VPCP-TTĐT</edXML:CodeNotation>
-        </edXML:Code>
-        <edXML:PromulgationInfo>
-          <edXML:Place>Hà Nội</edXML:Place>
-          <edXML:PromulgationDate>2018/09/28</edXML:PromulgationDate>
-        </edXML:PromulgationInfo>
-        <edXML:DocumentType>
-          <edXML:Type>1</edXML:Type>
-          <edXML:TypeDetail>0</edXML:TypeDetail>
-          <edXML:TypeName>Công văn</edXML:TypeName>
-        </edXML:DocumentType>
-        <edXML:Subject>V/v kết nối, liên thông phần mềm quản lý văn bản</edXML:Subject>
-        <edXML:Content>V/v kết nối, liên thông phần mềm quản lý văn bản</edXML:Content>
-        <edXML:SignerInfo>
-          <edXML:Competence>TL. BO TRUONG</edXML:Competence>
-          <edXML:Position>Cuc truong</edXML:Position>
-          <edXML:FullName>Nguyen Thanh Phuc</edXML:FullName>
-        </edXML:SignerInfo>
-        <edXML:DueDate>2018/10/28</edXML:DueDate>
-        <edXML:OtherInfo>
-          <edXML:Priority>0</edXML:Priority>
-          <edXML:PageAmount>2</edXML:PageAmount>
-          <edXML:Direction>false</edXML:Direction>
-        </edXML:OtherInfo>
-        <edXML:SteeringType>1</edXML:SteeringType>
-        <edXML:ToPlaces>
-          <edXML:Place>Cac bo va co quan ngang bo</edXML:Place>
-        </edXML:ToPlaces>
-      </edXML:MessageHeader>
-      <edXML:TraceHeaderList>
-        <edXML:TraceHeader>
-          <edXML:OrganId>000.00.00.G22</edXML:OrganId>
-          <edXML:Timestamp>2018/09/28 16:35:56</edXML:Timestamp>
-        </edXML:TraceHeader>
-        <edXML:Bussiness>
-          <edXML:BussinessDocType>0</edXML:BussinessDocType>
-          <edXML:BussinessDocReason>Văn bản điện tử mới</edXML:BussinessDocReason>
-          <edXML:Paper>0</edXML:Paper>
-        </edXML:Bussiness>
-      </edXML:TraceHeaderList>
-      <Signature>
-        <SignedInfo><Reference URI=""/></SignedInfo>
-        <SignatureValue>GbVb8n9+</SignatureValue>
-      </Signature>
-    </edXML:edXMLHeader>
-    <edXML:edXMLBody>
-      <edXML:edXMLManifest version="1.0">
-        <edXML:Reference>
-          <edXML:ContentId>cid:209</edXML:ContentId>
-          <edXML:ContentType>application/zip</edXML:ContentType>
-          <edXML:AttachmentName>1896_QD-TTg.doc</edXML:AttachmentName>
-        </edXML:Reference>
-      </edXML:edXMLManifest>
-    </edXML:edXMLBody>
-  </edXML:edXMLEnvelope>
-  <AttachmentEncoded>
-    <Attachment>
-      <ContentId>cid:209</ContentId>
-      <AttachmentName>1896_QD-TTg.doc</AttachmentName>
-      <ContentType>application/zip</ContentType>
-      <ContentTransferEncoded>UEsDBBQACAgIAO2TPE0=</ContentTransferEncoded>
-    </Attachment>
-  </AttachmentEncoded>
-</edXML>
-"""
+DOCUMENT = document_package()
 
 # A status package shaped like status_acceptance_03.edxml.
 STATUS = """<?xml version="1.0" encoding="UTF-8"?>

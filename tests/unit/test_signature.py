@@ -14,65 +14,13 @@ from exchange.edxml.names import BODY, DSIG_NS, DSIG_SIGNATURE, EDXML_NS, ENVELO
 from exchange.pki import KeyType
 from exchange.reasons import Reason, Rejection
 from tests.keys import TestPKI
+from tests.packages import SUBJECT, document_package
 
 ATTACHMENT = base64.b64encode(b"PK\x03\x04 a zipped decision, " * 40).decode()
 
-# A document package shaped like the real samples: default namespace on the
-# root, the same namespace again as edXML:, and the samples' placeholder
-# Signature in the edXML namespace.
-PACKAGE = f"""<?xml version="1.0" encoding="UTF-8"?>
-<edXML xmlns="{EDXML_NS}">
-  <edXML:edXMLEnvelope xmlns:edXML="{EDXML_NS}">
-    <edXML:edXMLHeader>
-      <edXML:MessageHeader>
-        <edXML:From>
-          <edXML:OrganId>000.00.00.G22</edXML:OrganId>
-          <edXML:OrganName>Văn phòng Chính phủ</edXML:OrganName>
-        </edXML:From>
-        <edXML:To>
-          <edXML:OrganId>000.00.00.H26</edXML:OrganId>
-          <edXML:OrganName>UBND Thành phố Hà Nội</edXML:OrganName>
-        </edXML:To>
-        <edXML:Code>
-          <edXML:CodeNumber>7816</edXML:CodeNumber>
-          <edXML:CodeNotation>VPCP-TTĐT</edXML:CodeNotation>
-        </edXML:Code>
-        <edXML:Subject>Về việc triển khai liên thông văn bản điện tử</edXML:Subject>
-      </edXML:MessageHeader>
-      <edXML:TraceHeaderList>
-        <edXML:TraceHeader>
-          <edXML:OrganId>000.00.00.G22</edXML:OrganId>
-          <edXML:Timestamp>2018/09/28 10:15:00</edXML:Timestamp>
-        </edXML:TraceHeader>
-      </edXML:TraceHeaderList>
-      <Signature>
-        <SignedInfo/>
-        <SignatureValue>GbVb8n9+qFxz466Ag0sbpVdLPs2R0</SignatureValue>
-        <KeyInfo><X509Data><X509Certificate>MIIFqTCCBJG</X509Certificate></X509Data></KeyInfo>
-      </Signature>
-    </edXML:edXMLHeader>
-    <edXML:edXMLBody>
-      <edXML:edXMLManifest version="1.0">
-        <edXML:Reference>
-          <edXML:ContentId>cid:209</edXML:ContentId>
-          <edXML:ContentType>application/zip</edXML:ContentType>
-          <edXML:AttachmentName>quyet-dinh.doc</edXML:AttachmentName>
-        </edXML:Reference>
-      </edXML:edXMLManifest>
-    </edXML:edXMLBody>
-  </edXML:edXMLEnvelope>
-  <AttachmentEncoded>
-    <Attachment>
-      <ContentId>cid:209</ContentId>
-      <AttachmentName>quyet-dinh.doc</AttachmentName>
-      <ContentType>application/zip</ContentType>
-      <ContentTransferEncoded>{ATTACHMENT}</ContentTransferEncoded>
-    </Attachment>
-  </AttachmentEncoded>
-</edXML>
-""".encode()
+# The unit tests' sample document, with a larger attachment for the digests to cover.
+PACKAGE = document_package(attachment=ATTACHMENT).encode()
 
-SUBJECT = "Về việc triển khai liên thông văn bản điện tử"
 FORGED_SUBJECT = "Về việc chuyển toàn bộ ngân sách"
 
 NS = {"e": EDXML_NS, "ds": DSIG_NS}
