@@ -11,6 +11,10 @@ built on ``tests.broker_fixtures`` and ``tests.db_fixtures``. Fixture:
   the demo); the users and the vhost are deleted after the test, the
   database is dropped by ``database_url``.
 
+The fixture enters :func:`isolated_exchange`, one exchange per test; a
+module whose tests share one exchange (the hostile corpus) enters it from a
+module-scoped fixture of its own, with the settings it needs.
+
 Also helpers the exchange tests share: waiting on the database with a
 deadline, queue depths, reading an agency's queues through its own client,
 and :class:`RecordingClient`, which keeps the exact bytes an agency published.
@@ -221,11 +225,17 @@ async def wait_for(
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-@pytest.fixture
-async def exchange(
-    broker_admin: BrokerAdmin, database_url: str, tmp_path: Path
+@contextlib.asynccontextmanager
+async def isolated_exchange(
+    broker_admin: BrokerAdmin, database_url: str, keys_dir: Path, **overrides: Any
 ) -> AsyncIterator[ExchangeUnderTest]:
-    """A prepared exchange of this test's own: vhost, database, CA; no agencies yet."""
+    """A prepared exchange in a vhost of its own, its CA in ``keys_dir``; no agencies yet.
+
+    It runs on ``database_url`` (migrated; the caller drops it) with the
+    default settings but for ``overrides`` (``max_package_bytes=...``). On
+    leaving, the vhost and the broker users of the agencies registered
+    through it are deleted.
+    """
     token = uuid.uuid4().hex[:8]
     vhost = f"{TEST_VHOST_PREFIX}exchange-{token}"
     await broker_admin.create_vhost(vhost, description="pytest tests.exchange_fixtures")
@@ -233,9 +243,9 @@ async def exchange(
     try:
         await broker_admin.set_permissions(vhost, broker_admin.user, FULL_ACCESS)
         settings = Settings().model_copy(
-            update={"amqp_url": amqp_url_for(vhost), "database_url": database_url}
+            update={"amqp_url": amqp_url_for(vhost), "database_url": database_url, **overrides}
         )
-        local = LocalExchange(settings, tmp_path / "keys")
+        local = LocalExchange(settings, keys_dir)
         under_test = ExchangeUnderTest(local, broker_admin, vhost, user_prefix=f"t{token}")
         await local.prepare()
         yield under_test
@@ -244,3 +254,12 @@ async def exchange(
             for user in under_test.broker_users:
                 await broker_admin.delete_user(user)
         await broker_admin.delete_vhost(vhost)
+
+
+@pytest.fixture
+async def exchange(
+    broker_admin: BrokerAdmin, database_url: str, tmp_path: Path
+) -> AsyncIterator[ExchangeUnderTest]:
+    """A prepared exchange of this test's own: vhost, database, CA; no agencies yet."""
+    async with isolated_exchange(broker_admin, database_url, tmp_path / "keys") as under_test:
+        yield under_test

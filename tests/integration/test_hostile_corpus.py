@@ -24,7 +24,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -33,7 +32,7 @@ import pytest_asyncio
 from aio_pika.abc import AbstractIncomingMessage
 
 from exchange.agency import AgencyCode
-from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
+from exchange.broker.admin import BrokerAdmin
 from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect
 from exchange.broker.headers import MESSAGE as HEADER_MESSAGE
 from exchange.broker.topology import (
@@ -44,14 +43,11 @@ from exchange.broker.topology import (
     inbox_queue,
     status_queue,
 )
-from exchange.demo import LocalExchange
 from exchange.reasons import Reason
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
 from exchange.registry import url_for_user
-from exchange.settings import Settings
 from exchange.worker import broker_user_of
-from tests.broker_fixtures import TEST_VHOST_PREFIX, amqp_url_for
-from tests.exchange_fixtures import ExchangeUnderTest, wait_for
+from tests.exchange_fixtures import ExchangeUnderTest, isolated_exchange, wait_for
 from tests.hostile.corpus import (
     AGENCIES,
     CASES,
@@ -197,17 +193,6 @@ async def work_queue_empty(exchange: ExchangeUnderTest) -> tuple[bool, str]:
     return waiting == 0, f"{waiting} messages still waiting in {WORK_QUEUE}"
 
 
-async def depth(amqp_url: str, queue: str) -> int:
-    """Messages ready in ``queue``."""
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-    finally:
-        await connection.close()
-
-
 class Publishers:
     """One confirming publisher per broker user, publishing as that agency would."""
 
@@ -288,35 +273,6 @@ async def observe(exchange: ExchangeUnderTest, outcomes: list[Outcome]) -> tuple
     return stray, undecided
 
 
-@contextlib.asynccontextmanager
-async def isolated_exchange(
-    broker_admin: BrokerAdmin, database_url: str, keys_dir: Path
-) -> AsyncIterator[ExchangeUnderTest]:
-    """A prepared exchange in its own vhost, as ``tests.exchange_fixtures.exchange`` makes it."""
-    token = uuid.uuid4().hex[:8]
-    vhost = f"{TEST_VHOST_PREFIX}hostile-{token}"
-    await broker_admin.create_vhost(vhost, description="pytest test_hostile_corpus")
-    under_test: ExchangeUnderTest | None = None
-    try:
-        await broker_admin.set_permissions(vhost, broker_admin.user, FULL_ACCESS)
-        settings = Settings().model_copy(
-            update={
-                "amqp_url": amqp_url_for(vhost),
-                "database_url": database_url,
-                "max_package_bytes": MAX_PACKAGE_BYTES,
-            }
-        )
-        local = LocalExchange(settings, keys_dir)
-        under_test = ExchangeUnderTest(local, broker_admin, vhost, user_prefix=f"t{token}")
-        await local.prepare()
-        yield under_test
-    finally:
-        if under_test is not None:
-            for user in under_test.broker_users:
-                await broker_admin.delete_user(user)
-        await broker_admin.delete_vhost(vhost)
-
-
 async def rogue_url(exchange: ExchangeUnderTest) -> str:
     """A broker user with an agency's permissions that the directory does not know."""
     user = exchange.broker_user_for(ROGUE)
@@ -365,13 +321,10 @@ async def run_corpus(exchange: ExchangeUnderTest) -> CorpusRun:
         "SELECT m.amqp_message_id, s.outcome FROM messages m"
         " LEFT JOIN message_state s ON s.message_pk = m.id"
     )
-    url = exchange.settings.amqp_url
     leftover = {
-        WORK_QUEUE: await depth(url, WORK_QUEUE),
-        PARKED_QUEUE: await depth(url, PARKED_QUEUE),
+        queue: await exchange.queue_depth(queue)
+        for queue in (WORK_QUEUE, PARKED_QUEUE, *(tier.queue for tier in RETRY_TIERS))
     }
-    for tier in RETRY_TIERS:
-        leftover[tier.queue] = await depth(url, tier.queue)
     return CorpusRun(
         setup=setup,
         hostile={o.publication.label: o for o in sent_hostile},
@@ -390,7 +343,9 @@ async def corpus_run(
 ) -> AsyncIterator[CorpusRun]:
     """The whole corpus, run once for the module."""
     keys_dir = tmp_path_factory.mktemp("hostile-keys")
-    async with isolated_exchange(broker_admin, module_database_url, keys_dir) as exchange:
+    async with isolated_exchange(
+        broker_admin, module_database_url, keys_dir, max_package_bytes=MAX_PACKAGE_BYTES
+    ) as exchange:
         yield await run_corpus(exchange)
 
 
