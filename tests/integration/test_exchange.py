@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -134,6 +135,16 @@ HANOI = "000.00.00.H26"
 UNREGISTERED = "000.00.00.G17"  # a well-formed code nobody registered
 
 
+@dataclass(frozen=True)
+class Sent:
+    """One message as its publisher sent it."""
+
+    publisher: LocalAgency
+    message_id: str
+    body: bytes
+    routing_key: str
+
+
 async def expect_rejection(
     exchange: ExchangeUnderTest,
     publisher: LocalAgency,
@@ -147,53 +158,45 @@ async def expect_rejection(
     """Publish ``body`` as ``publisher`` and prove it is refused (see :func:`assert_rejected`)."""
     async with publisher.client() as client:
         (message_id,) = await client.submit(body, [routing_key])
+    sent = Sent(publisher, message_id, body, routing_key)
     return await assert_rejected(
-        exchange,
-        publisher,
-        message_id,
-        body,
-        routing_key,
-        reason,
-        settled_before=settled_before,
-        problem=problem,
+        exchange, sent, reason, settled_before=settled_before, problem=problem
     )
 
 
 async def assert_rejected(
     exchange: ExchangeUnderTest,
-    publisher: LocalAgency,
-    message_id: str,
-    body: bytes,
-    routing_key: str,
+    sent: Sent,
     reason: Reason,
     *,
     settled_before: int = 0,
     problem: str = "",
 ) -> Receipt:
-    """Prove the message ``message_id`` was refused for ``reason`` and went nowhere.
+    """Prove the message ``sent`` was refused for ``reason`` and went nowhere.
 
     The publisher's status queue must hold exactly one receipt saying so
-    (in Vietnamese for the clerk, naming the problem), the record must say
+    (in Vietnamese for the clerk, naming the ``problem``), the record must say
     rejected with no delivery and no history, and no inbox may hold anything:
-    callers read the inboxes empty before.
+    callers read the inboxes empty before. ``settled_before`` counts the
+    messages the test sent before this one.
     """
     await exchange.wait_settled(settled_before + 1)
 
-    news = await exchange.statuses_of(publisher)
+    news = await exchange.statuses_of(sent.publisher)
     assert len(news) == 1 and news[0].is_receipt, [item.body for item in news]
     receipt = news[0].receipt
     assert receipt.outcome is TransportOutcome.REJECTED
     assert receipt.reason_code == reason.code, receipt.reason_en
     assert receipt.reason is not None and receipt.reason.startswith(reason.vietnamese.rstrip("."))
     assert problem in receipt.reason, receipt.reason
-    assert receipt.message_id == message_id
-    assert receipt.recipient == routing_key
-    assert receipt.sha256 == hashlib.sha256(body).hexdigest()
+    assert receipt.message_id == sent.message_id
+    assert receipt.recipient == sent.routing_key
+    assert receipt.sha256 == hashlib.sha256(sent.body).hexdigest()
 
     (record,) = await exchange.fetch(
         "SELECT m.id, s.outcome, s.reason_code FROM messages m"
         " JOIN message_state s ON s.message_pk = m.id WHERE m.amqp_message_id = $1",
-        message_id,
+        sent.message_id,
     )
     assert (record["outcome"], record["reason_code"]) == ("rejected", reason.code)
     assert (
@@ -385,10 +388,7 @@ async def test_status_for_a_document_never_delivered_to_the_reporter_is_rejected
             ((status, _),) = client.published
         await assert_rejected(
             exchange,
-            outsider,
-            message_id,
-            status,
-            GOVERNMENT_OFFICE,
+            Sent(outsider, message_id, status, GOVERNMENT_OFFICE),
             Reason.UNKNOWN_DOCUMENT,
             settled_before=1,
             problem=document_id_of(document),
@@ -421,10 +421,7 @@ async def test_status_that_cannot_follow_the_current_one_is_rejected(
             (_, (status, _)) = client.published
         await assert_rejected(
             exchange,
-            recipient,
-            message_id,
-            status,
-            GOVERNMENT_OFFICE,
+            Sent(recipient, message_id, status, GOVERNMENT_OFFICE),
             Reason.ILLEGAL_TRANSITION,
             settled_before=2,
             problem="06",
