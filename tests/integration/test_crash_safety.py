@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,69 @@ async def test_workers_killed_at_every_step_lose_nothing_and_repeat_nothing(
     print(figures.line())
 
 
+# -- a run through an outage (2 and 3) ------------------------------------------------
+
+RUN_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A service taken down in the middle of a run, and brought back."""
+
+    name: str
+    # Starts the service again after the run, whatever happened.
+    kept_running: Callable[[], AbstractAsyncContextManager[None]]
+    stop: Callable[[], Awaitable[None]]
+    start: Callable[[], Awaitable[None]]
+    seconds: float
+
+
+@dataclass
+class OutageRun:
+    """What a run through an outage leaves for its test to check and report."""
+
+    figures: Figures
+    workers: Supervisor
+    traffic: Traffic
+
+
+async def run_through_outage(
+    exchange: ExchangeUnderTest, outage: Outage, documents: int, log_dir: Path
+) -> OutageRun:
+    """Send ``documents`` and their statuses, with ``outage`` a quarter of the way in.
+
+    Then the run must reconcile, with the same worker processes it started
+    (they reconnected by themselves, none died or needed restarting),
+    nothing parked, the audit clean and the parked queue empty.
+    """
+    workload = await signed_workload(exchange, documents)
+    expected = len(workload.document_submissions()) + len(workload.statuses)
+    figures = Figures(outage.name)
+    started = time.monotonic()
+    async with (
+        outage.kept_running(),
+        Supervisor(worker_env(exchange.settings), workers=WORKERS, log_dir=log_dir) as workers,
+    ):
+        async with Traffic(workload) as traffic:
+            sending = asyncio.create_task(traffic.send_documents())
+            await settled_at_least(exchange, expected // 4)
+            await outage.stop()
+            # The outage itself: its length is the scenario, not a wait for a result.
+            await asyncio.sleep(outage.seconds)
+            await outage.start()
+            await sending
+            await wait_run_complete(exchange, workload, traffic, timeout=RUN_TIMEOUT_S)
+            await inboxes_drained(exchange, workload)
+        figures.seconds = time.monotonic() - started
+        decided = await reconcile(exchange, workload, traffic, workers, figures, consumers=WORKERS)
+        assert len(workers.runs) == WORKERS, [run.describe() for run in workers.runs]
+        assert decided.counts["parked"] == 0
+    if await run_audit(worker_env(exchange.settings)) is not None:
+        figures.audit = "lienthong audit clean"
+    await check_parked_queue(exchange, decided)
+    return OutageRun(figures, workers, traffic)
+
+
 # -- 2. RabbitMQ restarted during a run -------------------------------------------
 
 # ~900 messages: 150 documents to 3 recipients (3 tampered) and their statuses.
@@ -103,7 +169,6 @@ BROKER_RUN_DOCUMENTS = 150
 # How long the broker stays down: several reconnection attempts of the
 # workers and clients (every 2 s).
 BROKER_OUTAGE_S = 5.0
-RUN_TIMEOUT_S = 240.0
 
 
 # Passed 3 of 5 runs on 2026-11-25: the exchange always ends settled (every
@@ -118,37 +183,13 @@ async def test_broker_restarted_during_a_run_loses_nothing_and_workers_reconnect
     exchange: ExchangeUnderTest, tmp_path: Path
 ) -> None:
     require("rabbitmqctl")
-    workload = await signed_workload(exchange, BROKER_RUN_DOCUMENTS)
-    expected = len(workload.document_submissions()) + len(workload.statuses)
-    figures = Figures("RabbitMQ restart")
-    started = time.monotonic()
-    async with (
-        broker_kept_running(),
-        Supervisor(
-            worker_env(exchange.settings), workers=WORKERS, log_dir=tmp_path / "logs"
-        ) as workers,
-    ):
-        async with Traffic(workload) as traffic:
-            sending = asyncio.create_task(traffic.send_documents())
-            await settled_at_least(exchange, expected // 4)
-            await stop_broker()
-            # The outage itself: its length is the scenario, not a wait for a result.
-            await asyncio.sleep(BROKER_OUTAGE_S)
-            await start_broker()
-            await sending
-            await wait_run_complete(exchange, workload, traffic, timeout=RUN_TIMEOUT_S)
-            await inboxes_drained(exchange, workload)
-        figures.seconds = time.monotonic() - started
-        # The same worker processes consume again: they reconnected by
-        # themselves, none died or needed restarting.
-        decided = await reconcile(exchange, workload, traffic, workers, figures, consumers=WORKERS)
-        assert len(workers.runs) == WORKERS, [run.describe() for run in workers.runs]
-        assert decided.counts["parked"] == 0
-    if await run_audit(worker_env(exchange.settings)) is not None:
-        figures.audit = "lienthong audit clean"
-    await check_parked_queue(exchange, decided)
-    figures.notes = f"broker down {BROKER_OUTAGE_S:.0f} s; {len(traffic.app_errors)} app reconnects"
-    print(figures.line())
+    outage = Outage(
+        "RabbitMQ restart", broker_kept_running, stop_broker, start_broker, BROKER_OUTAGE_S
+    )
+    run = await run_through_outage(exchange, outage, BROKER_RUN_DOCUMENTS, tmp_path / "logs")
+    reconnects = len(run.traffic.app_errors)
+    run.figures.notes = f"broker down {BROKER_OUTAGE_S:.0f} s; {reconnects} app reconnects"
+    print(run.figures.line())
 
 
 # -- 3. PostgreSQL stopped for 30 s during a run -----------------------------------
@@ -164,38 +205,19 @@ async def test_database_stopped_for_30_s_messages_retry_and_end_delivered(
     exchange: ExchangeUnderTest, tmp_path: Path
 ) -> None:
     require("pg_ctlcluster", "pg_isready")
-    workload = await signed_workload(exchange, DATABASE_RUN_DOCUMENTS)
-    expected = len(workload.document_submissions()) + len(workload.statuses)
-    figures = Figures("PostgreSQL stopped 30 s")
-    started = time.monotonic()
-    async with (
-        database_kept_running(),
-        Supervisor(
-            worker_env(exchange.settings), workers=WORKERS, log_dir=tmp_path / "logs"
-        ) as workers,
-    ):
-        async with Traffic(workload) as traffic:
-            sending = asyncio.create_task(traffic.send_documents())
-            await settled_at_least(exchange, expected // 4)
-            await stop_database()
-            # The outage itself: its length is the scenario.
-            await asyncio.sleep(DATABASE_OUTAGE_S)
-            await start_database()
-            await sending
-            await wait_run_complete(exchange, workload, traffic, timeout=RUN_TIMEOUT_S)
-            await inboxes_drained(exchange, workload)
-        figures.seconds = time.monotonic() - started
-        decided = await reconcile(exchange, workload, traffic, workers, figures, consumers=WORKERS)
-        assert len(workers.runs) == WORKERS, [run.describe() for run in workers.runs]
-        # Nothing was parked: messages went through the retry tiers (a 30 s
-        # outage outlasts the 1 s and 10 s waits, so some waited a minute)
-        # and came back to be delivered.
-        assert decided.counts["parked"] == 0
-        retries = workers.retries()
-        assert {"1s", "10s", "1m"} <= set(retries), retries
-        assert "10m" not in retries, retries
-    if await run_audit(worker_env(exchange.settings)) is not None:
-        figures.audit = "lienthong audit clean"
-    await check_parked_queue(exchange, decided)
-    figures.notes = f"database down {DATABASE_OUTAGE_S:.0f} s"
-    print(figures.line())
+    outage = Outage(
+        "PostgreSQL stopped 30 s",
+        database_kept_running,
+        stop_database,
+        start_database,
+        DATABASE_OUTAGE_S,
+    )
+    run = await run_through_outage(exchange, outage, DATABASE_RUN_DOCUMENTS, tmp_path / "logs")
+    # Nothing was parked (the run checked): messages went through the retry
+    # tiers (a 30 s outage outlasts the 1 s and 10 s waits, so some waited a
+    # minute) and came back to be delivered.
+    retries = run.workers.retries()
+    assert {"1s", "10s", "1m"} <= set(retries), retries
+    assert "10m" not in retries, retries
+    run.figures.notes = f"database down {DATABASE_OUTAGE_S:.0f} s"
+    print(run.figures.line())
