@@ -410,7 +410,8 @@ class ChainProblem:
     """A place where a chain shows that its history was changed."""
 
     chain: str
-    code: str  # ROW_CHANGED, ROWS_MISSING, TAIL_MISSING, HEAD_MISMATCH, PAST_HEAD, NO_HEAD
+    # ROW_CHANGED, ROWS_MISSING, TAIL_MISSING, HEAD_MISMATCH, PAST_HEAD, NO_HEAD, UNCHAINED
+    code: str
     chain_seq: int
     row_id: int | None
     sentence: str
@@ -513,9 +514,21 @@ class ChainWalk:
     def feed(self, link: ChainLink) -> None:
         """Check the next row of the chain."""
         self.rows += 1
+        if link.seq is None or link.hash is None:
+            # Sorted last: every chained row came before it.
+            self._problem(
+                "UNCHAINED",
+                self.last_seq + 1,
+                link.row_id,
+                f"{self.chain} row id {link.row_id} has no chain position: it was inserted "
+                "with the triggers bypassed, behind the exchange's back",
+            )
+            return
         expected_seq = self.last_seq + 1
         if link.seq != expected_seq:
-            self._problem("ROWS_MISSING", expected_seq, None, self._gap(expected_seq, link))
+            self._problem(
+                "ROWS_MISSING", expected_seq, None, self._gap(expected_seq, link.seq, link.row_id)
+            )
         elif chain_hash(self.last_hash, link.content) != link.hash:
             before = (
                 f" or the row before it (position {self.last_seq}, row id {self.last_id}) "
@@ -532,22 +545,22 @@ class ChainWalk:
             )
         self.last_seq, self.last_hash, self.last_id = link.seq, link.hash, link.row_id
 
-    def _gap(self, expected_seq: int, link: ChainLink) -> str:
-        count = link.seq - expected_seq
+    def _gap(self, expected_seq: int, seq: int, row_id: int) -> str:
+        count = seq - expected_seq
         positions = (
             f"position {expected_seq} is"
             if count == 1
-            else f"positions {expected_seq} to {link.seq - 1} are"
+            else f"positions {expected_seq} to {seq - 1} are"
         )
         after = f"row id {self.last_id}" if self.last_id is not None else "the start"
         guess = (
             f" (row id {self.last_id + 1})"
-            if count == 1 and self.last_id is not None and link.row_id == self.last_id + 2
+            if count == 1 and self.last_id is not None and row_id == self.last_id + 2
             else ""
         )
         return (
             f"{self.chain} chain {positions} missing: {count} row(s) deleted{guess} "
-            f"between {after} and row id {link.row_id}"
+            f"between {after} and row id {row_id}"
         )
 
     def finish(self, head: ChainHead | None) -> ChainStatus:

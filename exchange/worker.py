@@ -351,8 +351,9 @@ T = TypeVar("T")
 
 # Most messages one database transaction records (see GroupCommit).
 GROUP_COMMIT_MAX = 64
-# A message's writes waiting for the next group, and where its result goes.
-_Pending = tuple[Callable[[Connection], Awaitable[Any]], asyncio.Future[Any]]
+# A message's writes waiting for the next group, the key that orders them in
+# the group, and where its result goes.
+_Pending = tuple[Callable[[Connection], Awaitable[Any]], str, asyncio.Future[Any]]
 
 
 class GroupCommit:
@@ -370,6 +371,13 @@ class GroupCommit:
     learns the outcome of its writes before the commit, so a message is
     still published only once its decision is durable, and acked only once
     published. A lone message is written at once: no waiting for company.
+
+    The chains are extended when a transaction commits (migration 0006), so
+    the groups of several workers are written at the same time and only
+    their commits queue up. Two groups that touch the same rows (the copies
+    of one document sent to several recipients land in different workers)
+    take their row locks in the order of ``order`` (the document), so that
+    one waits for the other instead of both waiting for each other.
     """
 
     def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX) -> None:
@@ -379,10 +387,13 @@ class GroupCommit:
         self._waiting: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def run(self, writes: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``writes`` in the next group's transaction; return its result once committed."""
+    async def run(self, writes: Callable[[Connection], Awaitable[T]], order: str = "") -> T:
+        """Run ``writes`` in the next group's transaction; return its result once committed.
+
+        Within a group, writes run in the order of ``order``, then of arrival.
+        """
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append((writes, done))
+        self._waiting.append((writes, order, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await done
@@ -390,12 +401,13 @@ class GroupCommit:
     async def _flush(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
+            group.sort(key=lambda pending: pending[1])
             try:
                 await self._commit(group)
             except BaseException as error:
                 # The commit (or the connection) failed: nothing of the group
                 # is durable, every message in it failed.
-                for _, done in group:
+                for _, _, done in group:
                     if not done.done():
                         done.set_exception(error)
                 if isinstance(error, asyncio.CancelledError):
@@ -406,25 +418,25 @@ class GroupCommit:
             results = await self._together(group)
         except Exception as error:
             if len(group) == 1:
-                _settle(group[0][1], error=error)
+                _settle(group[0][2], error=error)
                 return
             # One message's writes failed and took the others' with them:
             # again, each in a savepoint of its own, so that only it fails.
             await self._separately(group)
             return
-        for (_, done), result in zip(group, results, strict=True):
+        for (_, _, done), result in zip(group, results, strict=True):
             _settle(done, result=result)
 
     async def _together(self, group: list[_Pending]) -> list[Any]:
         """Every message's writes in one transaction, no savepoints: the usual case."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return [await writes(conn) for writes, _ in group]
+            return [await writes(conn) for writes, _, _ in group]
 
     async def _separately(self, group: list[_Pending]) -> None:
         """One transaction, each message's writes in a savepoint: a failure stays its own."""
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            for writes, done in group:
+            for writes, _, done in group:
                 try:
                     async with conn.transaction():
                         outcomes.append((done, await writes(conn), None))
@@ -432,6 +444,15 @@ class GroupCommit:
                     outcomes.append((done, None, error))
         for done, result, failure in outcomes:
             _settle(done, result=result, error=failure)
+
+
+def _lock_order(inspected: Inspected | Rejection) -> str:
+    """The key of the rows a message's writes lock: its document (see GroupCommit)."""
+    if isinstance(inspected, Rejection):
+        return ""
+    if inspected.ref is not None:  # a status locks the delivery of the document it reports on
+        return f"{inspected.ref.sender}\x00{inspected.ref.document_id}"
+    return f"{inspected.sender}\x00{inspected.document_id}"
 
 
 def _settle(
@@ -475,6 +496,9 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
         self._group_commit = GroupCommit(pool)
+        # The outbox flags of messages published at about the same time, set
+        # in one transaction (one WAL flush) rather than one each.
+        self._mark_published = GroupCommit(pool)
         self.processed = 0
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
@@ -799,14 +823,13 @@ class Worker:
 
         started = time.perf_counter()
         # Returns once the transaction holding these writes committed.
-        record = await self._group_commit.run(writes)
+        record = await self._group_commit.run(writes, order=_lock_order(inspected))
         metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
         self.faults.maybe_kill("after_commit")
         if not record.published:
             started = time.perf_counter()
             await self._publish(effects_of(record, body, routing_key))
-            async with self.pool.acquire() as conn:
-                await queries.mark_published(conn, record.pk)
+            await self._set_outbox_flag(record.pk)
             metrics.STAGE_SECONDS.labels(metrics.STAGE_PUBLISH).observe(
                 time.perf_counter() - started
             )
@@ -830,6 +853,12 @@ class Worker:
         )
         return record
 
+    async def _set_outbox_flag(self, message_pk: int) -> None:
+        """Record that a message's effects are published (with others published meanwhile)."""
+        await self._mark_published.run(
+            lambda conn: queries.mark_published(conn, message_pk), order=f"{message_pk:020d}"
+        )
+
     async def _decide(
         self,
         conn: Connection,
@@ -845,15 +874,14 @@ class Worker:
             if isinstance(inspected, Rejection):
                 raise inspected
             kind, document_id = inspected.kind, inspected.document_id
-            # A savepoint: a refusal found half-way (an unregistered recipient
-            # after the document row was written) must leave nothing behind,
-            # or a corrected re-send would collide with a document never sent.
-            async with conn.transaction():
-                if isinstance(inspected.package, DocumentPackage):
-                    return await self._accept_document(
-                        conn, record, envelope, inspected, recipient_registered
-                    )
-                return await self._accept_status(conn, record, inspected)
+            # No savepoint: both paths refuse before their first write (or,
+            # for a document whose id is taken, after an upsert that wrote
+            # nothing), so a refusal leaves nothing behind.
+            if isinstance(inspected.package, DocumentPackage):
+                return await self._accept_document(
+                    conn, record, envelope, inspected, recipient_registered
+                )
+            return await self._accept_status(conn, record, inspected)
         except Rejection as rejection:
             return await queries.set_outcome(
                 conn,
@@ -876,6 +904,11 @@ class Worker:
     ) -> Message:
         package = inspected.package
         assert isinstance(package, DocumentPackage)
+        # Everything refusable before the first write: a document row written
+        # for a recipient then refused would collide with a corrected re-send.
+        decide_document(
+            inspected, recipient_registered=registered, existing_sha256=None, sha256=envelope.sha256
+        )
         stored = await queries.upsert_document(
             conn,
             sender=inspected.sender,
@@ -890,6 +923,7 @@ class Worker:
             doc_type=package.business_doc_type,
             priority=package.other_info.priority if package.other_info else None,
         )
+        # The upsert wrote nothing when the id was taken by other bytes.
         decide_document(
             inspected,
             recipient_registered=registered,

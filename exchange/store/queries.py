@@ -305,8 +305,10 @@ async def set_outcome(
     outcome (a parked message replayed and now delivered) has new side
     effects to publish, so it clears the outbox flag.
     """
+    # One round trip: the update returns the state as _MESSAGE_SELECT reads it.
     row = await conn.fetchrow(
         """
+        WITH s AS (
         UPDATE message_state SET
             outcome = $2,
             reason_code = $3,
@@ -319,7 +321,13 @@ async def set_outcome(
             published_at = CASE WHEN outcome IS DISTINCT FROM $2 THEN NULL ELSE published_at END,
             updated_at = now()
         WHERE message_pk = $1
-        RETURNING message_pk
+        RETURNING message_pk, kind, sender, outcome, reason_code, reason_detail,
+                  document_pk, document_id, attempts, published_at, updated_at
+        )
+        SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+        FROM s JOIN messages m ON m.id = s.message_pk
         """,
         message_pk,
         outcome.value,
@@ -333,9 +341,7 @@ async def set_outcome(
     )
     if row is None:
         raise LookupError(f"no message {message_pk} to set the outcome of")
-    message = await get_message(conn, message_pk)
-    assert message is not None  # just updated, in this transaction
-    return message
+    return Message.from_row(row)
 
 
 async def mark_published(conn: Connection, message_pk: int) -> bool:

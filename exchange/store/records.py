@@ -418,7 +418,7 @@ class ChainLink:
     """One row of a chain: its id, position, stored hash and canonical content."""
 
     row_id: int
-    seq: int
-    hash: str
+    seq: int | None  # None: never chained (inserted with the triggers bypassed)
+    hash: str | None
     # chain_content(row) as the database encodes the row now.
     content: bytes

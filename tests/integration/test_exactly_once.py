@@ -31,8 +31,6 @@ from exchange.client import InboxItem, StatusItem
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage
 from exchange.status import MessageKind, StatusCode
-from exchange.store import queries
-from exchange.store.db import Connection
 from exchange.worker import Worker
 from tests.exchange_fixtures import ExchangeUnderTest, recording_client, wait_for
 
@@ -50,9 +48,9 @@ RETRY_QUEUE = "lienthong.retry.1s"  # where a failed attempt waits before coming
 class Instrumented:
     """Counts the messages the workers finished, and breaks the first outbox mark of each.
 
-    The first ``mark_published`` of every message raises a connection
-    error, after the worker published its effects: the input goes to the
-    retry queue, comes back, and is processed again.
+    The first outbox mark (``Worker._set_outbox_flag``) of every message
+    raises a connection error, after the worker published its effects: the
+    input goes to the retry queue, comes back, and is processed again.
     """
 
     breaking: bool = False
@@ -63,7 +61,7 @@ class Instrumented:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Wrap the worker's message handler and the outbox mark for this test."""
         original_handle = Worker.handle
-        original_mark = queries.mark_published
+        original_mark = Worker._set_outbox_flag
 
         async def handle(worker: Worker, message: AbstractIncomingMessage) -> None:
             try:
@@ -71,15 +69,15 @@ class Instrumented:
             finally:
                 self.handled += 1
 
-        async def mark_published(conn: Connection, message_pk: int) -> bool:
+        async def set_outbox_flag(worker: Worker, message_pk: int) -> None:
             if self.breaking and message_pk not in self._broken:
                 self._broken.add(message_pk)
                 self.injected += 1
                 raise ConnectionResetError("connection lost before the outbox flag was set")
-            return await original_mark(conn, message_pk)
+            await original_mark(worker, message_pk)
 
         monkeypatch.setattr(Worker, "handle", handle)
-        monkeypatch.setattr(queries, "mark_published", mark_published)
+        monkeypatch.setattr(Worker, "_set_outbox_flag", set_outbox_flag)
 
     async def wait_handled(self, exchange: ExchangeUnderTest, published: int) -> None:
         """Wait until every copy published and every retry of a broken mark was handled."""

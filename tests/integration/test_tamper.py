@@ -35,6 +35,7 @@ from exchange.edxml.model import VIETNAM_TIME
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
+from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
 from exchange.store.records import ChainHead, ChainLink
 from tests.exchange_fixtures import ExchangeUnderTest
@@ -333,6 +334,77 @@ async def test_concurrent_writers_extend_each_chain_without_forks_or_deadlocks(
     assert [(c.chain, c.rows, c.head_seq) for c in report.chains] == [
         (chain, writers * 10, writers * 10) for chain in ("messages", "documents", "events")
     ]
+
+
+async def _record(conn: Connection, text: str) -> int:
+    body = text.encode()
+    message, _ = await queries.record_message(
+        conn,
+        dedup_key=queries.dedup_key(str(RECIPIENT), body),
+        amqp_message_id=None,
+        routing_key=str(RECIPIENT),
+        broker_user=None,
+        body=body,
+        sha256=hashlib.sha256(body).hexdigest(),
+    )
+    return message.pk
+
+
+@pytest.mark.services
+async def test_rows_are_chained_when_their_transaction_commits_in_commit_order(
+    db_pool: asyncpg.Pool[asyncpg.Record], settings: Settings
+) -> None:
+    """Migration 0006: writers do not wait for each other until they commit."""
+    async with db_pool.acquire() as first, db_pool.acquire() as second:
+        early = first.transaction()
+        await early.start()
+        early_pk = await _record(first, "inserted first, committed last")
+        # Unchained until the commit: the row has no position yet, and the
+        # lock is not held, so another writer inserts and commits meanwhile.
+        unchained = "SELECT chain_seq IS NULL FROM messages WHERE id = $1"
+        assert await first.fetchval(unchained, early_pk)
+        async with second.transaction():
+            late_pk = await asyncio.wait_for(_record(second, "inserted last, committed first"), 5)
+        await early.commit()
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, chain_seq FROM messages ORDER BY chain_seq")
+    assert [(row["id"], row["chain_seq"]) for row in rows] == [(late_pk, 1), (early_pk, 2)]
+    report = await verify_chains(settings)
+    assert report.ok, list(report.lines())
+
+
+@pytest.mark.services
+async def test_a_position_cannot_be_set_by_the_inserter(
+    db: asyncpg.Connection[asyncpg.Record], filled: Filled
+) -> None:
+    async with db.transaction():
+        pk = await _record(db, "wants position 1")
+        with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+            await db.execute(
+                "UPDATE messages SET chain_seq = 1, chain_hash = repeat('0', 64) WHERE id = $1", pk
+            )
+    other = await _record(db, "an event's message")
+    await db.execute(
+        "INSERT INTO events (delivery_pk, message_pk, kind, code, at, chain_seq, chain_hash) "
+        "SELECT delivery_pk, $1, kind, code, at, 1, repeat('0', 64) FROM events LIMIT 1",
+        other,
+    )
+    seqs = await db.fetch("SELECT chain_seq FROM events ORDER BY chain_seq")
+    assert [row["chain_seq"] for row in seqs] == list(range(1, len(filled.events) + 2))
+
+
+@pytest.mark.services
+async def test_a_row_inserted_with_the_triggers_bypassed_is_named_unchained(
+    db: asyncpg.Connection[asyncpg.Record], filled: Filled, settings: Settings
+) -> None:
+    await db.execute("SET session_replication_role = replica")
+    try:
+        pk = await _record(db, "behind the exchange's back")
+    finally:
+        await db.execute("SET session_replication_role = DEFAULT")
+    report = await verify_chains(settings)
+    assert _problems(report) == [("messages", "UNCHAINED", len(filled.messages) + 1, pk)]
+    assert "has no chain position" in report.problems[0].sentence
 
 
 @pytest.mark.services
