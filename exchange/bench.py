@@ -1165,9 +1165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("mode", choices=["passthrough"])
     parser.add_argument("--prefetch", type=int, default=32)
     args = parser.parse_args(argv)
+    from exchange import aio
     from exchange.settings import Settings
 
-    asyncio.run(passthrough(Settings().amqp_url, args.prefetch))
+    aio.run(passthrough(Settings().amqp_url, args.prefetch))
     return 0
 
 

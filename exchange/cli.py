@@ -8,7 +8,6 @@ trace, and set a non-zero exit status.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exchange import aio
 from exchange.reasons import Rejection
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
     from aiormq.exceptions import AMQPConnectionError
 
     try:
-        return asyncio.run(coroutine)
+        return aio.run(coroutine)
     except (OSError, AMQPConnectionError) as error:
         raise CommandError(
             f"cannot reach RabbitMQ or PostgreSQL ({error}); are they running? "
