@@ -66,7 +66,7 @@ from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection, Pool, create_pool
 from exchange.store.migrate import migrate
-from exchange.store.records import Message
+from exchange.store.records import Message, NewDocument
 
 log = logging.getLogger("lienthong.worker")
 
@@ -909,12 +909,10 @@ class Worker:
         decide_document(
             inspected, recipient_registered=registered, existing_sha256=None, sha256=envelope.sha256
         )
-        stored = await queries.upsert_document(
-            conn,
+        document = NewDocument(
             sender=inspected.sender,
             document_id=inspected.document_id,
             sha256=envelope.sha256,
-            first_message_pk=record.pk,
             code_number=package.code.code_number,
             code_notation=package.code.code_notation,
             subject=package.subject,
@@ -923,7 +921,31 @@ class Worker:
             doc_type=package.business_doc_type,
             priority=package.other_info.priority if package.other_info else None,
         )
-        # The upsert wrote nothing when the id was taken by other bytes.
+        # The usual case in one round trip; None when a row committed by a
+        # concurrent transaction was out of the statement's sight.
+        delivered = await queries.deliver_document(
+            conn, message_pk=record.pk, recipient=inspected.recipient, document=document
+        )
+        if delivered is not None:
+            stored, accepted = delivered
+            if accepted is not None:
+                return accepted
+        else:
+            stored = await queries.upsert_document(
+                conn,
+                sender=document.sender,
+                document_id=document.document_id,
+                sha256=document.sha256,
+                first_message_pk=record.pk,
+                code_number=document.code_number,
+                code_notation=document.code_notation,
+                subject=document.subject,
+                promulgation_date=document.promulgation_date,
+                due_date=document.due_date,
+                doc_type=document.doc_type,
+                priority=document.priority,
+            )
+        # Nothing was written when the id was taken by other bytes.
         decide_document(
             inspected,
             recipient_registered=registered,

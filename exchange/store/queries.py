@@ -41,6 +41,7 @@ from exchange.store.records import (
     EventKind,
     Message,
     MessageTally,
+    NewDocument,
     RecipientTrace,
     ReplayItemRecord,
     ReplayRecord,
@@ -468,6 +469,129 @@ async def upsert_document(
         assert row is not None  # the conflict proves it exists
     document = Document.from_row(row)
     return StoredDocument(document, created, conflict=document.sha256 != sha256)
+
+
+_MESSAGE_FIELDS = (
+    "id",
+    "dedup_key",
+    "amqp_message_id",
+    "routing_key",
+    "broker_user",
+    "sha256",
+    "received_at",
+)
+_STATE_FIELDS = (
+    "kind",
+    "sender",
+    "outcome",
+    "reason_code",
+    "reason_detail",
+    "document_pk",
+    "document_id",
+    "attempts",
+    "published_at",
+    "updated_at",
+)
+
+
+async def deliver_document(
+    conn: Connection,
+    *,
+    message_pk: int,
+    recipient: AgencyCode,
+    document: NewDocument,
+) -> tuple[StoredDocument, Message | None] | None:
+    """Record a document message's delivery in one round trip: the worker's usual case.
+
+    Does what :func:`upsert_document`, :func:`create_delivery`,
+    :func:`append_event` (the receipt ``delivered``) and :func:`set_outcome`
+    (``delivered``) do one after the other, in one statement. Returns the
+    stored document and the message's new record; the record is ``None``
+    when the document id is taken by other bytes (``conflict``), and then
+    nothing was written. Returns ``None`` when this statement's snapshot
+    could not see a row a concurrent transaction committed while the
+    statement waited for it: the caller then takes the step-by-step path,
+    which reads it (every insert here is idempotent).
+    """
+    doc_columns = _columns(_DOCUMENT_FIELDS, "doc")
+    message = ", ".join(f"m.{name} AS m_{name}" for name in _MESSAGE_FIELDS)
+    state = ", ".join(f"state.{name} AS m_{name}" for name in _STATE_FIELDS)
+    row = await conn.fetchrow(
+        f"""
+        WITH new_doc AS (
+            INSERT INTO documents
+                (sender, document_id, sha256, code_number, code_notation, subject,
+                 promulgation_date, due_date, doc_type, priority, first_message_pk)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (sender, document_id) DO NOTHING
+            RETURNING {_DOCUMENT_COLUMNS}
+        ), doc AS (
+            SELECT true AS created, {_DOCUMENT_COLUMNS} FROM new_doc
+            UNION ALL
+            SELECT false AS created, {_DOCUMENT_COLUMNS} FROM documents
+            WHERE sender = $1 AND document_id = $2 AND NOT EXISTS (SELECT FROM new_doc)
+        ), new_delivery AS (
+            INSERT INTO deliveries (document_pk, recipient, message_pk)
+            SELECT id, $12, $11 FROM doc WHERE sha256 = $3
+            ON CONFLICT (document_pk, recipient) DO NOTHING
+            RETURNING id
+        ), delivery AS (
+            SELECT id FROM new_delivery
+            UNION ALL
+            SELECT d.id FROM deliveries d JOIN doc ON doc.id = d.document_pk
+            WHERE doc.sha256 = $3 AND d.recipient = $12 AND NOT EXISTS (SELECT FROM new_delivery)
+        ), receipt AS (
+            INSERT INTO events (delivery_pk, message_pk, kind, code, at)
+            SELECT id, $11, $13, $14, now() FROM delivery
+            ON CONFLICT (message_pk, delivery_pk, kind) DO NOTHING
+        ), state AS (
+            UPDATE message_state s SET
+                outcome = $14,
+                reason_code = NULL,
+                reason_detail = NULL,
+                kind = $15,
+                sender = $1,
+                document_pk = doc.id,
+                document_id = $2,
+                published_at = CASE WHEN s.outcome IS DISTINCT FROM $14 THEN NULL
+                                    ELSE s.published_at END,
+                updated_at = now()
+            FROM doc
+            WHERE s.message_pk = $11 AND EXISTS (SELECT FROM delivery)
+            RETURNING s.message_pk, {_columns(_STATE_FIELDS, "s")}
+        )
+        SELECT doc.created, {doc_columns}, {message}, {state}
+        FROM doc
+        LEFT JOIN state ON true
+        LEFT JOIN messages m ON m.id = state.message_pk
+        """,  # noqa: S608 (constant column lists, no input)
+        str(document.sender),
+        document.document_id,
+        document.sha256,
+        document.code_number,
+        document.code_notation,
+        document.subject,
+        document.promulgation_date,
+        document.due_date,
+        document.doc_type.value,
+        None if document.priority is None else document.priority.value,
+        message_pk,
+        str(recipient),
+        EventKind.RECEIPT.value,
+        TransportOutcome.DELIVERED.value,
+        MessageKind.DOCUMENT.value,
+    )
+    if row is None:
+        return None  # the document is invisible to this statement
+    stored = Document.from_row({name: row[name] for name in _DOCUMENT_FIELDS})
+    conflict = stored.sha256 != document.sha256
+    found = StoredDocument(stored, bool(row["created"]), conflict=conflict)
+    if conflict:
+        return found, None
+    if row["m_id"] is None:
+        return None  # the delivery is invisible to this statement
+    fields = _MESSAGE_FIELDS + _STATE_FIELDS
+    return found, Message.from_row({name: row[f"m_{name}"] for name in fields})
 
 
 async def get_document(conn: Connection, sender: AgencyCode, document_id: str) -> Document | None:

@@ -10,6 +10,7 @@ around them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -110,7 +111,7 @@ class Message:
         return self.published_at is not None
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Message:
+    def from_row(cls, row: asyncpg.Record | Mapping[str, Any]) -> Message:
         """Build from a row of ``messages`` joined with ``message_state``."""
         return cls(
             pk=row["id"],
@@ -152,7 +153,7 @@ class Document:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Document:
+    def from_row(cls, row: asyncpg.Record | Mapping[str, Any]) -> Document:
         """Build from a row of ``documents``."""
         return cls(
             pk=row["id"],
@@ -169,6 +170,22 @@ class Document:
             first_message_pk=row["first_message_pk"],
             created_at=row["created_at"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    """What a document message says of its document, as the documents table stores it."""
+
+    sender: AgencyCode
+    document_id: str
+    sha256: str
+    code_number: str | None = None
+    code_notation: str | None = None
+    subject: str | None = None
+    promulgation_date: date | None = None
+    due_date: date | None = None
+    doc_type: BusinessDocType = BusinessDocType.NEW
+    priority: Priority | None = None
 
 
 @dataclass(frozen=True, slots=True)

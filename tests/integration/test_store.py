@@ -23,7 +23,7 @@ from exchange.status import (
 )
 from exchange.store import Connection, queries
 from exchange.store.queries import AgencyConflictError, dedup_key
-from exchange.store.records import EventKind, Message
+from exchange.store.records import EventKind, Message, NewDocument
 
 pytest_plugins = ["tests.db_fixtures"]
 
@@ -434,6 +434,104 @@ async def test_same_document_id_from_another_sender_is_another_document(
     assert stored.created
     assert not stored.conflict
     assert stored.pk != document_pk
+
+
+def _new_document(
+    body: bytes, document_id: str = "000.00.00.G22,2024/05/06,15/VPCP"
+) -> NewDocument:
+    return NewDocument(
+        sender=GOVERNMENT_OFFICE,
+        document_id=document_id,
+        sha256=hashlib.sha256(body).hexdigest(),
+        subject="Về việc triển khai",
+        priority=Priority.URGENT,
+    )
+
+
+@pytest.mark.services
+async def test_document_delivered_in_one_statement_is_what_the_steps_record(
+    directory: Connection,
+) -> None:
+    body = b"<edXML>document 15</edXML>"
+    documents: list[int] = []
+    for recipient in (HOME_AFFAIRS, PHU_THO):
+        message, _ = await _receive(directory, body, recipient)
+        delivered = await queries.deliver_document(
+            directory, message_pk=message.pk, recipient=recipient, document=_new_document(body)
+        )
+        assert delivered is not None
+        stored, record = delivered
+        assert record is not None and not stored.conflict
+        assert (record.outcome, record.kind, record.sender) == (
+            TransportOutcome.DELIVERED,
+            MessageKind.DOCUMENT,
+            GOVERNMENT_OFFICE,
+        )
+        assert record.document_pk == stored.document.pk and record.published_at is None
+        assert stored.document.priority is Priority.URGENT
+        documents.append(stored.document.pk)
+        delivery = await queries.get_delivery(
+            directory, GOVERNMENT_OFFICE, stored.document.document_id, recipient
+        )
+        assert delivery is not None and delivery.message_pk == message.pk
+        events = await queries.list_events(directory, delivery.pk)
+        assert [(e.kind, e.code, e.message_pk) for e in events] == [
+            (EventKind.RECEIPT, TransportOutcome.DELIVERED.value, message.pk)
+        ]
+    assert documents[0] == documents[1]
+    assert await directory.fetchval("SELECT count(*) FROM documents") == 1
+
+
+@pytest.mark.services
+async def test_document_id_taken_by_other_bytes_writes_nothing(directory: Connection) -> None:
+    first = b"<edXML>document 15</edXML>"
+    message, _ = await _receive(directory, first)
+    await queries.deliver_document(
+        directory, message_pk=message.pk, recipient=HOME_AFFAIRS, document=_new_document(first)
+    )
+    other = b"<edXML>document 15, changed</edXML>"
+    again, _ = await _receive(directory, other, PHU_THO)
+    delivered = await queries.deliver_document(
+        directory, message_pk=again.pk, recipient=PHU_THO, document=_new_document(other)
+    )
+    assert delivered is not None
+    stored, record = delivered
+    assert stored.conflict and record is None
+    assert stored.document.sha256 == hashlib.sha256(first).hexdigest()
+    assert await directory.fetchval("SELECT count(*) FROM deliveries") == 1
+    assert await directory.fetchval("SELECT count(*) FROM events") == 1
+    unchanged = await queries.get_message(directory, again.pk)
+    assert unchanged is not None and unchanged.outcome is None
+
+
+@pytest.mark.services
+async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
+    database_url: str,
+) -> None:
+    """The statement waited for another transaction's document and cannot see it."""
+    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        for code in NAMES:
+            await queries.add_agency(first, code, NAMES[code])
+        body = b"<edXML>document 15</edXML>"
+        mine, _ = await _receive(second, body, PHU_THO)
+        async with first.transaction():
+            theirs, _ = await _receive(first, body)
+            await queries.deliver_document(
+                first, message_pk=theirs.pk, recipient=HOME_AFFAIRS, document=_new_document(body)
+            )
+            racing = asyncio.create_task(
+                queries.deliver_document(
+                    second, message_pk=mine.pk, recipient=PHU_THO, document=_new_document(body)
+                )
+            )
+            await asyncio.sleep(0.2)
+            assert not racing.done()
+        assert await racing is None
+        assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_unknown_document_type_is_refused_by_the_database(directory: Connection) -> None:
