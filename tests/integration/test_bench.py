@@ -1,7 +1,8 @@
 """``lienthong bench``: the figures it reports are all there and hang together.
 
 The pure parts first (the agencies it registers, percentiles, when a
-message counts as done, the target verdicts); then one tiny ``--quick`` run
+message counts as done, the memory trend, the target verdicts, the phases
+the options choose); then one tiny ``--quick`` run and one tiny backlog run
 through the command line against the real RabbitMQ, PostgreSQL and worker
 processes, whose JSON must carry every key with positive, consistent
 numbers, and which must leave no vhost or database behind. No test asserts
@@ -20,11 +21,13 @@ import pytest
 from exchange.agency import AgencyCode
 from exchange.bench import (
     BenchConfig,
+    RssSample,
     Tracker,
     add_commands,
     agency_codes,
     config_of,
     percentile,
+    rss_trend,
     targets,
 )
 from exchange.broker.admin import BrokerAdmin, BrokerAdminError
@@ -76,6 +79,31 @@ async def test_a_receipt_of_another_outcome_is_reported_and_not_counted_as_done(
     assert tracker.not_delivered == ["doc to 000.00.00.H26: rejected"]
 
 
+def test_memory_growth_counts_from_the_first_sample_after_the_warm_up() -> None:
+    samples = [
+        RssSample(0.0, 60.0, 0),
+        RssSample(5.0, 70.0, 50),
+        RssSample(10.0, 72.0, 120),
+        RssSample(15.0, 71.0, 400),
+        RssSample(20.0, 75.0, 1000),
+    ]
+    trend = rss_trend(samples, warm_after=100)
+    assert trend["first"] == 60.0
+    assert trend["median"] == 71.0
+    assert trend["last"] == 75.0
+    assert trend["max"] == 75.0
+    assert trend["warm_up_s"] == 10.0
+    assert trend["at_warm_up"] == 72.0
+    assert trend["growth_after_warm_up"] == 3.0
+
+
+def test_memory_growth_is_nil_when_the_warm_up_ends_with_the_last_sample() -> None:
+    samples = [RssSample(0.0, 60.0, 0), RssSample(1.0, 66.0, 10)]
+    trend = rss_trend(samples, warm_after=100)
+    assert trend["warm_up_s"] == 1.0
+    assert trend["growth_after_warm_up"] == 0.0
+
+
 def test_targets_say_which_are_met() -> None:
     result = {
         "throughput_docs_per_s": 1200.0,
@@ -87,6 +115,13 @@ def test_targets_say_which_are_met() -> None:
     assert verdicts["passthrough_ratio"]["met"] is False
     assert verdicts["p99_ms"]["met"] is True
     assert targets(result, BenchConfig(size="1m"))["throughput_docs_per_s"]["wanted"] == 50.0
+
+
+def test_a_run_at_a_fixed_offered_load_is_not_judged_on_throughput() -> None:
+    result = {"throughput_docs_per_s": 50.0, "backlog": {"drain_docs_per_s": 1100.0}}
+    verdicts = targets(result, BenchConfig(duration=600.0, rate=50.0))
+    assert "throughput_docs_per_s" not in verdicts
+    assert verdicts["backlog_drain_docs_per_s"]["met"] is True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +142,30 @@ def test_quick_sets_small_defaults_that_options_override() -> None:
     assert chosen.messages == 7
 
 
+def test_the_options_choose_the_phases() -> None:
+    def phases(*options: str) -> tuple[str, ...]:
+        return config_of(_parser().parse_args(["bench", *options])).phases
+
+    assert phases() == ("verify", "passthrough", "sustained", "latency")
+    assert phases("--backlog", "100") == ("backlog",)
+    assert phases("--duration", "600", "--rate", "50") == ("sustained",)
+    assert phases("--backlog", "9", "--duration", "60", "--rate", "5") == ("sustained", "backlog")
+    assert phases("--phases", "backlog,verify") == ("verify", "backlog")
+    assert config_of(_parser().parse_args(["bench", "--quick", "--phases", "backlog"])).backlog
+
+
+def test_a_long_run_needs_its_offered_load_and_a_phase_must_exist() -> None:
+    for options in (["--duration", "600"], ["--phases", "latency"], ["--phases", "warp"]):
+        with pytest.raises(ValueError):
+            config_of(_parser().parse_args(["bench", *options]))
+
+
+def test_a_run_of_given_duration_publishes_rate_times_duration_messages() -> None:
+    config = config_of(_parser().parse_args(["bench", "--duration", "600", "--rate", "50"]))
+    assert config.sustained_messages == 30_000
+    assert BenchConfig(messages=7).sustained_messages == 7
+
+
 async def _database_exists(name: str) -> bool:
     server = await asyncpg.connect(Settings().database_url)
     try:
@@ -115,14 +174,32 @@ async def _database_exists(name: str) -> bool:
         await server.close()
 
 
-def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def _management_api() -> BrokerAdmin:
     admin = BrokerAdmin.from_settings()
     try:
         asyncio.run(admin.overview())
     except BrokerAdminError as error:
         pytest.skip(f"RabbitMQ's management API is not available: {error}")
+    return admin
+
+
+def _assert_memory_sampled(worker: dict[str, object]) -> None:
+    samples = worker["rss_samples"]
+    assert isinstance(samples, list) and samples
+    seconds = [at for at, _ in samples]
+    assert seconds == sorted(seconds) and seconds[0] >= 0
+    assert all(mb > 0 for _, mb in samples)
+    trend = worker["rss_trend_mb"]
+    assert isinstance(trend, dict)
+    assert trend["first"] == samples[0][1] and trend["last"] == samples[-1][1]
+    assert trend["max"] == max(mb for _, mb in samples) >= trend["median"]
+    assert trend["growth_after_warm_up"] == pytest.approx(trend["last"] - trend["at_warm_up"])
+
+
+def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin = _management_api()
     args = _parser().parse_args(
         [
             "bench",
@@ -158,6 +235,59 @@ def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
     worker = result["workers"][0]
     assert worker["cpu_s"] > 0 and worker["peak_rss_mb"] > 0
     assert worker["peak_rss_mb"] >= worker["rss_mb_at_end"] > 0
+    _assert_memory_sampled(worker)
+    assert "backlog" not in result
+
+    vhosts = asyncio.run(admin.request("GET", "/vhosts"))
+    assert result["vhost"] not in {v["name"] for v in vhosts}
+    assert not asyncio.run(_database_exists(result["database"]))
+
+
+def test_a_tiny_backlog_is_queued_without_workers_then_drained_whole(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin = _management_api()
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--quick",
+            "--agencies",
+            "3",
+            "--recipients",
+            "2",
+            "--backlog",
+            "200",
+            "--workers",
+            "2",
+            "--sample-every",
+            "0.2",
+            "--json",
+        ]
+    )
+    assert args.handler(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "backlog: draining" in captured.err
+
+    # Only the backlog ran.
+    assert result["config"]["phases"] == ["backlog"]
+    assert "throughput_docs_per_s" not in result and "workers" not in result
+    backlog = result["backlog"]
+    # Every message waited in the work queue before a worker started, and
+    # every one was then both delivered and receipted.
+    assert backlog["messages"] == backlog["published"] == 200
+    assert backlog["queued_before_drain"] == 200
+    assert backlog["drained"] == 200
+    assert backlog["publish_docs_per_s"] > 0 and backlog["drain_docs_per_s"] > 0
+    assert backlog["drain_docs_per_s"] == pytest.approx(200 / backlog["drain_seconds"], rel=0.02)
+    assert backlog["wall_seconds"] >= backlog["drain_seconds"] > 0
+    assert result["signing_seconds"] > 0
+    assert set(backlog["services_cpu_percent"]) == {"rabbitmq", "postgresql", "load_generator"}
+    assert len(backlog["workers"]) == 2
+    for worker in backlog["workers"]:
+        assert worker["cpu_s"] > 0 and worker["peak_rss_mb"] > 0
+        _assert_memory_sampled(worker)
+    assert "backlog_drain_docs_per_s" in result["targets"]
 
     vhosts = asyncio.run(admin.request("GET", "/vhosts"))
     assert result["vhost"] not in {v["name"] for v in vhosts}
