@@ -8,13 +8,20 @@ agency's system stops half-way; items the exchange delivers again after a
 failure carry the same message id and are dropped here, so the application
 sees each one once.
 
+After a broker restart the client carries on by itself: the connection
+comes back, the inbox and status streams subscribe again, and an item
+handed over before the restart can still be acknowledged (its ack is lost
+with the connection, the redelivery is dropped).
+
 Any AMQP 0-9-1 client can do the same with the names in the README; this
 module only makes it convenient.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -27,12 +34,21 @@ from urllib.parse import unquote, urlsplit
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
+    AbstractQueueIterator,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from exchange.agency import AgencyCode
 from exchange.broker import headers as h
-from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect
+from exchange.broker.connection import (
+    XML_CONTENT_TYPE,
+    ConfirmingPublisher,
+    connect,
+    is_broker_away,
+    is_connected,
+    open_consumer_channel,
+)
 from exchange.broker.topology import SUBMIT_EXCHANGE, inbox_queue, status_queue
 from exchange.checks.authorise import document_id_of
 from exchange.checks.signature import sign
@@ -55,6 +71,56 @@ from exchange.status import StatusCode
 SEEN_IDS_KEPT = 100_000
 # How many unacknowledged items the broker hands an agency at once.
 CLIENT_PREFETCH = 20
+# While the broker is away (a restart takes seconds), a stream tries to
+# subscribe again this often; the connection itself retries every
+# RECONNECT_INTERVAL_S. One attempt (open a channel, declare, consume) is a
+# few round trips; a connection that is going away can leave it hanging,
+# hence its own limit.
+RESUBSCRIBE_PAUSE_S = 0.5
+SUBSCRIBE_ATTEMPT_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is closed (its ack can no longer be sent)."""
+    try:
+        return message.channel.is_closed
+    except ChannelInvalidStateError:  # what aio-pika says of a closed channel
+        return True
+
+
+async def _settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
+    """Ack (or requeue) ``message``; nothing to do when its channel is gone.
+
+    The broker puts back every unacknowledged message of a closed channel,
+    which is what a nack asks for, and the redelivery of an acked one is
+    dropped by the seen ids: failing the caller would only stop an
+    application that did nothing wrong.
+    """
+    try:
+        if ack:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    except Exception as error:
+        if not (_channel_gone(message) and is_broker_away(error)):
+            raise
+        log.info("message %s: settled by its lost channel (%s)", message.message_id, error)
+
+
+async def _stop_consuming(messages: AbstractQueueIterator) -> None:
+    """Cancel a queue iterator's consumer; nothing to do when its channel is gone.
+
+    A consumer dies with its channel, and the broker puts back the messages
+    it held.
+    """
+    try:
+        await messages.close()
+    except Exception as error:
+        if not is_broker_away(error):
+            raise
+        log.info("consumer of %r stopped with its channel (%s)", messages, error)
 
 
 def _header(message: AbstractIncomingMessage, name: str) -> str | None:
@@ -97,11 +163,11 @@ class Item:
         # the ack is lost with the connection (a broker restart), and the
         # redelivery that follows must be dropped, not handed over again.
         self._seen.add(self.message_id)
-        await self.message.ack()
+        await _settle(self.message, ack=True)
 
     async def reject(self) -> None:
         """Hand the item back to the queue, to be received again later."""
-        await self.message.nack(requeue=True)
+        await _settle(self.message, ack=False)
 
 
 @dataclass
@@ -177,7 +243,10 @@ class AgencyClient:
         self.broker_user = unquote(urlsplit(amqp_url).username or "guest")
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmingPublisher | None = None
+        # The channel the inbox and status consumers are on: the client's own,
+        # opened again after a broker restart (see _subscribe).
         self._channel: AbstractChannel | None = None
+        self._channel_opening = asyncio.Lock()
         self._inbox_seen = _SeenIds()
         self._status_seen = _SeenIds()
 
@@ -185,14 +254,14 @@ class AgencyClient:
         """Open the connection and the channels."""
         self._connection = await connect(self.amqp_url, name=f"lienthong-client-{self.agency}")
         self._publisher = await ConfirmingPublisher.open(self._connection)
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=CLIENT_PREFETCH)
+        self._channel = await open_consumer_channel(self._connection, prefetch=CLIENT_PREFETCH)
 
     async def close(self) -> None:
         """Close everything (unacknowledged items go back to their queues)."""
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+            self._channel = None
 
     async def __aenter__(self) -> AgencyClient:
         await self.connect()
@@ -273,27 +342,88 @@ class AgencyClient:
 
     # -- receiving ------------------------------------------------------------
 
+    async def _consumer_channel(self) -> AbstractChannel:
+        """The consumers' channel, opened again if a broker restart closed it."""
+        assert self._connection is not None, "connect() first"
+        # One opening at a time: the inbox and the status stream may both
+        # find the channel closed, and must share the one new channel.
+        async with self._channel_opening:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await open_consumer_channel(
+                    self._connection, prefetch=CLIENT_PREFETCH
+                )
+            return self._channel
+
+    async def _subscribe(
+        self, queue_name: str, idle_timeout: float | None
+    ) -> AbstractQueueIterator | None:
+        """A consumer of ``queue_name`` on an open channel, waiting for the broker if away.
+
+        Returns ``None`` when the broker is still away after ``idle_timeout``
+        seconds (``None`` waits as long as it takes).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if idle_timeout is None else loop.time() + idle_timeout
+        while True:
+            if self._connection is None or self._connection.is_closed:
+                raise RuntimeError(f"the client of {self.agency} is closed")
+            messages: AbstractQueueIterator | None = None
+            try:
+                if not is_connected(self._connection):
+                    raise ConnectionError("the broker connection is not back yet")
+                async with asyncio.timeout(SUBSCRIBE_ATTEMPT_TIMEOUT_S):
+                    channel = await self._consumer_channel()
+                    # A passive declare (allowed to agency users): a missing
+                    # queue is an error, not something to wait for.
+                    queue = await channel.get_queue(queue_name, ensure=True)
+                    messages = queue.iterator(timeout=idle_timeout)
+                    await messages.consume()
+                    return messages
+            except Exception as error:
+                if messages is not None:
+                    await _stop_consuming(messages)
+                if not is_broker_away(error):
+                    raise
+                if deadline is not None and loop.time() >= deadline:
+                    log.warning(
+                        "%s: %s not read: the broker is still away after %.1f s (%s)",
+                        self.agency,
+                        queue_name,
+                        idle_timeout,
+                        error,
+                    )
+                    return None
+                log.info("%s: cannot subscribe to %s yet (%s)", self.agency, queue_name, error)
+            await asyncio.sleep(RESUBSCRIBE_PAUSE_S)
+
     async def _consume(
         self, queue_name: str, seen: _SeenIds, idle_timeout: float | None
     ) -> AsyncGenerator[AbstractIncomingMessage, None]:
-        assert self._channel is not None and self._connection is not None, "connect() first"
-        if self._channel.is_closed and not self._connection.is_closed:
-            # The channel did not survive a broker restart (its restoration
-            # can fail while the broker is still starting): open a new one.
-            self._channel = await self._connection.channel()
-            await self._channel.set_qos(prefetch_count=CLIENT_PREFETCH)
-        # A passive declare (allowed to agency users): aio-pika restores the
-        # consumers of declared queues after the broker restarts.
-        queue = await self._channel.get_queue(queue_name, ensure=True)
-        async with queue.iterator(timeout=idle_timeout) as messages:
-            with contextlib.suppress(TimeoutError):
+        """Messages of ``queue_name`` (redeliveries of handled ones dropped) until idle.
+
+        The consumer is on the client's own channel, which aio-pika does not
+        restore: when a broker restart closes it, the iteration ends without
+        a timeout, and the loop subscribes again on a new channel once the
+        connection is back. Waiting for the broker counts as idle time.
+        """
+        assert self._connection is not None, "connect() first"
+        while True:
+            messages = await self._subscribe(queue_name, idle_timeout)
+            if messages is None:
+                return
+            try:
                 async for message in messages:
                     message_id = message.message_id or _header(message, h.MESSAGE) or ""
                     if message_id in seen:
                         # A redelivery of something already handled.
-                        await message.ack()
+                        await _settle(message, ack=True)
                         continue
                     yield message
+            except TimeoutError:
+                return
+            finally:
+                await _stop_consuming(messages)
+            log.info("%s: the channel of %s closed; subscribing again", self.agency, queue_name)
 
     async def inbox(self, *, idle_timeout: float | None = None) -> AsyncIterator[InboxItem]:
         """Documents delivered to this agency, until ``idle_timeout`` seconds without one."""

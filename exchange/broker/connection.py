@@ -4,12 +4,15 @@ The only module that speaks aio-pika: the rest of the exchange connects with
 :func:`connect`, declares a :class:`~exchange.broker.topology.Topology` with
 :func:`declare`, and publishes through a :class:`ConfirmingPublisher`, whose
 ``publish`` returns only once the broker has taken responsibility for the
-message.
+message. A consumer that must outlive broker restarts without aio-pika's
+restoration runs on a channel from :func:`open_consumer_channel`, and
+:func:`is_broker_away` tells a broker that is away from one that refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -67,6 +70,62 @@ async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnect
         reconnect_interval=RECONNECT_INTERVAL_S,
         client_properties={"connection_name": name},
     )
+
+
+async def open_consumer_channel(
+    connection: AbstractConnection, *, prefetch: int
+) -> AbstractChannel:
+    """Open a channel for one owner's consumers, which aio-pika will not restore.
+
+    A robust channel re-creates, after a reconnection, every consumer it
+    started and did not see cancelled, and a queue iterator closed while the
+    connection is down cannot cancel its own: the restored consumer then
+    feeds an iterator nobody reads, and the broker hands it up to
+    ``prefetch`` messages that stay unacknowledged until the connection
+    closes. A consumer on this channel ends with the connection instead; its
+    owner subscribes again once the connection is back (see
+    :meth:`exchange.client.AgencyClient.inbox`).
+    """
+    channel = aio_pika.Channel(connection, publisher_confirms=False)
+    await channel.initialize()
+    try:
+        await channel.set_qos(prefetch_count=prefetch)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await channel.close()
+        raise
+    return channel
+
+
+def is_connected(connection: AbstractConnection) -> bool:
+    """Whether ``connection`` is up right now (a robust one may be reconnecting).
+
+    A channel opened on a connection that is going away can wait for it
+    indefinitely, so whoever reopens after a broker restart looks first.
+    """
+    transport = connection.transport
+    return (
+        connection.connected.is_set()
+        and transport is not None
+        and not transport.connection.is_closed
+    )
+
+
+def is_broker_away(error: BaseException) -> bool:
+    """Whether ``error`` says the connection is down, rather than a refusal by the broker.
+
+    While a broker restarts, opening a channel or declaring fails with a
+    closed connection, a missing transport or a timeout; the robust
+    connection comes back by itself, so trying again later is right. A
+    channel the broker closed on purpose (no such queue, no permission) is
+    an answer, not an absence. A group of errors (aio-pika putting back a
+    closed consumer's messages one by one) is one when all its members are.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        return all(is_broker_away(member) for member in error.exceptions)
+    if isinstance(error, aiormq.exceptions.ChannelClosed):
+        return False
+    return isinstance(error, aiormq.exceptions.AMQPError | ConnectionError | OSError | RuntimeError)
 
 
 # -- declaring ------------------------------------------------------------------
@@ -342,4 +401,7 @@ __all__ = [
     "UnroutableError",
     "connect",
     "declare",
+    "is_broker_away",
+    "is_connected",
+    "open_consumer_channel",
 ]
