@@ -359,12 +359,12 @@ _Pending = tuple[Callable[[Connection], Awaitable[Any]], str, asyncio.Future[Any
 class GroupCommit:
     """Record the decisions of messages handled at once in one transaction: a group commit.
 
-    Every message's record is hash-chained, and the chain's lock is held
-    from a transaction's first chained insert to its commit (migration
-    0002), so transactions that record messages run one after the other,
-    each paying its own lock hand-over and WAL flush. Here the writes of
-    every message that waits while a transaction runs go into the next one,
-    together: one lock and one flush for the group. Should one message's
+    Every message's record is hash-chained, and a transaction holds the
+    chain's lock while it commits (migration 0006), so commits that record
+    messages run one after the other, each paying its own lock hand-over and
+    WAL flush. Here the writes of every message that waits while a
+    transaction runs go into the next one, together: one lock and one flush
+    for the group. Should one message's
     writes fail (a transient error), the group is written again with each
     message's writes in a savepoint of their own, so that only that message
     fails; its writes are plain database work, safe to run again. Nobody
@@ -372,8 +372,7 @@ class GroupCommit:
     still published only once its decision is durable, and acked only once
     published. A lone message is written at once: no waiting for company.
 
-    The chains are extended when a transaction commits (migration 0006), so
-    the groups of several workers are written at the same time and only
+    The groups of several workers are written at the same time and only
     their commits queue up. Two groups that touch the same rows (the copies
     of one document sent to several recipients land in different workers)
     take their row locks in the order of ``order`` (the document), so that
@@ -446,6 +445,47 @@ class GroupCommit:
             _settle(done, result=result, error=failure)
 
 
+class OutboxFlags:
+    """Set the outbox flags of messages published at about the same time, in one statement.
+
+    Like :class:`GroupCommit`, for the one write a message makes after
+    publishing: the flags of every message that finished publishing while
+    the previous statement ran are set by the next one. Should it fail, each
+    of its messages fails as if its own flag could not be set (it takes the
+    retry path, and its effects are published again, which the clients
+    drop as repeats).
+    """
+
+    def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX) -> None:
+        """Flags set on connections of ``pool``, at most ``most`` messages a statement."""
+        self._pool = pool
+        self._most = most
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def mark(self, message_pk: int) -> None:
+        """Set the flag of ``message_pk``; return once it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message_pk, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
+            error: BaseException | None = None
+            try:
+                async with self._pool.acquire() as conn:
+                    await queries.mark_published_many(conn, [pk for pk, _ in batch])
+            except BaseException as failure:
+                error = failure
+            for _, done in batch:
+                _settle(done, error=error)
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+
+
 def _lock_order(inspected: Inspected | Rejection) -> str:
     """The key of the rows a message's writes lock: its document (see GroupCommit)."""
     if isinstance(inspected, Rejection):
@@ -496,9 +536,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
         self._group_commit = GroupCommit(pool)
-        # The outbox flags of messages published at about the same time, set
-        # in one transaction (one WAL flush) rather than one each.
-        self._mark_published = GroupCommit(pool)
+        self._outbox = OutboxFlags(pool)
         self.processed = 0
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
@@ -855,9 +893,7 @@ class Worker:
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""
-        await self._mark_published.run(
-            lambda conn: queries.mark_published(conn, message_pk), order=f"{message_pk:020d}"
-        )
+        await self._outbox.mark(message_pk)
 
     async def _decide(
         self,

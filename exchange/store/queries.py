@@ -352,11 +352,16 @@ async def mark_published(conn: Connection, message_pk: int) -> bool:
     Returns ``False`` when the message was already marked (a second worker
     got there first), which is harmless.
     """
-    changed = await conn.fetchval(
+    return bool(await mark_published_many(conn, [message_pk]))
+
+
+async def mark_published_many(conn: Connection, message_pks: Iterable[int]) -> int:
+    """:func:`mark_published` for several messages in one statement; how many were marked."""
+    changed: int = await conn.fetchval(
         """
         WITH marked AS (
             UPDATE message_state SET published_at = now(), updated_at = now()
-            WHERE message_pk = $1 AND published_at IS NULL
+            WHERE message_pk = ANY($1::bigint[]) AND published_at IS NULL
             RETURNING message_pk, published_at
         ), delivered AS (
             UPDATE deliveries d SET delivered_at = marked.published_at, updated_at = now()
@@ -365,9 +370,9 @@ async def mark_published(conn: Connection, message_pk: int) -> bool:
         )
         SELECT count(*) FROM marked
         """,
-        message_pk,
+        sorted(set(message_pks)),
     )
-    return bool(changed)
+    return changed
 
 
 async def list_unpublished(conn: Connection, limit: int = 100) -> list[Message]:
