@@ -48,6 +48,7 @@ from exchange.broker.connection import (
     is_broker_away,
     is_connected,
     open_consumer_channel,
+    settle,
 )
 from exchange.broker.topology import SUBMIT_EXCHANGE, inbox_queue, status_queue
 from exchange.checks.authorise import document_id_of
@@ -99,10 +100,7 @@ async def _settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
     application that did nothing wrong.
     """
     try:
-        if ack:
-            await message.ack()
-        else:
-            await message.nack(requeue=True)
+        await settle(message, ack=ack)
     except Exception as error:
         if not (_channel_gone(message) and is_broker_away(error)):
             raise
@@ -116,7 +114,10 @@ async def _stop_consuming(messages: AbstractQueueIterator) -> None:
     it held.
     """
     try:
-        await messages.close()
+        # Bounded: a cancel sent as the connection goes away can wait for ever
+        # (see exchange.broker.connection.settle).
+        async with asyncio.timeout(SUBSCRIBE_ATTEMPT_TIMEOUT_S):
+            await messages.close()
     except Exception as error:
         if not is_broker_away(error):
             raise

@@ -38,7 +38,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from exchange import metrics, report
 from exchange.agency import AgencyCode
 from exchange.broker import headers as h
-from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect, declare
+from exchange.broker.connection import (
+    XML_CONTENT_TYPE,
+    ConfirmingPublisher,
+    connect,
+    declare,
+    settle,
+)
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
     PARKING_EXCHANGE,
@@ -618,7 +624,7 @@ class Worker:
             log.exception("could not finish message %s; returned to the queue", message.message_id)
             await asyncio.sleep(TRANSIENT_BACKOFF_S)
             with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+                await settle(message, ack=False)
         finally:
             metrics.IN_FLIGHT.dec()
 
@@ -632,7 +638,7 @@ class Worker:
                     starts = await queries.count_start(conn, key)
             except Exception as error:
                 await self._retry_or_park(message, origin, classify(error), error)
-                await message.ack()
+                await settle(message, ack=True)
                 return
             if starts > POISON_STARTS:
                 # Decided before a worker died with it: only its effects are
@@ -641,7 +647,7 @@ class Worker:
                     await self._park(
                         message, origin, Failure.POISON, f"handling started {starts} times"
                     )
-                await message.ack()
+                await settle(message, ack=True)
                 return
         self.faults.maybe_kill("after_receive")
         try:
@@ -654,10 +660,10 @@ class Worker:
             )
         except Exception as error:  # classified: anything not a Rejection is transient
             await self._retry_or_park(message, origin, classify(error), error)
-            await message.ack()
+            await settle(message, ack=True)
             return
         self.faults.maybe_kill("after_publish")
-        await message.ack()
+        await settle(message, ack=True)
         self.processed += 1
         self._observe(record, origin)
 

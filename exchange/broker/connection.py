@@ -25,6 +25,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
+    AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -95,6 +96,33 @@ async def open_consumer_channel(
             await channel.close()
         raise
     return channel
+
+
+async def settle(message: AbstractIncomingMessage, *, ack: bool, requeue: bool = True) -> None:
+    """Ack ``message`` (or nack it, back to its queue with ``requeue``) on its channel.
+
+    Waits as long as the channel lives, and no longer: aiormq queues
+    outgoing frames in a small buffer that nobody empties once the
+    connection is lost, so an ack sent as the broker goes away would wait
+    for ever (and a worker with it, past its SIGTERM). Raises
+    ``ChannelInvalidStateError`` when the channel closes first; the broker
+    then puts the message back itself.
+    """
+    channel = message.channel  # aio-pika raises ChannelInvalidStateError if closed
+    settling = asyncio.ensure_future(message.ack() if ack else message.nack(requeue=requeue))
+    closing = channel.closing
+    try:
+        await asyncio.wait({settling, closing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()  # only this observer of the channel's closing
+        if not settling.done():
+            settling.cancel()
+            await asyncio.gather(settling, return_exceptions=True)
+    if settling.cancelled():
+        raise aiormq.exceptions.ChannelInvalidStateError(
+            f"channel {channel.number} closed before message {message.message_id} was settled"
+        )
+    settling.result()
 
 
 def is_connected(connection: AbstractConnection) -> bool:
@@ -404,4 +432,5 @@ __all__ = [
     "is_broker_away",
     "is_connected",
     "open_consumer_channel",
+    "settle",
 ]
