@@ -422,6 +422,12 @@ class AgencyClient:
                     yield message
             except TimeoutError:
                 return
+            except Exception as error:
+                # The iterator's own cancel, at the idle timeout, can meet the
+                # connection going away: that is the channel lost, as below.
+                if not is_broker_away(error):
+                    raise
+                log.info("%s: %s lost with the connection (%s)", self.agency, queue_name, error)
             finally:
                 await _stop_consuming(messages)
             log.info("%s: the channel of %s closed; subscribing again", self.agency, queue_name)
