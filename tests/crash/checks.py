@@ -47,9 +47,13 @@ TAMPERED_REASON = Reason.SIGNATURE_INVALID
 # The management API refreshes queue statistics every 5 s by default.
 BROKER_SETTLE_S = 30.0
 POLL_S = 0.2
-# How long a queue is read after its last item: every effect is already in
-# its queue when the run is settled, so a moment is enough.
-STATUS_IDLE_S = 0.3
+# How long a status queue may stay silent before its reader gives up. Every
+# effect is already in its queue when the run is settled, and the reader
+# stops as soon as it has as many items as expected (an extra one stays in
+# the queue, which check_broker finds); this only bounds the wait for an item
+# that is missing. A loaded machine can pause deliveries for longer than a
+# moment, which a short idle timeout would take for the end of the queue.
+STATUS_IDLE_S = 5.0
 
 
 async def poll(
@@ -292,8 +296,12 @@ async def check_status_queues(
     read = 0
     for code, agency in workload.agencies.items():
         seen: Counter[tuple[str, ...]] = Counter()
-        async with agency.client() as client:
-            async for item in client.statuses(idle_timeout=STATUS_IDLE_S):
+        wanted = sum(expected[code].values())
+        async with (
+            agency.client() as client,
+            contextlib.aclosing(client.statuses(idle_timeout=STATUS_IDLE_S)) as items,
+        ):
+            async for item in items:
                 if item.is_receipt:
                     r = item.receipt
                     seen[
@@ -317,6 +325,8 @@ async def check_status_queues(
                     ] += 1
                 await item.ack()
                 read += 1
+                if sum(seen.values()) >= wanted:
+                    break
         twice = [key for key, n in seen.items() if n > 1 and expected[code][key] < n]
         assert not twice, f"{code}'s client handed it items twice: {twice[:10]}"
         assert seen == expected[code], (
