@@ -171,13 +171,6 @@ BROKER_RUN_DOCUMENTS = 150
 BROKER_OUTAGE_S = 5.0
 
 
-# Passed 3 of 5 runs on 2026-11-25: the exchange always ends settled (every
-# message delivered or rejected, audit clean), but sometimes an agency
-# application of the test (tests/crash/load.py, an AgencyClient iterating its
-# inbox) stops receiving after the restart (aio-pika logs "RobustChannel
-# ._on_close ... ChannelInvalidStateError"). Until that client-side recovery
-# is understood it stays out of the default run.
-@pytest.mark.known_flaky
 @pytest.mark.disruptive
 async def test_broker_restarted_during_a_run_loses_nothing_and_workers_reconnect(
     exchange: ExchangeUnderTest, tmp_path: Path
