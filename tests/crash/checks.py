@@ -35,6 +35,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from exchange.broker import headers as h
 from exchange.broker.admin import BrokerAdminError, QueueStats
 from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.client import StatusItem
 from exchange.failures import Failure
 from exchange.reasons import Reason
 from exchange.store.queries import dedup_key
@@ -47,13 +48,15 @@ TAMPERED_REASON = Reason.SIGNATURE_INVALID
 # The management API refreshes queue statistics every 5 s by default.
 BROKER_SETTLE_S = 30.0
 POLL_S = 0.2
-# How long a status queue may stay silent before its reader gives up. Every
-# effect is already in its queue when the run is settled, and the reader
-# stops as soon as it has as many items as expected (an extra one stays in
-# the queue, which check_broker finds); this only bounds the wait for an item
-# that is missing. A loaded machine can pause deliveries for longer than a
+# How long a status queue may stay silent before its reader gives up on an
+# item it still expects. Every effect is already in its queue when the run
+# is settled, but a loaded machine can pause deliveries for longer than a
 # moment, which a short idle timeout would take for the end of the queue.
 STATUS_IDLE_S = 5.0
+# Once every expected item is in, the reader goes on until the queue is
+# quiet this long: repeats (at-least-once publishing, the same message id)
+# are dropped by the client, anything else is unexpected.
+STATUS_TAIL_IDLE_S = 1.0
 
 
 async def poll(
@@ -275,6 +278,22 @@ def check_applications(traffic: Traffic, workload: Workload, decided: Decided) -
     assert traffic.reported == {(s.document_id, s.routing_key) for s in delivered}
 
 
+def _status_key(item: StatusItem) -> tuple[str, ...]:
+    """What a status queue item is, as check_status_queues counts it."""
+    if item.is_receipt:
+        r = item.receipt
+        return (
+            "receipt",
+            r.kind.value,
+            r.document_id or "?",
+            r.recipient,
+            r.outcome.value,
+            r.reason_code or "",
+        )
+    status = item.status
+    return ("status", status.response_for.document_id or "?", str(status.sender.organ_id))
+
+
 async def check_status_queues(
     exchange: ExchangeUnderTest, workload: Workload, traffic: Traffic, decided: Decided
 ) -> int:
@@ -297,36 +316,16 @@ async def check_status_queues(
     for code, agency in workload.agencies.items():
         seen: Counter[tuple[str, ...]] = Counter()
         wanted = sum(expected[code].values())
-        async with (
-            agency.client() as client,
-            contextlib.aclosing(client.statuses(idle_timeout=STATUS_IDLE_S)) as items,
-        ):
-            async for item in items:
-                if item.is_receipt:
-                    r = item.receipt
-                    seen[
-                        (
-                            "receipt",
-                            r.kind.value,
-                            r.document_id or "?",
-                            r.recipient,
-                            r.outcome.value,
-                            r.reason_code or "",
-                        )
-                    ] += 1
-                else:
-                    status = item.status
-                    seen[
-                        (
-                            "status",
-                            status.response_for.document_id or "?",
-                            str(status.sender.organ_id),
-                        )
-                    ] += 1
-                await item.ack()
-                read += 1
-                if sum(seen.values()) >= wanted:
-                    break
+        async with agency.client() as client:
+            # Until every expected item is in (patiently), then the rest.
+            for idle in (STATUS_IDLE_S, STATUS_TAIL_IDLE_S):
+                async with contextlib.aclosing(client.statuses(idle_timeout=idle)) as items:
+                    async for item in items:
+                        seen[_status_key(item)] += 1
+                        await item.ack()
+                        read += 1
+                        if idle == STATUS_IDLE_S and sum(seen.values()) >= wanted:
+                            break
         twice = [key for key, n in seen.items() if n > 1 and expected[code][key] < n]
         assert not twice, f"{code}'s client handed it items twice: {twice[:10]}"
         assert seen == expected[code], (
