@@ -47,6 +47,10 @@ class Settings(ParserLimits):
     # connection (db_pool_size) and the broker's confirms; a few more than the
     # pool keeps both busy, many more only grows memory and redeliveries.
     prefetch: int = Field(32, ge=1)
+    # Group commits a worker writes at the same time, each on its own pooled
+    # connection (see worker.GroupCommit): more lets a message that arrives
+    # while a group is written start the next one at once.
+    group_commits: int = Field(3, ge=1)
     # Broker users of the exchange itself (besides the one in amqp_url) whose
     # messages may carry an original sender in headers: the replay tool's
     # user, other workers' users. Never an agency's user.

@@ -385,12 +385,20 @@ class GroupCommit:
     one waits for the other instead of both waiting for each other.
     """
 
-    def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX) -> None:
-        """Group commits on connections of ``pool``, at most ``most`` messages each."""
+    def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX, at_once: int = 1) -> None:
+        """Group commits on connections of ``pool``, at most ``most`` messages each.
+
+        Up to ``at_once`` groups are written at the same time, each on its
+        own connection: a message that arrives while a group is being
+        written starts the next group at once instead of waiting for it
+        (round trips are slow on a busy machine, and a group of 32 messages
+        is 64 of them).
+        """
         self._pool = pool
         self._most = most
+        self._at_once = at_once
         self._waiting: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def run(self, writes: Callable[[Connection], Awaitable[T]], order: str = "") -> T:
         """Run ``writes`` in the next group's transaction; return its result once committed.
@@ -399,8 +407,11 @@ class GroupCommit:
         """
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((writes, order, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        # A flusher whose loop just ended is done at once (its done callbacks
+        # run later): count the running ones, not the ones not yet discarded.
+        self._flushers = {flusher for flusher in self._flushers if not flusher.done()}
+        if len(self._flushers) < self._at_once:
+            self._flushers.add(asyncio.create_task(self._flush()))
         return await done
 
     async def _flush(self) -> None:
@@ -541,7 +552,7 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
-        self._group_commit = GroupCommit(pool)
+        self._group_commit = GroupCommit(pool, at_once=settings.group_commits)
         self._outbox = OutboxFlags(pool)
         self.processed = 0
         # The channel and consumer tag of the work queue's consumer, for the

@@ -117,3 +117,44 @@ async def test_a_lone_failing_message_fails_and_leaves_nothing(db_pool: Pool) ->
     assert await group.run(_insert(2)) > 0  # the group commit still works afterwards
     async with db_pool.acquire() as conn:
         assert [r["n"] for r in await conn.fetch("SELECT n FROM group_probe")] == [2]
+
+
+@pytest.mark.parametrize("at_once", [1, 3])
+async def test_writes_submitted_as_the_last_group_ends_are_written(
+    db_pool: Pool, at_once: int
+) -> None:
+    """The writer of the previous group has just finished: a new one must start."""
+    await _probe(db_pool)
+    group = GroupCommit(db_pool, at_once=at_once)
+    for n in range(5):
+        # Awaited directly (wait_for's task would add a turn of the loop and
+        # hide the case): the next run starts as the last one's writer ends.
+        async with asyncio.timeout(10):
+            await group.run(_insert(n))
+    async with db_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM group_probe") == 5
+
+
+async def test_several_groups_are_written_at_once_and_in_their_order(db_pool: Pool) -> None:
+    await _probe(db_pool)
+    group = GroupCommit(db_pool, at_once=3, most=4)
+    order: list[int] = []
+
+    def ordered(n: int) -> Callable[[Connection], Awaitable[int]]:
+        insert = _insert(n)
+
+        async def writes(conn: Connection) -> int:
+            order.append(n)
+            return await insert(conn)
+
+        return writes
+
+    # Submitted in reverse; each group runs its writes in the order given.
+    txs = await asyncio.gather(
+        *(group.run(ordered(n), order=f"{n:03d}") for n in range(11, -1, -1))
+    )
+    assert len(set(txs)) > 1
+    by_tx: dict[int, list[int]] = {}
+    for n in order:
+        by_tx.setdefault(txs[11 - n], []).append(n)
+    assert all(ns == sorted(ns) for ns in by_tx.values()), by_tx
