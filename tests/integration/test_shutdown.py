@@ -108,7 +108,8 @@ async def test_sigterm_stops_consuming_finishes_what_is_in_flight_and_exits_0(
 # -- a rolling restart of three workers during a run --------------------------------
 
 ROLLING_WORKERS = 3
-ROLLING_DOCUMENTS = 200  # 600 document messages and ~600 statuses
+ROLLING_DOCUMENTS = 600  # 1,800 document messages and ~1,800 statuses: long enough that
+# every replacement happens while work is left (the workers got faster)
 # Each worker is replaced twice, spread over the run.
 ROLLING_ROUNDS = 2
 
