@@ -369,7 +369,8 @@ def rss_trend(samples: Sequence[RssSample], warm_after: int) -> dict[str, float]
         "max": round(max(sizes), 1),
         "warm_up_s": round(warm.seconds, 1),
         "at_warm_up": round(warm.mb, 1),
-        "growth_after_warm_up": round(sizes[-1] - warm.mb, 1),
+        # From the rounded figures, so that it is exactly last - at_warm_up as printed.
+        "growth_after_warm_up": round(round(sizes[-1], 1) - round(warm.mb, 1), 1),
     }
 
 

@@ -409,6 +409,17 @@ _DOCUMENT_FIELDS = (
 _DOCUMENT_COLUMNS = _columns(_DOCUMENT_FIELDS)
 
 
+# A document, once per (sender, DocumentId); $1 to $11 as upsert_document passes them.
+_INSERT_DOCUMENT = f"""
+    INSERT INTO documents
+        (sender, document_id, sha256, code_number, code_notation, subject,
+         promulgation_date, due_date, doc_type, priority, first_message_pk)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (sender, document_id) DO NOTHING
+    RETURNING {_DOCUMENT_COLUMNS}
+"""  # noqa: S608 (a constant column list, no input)
+
+
 async def upsert_document(
     conn: Connection,
     *,
@@ -437,12 +448,7 @@ async def upsert_document(
     row = await conn.fetchrow(
         f"""
         WITH new AS (
-            INSERT INTO documents
-                (sender, document_id, sha256, code_number, code_notation, subject,
-                 promulgation_date, due_date, doc_type, priority, first_message_pk)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            ON CONFLICT (sender, document_id) DO NOTHING
-            RETURNING {_DOCUMENT_COLUMNS}
+            {_INSERT_DOCUMENT}
         )
         SELECT true AS created, {_DOCUMENT_COLUMNS} FROM new
         UNION ALL
@@ -524,12 +530,7 @@ async def deliver_document(
     row = await conn.fetchrow(
         f"""
         WITH new_doc AS (
-            INSERT INTO documents
-                (sender, document_id, sha256, code_number, code_notation, subject,
-                 promulgation_date, due_date, doc_type, priority, first_message_pk)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            ON CONFLICT (sender, document_id) DO NOTHING
-            RETURNING {_DOCUMENT_COLUMNS}
+            {_INSERT_DOCUMENT}
         ), doc AS (
             SELECT true AS created, {_DOCUMENT_COLUMNS} FROM new_doc
             UNION ALL

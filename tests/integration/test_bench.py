@@ -104,6 +104,14 @@ def test_memory_growth_is_nil_when_the_warm_up_ends_with_the_last_sample() -> No
     assert trend["growth_after_warm_up"] == 0.0
 
 
+def test_memory_growth_is_the_difference_of_the_figures_printed() -> None:
+    # 77.46 - 73.14 = 4.32 would round to 4.3, but the table prints 77.5 and 73.1.
+    samples = [RssSample(0.0, 73.14, 200), RssSample(5.0, 77.46, 400)]
+    trend = rss_trend(samples, warm_after=100)
+    assert (trend["at_warm_up"], trend["last"]) == (73.1, 77.5)
+    assert trend["growth_after_warm_up"] == 4.4
+
+
 def test_targets_say_which_are_met() -> None:
     result = {
         "throughput_docs_per_s": 1200.0,
