@@ -505,30 +505,17 @@ _STATE_FIELDS = (
 )
 
 
-async def deliver_document(
-    conn: Connection,
-    *,
-    message_pk: int,
-    recipient: AgencyCode,
-    document: NewDocument,
-) -> tuple[StoredDocument, Message | None] | None:
-    """Record a document message's delivery in one round trip: the worker's usual case.
-
-    Does what :func:`upsert_document`, :func:`create_delivery`,
-    :func:`append_event` (the receipt ``delivered``) and :func:`set_outcome`
-    (``delivered``) do one after the other, in one statement. Returns the
-    stored document and the message's new record; the record is ``None``
-    when the document id is taken by other bytes (``conflict``), and then
-    nothing was written. Returns ``None`` when this statement's snapshot
-    could not see a row a concurrent transaction committed while the
-    statement waited for it: the caller then takes the step-by-step path,
-    which reads it (every insert here is idempotent).
-    """
-    doc_columns = _columns(_DOCUMENT_FIELDS, "doc")
-    message = ", ".join(f"m.{name} AS m_{name}" for name in _MESSAGE_FIELDS)
-    state = ", ".join(f"state.{name} AS m_{name}" for name in _STATE_FIELDS)
-    row = await conn.fetchrow(
-        f"""
+# The document, then the message and its new state with an m_ prefix.
+_DELIVERED_COLUMNS = ", ".join(
+    [
+        _columns(_DOCUMENT_FIELDS, "doc"),
+        *(f"m.{name} AS m_{name}" for name in _MESSAGE_FIELDS),
+        *(f"state.{name} AS m_{name}" for name in _STATE_FIELDS),
+    ]
+)
+# deliver_document's statement, built once: $1 to $11 as _INSERT_DOCUMENT,
+# $12 the recipient, $13 to $15 the receipt kind, the outcome and the kind.
+_DELIVER_DOCUMENT = f"""
         WITH new_doc AS (
             {_INSERT_DOCUMENT}
         ), doc AS (
@@ -566,11 +553,34 @@ async def deliver_document(
             WHERE s.message_pk = $11 AND EXISTS (SELECT FROM delivery)
             RETURNING s.message_pk, {_columns(_STATE_FIELDS, "s")}
         )
-        SELECT doc.created, {doc_columns}, {message}, {state}
+        SELECT doc.created, {_DELIVERED_COLUMNS}
         FROM doc
         LEFT JOIN state ON true
         LEFT JOIN messages m ON m.id = state.message_pk
-        """,  # noqa: S608 (constant column lists, no input)
+        """  # noqa: S608 (constant column lists, no input)
+
+
+async def deliver_document(
+    conn: Connection,
+    *,
+    message_pk: int,
+    recipient: AgencyCode,
+    document: NewDocument,
+) -> tuple[StoredDocument, Message | None] | None:
+    """Record a document message's delivery in one round trip: the worker's usual case.
+
+    Does what :func:`upsert_document`, :func:`create_delivery`,
+    :func:`append_event` (the receipt ``delivered``) and :func:`set_outcome`
+    (``delivered``) do one after the other, in one statement. Returns the
+    stored document and the message's new record; the record is ``None``
+    when the document id is taken by other bytes (``conflict``), and then
+    nothing was written. Returns ``None`` when this statement's snapshot
+    could not see a row a concurrent transaction committed while the
+    statement waited for it: the caller then takes the step-by-step path,
+    which reads it (every insert here is idempotent).
+    """
+    row = await conn.fetchrow(
+        _DELIVER_DOCUMENT,
         str(document.sender),
         document.document_id,
         document.sha256,
