@@ -57,6 +57,11 @@ DUPLICATES = Counter(
     "lienthong_duplicates_total",
     "Messages received again (a redelivery or a re-publish) and recognised as already handled.",
 )
+CHECKS_REUSED = Counter(
+    "lienthong_checks_reused_total",
+    "Messages whose package bytes were examined before (the same package to another"
+    " recipient): parse, schema and signature checks not repeated.",
+)
 STAGE_SECONDS = Histogram(
     "lienthong_stage_seconds",
     "Time spent in each stage of handling one message.",

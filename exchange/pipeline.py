@@ -11,9 +11,12 @@ delivered, what is its status) and asks :func:`decide_document` or
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from exchange.agency import AgencyCode
 from exchange.checks.authorise import (
@@ -40,6 +43,11 @@ from exchange.status import (
     replay_timeline,
 )
 
+# How long an examination of a package's bytes is reused for other copies of
+# the same package (Inspector): a burst to every recipient arrives within
+# seconds, and a verdict reused is never older than this.
+REMEMBER_S = 60.0
+
 
 @dataclass(frozen=True)
 class CheckContext:
@@ -62,7 +70,7 @@ class Envelope:
     # the directory by the shell; None when the user is no registered agency.
     publisher: AgencyCode | None
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """SHA-256 of the body, hex."""
         return hashlib.sha256(self.body).hexdigest()
@@ -90,35 +98,165 @@ class Inspected:
         return self.package.status_code if isinstance(self.package, StatusPackage) else None
 
 
-def inspect(
-    envelope: Envelope, context: CheckContext, timings: dict[str, float] | None = None
-) -> Inspected:
-    """Every database-free check, in order; raises :class:`Rejection` on the first failure.
+@dataclass(frozen=True)
+class Examined:
+    """What a package's bytes prove by themselves, whoever published them to whomever.
+
+    The outcome of the checks that read nothing but the bytes and the
+    configuration: parse, schema, signature, the package read from what the
+    signature covers, its attachments. A directive to every province is the
+    same bytes published once per recipient; :class:`Inspector` examines
+    them once.
+    """
+
+    package: DocumentPackage | StatusPackage
+    signer: AgencyCode
+    # The signing certificate's end of validity: a verdict is not reused past it.
+    signer_not_after: datetime
+    # An attachment that is not base64. Raised only after the sender and the
+    # route are checked, as it always was: those reasons come first.
+    bad_attachment: Rejection | None = None
+
+
+def examine(
+    body: bytes, context: CheckContext, timings: dict[str, float] | None = None
+) -> Examined:
+    """The checks of the bytes alone, in order; raises :class:`Rejection` on the first failure.
 
     When ``timings`` is given, the seconds spent in each stage are added to
-    it (parse, validate, verify, read), also for a message refused half-way.
+    it (parse, validate, verify, read, attachments), also for a package
+    refused half-way.
     """
     clock = _Stopwatch(timings)
-    recipient = recipient_of(envelope.routing_key)
     with clock("parse"):
-        root = parse(envelope.body, context.limits)
+        root = parse(body, context.limits)
     with clock("validate"):
         check_schema(root)
     with clock("verify"):
         verified = verify(root, context.trust, allow_sha1=context.allow_sha1, now=context.now)
     with clock("read"):
         package = read_package(verified.signed_root)
-    sender = authorise_sender(package, signer=verified.agency, publisher=envelope.publisher)
-    authorise_route(package, recipient)
+    bad_attachment = None
     if isinstance(package, DocumentPackage):
         with clock("attachments"):
             # A recipient's QLVB cannot open an attachment that is not base64;
             # the sender's clerk is told now rather than the recipient later.
-            for attachment in package.attachments:
-                attachment.decode()
+            try:
+                for attachment in package.attachments:
+                    attachment.decode()
+            except Rejection as rejection:
+                bad_attachment = rejection
+    return Examined(
+        package, verified.agency, verified.certificate.not_valid_after_utc, bad_attachment
+    )
+
+
+def inspect(
+    envelope: Envelope,
+    context: CheckContext,
+    timings: dict[str, float] | None = None,
+    *,
+    examined: Examined | None = None,
+) -> Inspected:
+    """Every database-free check, in order; raises :class:`Rejection` on the first failure.
+
+    The routing key first, then :func:`examine` of the bytes (unless
+    ``examined`` says what they prove already), then who published the
+    package to whom. ``timings`` as for :func:`examine`.
+    """
+    recipient = recipient_of(envelope.routing_key)
+    if examined is None:
+        examined = examine(envelope.body, context, timings)
+    package = examined.package
+    sender = authorise_sender(package, signer=examined.signer, publisher=envelope.publisher)
+    authorise_route(package, recipient)
+    if isinstance(package, DocumentPackage):
+        if examined.bad_attachment is not None:
+            raise examined.bad_attachment
         return Inspected(MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package))
     ref = document_ref(package)
     return Inspected(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
+
+
+class Inspector:
+    """:func:`inspect` that remembers, for a while, what the bytes of recent packages proved.
+
+    The same package sent to sixty recipients is one message per recipient
+    with the same bytes; parsing, validating and verifying it sixty times
+    proves nothing more than once. The memory is keyed by the SHA-256 of the
+    whole body, so only byte-identical packages share an examination; the
+    checks of the envelope (routing key, publisher, route) run for every
+    message. Only packages that passed are remembered (a refusal is cheap,
+    and may depend on the time). An examination is forgotten after
+    ``remember_s`` seconds or when the signing certificate expires, whichever
+    comes first, and the memory holds at most ``max_bytes`` of package bytes
+    (the least recently used go first), so its size depends on the setting,
+    never on the backlog. ``max_bytes`` 0 remembers nothing.
+
+    Safe to call from several threads (the worker inspects in an executor
+    and recalls on the event loop).
+    """
+
+    def __init__(
+        self, context: CheckContext, *, max_bytes: int, remember_s: float = REMEMBER_S
+    ) -> None:
+        self.context = context
+        self._max_bytes = max_bytes
+        self._remember = timedelta(seconds=remember_s)
+        self._lock = threading.Lock()
+        # sha256 -> (examination, forgotten at, body size), least recently used first
+        self._memory: OrderedDict[str, tuple[Examined, datetime, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def remembered_bytes(self) -> int:
+        """Package bytes whose examination is remembered now."""
+        return self._bytes
+
+    def recall(self, envelope: Envelope) -> Inspected | None:
+        """The inspection of a package examined before, or ``None`` if it must be examined.
+
+        Raises :class:`Rejection` when the envelope's own checks fail.
+        """
+        if not self._max_bytes:
+            return None
+        now = self._now()
+        with self._lock:
+            remembered = self._memory.get(envelope.sha256)
+            if remembered is None:
+                return None
+            examined, forgotten_at, size = remembered
+            if now >= forgotten_at:
+                del self._memory[envelope.sha256]
+                self._bytes -= size
+                return None
+            self._memory.move_to_end(envelope.sha256)
+        return inspect(envelope, self.context, examined=examined)
+
+    def inspect(self, envelope: Envelope, timings: dict[str, float] | None = None) -> Inspected:
+        """Every database-free check (:func:`inspect`); remembers what the bytes proved."""
+        recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
+        examined = examine(envelope.body, self.context, timings)
+        self._remember_examined(envelope, examined)
+        return inspect(envelope, self.context, examined=examined)
+
+    def _remember_examined(self, envelope: Envelope, examined: Examined) -> None:
+        size = len(envelope.body)
+        if size > self._max_bytes:
+            return
+        forgotten_at = min(self._now() + self._remember, examined.signer_not_after)
+        with self._lock:
+            previous = self._memory.pop(envelope.sha256, None)
+            if previous is not None:
+                self._bytes -= previous[2]
+            self._memory[envelope.sha256] = (examined, forgotten_at, size)
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                _, (_, _, dropped) = self._memory.popitem(last=False)
+                self._bytes -= dropped
+
+    def _now(self) -> datetime:
+        return self.context.now or datetime.now(UTC)
 
 
 class _Stopwatch:

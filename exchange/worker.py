@@ -2,7 +2,9 @@
 
 For each message, in this order (the order is the guarantee):
 
-1. inspect it (pure checks, :mod:`exchange.pipeline`) off the event loop;
+1. inspect it (pure checks, :mod:`exchange.pipeline`) off the event loop,
+   unless the same bytes were examined moments ago (another recipient's copy
+   of the same package: only the envelope's checks run again);
 2. in one PostgreSQL transaction: record the raw message (once, by its
    dedup key), look up what the decision needs, record the outcome and its
    effects on documents, deliveries and history;
@@ -60,9 +62,9 @@ from exchange.pipeline import (
     CheckContext,
     Envelope,
     Inspected,
+    Inspector,
     decide_document,
     decide_status,
-    inspect,
 )
 from exchange.pki import TrustStore
 from exchange.reasons import Reason, Rejection, with_problems
@@ -539,6 +541,7 @@ class Worker:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
         self.context = CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1)
+        self.inspector = Inspector(self.context, max_bytes=settings.check_memory_mb * 2**20)
         self.pool = pool
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
@@ -843,7 +846,14 @@ class Worker:
         inspected: Inspected | Rejection
         timings: dict[str, float] = {}
         try:
-            inspected = await loop.run_in_executor(None, inspect, envelope, self.context, timings)
+            recalled = self.inspector.recall(envelope)
+            if recalled is None:
+                inspected = await loop.run_in_executor(
+                    None, self.inspector.inspect, envelope, timings
+                )
+            else:
+                inspected = recalled
+                metrics.CHECKS_REUSED.inc()
         except Rejection as rejection:
             inspected = rejection
         for stage, seconds in timings.items():
