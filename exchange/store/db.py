@@ -31,9 +31,24 @@ async def create_pool(settings: Settings | None = None, *, dsn: str | None = Non
     # min_size=1: a worker that starts keeps one connection warm and opens
     # the others as concurrent messages need them.
     pool = await asyncpg.create_pool(
-        dsn or settings.database_url, min_size=1, max_size=settings.db_pool_size
+        dsn or settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        reset=_nothing_to_reset,
     )
     return pool
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a connection given back to the pool needs besides ending its transaction: nothing.
+
+    asyncpg rolls back an open transaction itself, then by default sends
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release: one more round trip per transaction, for session state the
+    exchange never leaves on a pooled connection (its locks and settings are
+    transaction-scoped, its cursors live in transactions, it never listens;
+    the migration's session lock is released in a ``finally``).
+    """
 
 
 async def connect(settings: Settings | None = None, *, dsn: str | None = None) -> Connection:

@@ -12,6 +12,7 @@ import pytest
 
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason
+from exchange.settings import Settings
 from exchange.status import (
     BusinessDocType,
     DeliveryState,
@@ -22,6 +23,7 @@ from exchange.status import (
     next_state,
 )
 from exchange.store import Connection, queries
+from exchange.store.db import create_pool
 from exchange.store.queries import AgencyConflictError, dedup_key
 from exchange.store.records import EventKind, Message, NewDocument
 
@@ -753,3 +755,24 @@ async def test_sender_view_shows_each_document_at_each_recipient_with_its_latest
     assert all(row.delivered_at is not None for row in view)
     assert {row.document_id for row in view} == {"000.00.00.G22,2024/05/06,7816/VPCP-TTĐT"}
     assert await queries.sender_view(directory, PHU_THO) == []
+
+
+async def test_a_pooled_connection_given_back_mid_transaction_is_rolled_back(
+    database_url: str,
+) -> None:
+    """The pool skips asyncpg's session reset (create_pool), never the end of a transaction."""
+    pool = await create_pool(Settings(db_pool_size=1), dsn=database_url)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TABLE left_open (n int)")
+            await conn.execute("SELECT pg_advisory_xact_lock(42)")
+        async with pool.acquire() as conn:  # the one connection, given back
+            assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert not conn.is_in_transaction()
+    finally:
+        await pool.close()
