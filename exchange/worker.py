@@ -505,6 +505,24 @@ class OutboxFlags:
                 raise error
 
 
+def _new_document(inspected: Inspected, sha256: str) -> NewDocument:
+    """The document row a document message that passed its checks brings."""
+    package = inspected.package
+    assert isinstance(package, DocumentPackage)
+    return NewDocument(
+        sender=inspected.sender,
+        document_id=inspected.document_id,
+        sha256=sha256,
+        code_number=package.code.code_number,
+        code_notation=package.code.code_notation,
+        subject=package.subject,
+        promulgation_date=package.promulgation.promulgation_date,
+        due_date=package.due_date,
+        doc_type=package.business_doc_type,
+        priority=package.other_info.priority if package.other_info else None,
+    )
+
+
 def _lock_order(inspected: Inspected | Rejection) -> str:
     """The key of the rows a message's writes lock: its document (see GroupCommit)."""
     if isinstance(inspected, Rejection):
@@ -868,10 +886,35 @@ class Worker:
             and await self.directory.is_registered(inspected.recipient)
         )
 
+        # The usual case, a new document for a registered recipient, is
+        # recorded and delivered in one statement.
+        usual = (
+            isinstance(inspected, Inspected)
+            and isinstance(inspected.package, DocumentPackage)
+            and registered
+        )
+
         async def writes(conn: Connection) -> Message:
+            key = queries.dedup_key(routing_key, body, broker_user)
+            if usual:
+                assert isinstance(inspected, Inspected)
+                recorded = await queries.record_delivered_document(
+                    conn,
+                    dedup_key=key,
+                    amqp_message_id=amqp_message_id,
+                    routing_key=routing_key,
+                    broker_user=broker_user,
+                    body=body,
+                    recipient=inspected.recipient,
+                    document=_new_document(inspected, envelope.sha256),
+                )
+                if recorded is not None:
+                    if recorded.decided:
+                        return recorded
+                    return await self._decide(conn, recorded, envelope, inspected, registered)
             record, _ = await queries.record_message(
                 conn,
-                dedup_key=queries.dedup_key(routing_key, body, broker_user),
+                dedup_key=key,
                 amqp_message_id=amqp_message_id,
                 routing_key=routing_key,
                 broker_user=broker_user,
@@ -965,27 +1008,14 @@ class Worker:
         inspected: Inspected,
         registered: bool,
     ) -> Message:
-        package = inspected.package
-        assert isinstance(package, DocumentPackage)
         # Everything refusable before the first write: a document row written
         # for a recipient then refused would collide with a corrected re-send.
         decide_document(
             inspected, recipient_registered=registered, existing_sha256=None, sha256=envelope.sha256
         )
-        document = NewDocument(
-            sender=inspected.sender,
-            document_id=inspected.document_id,
-            sha256=envelope.sha256,
-            code_number=package.code.code_number,
-            code_notation=package.code.code_notation,
-            subject=package.subject,
-            promulgation_date=package.promulgation.promulgation_date,
-            due_date=package.due_date,
-            doc_type=package.business_doc_type,
-            priority=package.other_info.priority if package.other_info else None,
-        )
-        # The usual case in one round trip; None when a row committed by a
-        # concurrent transaction was out of the statement's sight.
+        document = _new_document(inspected, envelope.sha256)
+        # In one round trip; None when a row committed by a concurrent
+        # transaction was out of the statement's sight.
         delivered = await queries.deliver_document(
             conn, message_pk=record.pk, recipient=inspected.recipient, document=document
         )

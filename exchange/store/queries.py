@@ -610,6 +610,114 @@ async def deliver_document(
     return found, Message.from_row({name: row[f"m_{name}"] for name in fields})
 
 
+# record_delivered_document's statement: $1 to $10 the document as in
+# _INSERT_DOCUMENT, $11 the recipient, $12 to $17 the message as in
+# record_message ($12 dedup key, $13 AMQP message id, $14 routing key, $15
+# broker user, $16 body, $17 received at), $18 to $20 the receipt kind, the
+# outcome and the kind. The message's SHA-256 is the document's ($3): a
+# document is the bytes of the message that brought it. The message is
+# inserted only when no document of its sender holds its DocumentId with
+# other bytes; its state says delivered only when the delivery is in the
+# statement's sight.
+_RECORD_DELIVERED_DOCUMENT = f"""
+        WITH before AS (
+            SELECT id, sha256 FROM documents WHERE sender = $1 AND document_id = $2
+        ), m AS (
+            INSERT INTO messages
+                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
+            SELECT $12, $13, $14, $15, $16, $3, coalesce($17, now())
+            WHERE NOT EXISTS (SELECT FROM before WHERE sha256 <> $3)
+            ON CONFLICT (dedup_key) DO NOTHING
+            RETURNING {_columns(_MESSAGE_FIELDS)}
+        ), new_doc AS (
+            INSERT INTO documents
+                (sender, document_id, sha256, code_number, code_notation, subject,
+                 promulgation_date, due_date, doc_type, priority, first_message_pk)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, m.id FROM m
+            WHERE NOT EXISTS (SELECT FROM before)
+            ON CONFLICT (sender, document_id) DO NOTHING
+            RETURNING {_DOCUMENT_COLUMNS}
+        ), doc AS (
+            SELECT id FROM new_doc
+            UNION ALL
+            SELECT id FROM before WHERE EXISTS (SELECT FROM m)
+        ), new_delivery AS (
+            INSERT INTO deliveries (document_pk, recipient, message_pk)
+            SELECT doc.id, $11, m.id FROM doc, m
+            ON CONFLICT (document_pk, recipient) DO NOTHING
+            RETURNING id
+        ), delivery AS (
+            SELECT id FROM new_delivery
+            UNION ALL
+            SELECT d.id FROM deliveries d JOIN doc ON doc.id = d.document_pk
+            WHERE d.recipient = $11 AND NOT EXISTS (SELECT FROM new_delivery)
+        ), receipt AS (
+            INSERT INTO events (delivery_pk, message_pk, kind, code, at)
+            SELECT delivery.id, m.id, $18, $19, now() FROM delivery, m
+        ), state AS (
+            INSERT INTO message_state (message_pk, kind, sender, outcome, document_pk, document_id)
+            SELECT m.id, $20, $1,
+                   CASE WHEN EXISTS (SELECT FROM delivery) THEN $19 END,
+                   CASE WHEN EXISTS (SELECT FROM delivery) THEN (SELECT id FROM doc) END,
+                   $2
+            FROM m
+            RETURNING message_pk, {_columns(_STATE_FIELDS)}
+        )
+        SELECT {_columns(_MESSAGE_FIELDS, "m")}, {_columns(_STATE_FIELDS, "state")}
+        FROM m JOIN state ON state.message_pk = m.id
+        """  # noqa: S608 (constant column lists, no input)
+
+
+async def record_delivered_document(
+    conn: Connection,
+    *,
+    dedup_key: str,
+    amqp_message_id: str | None,
+    routing_key: str,
+    broker_user: str | None,
+    body: bytes,
+    recipient: AgencyCode,
+    document: NewDocument,
+    received_at: datetime | None = None,
+) -> Message | None:
+    """Record a new document message and its delivery in one round trip: the worker's usual case.
+
+    What :func:`record_message` then :func:`deliver_document` do, in one
+    statement, for a message that passed every check and whose recipient is
+    registered. Returns the message's record: decided (``delivered``), or
+    undecided when a row a concurrent transaction committed was out of the
+    statement's sight (the caller decides it as any recorded message).
+    Returns ``None``, having written nothing, when the message was recorded
+    before (a redelivery, a re-publish) or its sender already holds the
+    DocumentId with other bytes: the caller takes the general path, which
+    knows what to say.
+    """
+    row = await conn.fetchrow(
+        _RECORD_DELIVERED_DOCUMENT,
+        str(document.sender),
+        document.document_id,
+        document.sha256,
+        document.code_number,
+        document.code_notation,
+        document.subject,
+        document.promulgation_date,
+        document.due_date,
+        document.doc_type.value,
+        None if document.priority is None else document.priority.value,
+        str(recipient),
+        dedup_key,
+        amqp_message_id,
+        routing_key,
+        broker_user,
+        body,
+        received_at,
+        EventKind.RECEIPT.value,
+        TransportOutcome.DELIVERED.value,
+        MessageKind.DOCUMENT.value,
+    )
+    return None if row is None else Message.from_row(row)
+
+
 async def get_document(conn: Connection, sender: AgencyCode, document_id: str) -> Document | None:
     """The document a sender stored under this id, or ``None``."""
     row = await conn.fetchrow(

@@ -26,6 +26,7 @@ from exchange.store import Connection, queries
 from exchange.store.db import create_pool
 from exchange.store.queries import AgencyConflictError, dedup_key
 from exchange.store.records import EventKind, Message, NewDocument
+from tests.db_fixtures import create_database, drop_database, unique_database_name
 
 pytest_plugins = ["tests.db_fixtures"]
 
@@ -531,6 +532,126 @@ async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
             assert not racing.done()
         assert await racing is None
         assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _record_delivered(
+    conn: Connection, body: bytes, recipient: AgencyCode = HOME_AFFAIRS
+) -> Message | None:
+    """Record and deliver a document message in one statement, the way the worker does."""
+    return await queries.record_delivered_document(
+        conn,
+        dedup_key=dedup_key(str(recipient), body),
+        amqp_message_id="9d8a3c1e-0000-4000-8000-000000000001",
+        routing_key=str(recipient),
+        broker_user=str(GOVERNMENT_OFFICE),
+        body=body,
+        recipient=recipient,
+        document=_new_document(body),
+    )
+
+
+async def _rows(conn: Connection) -> list[tuple[object, ...]]:
+    """What recording and delivering wrote, without ids and times, in a comparable form."""
+    messages = await conn.fetch(
+        "SELECT m.routing_key, m.broker_user, m.sha256, s.kind, s.sender, s.outcome,"
+        " s.reason_code, s.document_id, s.attempts, s.published_at,"
+        " d.document_id AS doc_id, d.sha256 AS doc_sha256, d.subject, d.priority"
+        " FROM messages m JOIN message_state s ON s.message_pk = m.id"
+        " LEFT JOIN documents d ON d.id = s.document_pk ORDER BY m.id"
+    )
+    deliveries = await conn.fetch(
+        "SELECT dv.recipient, m.routing_key, e.kind, e.code FROM deliveries dv"
+        " JOIN messages m ON m.id = dv.message_pk JOIN events e ON e.delivery_pk = dv.id"
+        " ORDER BY dv.id, e.id"
+    )
+    documents = await conn.fetch(
+        "SELECT d.document_id, m.routing_key FROM documents d"
+        " JOIN messages m ON m.id = d.first_message_pk"
+    )
+    return [tuple(row) for row in [*messages, *deliveries, *documents]]
+
+
+@pytest.mark.services
+async def test_recorded_and_delivered_in_one_statement_is_what_the_steps_record(
+    postgres_url: str, migrated_template: str
+) -> None:
+    """The worker's one-statement path writes exactly what the general path writes."""
+    body = b"<edXML>document 15</edXML>"
+    written = []
+    for one_statement in (True, False):
+        name = unique_database_name("same")
+        dsn = await create_database(postgres_url, name, template=migrated_template)
+        conn = await asyncpg.connect(dsn)
+        try:
+            for code in NAMES:
+                await queries.add_agency(conn, code, NAMES[code])
+            for recipient in (HOME_AFFAIRS, PHU_THO):
+                if one_statement:
+                    record = await _record_delivered(conn, body, recipient)
+                    assert record is not None and record.outcome is TransportOutcome.DELIVERED
+                    assert record == await queries.get_message(conn, record.pk)
+                else:
+                    message, _ = await _receive(conn, body, recipient)
+                    await queries.deliver_document(
+                        conn,
+                        message_pk=message.pk,
+                        recipient=recipient,
+                        document=_new_document(body),
+                    )
+            written.append(await _rows(conn))
+        finally:
+            await conn.close()
+            await drop_database(postgres_url, name)
+    assert written[0] == written[1]
+    assert len(written[0]) == 2 + 2 + 1  # two messages, two deliveries with a receipt, a document
+
+
+@pytest.mark.services
+async def test_one_statement_path_writes_nothing_for_a_message_seen_before(
+    directory: Connection,
+) -> None:
+    body = b"<edXML>document 15</edXML>"
+    assert await _record_delivered(directory, body) is not None
+    before = await _rows(directory)
+    assert await _record_delivered(directory, body) is None
+    assert await _rows(directory) == before
+
+
+@pytest.mark.services
+async def test_one_statement_path_writes_nothing_for_a_document_id_taken_by_other_bytes(
+    directory: Connection,
+) -> None:
+    """Not even the message: the general path records it with its refusal."""
+    assert await _record_delivered(directory, b"<edXML>document 15</edXML>") is not None
+    before = await _rows(directory)
+    assert (
+        await _record_delivered(directory, b"<edXML>document 15, changed</edXML>", PHU_THO) is None
+    )
+    assert await _rows(directory) == before
+
+
+@pytest.mark.services
+async def test_one_statement_path_leaves_a_document_committed_meanwhile_undecided(
+    database_url: str,
+) -> None:
+    """The statement waited for another transaction's document: it records, and decides nothing."""
+    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        for code in NAMES:
+            await queries.add_agency(first, code, NAMES[code])
+        body = b"<edXML>document 15</edXML>"
+        async with first.transaction():
+            assert await _record_delivered(first, body) is not None
+            racing = asyncio.create_task(_record_delivered(second, body, PHU_THO))
+            await asyncio.sleep(0.2)
+            assert not racing.done()
+        mine = await racing
+        assert mine is not None and mine.outcome is None and mine.document_pk is None
+        assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
+        assert await second.fetchval("SELECT count(*) FROM events") == 1
     finally:
         await first.close()
         await second.close()
