@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from exchange.agency import AgencyCode
 from exchange.checks.authorise import document_id_of
@@ -308,6 +309,7 @@ async def test_genuine_package_is_delivered_after_another_agency_replayed_it(
     async with sender.client() as client:
         signed = client.sign(document)
 
+    reused = REGISTRY.get_sample_value("lienthong_checks_reused_total") or 0.0
     async with exchange.workers(1):
         # A co-recipient holds the signed bytes and gets to the ministry first.
         await expect_rejection(exchange, co_recipient, signed, MINISTRY, Reason.SENDER_MISMATCH)
@@ -318,6 +320,9 @@ async def test_genuine_package_is_delivered_after_another_agency_replayed_it(
     (receipt,) = [item.receipt for item in await exchange.statuses_of(sender)]
     assert receipt.outcome is TransportOutcome.DELIVERED
     assert [item.body for item in await exchange.inbox_of(recipient)] == [signed]
+    # The same bytes: the worker examined them once (for the impostor's copy,
+    # refused by the envelope checks alone) and reused that for the sender's.
+    assert REGISTRY.get_sample_value("lienthong_checks_reused_total") == reused + 1
 
 
 async def test_document_for_an_unregistered_agency_is_rejected_and_can_be_sent_again_corrected(
