@@ -74,7 +74,7 @@ from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection, Pool, create_pool
 from exchange.store.migrate import migrate
-from exchange.store.records import Message, NewDocument
+from exchange.store.records import Message, NewDocument, NewDocumentMessage
 
 log = logging.getLogger("lienthong.worker")
 
@@ -359,26 +359,51 @@ T = TypeVar("T")
 
 # Most messages one database transaction records (see GroupCommit).
 GROUP_COMMIT_MAX = 64
-# A message's writes waiting for the next group, the key that orders them in
-# the group, and where its result goes.
-_Pending = tuple[Callable[[Connection], Awaitable[Any]], str, asyncio.Future[Any]]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A message's writes waiting for the next group, and where its result goes."""
+
+    writes: Callable[[Connection], Awaitable[Any]]
+    # The key that orders writes in the group (see GroupCommit).
+    order: str
+    # What the group's one statement takes instead of ``writes``, if it can.
+    usual: Any
+    done: asyncio.Future[Any]
+
+
+# An outbox flag waiting for the next group: the message, and who waits.
+_Flag = tuple[int, asyncio.Future[None]]
+
+# Writes the usual messages of a group (their ``usual``) and sets outbox
+# flags, in one statement on its own; returns, for each message, its result,
+# or None when its writes are still to run.
+Usual = Callable[[Connection, list[Any], list[int]], Awaitable[list[Any]]]
 
 
 class GroupCommit:
-    """Record the decisions of messages handled at once in one transaction: a group commit.
+    """Record the decisions of messages handled at once together: a group commit.
 
     Every message's record is hash-chained, and a transaction holds the
     chain's lock while it commits (migration 0006), so commits that record
     messages run one after the other, each paying its own lock hand-over and
-    WAL flush. Here the writes of every message that waits while a
-    transaction runs go into the next one, together: one lock and one flush
-    for the group. Should one message's
-    writes fail (a transient error), the group is written again with each
-    message's writes in a savepoint of their own, so that only that message
-    fails; its writes are plain database work, safe to run again. Nobody
-    learns the outcome of its writes before the commit, so a message is
-    still published only once its decision is durable, and acked only once
-    published. A lone message is written at once: no waiting for company.
+    WAL flush. Here the writes of every message that waits while a group is
+    written go into the next one, together: one lock and one flush for the
+    group. A lone message is written at once: no waiting for company.
+
+    The usual messages of a group (those run with a ``usual`` value, when
+    the group commit has a ``usual`` function: in the worker, new documents
+    for registered recipients) are written by that function in one statement,
+    committed on its own, with the outbox flags waiting at that moment
+    (:meth:`mark`): one round trip for the group. The others, and any the
+    statement leaves undone, run their ``writes`` in one transaction. Should
+    one message's writes fail (a transient error), that transaction is
+    written again with each message's writes in a savepoint of their own,
+    so that only that message fails; writes are plain database work, safe to
+    run again. Nobody learns the outcome of its writes before the commit, so
+    a message is still published only once its decision is durable, and
+    acked only once published.
 
     The groups of several workers are written at the same time and only
     their commits queue up. Two groups that touch the same rows (the copies
@@ -387,122 +412,189 @@ class GroupCommit:
     one waits for the other instead of both waiting for each other.
     """
 
-    def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX, at_once: int = 1) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        most: int = GROUP_COMMIT_MAX,
+        at_once: int = 1,
+        usual: Usual | None = None,
+    ) -> None:
         """Group commits on connections of ``pool``, at most ``most`` messages each.
 
         Up to ``at_once`` groups are written at the same time, each on its
         own connection: a message that arrives while a group is being
         written starts the next group at once instead of waiting for it
-        (round trips are slow on a busy machine, and a group of 32 messages
-        is 64 of them).
+        (round trips are slow on a busy machine).
         """
         self._pool = pool
         self._most = most
         self._at_once = at_once
+        self._usual = usual
         self._waiting: list[_Pending] = []
+        self._flags: list[_Flag] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
-    async def run(self, writes: Callable[[Connection], Awaitable[T]], order: str = "") -> T:
-        """Run ``writes`` in the next group's transaction; return its result once committed.
+    async def run(
+        self, writes: Callable[[Connection], Awaitable[T]], order: str = "", usual: Any = None
+    ) -> T:
+        """Run ``writes`` in the next group; return its result once committed.
 
-        Within a group, writes run in the order of ``order``, then of arrival.
+        Within a group, writes run in the order of ``order``, then of
+        arrival. With ``usual`` (not None), the group's one statement may do
+        the writes instead (see the class).
         """
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append((writes, order, done))
+        self._waiting.append(_Pending(writes, order, usual, done))
+        self._start_flusher()
+        return await done
+
+    async def mark(self, message_pk: int) -> None:
+        """Set the outbox flag of ``message_pk`` with the next group; return once committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flags.append((message_pk, done))
+        self._start_flusher()
+        await done
+
+    def _start_flusher(self) -> None:
         # A flusher whose loop just ended is done at once (its done callbacks
         # run later): count the running ones, not the ones not yet discarded.
         self._flushers = {flusher for flusher in self._flushers if not flusher.done()}
         if len(self._flushers) < self._at_once:
             self._flushers.add(asyncio.create_task(self._flush()))
-        return await done
 
     async def _flush(self) -> None:
-        while self._waiting:
+        while self._waiting or self._flags:
             group, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
-            group.sort(key=lambda pending: pending[1])
+            flags, self._flags = self._flags[: self._most], self._flags[self._most :]
+            group.sort(key=lambda pending: pending.order)
             try:
-                await self._commit(group)
+                await self._commit(group, flags)
             except BaseException as error:
                 # The commit (or the connection) failed: nothing of the group
                 # is durable, every message in it failed.
-                for _, _, done in group:
-                    if not done.done():
-                        done.set_exception(error)
+                for pending in group:
+                    _settle(pending.done, error=error)
+                for _, done in flags:
+                    _settle(done, error=error)
                 if isinstance(error, asyncio.CancelledError):
                     raise
 
-    async def _commit(self, group: list[_Pending]) -> None:
+    async def _commit(self, group: list[_Pending], flags: list[_Flag]) -> None:
+        usual = [pending for pending in group if pending.usual is not None]
+        if self._usual is not None and usual:
+            group, flags = await self._in_one_statement(usual, group, flags)
+        if flags:
+            await self._set_flags(flags)
+        if not group:
+            return
         try:
             results = await self._together(group)
         except Exception as error:
             if len(group) == 1:
-                _settle(group[0][2], error=error)
+                _settle(group[0].done, error=error)
                 return
             # One message's writes failed and took the others' with them:
             # again, each in a savepoint of its own, so that only it fails.
             await self._separately(group)
             return
-        for (_, _, done), result in zip(group, results, strict=True):
-            _settle(done, result=result)
+        for pending, result in zip(group, results, strict=True):
+            _settle(pending.done, result=result)
+
+    async def _in_one_statement(
+        self,
+        usual: list[_Pending],
+        group: list[_Pending],
+        flags: list[_Flag],
+    ) -> tuple[list[_Pending], list[_Flag]]:
+        """The usual messages and the flags in one statement; returns what is left to do."""
+        assert self._usual is not None
+        try:
+            async with self._pool.acquire() as conn:
+                results = await self._usual(
+                    conn, [pending.usual for pending in usual], [pk for pk, _ in flags]
+                )
+        except Exception:
+            # Nothing of the statement is durable; each message's writes run
+            # in the transaction, where a failure stays its own.
+            log.warning(
+                "a group's one statement failed; its messages are written apart", exc_info=True
+            )
+            return group, flags
+        for _, flagged in flags:
+            _settle(flagged)
+        written = set()
+        for pending, result in zip(usual, results, strict=True):
+            if result is not None:
+                _settle(pending.done, result=result)
+                written.add(id(pending))
+        return [pending for pending in group if id(pending) not in written], []
+
+    async def _set_flags(self, flags: list[_Flag]) -> None:
+        error: Exception | None = None
+        try:
+            async with self._pool.acquire() as conn:
+                await queries.mark_published_many(conn, [pk for pk, _ in flags])
+        except Exception as failure:
+            # Each of its messages fails as if its own flag could not be set:
+            # it takes the retry path, and its effects are published again,
+            # which the clients drop as repeats.
+            error = failure
+        for _, done in flags:
+            _settle(done, error=error)
 
     async def _together(self, group: list[_Pending]) -> list[Any]:
         """Every message's writes in one transaction, no savepoints: the usual case."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return [await writes(conn) for writes, _, _ in group]
+            return [await pending.writes(conn) for pending in group]
 
     async def _separately(self, group: list[_Pending]) -> None:
         """One transaction, each message's writes in a savepoint: a failure stays its own."""
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            for writes, _, done in group:
+            for pending in group:
                 try:
                     async with conn.transaction():
-                        outcomes.append((done, await writes(conn), None))
+                        outcomes.append((pending.done, await pending.writes(conn), None))
                 except Exception as error:
-                    outcomes.append((done, None, error))
+                    outcomes.append((pending.done, None, error))
         for done, result, failure in outcomes:
             _settle(done, result=result, error=failure)
 
 
-class OutboxFlags:
-    """Set the outbox flags of messages published at about the same time, in one statement.
+async def _record_usual_messages(
+    conn: Connection, messages: list[NewDocumentMessage], flags: list[int]
+) -> list[Message | None]:
+    """The group's one statement (GroupCommit): new documents, recorded and delivered, and flags.
 
-    Like :class:`GroupCommit`, for the one write a message makes after
-    publishing: the flags of every message that finished publishing while
-    the previous statement ran are set by the next one. Should it fail, each
-    of its messages fails as if its own flag could not be set (it takes the
-    retry path, and its effects are published again, which the clients
-    drop as repeats).
+    Returns each message's decided record, or None for one whose writes are
+    still to run: one the statement left undecided or did not write (seen
+    before, a DocumentId taken by other bytes), and a second copy of the
+    same message, or of the same document to the same recipient, in one
+    group (a re-publish racing its first copy), which the statement cannot
+    take twice.
     """
-
-    def __init__(self, pool: Pool, *, most: int = GROUP_COMMIT_MAX) -> None:
-        """Flags set on connections of ``pool``, at most ``most`` messages a statement."""
-        self._pool = pool
-        self._most = most
-        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def mark(self, message_pk: int) -> None:
-        """Set the flag of ``message_pk``; return once it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((message_pk, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
-            error: BaseException | None = None
-            try:
-                async with self._pool.acquire() as conn:
-                    await queries.mark_published_many(conn, [pk for pk, _ in batch])
-            except BaseException as failure:
-                error = failure
-            for _, done in batch:
-                _settle(done, error=error)
-            if isinstance(error, asyncio.CancelledError):
-                raise error
+    chosen: list[NewDocumentMessage] = []
+    keys: set[str] = set()
+    routes: set[tuple[str, str, str]] = set()
+    for message in messages:
+        route = (str(message.document.sender), message.document.document_id, str(message.recipient))
+        if message.dedup_key not in keys and route not in routes:
+            chosen.append(message)
+        keys.add(message.dedup_key)
+        routes.add(route)
+    recorded = dict(
+        zip(
+            (id(message) for message in chosen),
+            await queries.record_delivered_documents(conn, chosen, flags),
+            strict=True,
+        )
+    )
+    results: list[Message | None] = []
+    for message in messages:
+        record = recorded.get(id(message))
+        results.append(record if record is not None and record.decided else None)
+    return results
 
 
 def _new_document(inspected: Inspected, sha256: str) -> NewDocument:
@@ -573,8 +665,9 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
-        self._group_commit = GroupCommit(pool, at_once=settings.group_commits)
-        self._outbox = OutboxFlags(pool)
+        self._group_commit = GroupCommit(
+            pool, at_once=settings.group_commits, usual=_record_usual_messages
+        )
         self.processed = 0
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
@@ -886,28 +979,25 @@ class Worker:
             and await self.directory.is_registered(inspected.recipient)
         )
 
+        key = queries.dedup_key(routing_key, body, broker_user)
         # The usual case, a new document for a registered recipient, is
-        # recorded and delivered in one statement.
-        usual = (
-            isinstance(inspected, Inspected)
-            and isinstance(inspected.package, DocumentPackage)
-            and registered
-        )
+        # recorded and delivered in one statement (with the other usual
+        # messages of its group, see GroupCommit).
+        usual = None
+        if isinstance(inspected, Inspected) and registered and inspected.ref is None:
+            usual = NewDocumentMessage(
+                dedup_key=key,
+                amqp_message_id=amqp_message_id,
+                routing_key=routing_key,
+                broker_user=broker_user,
+                body=body,
+                recipient=inspected.recipient,
+                document=_new_document(inspected, envelope.sha256),
+            )
 
         async def writes(conn: Connection) -> Message:
-            key = queries.dedup_key(routing_key, body, broker_user)
-            if usual:
-                assert isinstance(inspected, Inspected)
-                recorded = await queries.record_delivered_document(
-                    conn,
-                    dedup_key=key,
-                    amqp_message_id=amqp_message_id,
-                    routing_key=routing_key,
-                    broker_user=broker_user,
-                    body=body,
-                    recipient=inspected.recipient,
-                    document=_new_document(inspected, envelope.sha256),
-                )
+            if usual is not None:
+                recorded = await queries.record_delivered_document(conn, usual)
                 if recorded is not None:
                     if recorded.decided:
                         return recorded
@@ -931,7 +1021,7 @@ class Worker:
 
         started = time.perf_counter()
         # Returns once the transaction holding these writes committed.
-        record = await self._group_commit.run(writes, order=_lock_order(inspected))
+        record = await self._group_commit.run(writes, order=_lock_order(inspected), usual=usual)
         metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
         self.faults.maybe_kill("after_commit")
         if not record.published:
@@ -963,7 +1053,7 @@ class Worker:
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""
-        await self._outbox.mark(message_pk)
+        await self._group_commit.mark(message_pk)
 
     async def _decide(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -42,6 +42,7 @@ from exchange.store.records import (
     Message,
     MessageTally,
     NewDocument,
+    NewDocumentMessage,
     RecipientTrace,
     ReplayItemRecord,
     ReplayRecord,
@@ -355,23 +356,25 @@ async def mark_published(conn: Connection, message_pk: int) -> bool:
     return bool(await mark_published_many(conn, [message_pk]))
 
 
-async def mark_published_many(conn: Connection, message_pks: Iterable[int]) -> int:
-    """:func:`mark_published` for several messages in one statement; how many were marked."""
-    changed: int = await conn.fetchval(
-        """
-        WITH marked AS (
+# The outbox flags of the messages in the array {pks}, as CTEs `marked` and
+# `delivered`, shared by mark_published_many and record_delivered_documents.
+_MARK_PUBLISHED = """
+        marked AS (
             UPDATE message_state SET published_at = now(), updated_at = now()
-            WHERE message_pk = ANY($1::bigint[]) AND published_at IS NULL
+            WHERE message_pk = ANY({pks}::bigint[]) AND published_at IS NULL
             RETURNING message_pk, published_at
         ), delivered AS (
             UPDATE deliveries d SET delivered_at = marked.published_at, updated_at = now()
             FROM marked
             WHERE d.message_pk = marked.message_pk AND d.delivered_at IS NULL
         )
-        SELECT count(*) FROM marked
-        """,
-        sorted(set(message_pks)),
-    )
+"""
+_MARK_PUBLISHED_MANY = f"WITH {_MARK_PUBLISHED.format(pks='$1')} SELECT count(*) FROM marked"  # noqa: S608 (constant text)
+
+
+async def mark_published_many(conn: Connection, message_pks: Iterable[int]) -> int:
+    """:func:`mark_published` for several messages in one statement; how many were marked."""
+    changed: int = await conn.fetchval(_MARK_PUBLISHED_MANY, sorted(set(message_pks)))
     return changed
 
 
@@ -610,112 +613,162 @@ async def deliver_document(
     return found, Message.from_row({name: row[f"m_{name}"] for name in fields})
 
 
-# record_delivered_document's statement: $1 to $10 the document as in
-# _INSERT_DOCUMENT, $11 the recipient, $12 to $17 the message as in
-# record_message ($12 dedup key, $13 AMQP message id, $14 routing key, $15
-# broker user, $16 body, $17 received at), $18 to $20 the receipt kind, the
-# outcome and the kind. The message's SHA-256 is the document's ($3): a
-# document is the bytes of the message that brought it. The message is
-# inserted only when no document of its sender holds its DocumentId with
-# other bytes; its state says delivered only when the delivery is in the
-# statement's sight.
-_RECORD_DELIVERED_DOCUMENT = f"""
-        WITH before AS (
-            SELECT id, sha256 FROM documents WHERE sender = $1 AND document_id = $2
+# record_delivered_documents' statement. $1 to $17 are arrays, one element
+# per message: $1 its number in the call, $2 to $6 the message as
+# record_message stores it (dedup key, AMQP message id, routing key, broker
+# user, body), $7 the recipient, $8 to $17 the document as _INSERT_DOCUMENT
+# ($8 sender ... $17 priority; the message's SHA-256 is the document's, $10:
+# a document is the bytes of the message that brought it). $18 the outbox
+# flags to set, $19 to $21 the receipt kind, the outcome and the kind.
+#
+# A message is inserted only when no document of its sender holds its
+# DocumentId with other bytes; its state says delivered only when the
+# document and the delivery are in the statement's sight. The caller passes
+# no two messages with the same dedup key, nor with the same document and
+# recipient; several messages of one document (to several recipients) are
+# the usual case: the first of them is the document's first message.
+_RECORD_DELIVERED_DOCUMENTS = f"""
+        WITH input AS (
+            SELECT * FROM unnest(
+                $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::date[], $15::date[], $16::text[], $17::text[]
+            ) AS i(n, dedup_key, amqp_message_id, routing_key, broker_user, body,
+                   recipient, sender, document_id, sha256, code_number, code_notation,
+                   subject, promulgation_date, due_date, doc_type, priority)
+        ), {_MARK_PUBLISHED.format(pks="$18").strip()}, before AS (
+            SELECT i.n, d.id, d.sha256
+            FROM input i JOIN documents d ON d.sender = i.sender AND d.document_id = i.document_id
         ), m AS (
             INSERT INTO messages
                 (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
-            SELECT $12, $13, $14, $15, $16, $3, coalesce($17, now())
-            WHERE NOT EXISTS (SELECT FROM before WHERE sha256 <> $3)
+            SELECT i.dedup_key, i.amqp_message_id, i.routing_key, i.broker_user, i.body,
+                   i.sha256, now()
+            FROM input i
+            WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n AND b.sha256 <> i.sha256)
+            ORDER BY i.n
             ON CONFLICT (dedup_key) DO NOTHING
             RETURNING {_columns(_MESSAGE_FIELDS)}
+        ), mi AS (
+            SELECT i.n, i.recipient, i.sender, i.document_id, m.*
+            FROM m JOIN input i ON i.dedup_key = m.dedup_key
         ), new_doc AS (
             INSERT INTO documents
                 (sender, document_id, sha256, code_number, code_notation, subject,
                  promulgation_date, due_date, doc_type, priority, first_message_pk)
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, m.id FROM m
-            WHERE NOT EXISTS (SELECT FROM before)
+            SELECT DISTINCT ON (i.sender, i.document_id)
+                   i.sender, i.document_id, i.sha256, i.code_number, i.code_notation, i.subject,
+                   i.promulgation_date, i.due_date, i.doc_type, i.priority, mi.id
+            FROM input i JOIN mi ON mi.n = i.n
+            WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n)
+            ORDER BY i.sender, i.document_id, i.n
             ON CONFLICT (sender, document_id) DO NOTHING
-            RETURNING {_DOCUMENT_COLUMNS}
+            RETURNING id, sender, document_id, sha256
         ), doc AS (
-            SELECT id FROM new_doc
+            SELECT mi.n, nd.id FROM mi
+            JOIN new_doc nd ON nd.sender = mi.sender AND nd.document_id = mi.document_id
+                           AND nd.sha256 = mi.sha256
             UNION ALL
-            SELECT id FROM before WHERE EXISTS (SELECT FROM m)
+            SELECT mi.n, b.id FROM mi JOIN before b ON b.n = mi.n
         ), new_delivery AS (
             INSERT INTO deliveries (document_pk, recipient, message_pk)
-            SELECT doc.id, $11, m.id FROM doc, m
+            SELECT doc.id, mi.recipient, mi.id FROM doc JOIN mi ON mi.n = doc.n
+            ORDER BY doc.n
             ON CONFLICT (document_pk, recipient) DO NOTHING
-            RETURNING id
+            RETURNING id, document_pk, recipient
         ), delivery AS (
-            SELECT id FROM new_delivery
+            SELECT doc.n, nd.id FROM doc JOIN mi ON mi.n = doc.n
+            JOIN new_delivery nd ON nd.document_pk = doc.id AND nd.recipient = mi.recipient
             UNION ALL
-            SELECT d.id FROM deliveries d JOIN doc ON doc.id = d.document_pk
-            WHERE d.recipient = $11 AND NOT EXISTS (SELECT FROM new_delivery)
+            SELECT doc.n, d.id FROM doc JOIN mi ON mi.n = doc.n
+            JOIN deliveries d ON d.document_pk = doc.id AND d.recipient = mi.recipient
+            WHERE NOT EXISTS (
+                SELECT FROM new_delivery nd
+                WHERE nd.document_pk = doc.id AND nd.recipient = mi.recipient
+            )
         ), receipt AS (
             INSERT INTO events (delivery_pk, message_pk, kind, code, at)
-            SELECT delivery.id, m.id, $18, $19, now() FROM delivery, m
+            SELECT delivery.id, mi.id, $19, $20, now()
+            FROM delivery JOIN mi ON mi.n = delivery.n
+            ORDER BY delivery.n
         ), state AS (
             INSERT INTO message_state (message_pk, kind, sender, outcome, document_pk, document_id)
-            SELECT m.id, $20, $1,
-                   CASE WHEN EXISTS (SELECT FROM delivery) THEN $19 END,
-                   CASE WHEN EXISTS (SELECT FROM delivery) THEN (SELECT id FROM doc) END,
-                   $2
-            FROM m
+            SELECT mi.id, $21, mi.sender,
+                   CASE WHEN delivery.id IS NOT NULL THEN $20 END,
+                   CASE WHEN delivery.id IS NOT NULL THEN doc.id END,
+                   mi.document_id
+            FROM mi LEFT JOIN delivery ON delivery.n = mi.n LEFT JOIN doc ON doc.n = mi.n
             RETURNING message_pk, {_columns(_STATE_FIELDS)}
         )
-        SELECT {_columns(_MESSAGE_FIELDS, "m")}, {_columns(_STATE_FIELDS, "state")}
-        FROM m JOIN state ON state.message_pk = m.id
+        SELECT mi.n, {_columns(_MESSAGE_FIELDS, "mi")}, {_columns(_STATE_FIELDS, "state")}
+        FROM mi JOIN state ON state.message_pk = mi.id
         """  # noqa: S608 (constant column lists, no input)
 
 
-async def record_delivered_document(
-    conn: Connection,
-    *,
-    dedup_key: str,
-    amqp_message_id: str | None,
-    routing_key: str,
-    broker_user: str | None,
-    body: bytes,
-    recipient: AgencyCode,
-    document: NewDocument,
-    received_at: datetime | None = None,
-) -> Message | None:
-    """Record a new document message and its delivery in one round trip: the worker's usual case.
+async def record_delivered_documents(
+    conn: Connection, messages: Sequence[NewDocumentMessage], published: Iterable[int] = ()
+) -> list[Message | None]:
+    """Record new document messages and their deliveries in one statement: the worker's usual case.
 
-    What :func:`record_message` then :func:`deliver_document` do, in one
-    statement, for a message that passed every check and whose recipient is
-    registered. Returns the message's record: decided (``delivered``), or
-    undecided when a row a concurrent transaction committed was out of the
-    statement's sight (the caller decides it as any recorded message).
-    Returns ``None``, having written nothing, when the message was recorded
-    before (a redelivery, a re-publish) or its sender already holds the
-    DocumentId with other bytes: the caller takes the general path, which
-    knows what to say.
+    What :func:`record_message` then :func:`deliver_document` do for each
+    message, for messages that passed every check and whose recipients are
+    registered; ``published`` are outbox flags set in the same statement
+    (:func:`mark_published_many`). Returns, in the order of ``messages``,
+    each message's record: decided (``delivered``), or undecided when a row
+    a concurrent transaction committed was out of the statement's sight
+    (the caller decides it as any recorded message); or ``None``, having
+    written nothing for it, when the message was recorded before (a
+    redelivery, a re-publish) or its sender already holds the DocumentId
+    with other bytes: the caller takes the general path, which knows what
+    to say. No two messages may have the same dedup key, nor the same
+    document and recipient (:class:`ValueError`).
+
+    Run outside a transaction, the statement is one: it commits alone.
     """
-    row = await conn.fetchrow(
-        _RECORD_DELIVERED_DOCUMENT,
-        str(document.sender),
-        document.document_id,
-        document.sha256,
-        document.code_number,
-        document.code_notation,
-        document.subject,
-        document.promulgation_date,
-        document.due_date,
-        document.doc_type.value,
-        None if document.priority is None else document.priority.value,
-        str(recipient),
-        dedup_key,
-        amqp_message_id,
-        routing_key,
-        broker_user,
-        body,
-        received_at,
+    keys = [message.dedup_key for message in messages]
+    routes = [
+        (message.document.sender, message.document.document_id, message.recipient)
+        for message in messages
+    ]
+    if len(set(keys)) < len(keys) or len(set(routes)) < len(routes):
+        raise ValueError("the same message, or the same document to the same recipient, twice")
+    documents = [message.document for message in messages]
+    rows = await conn.fetch(
+        _RECORD_DELIVERED_DOCUMENTS,
+        list(range(len(messages))),
+        keys,
+        [message.amqp_message_id for message in messages],
+        [message.routing_key for message in messages],
+        [message.broker_user for message in messages],
+        [message.body for message in messages],
+        [str(message.recipient) for message in messages],
+        [str(document.sender) for document in documents],
+        [document.document_id for document in documents],
+        [document.sha256 for document in documents],
+        [document.code_number for document in documents],
+        [document.code_notation for document in documents],
+        [document.subject for document in documents],
+        [document.promulgation_date for document in documents],
+        [document.due_date for document in documents],
+        [document.doc_type.value for document in documents],
+        [None if document.priority is None else document.priority.value for document in documents],
+        sorted(set(published)),
         EventKind.RECEIPT.value,
         TransportOutcome.DELIVERED.value,
         MessageKind.DOCUMENT.value,
     )
-    return None if row is None else Message.from_row(row)
+    recorded: list[Message | None] = [None] * len(messages)
+    for row in rows:
+        recorded[row["n"]] = Message.from_row(row)
+    return recorded
+
+
+async def record_delivered_document(
+    conn: Connection, message: NewDocumentMessage
+) -> Message | None:
+    """:func:`record_delivered_documents` for one message."""
+    (recorded,) = await record_delivered_documents(conn, [message])
+    return recorded
 
 
 async def get_document(conn: Connection, sender: AgencyCode, document_id: str) -> Document | None:

@@ -189,6 +189,19 @@ class NewDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class NewDocumentMessage:
+    """A document message that passed every check, to a registered recipient, as it is recorded."""
+
+    dedup_key: str
+    amqp_message_id: str | None
+    routing_key: str
+    broker_user: str | None
+    body: bytes
+    recipient: AgencyCode
+    document: NewDocument
+
+
+@dataclass(frozen=True, slots=True)
 class StoredDocument:
     """The answer of :func:`~exchange.store.queries.upsert_document`.
 

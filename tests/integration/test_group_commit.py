@@ -158,3 +158,89 @@ async def test_several_groups_are_written_at_once_and_in_their_order(db_pool: Po
     for n in order:
         by_tx.setdefault(txs[11 - n], []).append(n)
     assert all(ns == sorted(ns) for ns in by_tx.values()), by_tx
+
+
+# -- the usual messages in one statement, and the outbox flags ---------------------
+
+
+async def _insert_usual(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
+    """A stand-in for the worker's one statement: inserts the even numbers, leaves the odd.
+
+    Flags go to a table of their own; one statement, as in the worker.
+    """
+    rows = await conn.fetch(
+        """
+        WITH flagged AS (INSERT INTO group_flags (pk) SELECT unnest($2::int[]))
+        INSERT INTO group_probe (n, tx)
+        SELECT n, txid_current() FROM unnest($1::int[]) AS n WHERE n % 2 = 0
+        RETURNING n, tx
+        """,
+        numbers,
+        flags,
+    )
+    done = {row["n"]: row["tx"] for row in rows}
+    return [done.get(n) for n in numbers]
+
+
+async def _probe_flags(pool: Pool) -> None:
+    await _probe(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE group_flags (pk int PRIMARY KEY)")
+
+
+async def test_usual_messages_and_flags_share_one_statement_and_the_rest_runs_its_writes(
+    db_pool: Pool,
+) -> None:
+    await _probe_flags(db_pool)
+    group = GroupCommit(db_pool, usual=_insert_usual)
+    results = await asyncio.gather(
+        *(group.run(_insert(n), usual=n) for n in range(20)),
+        *(group.mark(pk) for pk in range(100, 110)),
+    )
+    txs = results[:20]
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT n, tx FROM group_probe ORDER BY n")
+        flags = [r["pk"] for r in await conn.fetch("SELECT pk FROM group_flags ORDER BY pk")]
+    assert [r["n"] for r in rows] == list(range(20))
+    assert [r["tx"] for r in rows] == txs
+    # The even numbers were written by the statement, the odd by their own writes,
+    # never in the same transaction.
+    even = {txs[n] for n in range(0, 20, 2)}
+    odd = {txs[n] for n in range(1, 20, 2)}
+    assert not even & odd
+    assert len(even) < 10  # grouped
+    assert flags == list(range(100, 110))
+
+
+async def test_messages_without_a_usual_value_never_go_to_the_statement(db_pool: Pool) -> None:
+    await _probe_flags(db_pool)
+    taken: list[int] = []
+
+    async def usual(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
+        taken.extend(numbers)
+        return await _insert_usual(conn, numbers, flags)
+
+    group = GroupCommit(db_pool, usual=usual)
+    await asyncio.gather(*(group.run(_insert(n), usual=n if n < 4 else None) for n in range(8)))
+    assert sorted(taken) == [0, 1, 2, 3]
+
+
+async def test_a_failing_statement_leaves_every_message_to_its_own_writes(db_pool: Pool) -> None:
+    """Nothing of the statement is durable; the messages and flags are written apart."""
+    await _probe_flags(db_pool)
+
+    async def broken(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
+        # One statement in the worker; a transaction here, so that it fails as a whole.
+        async with conn.transaction():
+            await conn.execute("INSERT INTO group_flags (pk) VALUES (999)")
+            await conn.execute("SELECT 1/0")
+        return []
+
+    group = GroupCommit(db_pool, usual=broken)
+    txs = await asyncio.gather(*(group.run(_insert(n), usual=n) for n in range(6)), group.mark(7))
+    async with db_pool.acquire() as conn:
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM group_probe ORDER BY n")] == list(
+            range(6)
+        )
+        assert await conn.fetchval("SELECT count(*) FROM group_flags") == 0
+    assert all(isinstance(tx, int) for tx in txs[:6])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -25,7 +26,7 @@ from exchange.status import (
 from exchange.store import Connection, queries
 from exchange.store.db import create_pool
 from exchange.store.queries import AgencyConflictError, dedup_key
-from exchange.store.records import EventKind, Message, NewDocument
+from exchange.store.records import EventKind, Message, NewDocument, NewDocumentMessage
 from tests.db_fixtures import create_database, drop_database, unique_database_name
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -537,12 +538,11 @@ async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
         await second.close()
 
 
-async def _record_delivered(
-    conn: Connection, body: bytes, recipient: AgencyCode = HOME_AFFAIRS
-) -> Message | None:
-    """Record and deliver a document message in one statement, the way the worker does."""
-    return await queries.record_delivered_document(
-        conn,
+OTHER_DOCUMENT_ID = "000.00.00.G22,2024/05/06,16/VPCP"
+
+
+def _document_message(body: bytes, recipient: AgencyCode = HOME_AFFAIRS) -> NewDocumentMessage:
+    return NewDocumentMessage(
         dedup_key=dedup_key(str(recipient), body),
         amqp_message_id="9d8a3c1e-0000-4000-8000-000000000001",
         routing_key=str(recipient),
@@ -551,6 +551,13 @@ async def _record_delivered(
         recipient=recipient,
         document=_new_document(body),
     )
+
+
+async def _record_delivered(
+    conn: Connection, body: bytes, recipient: AgencyCode = HOME_AFFAIRS
+) -> Message | None:
+    """Record and deliver a document message in one statement, the way the worker does."""
+    return await queries.record_delivered_document(conn, _document_message(body, recipient))
 
 
 async def _rows(conn: Connection) -> list[tuple[object, ...]]:
@@ -655,6 +662,62 @@ async def test_one_statement_path_leaves_a_document_committed_meanwhile_undecide
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.services
+async def test_a_group_of_messages_is_recorded_and_delivered_in_one_statement(
+    directory: Connection,
+) -> None:
+    """Copies of one document to several recipients, another document, and earlier flags."""
+    before = _document_message(b"<edXML>document 14</edXML>")
+    before = replace(before, document=_new_document(before.body, "000.00.00.G22,2024/05/06,14"))
+    earlier = await queries.record_delivered_document(directory, before)
+    assert earlier is not None and earlier.published_at is None
+    body = b"<edXML>document 15</edXML>"
+    other = b"<edXML>document 16</edXML>"
+    messages = [
+        _document_message(body, PHU_THO),
+        _document_message(other, HOME_AFFAIRS),
+        _document_message(body, HOME_AFFAIRS),
+    ]
+    messages[1] = replace(messages[1], document=_new_document(other, OTHER_DOCUMENT_ID))
+    recorded = await queries.record_delivered_documents(directory, messages, [earlier.pk])
+    assert all(r is not None and r.outcome is TransportOutcome.DELIVERED for r in recorded)
+    assert [r.routing_key for r in recorded if r] == [m.routing_key for m in messages]
+    first, second, third = (r for r in recorded if r is not None)
+    assert first.document_pk == third.document_pk != second.document_pk
+    document = await queries.get_document(
+        directory, GOVERNMENT_OFFICE, messages[0].document.document_id
+    )
+    assert document is not None and document.first_message_pk == first.pk
+    for message, record in zip(messages, recorded, strict=True):
+        assert record == await queries.get_message(directory, record.pk)  # type: ignore[union-attr]
+        delivery = await queries.get_delivery(
+            directory, GOVERNMENT_OFFICE, message.document.document_id, message.recipient
+        )
+        assert delivery is not None and delivery.message_pk == record.pk  # type: ignore[union-attr]
+    flagged = await queries.get_message(directory, earlier.pk)
+    assert flagged is not None and flagged.published_at is not None
+
+
+@pytest.mark.services
+async def test_a_document_id_used_twice_in_one_group_delivers_the_first_bytes_only(
+    directory: Connection,
+) -> None:
+    """The second is recorded undecided: the general path refuses it as DUPLICATE_DOCUMENT."""
+    first = _document_message(b"<edXML>document 15</edXML>", HOME_AFFAIRS)
+    changed = _document_message(b"<edXML>document 15, changed</edXML>", PHU_THO)
+    delivered, undecided = await queries.record_delivered_documents(directory, [first, changed])
+    assert delivered is not None and delivered.outcome is TransportOutcome.DELIVERED
+    assert undecided is not None and undecided.outcome is None
+    assert await directory.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+async def test_one_statement_takes_no_message_twice(directory: Connection) -> None:
+    message = _document_message(b"<edXML>document 15</edXML>")
+    with pytest.raises(ValueError, match="twice"):
+        await queries.record_delivered_documents(directory, [message, message])
+    assert await directory.fetchval("SELECT count(*) FROM messages") == 0
 
 
 async def test_unknown_document_type_is_refused_by_the_database(directory: Connection) -> None:
