@@ -446,21 +446,24 @@ class GroupCommit:
         """
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Pending(writes, order, usual, done))
-        self._start_flusher()
+        self._start_flusher(self._at_once)
         return await done
 
     async def mark(self, message_pk: int) -> None:
         """Set the outbox flag of ``message_pk`` with the next group; return once committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flags.append((message_pk, done))
-        self._start_flusher()
+        # While a group is being written, the flag waits for the next one:
+        # it rides in the next group's statement instead of one of its own.
+        self._start_flusher(1)
         await done
 
-    def _start_flusher(self) -> None:
+    def _start_flusher(self, most: int) -> None:
+        """Start writing at once, unless ``most`` flushers are running already."""
         # A flusher whose loop just ended is done at once (its done callbacks
         # run later): count the running ones, not the ones not yet discarded.
         self._flushers = {flusher for flusher in self._flushers if not flusher.done()}
-        if len(self._flushers) < self._at_once:
+        if len(self._flushers) < most:
             self._flushers.add(asyncio.create_task(self._flush()))
 
     async def _flush(self) -> None:
