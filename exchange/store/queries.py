@@ -656,12 +656,17 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             INSERT INTO documents
                 (sender, document_id, sha256, code_number, code_notation, subject,
                  promulgation_date, due_date, doc_type, priority, first_message_pk)
-            SELECT DISTINCT ON (i.sender, i.document_id)
-                   i.sender, i.document_id, i.sha256, i.code_number, i.code_notation, i.subject,
-                   i.promulgation_date, i.due_date, i.doc_type, i.priority, mi.id
-            FROM input i JOIN mi ON mi.n = i.n
-            WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n)
-            ORDER BY i.sender, i.document_id, i.n
+            SELECT sender, document_id, sha256, code_number, code_notation, subject,
+                   promulgation_date, due_date, doc_type, priority, message_pk
+            FROM (
+                SELECT DISTINCT ON (i.sender, i.document_id) i.*, mi.id AS message_pk
+                FROM input i JOIN mi ON mi.n = i.n
+                WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n)
+                ORDER BY i.sender, i.document_id, i.n
+            ) first
+            -- Rows locked in the caller's order (the worker's: by document),
+            -- as every writer of documents takes them.
+            ORDER BY first.n
             ON CONFLICT (sender, document_id) DO NOTHING
             RETURNING id, sender, document_id, sha256
         ), doc AS (
