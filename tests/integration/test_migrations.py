@@ -185,3 +185,12 @@ async def test_migrate_borrows_a_connection_from_a_pool(empty_database_url: str)
         assert await migrate(pool) == []
     finally:
         await pool.close()
+
+
+async def test_message_bodies_are_stored_without_compression(db: asyncpg.Connection) -> None:
+    """Migration 0008: packages are mostly compressed attachments; pglz only costs time."""
+    storage = await db.fetchval(
+        "SELECT attstorage FROM pg_attribute"
+        " WHERE attrelid = 'messages'::regclass AND attname = 'body'"
+    )
+    assert storage == b"e"  # EXTERNAL: out of line, uncompressed ("char" comes as bytes)

@@ -1,0 +1,13 @@
+-- 0008: message bodies are stored out of line without compression.
+--
+-- A package is XML around base64 attachments, and what agencies attach is
+-- already compressed (PDF, DOCX, ZIP): PostgreSQL's default compression
+-- (pglz) gains nothing on it (1.04-1.08 of the size stored either way) and
+-- costs most of an insert's time: measured on the development machine, one
+-- 1 MB body 22.5 ms to insert with pglz against 7.5 ms without compression
+-- (lz4 6.9 ms, which not every PostgreSQL build has), one 100 KB body 3.3 ms
+-- against 0.9 ms (docs/bench.md, third round). EXTERNAL keeps bodies out of
+-- line in the TOAST table, uncompressed, so a body is also read back without
+-- decompressing it. Applies to rows inserted from now on; rows stored
+-- before keep their form, and both read the same.
+ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
