@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -508,15 +510,27 @@ async def test_document_id_taken_by_other_bytes_writes_nothing(directory: Connec
     assert unchanged is not None and unchanged.outcome is None
 
 
+@contextlib.asynccontextmanager
+async def _two_connections(
+    database_url: str,
+) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """Two connections to the test's database, the agencies registered: for races."""
+    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        for code in NAMES:
+            await queries.add_agency(first, code, NAMES[code])
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
 @pytest.mark.services
 async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
     database_url: str,
 ) -> None:
     """The statement waited for another transaction's document and cannot see it."""
-    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
-    try:
-        for code in NAMES:
-            await queries.add_agency(first, code, NAMES[code])
+    async with _two_connections(database_url) as (first, second):
         body = b"<edXML>document 15</edXML>"
         mine, _ = await _receive(second, body, PHU_THO)
         async with first.transaction():
@@ -533,9 +547,6 @@ async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
             assert not racing.done()
         assert await racing is None
         assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
-    finally:
-        await first.close()
-        await second.close()
 
 
 OTHER_DOCUMENT_ID = "000.00.00.G22,2024/05/06,16/VPCP"
@@ -645,10 +656,7 @@ async def test_one_statement_path_leaves_a_document_committed_meanwhile_undecide
     database_url: str,
 ) -> None:
     """The statement waited for another transaction's document: it records, and decides nothing."""
-    first, second = [await asyncpg.connect(database_url) for _ in range(2)]
-    try:
-        for code in NAMES:
-            await queries.add_agency(first, code, NAMES[code])
+    async with _two_connections(database_url) as (first, second):
         body = b"<edXML>document 15</edXML>"
         async with first.transaction():
             assert await _record_delivered(first, body) is not None
@@ -659,9 +667,6 @@ async def test_one_statement_path_leaves_a_document_committed_meanwhile_undecide
         assert mine is not None and mine.outcome is None and mine.document_pk is None
         assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
         assert await second.fetchval("SELECT count(*) FROM events") == 1
-    finally:
-        await first.close()
-        await second.close()
 
 
 @pytest.mark.services
