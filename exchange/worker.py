@@ -1117,20 +1117,7 @@ class Worker:
             if accepted is not None:
                 return accepted
         else:
-            stored = await queries.upsert_document(
-                conn,
-                sender=document.sender,
-                document_id=document.document_id,
-                sha256=document.sha256,
-                first_message_pk=record.pk,
-                code_number=document.code_number,
-                code_notation=document.code_notation,
-                subject=document.subject,
-                promulgation_date=document.promulgation_date,
-                due_date=document.due_date,
-                doc_type=document.doc_type,
-                priority=document.priority,
-            )
+            stored = await queries.upsert_document(conn, document, first_message_pk=record.pk)
         # Nothing was written when the id was taken by other bytes.
         decide_document(
             inspected,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -21,10 +21,8 @@ import asyncpg
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason
 from exchange.status import (
-    BusinessDocType,
     DeliveryState,
     MessageKind,
-    Priority,
     StatusCode,
     TransportOutcome,
 )
@@ -423,27 +421,31 @@ _INSERT_DOCUMENT = f"""
 """  # noqa: S608 (a constant column list, no input)
 
 
+def _document_values(document: NewDocument) -> tuple[Any, ...]:
+    """$1 to $10 of _INSERT_DOCUMENT."""
+    return (
+        str(document.sender),
+        document.document_id,
+        document.sha256,
+        document.code_number,
+        document.code_notation,
+        document.subject,
+        document.promulgation_date,
+        document.due_date,
+        document.doc_type.value,
+        None if document.priority is None else document.priority.value,
+    )
+
+
 async def upsert_document(
-    conn: Connection,
-    *,
-    sender: AgencyCode,
-    document_id: str,
-    sha256: str,
-    first_message_pk: int,
-    code_number: str | None = None,
-    code_notation: str | None = None,
-    subject: str | None = None,
-    promulgation_date: date | None = None,
-    due_date: date | None = None,
-    doc_type: BusinessDocType = BusinessDocType.NEW,
-    priority: Priority | None = None,
+    conn: Connection, document: NewDocument, *, first_message_pk: int
 ) -> StoredDocument:
     """Store a document once per (sender, document id) and say what was there.
 
     The first call inserts; later calls (the same package for another
     recipient, a redelivery) change nothing and return the stored row.
     ``conflict`` in the answer is true when the stored row has another
-    SHA-256 than ``sha256``: the id was reused for different content.
+    SHA-256 than ``document.sha256``: the id was reused for different content.
     """
     # One round trip whether the document is new or known (the same package
     # for its next recipient, the usual case): the insert's row, or else the
@@ -458,16 +460,7 @@ async def upsert_document(
         SELECT false AS created, {_DOCUMENT_COLUMNS} FROM documents
         WHERE sender = $1 AND document_id = $2 AND NOT EXISTS (SELECT FROM new)
         """,  # noqa: S608
-        str(sender),
-        document_id,
-        sha256,
-        code_number,
-        code_notation,
-        subject,
-        promulgation_date,
-        due_date,
-        doc_type.value,
-        None if priority is None else priority.value,
+        *_document_values(document),
         first_message_pk,
     )
     created = row is not None and bool(row["created"])
@@ -477,12 +470,12 @@ async def upsert_document(
         row = await conn.fetchrow(
             f"SELECT {_DOCUMENT_COLUMNS} FROM documents "  # noqa: S608
             "WHERE sender = $1 AND document_id = $2",
-            str(sender),
-            document_id,
+            str(document.sender),
+            document.document_id,
         )
         assert row is not None  # the conflict proves it exists
-    document = Document.from_row(row)
-    return StoredDocument(document, created, conflict=document.sha256 != sha256)
+    stored = Document.from_row(row)
+    return StoredDocument(stored, created, conflict=stored.sha256 != document.sha256)
 
 
 _MESSAGE_FIELDS = (
@@ -584,16 +577,7 @@ async def deliver_document(
     """
     row = await conn.fetchrow(
         _DELIVER_DOCUMENT,
-        str(document.sender),
-        document.document_id,
-        document.sha256,
-        document.code_number,
-        document.code_notation,
-        document.subject,
-        document.promulgation_date,
-        document.due_date,
-        document.doc_type.value,
-        None if document.priority is None else document.priority.value,
+        *_document_values(document),
         message_pk,
         str(recipient),
         EventKind.RECEIPT.value,

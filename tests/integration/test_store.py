@@ -92,15 +92,17 @@ async def _document_to(
         message, _ = await _receive(conn, body, recipient, kind=MessageKind.DOCUMENT)
         stored = await queries.upsert_document(
             conn,
-            sender=GOVERNMENT_OFFICE,
-            document_id=document_id,
-            sha256=message.sha256,
+            NewDocument(
+                sender=GOVERNMENT_OFFICE,
+                document_id=document_id,
+                sha256=message.sha256,
+                code_number="7816",
+                code_notation="VPCP-TTĐT",
+                subject="Về việc triển khai trục liên thông văn bản",
+                promulgation_date=date(2024, 5, 6),
+                priority=Priority.URGENT,
+            ),
             first_message_pk=message.pk,
-            code_number="7816",
-            code_notation="VPCP-TTĐT",
-            subject="Về việc triển khai trục liên thông văn bản",
-            promulgation_date=date(2024, 5, 6),
-            priority=Priority.URGENT,
         )
         document_pk = stored.pk
         delivery, _ = await queries.create_delivery(conn, stored.pk, recipient, message.pk)
@@ -403,9 +405,11 @@ async def test_same_document_id_with_other_content_is_a_conflict(directory: Conn
     other, _ = await _receive(directory, b"<edXML>another document</edXML>", PHU_THO)
     stored = await queries.upsert_document(
         directory,
-        sender=GOVERNMENT_OFFICE,
-        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
-        sha256=other.sha256,
+        NewDocument(
+            sender=GOVERNMENT_OFFICE,
+            document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+            sha256=other.sha256,
+        ),
         first_message_pk=other.pk,
     )
     assert (stored.created, stored.conflict, stored.pk) == (False, True, document_pk)
@@ -418,9 +422,11 @@ async def test_same_content_again_is_no_conflict(directory: Connection) -> None:
     assert first is not None
     stored = await queries.upsert_document(
         directory,
-        sender=GOVERNMENT_OFFICE,
-        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
-        sha256=first.sha256,
+        NewDocument(
+            sender=GOVERNMENT_OFFICE,
+            document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
+            sha256=first.sha256,
+        ),
         first_message_pk=first.pk,
     )
     assert (stored.created, stored.conflict, stored.pk) == (False, False, document_pk)
@@ -432,9 +438,9 @@ async def test_same_document_id_from_another_sender_is_another_document(
     document_pk, _, messages = await _document_to(directory, [HOME_AFFAIRS])
     stored = await queries.upsert_document(
         directory,
-        sender=PHU_THO,
-        document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT",
-        sha256="0" * 64,
+        NewDocument(
+            sender=PHU_THO, document_id="000.00.00.G22,2024/05/06,7816/VPCP-TTĐT", sha256="0" * 64
+        ),
         first_message_pk=messages[HOME_AFFAIRS],
     )
     assert stored.created

@@ -37,7 +37,7 @@ from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
-from exchange.store.records import ChainHead, ChainLink, Message
+from exchange.store.records import ChainHead, ChainLink, Message, NewDocument
 from tests.exchange_fixtures import ExchangeUnderTest
 
 SENDER = AgencyCode.parse("000.00.00.G22")  # Văn phòng Chính phủ
@@ -125,12 +125,14 @@ async def _fill(conn: asyncpg.Connection[asyncpg.Record], documents: int = 3) ->
             )
             stored = await queries.upsert_document(
                 conn,
-                sender=SENDER,
-                document_id=f"{SENDER},2024/05/06,{number}/VPCP",
-                sha256=message.sha256,
+                NewDocument(
+                    sender=SENDER,
+                    document_id=f"{SENDER},2024/05/06,{number}/VPCP",
+                    sha256=message.sha256,
+                    subject=f"Văn bản số {number}",
+                    promulgation_date=base.date(),
+                ),
                 first_message_pk=message.pk,
-                subject=f"Văn bản số {number}",
-                promulgation_date=base.date(),
             )
             delivery, _ = await queries.create_delivery(conn, stored.pk, RECIPIENT, message.pk)
             receipt, _ = await queries.append_event(
@@ -276,14 +278,14 @@ async def test_a_redelivery_and_a_rolled_back_savepoint_leave_no_gap(
             async with db.transaction():  # a savepoint, as the worker's _decide uses
                 await queries.upsert_document(
                     db,
-                    sender=SENDER,
-                    document_id="rolled back",
-                    sha256="0" * 64,
+                    NewDocument(sender=SENDER, document_id="rolled back", sha256="0" * 64),
                     first_message_pk=again.pk,
                 )
                 raise RuntimeError("refused half-way")
         kept = await queries.upsert_document(
-            db, sender=SENDER, document_id="kept", sha256="1" * 64, first_message_pk=again.pk
+            db,
+            NewDocument(sender=SENDER, document_id="kept", sha256="1" * 64),
+            first_message_pk=again.pk,
         )
     assert await db.fetchval("SELECT chain_seq FROM documents WHERE id = $1", kept.pk) == (
         len(filled.documents) + 1
@@ -320,9 +322,9 @@ async def test_concurrent_writers_extend_each_chain_without_forks_or_deadlocks(
                 message = await _record(conn, f"writer {number} step {step}")
                 stored = await queries.upsert_document(
                     conn,
-                    sender=SENDER,
-                    document_id=f"{number}-{step}",
-                    sha256=message.sha256,
+                    NewDocument(
+                        sender=SENDER, document_id=f"{number}-{step}", sha256=message.sha256
+                    ),
                     first_message_pk=message.pk,
                 )
                 delivery, _ = await queries.create_delivery(conn, stored.pk, RECIPIENT, message.pk)
@@ -539,7 +541,9 @@ async def test_insert_after_a_deleted_last_row_keeps_the_gap(
 ) -> None:
     await _as_intruder(db, "documents", "DELETE FROM documents WHERE id = $1", filled.documents[-1])
     stored = await queries.upsert_document(
-        db, sender=SENDER, document_id="later", sha256="2" * 64, first_message_pk=filled.messages[0]
+        db,
+        NewDocument(sender=SENDER, document_id="later", sha256="2" * 64),
+        first_message_pk=filled.messages[0],
     )
     gone = len(filled.documents)
     assert _problems(await verify_chains(settings)) == [("documents", "ROWS_MISSING", gone, None)]
