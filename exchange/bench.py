@@ -1074,17 +1074,17 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         "vhost": vhost,
         "database": database,
     }
-    await admin.create_vhost(vhost, description="lienthong bench (deleted after the run)")
-    server = await asyncpg.connect(base.database_url)
-    try:
-        await server.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await server.close()
-    progress(f"vhost {vhost}, database {database}, files in {work_dir}")
     children: list[Child] = []
     observer: Observer | None = None
     publishers: Publishers | None = None
     try:
+        await admin.create_vhost(vhost, description="lienthong bench (deleted after the run)")
+        server = await asyncpg.connect(base.database_url)
+        try:
+            await server.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await server.close()
+        progress(f"vhost {vhost}, database {database}, files in {work_dir}")
         await admin.set_permissions(vhost, admin.user, FULL_ACCESS)
         settings = base.model_copy(
             update={
@@ -1297,21 +1297,22 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         if observer is not None:
             await observer.close()
         if not config.keep:
-            for user in users:
-                with contextlib.suppress(Exception):
-                    await admin.delete_user(user)
-            with contextlib.suppress(Exception):
-                await admin.delete_vhost(vhost)
-            server = await asyncpg.connect(base.database_url)
-            try:
-                await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            finally:
-                await server.close()
             shutil.rmtree(work_dir, ignore_errors=True)
+            try:
+                await drop_run(token)
+            except Exception as error:  # the broker or the database is away: say what to run
+                progress(
+                    f"could not delete this run's vhost, users or database ({error}); "
+                    f"once the services are back: lienthong bench --drop {token}"
+                )
 
 
 async def drop_run(token: str) -> list[str]:
-    """Delete what a ``--keep`` run left: its vhost, broker users and database; says what went."""
+    """Delete what a run left: its vhost, broker users and database; says what went.
+
+    For a ``--keep`` run, and for one whose own cleanup failed (it prints
+    its token).
+    """
     import asyncpg
 
     from exchange.broker.admin import BrokerAdmin
