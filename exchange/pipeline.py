@@ -143,7 +143,7 @@ def examine(
             # the sender's clerk is told now rather than the recipient later.
             try:
                 for attachment in package.attachments:
-                    attachment.decode()
+                    attachment.check()
             except Rejection as rejection:
                 bad_attachment = rejection
     return Examined(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from exchange.agency import AgencyCode
@@ -189,14 +192,47 @@ def test_attachment_decode_accepts_line_broken_base64() -> None:
 
 
 @pytest.mark.parametrize(
-    "encoded", ["QUJ", "QU!D", "${__StringFromFile(test.txt,,,)}", "QUJD====", "QU=DQUJD"]
+    "encoded",
+    ["QUJ", "QU!D", "${__StringFromFile(test.txt,,,)}", "QUJD====", "QU=DQUJD", "Q===", "QQ==QQ=="],
 )
 def test_attachment_decode_refuses_text_that_is_not_strict_base64(encoded: str) -> None:
     attachment = Attachment(content_id="cid:1", attachment_name="a.doc", encoded=encoded)
-    with pytest.raises(Rejection) as caught:
-        attachment.decode()
-    assert caught.value.reason is Reason.BAD_ATTACHMENT
-    assert "a.doc" in caught.value.problems[0].what
+    for refuse in (attachment.decode, attachment.check):
+        with pytest.raises(Rejection) as caught:
+            refuse()
+        assert caught.value.reason is Reason.BAD_ATTACHMENT
+        assert "a.doc" in caught.value.problems[0].what
+
+
+def _refused(attempt: Callable[[], object]) -> bool:
+    try:
+        attempt()
+    except Rejection:
+        return True
+    return False
+
+
+@settings(max_examples=1000)
+@given(
+    st.text(
+        alphabet=st.sampled_from("QUJDREVGa0+/= \t\r\n\x0b\x0c\x1c!\u00a0\u2028é"),
+        max_size=24,
+    )
+)
+def test_attachment_check_refuses_exactly_what_decode_refuses(encoded: str) -> None:
+    """check() is the fast path of the worker's attachment check: the same rule as decode()."""
+    attachment = Attachment(content_id="cid:1", attachment_name="a", encoded=encoded)
+    assert _refused(attachment.check) == _refused(attachment.decode)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    ["QQ==", "QQ=\n=", "QUI=\r\n", "QUJD\n\n\n", " QU JD ", "QQ=" + " " * 200 + "="],
+)
+def test_attachment_check_accepts_padding_and_whitespace_where_decode_does(encoded: str) -> None:
+    attachment = Attachment(content_id="cid:1", attachment_name="a", encoded=encoded)
+    attachment.decode()
+    attachment.check()
 
 
 def test_attachment_repr_leaves_out_the_encoded_content() -> None:
