@@ -24,7 +24,7 @@ from exchange.status import TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
-from exchange.store.records import Message
+from exchange.store.records import Message, NewDocument
 
 SENDER = AgencyCode.parse("000.00.00.G22")  # Văn phòng Chính phủ
 RECIPIENT = AgencyCode.parse("000.00.00.G09")  # Bộ Nội vụ
@@ -64,11 +64,13 @@ async def _deliver(conn: Connection, message: Message, document_id: str) -> None
     """The message's document, its delivery and the receipt, as the worker records them."""
     stored = await queries.upsert_document(
         conn,
-        sender=SENDER,
-        document_id=document_id,
-        sha256=message.sha256,
+        NewDocument(
+            sender=SENDER,
+            document_id=document_id,
+            sha256=message.sha256,
+            subject="Văn bản có dấu: Điều 1",
+        ),
         first_message_pk=message.pk,
-        subject="Văn bản có dấu: Điều 1",
     )
     delivery, _ = await queries.create_delivery(conn, stored.pk, RECIPIENT, message.pk)
     await queries.append_event(
