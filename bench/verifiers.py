@@ -111,6 +111,12 @@ def xmlsec_verify(data: bytes, signer: Signer) -> etree._Element:
     signature = xmlsec.tree.find_node(root, _C.NodeSignature)
     if signature is None:
         raise xmlsec.VerificationError("no Signature")
+    _xmlsec_check(signature, signer)
+    return root
+
+
+def _xmlsec_check(signature: etree._Element, signer: Signer) -> None:
+    """python-xmlsec's verification of one Signature, only the algorithms used allowed."""
     context = xmlsec.SignatureContext()
     for transform in SIGNATURE_TRANSFORMS[signer.key_type]:
         context.enable_signature_transform(transform)
@@ -119,7 +125,6 @@ def xmlsec_verify(data: bytes, signer: Signer) -> etree._Element:
     # A key set on the context is used as it is; KeyInfo is not read.
     context.key = xmlsec.Key.from_memory(signer.cert_pem, _C.KeyDataFormatCertPem)
     context.verify(signature)
-    return root
 
 
 _SCHEMA_CHECKER = XMLVerifier()
@@ -146,13 +151,7 @@ def xmlsec_like_signxml(data: bytes, signer: Signer) -> etree._Element:
     now = datetime.now(UTC)
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise ValueError("certificate not valid now")
-    context = xmlsec.SignatureContext()
-    for transform in SIGNATURE_TRANSFORMS[signer.key_type]:
-        context.enable_signature_transform(transform)
-    for transform in REFERENCE_TRANSFORMS:
-        context.enable_reference_transform(transform)
-    context.key = xmlsec.Key.from_memory(signer.cert_pem, _C.KeyDataFormatCertPem)
-    context.verify(signature)
+    _xmlsec_check(signature, signer)
     # signxml returns what was signed; with URI="" and the enveloped
     # transform, that is the document without the signature and the comments.
     signed = copy.deepcopy(root)

@@ -653,8 +653,10 @@ class Worker:
     ) -> None:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
-        self.context = CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1)
-        self.inspector = Inspector(self.context, max_bytes=settings.check_memory_mb * 2**20)
+        self.inspector = Inspector(
+            CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1),
+            max_bytes=settings.check_memory_mb * 2**20,
+        )
         self.pool = pool
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
@@ -987,7 +989,8 @@ class Worker:
         # recorded and delivered in one statement (with the other usual
         # messages of its group, see GroupCommit).
         usual = None
-        if isinstance(inspected, Inspected) and registered and inspected.ref is None:
+        if registered:  # only a document that passed its checks has a registered recipient
+            assert isinstance(inspected, Inspected)
             usual = NewDocumentMessage(
                 dedup_key=key,
                 amqp_message_id=amqp_message_id,
