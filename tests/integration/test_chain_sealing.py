@@ -17,7 +17,6 @@ import hashlib
 import asyncpg
 import pytest
 
-from exchange.agency import AgencyCode
 from exchange.audit import verify_chains
 from exchange.settings import Settings
 from exchange.status import TransportOutcome
@@ -25,9 +24,7 @@ from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
 from exchange.store.records import Message, NewDocument
-
-SENDER = AgencyCode.parse("000.00.00.G22")  # Văn phòng Chính phủ
-RECIPIENT = AgencyCode.parse("000.00.00.G09")  # Bộ Nội vụ
+from tests.chains import RECIPIENT, SENDER, record_text
 
 pytestmark = pytest.mark.services
 
@@ -43,21 +40,6 @@ async def agencies(db: Connection) -> None:
     """The sender and the recipient of the documents these tests record."""
     for code in (SENDER, RECIPIENT):
         await queries.add_agency(db, code, f"Cơ quan {code}")
-
-
-async def _record(conn: Connection, text: str) -> Message:
-    """A message of ``text`` to RECIPIENT, recorded as the worker records one."""
-    body = text.encode()
-    message, _ = await queries.record_message(
-        conn,
-        dedup_key=queries.dedup_key(str(RECIPIENT), body),
-        amqp_message_id=None,
-        routing_key=str(RECIPIENT),
-        broker_user=None,
-        body=body,
-        sha256=hashlib.sha256(body).hexdigest(),
-    )
-    return message
 
 
 async def _deliver(conn: Connection, message: Message, document_id: str) -> None:
@@ -93,7 +75,7 @@ async def test_a_group_of_many_rows_is_sealed_in_id_order_and_verifies(
 ) -> None:
     async with db.transaction():
         for number in range(40):
-            message = await _record(db, f"group message {number}")
+            message = await record_text(db, f"group message {number}")
             await _deliver(db, message, f"group-{number // 4}")
     for table, count in (("messages", 40), ("documents", 10), ("events", 40)):
         positions = await _positions(db, table)
@@ -112,7 +94,7 @@ async def test_groups_committed_by_concurrent_writers_follow_commit_order_withou
         for group in range(5):
             async with db_pool.acquire() as conn, conn.transaction():
                 for step in range(1 + (number + group) % 4):
-                    message = await _record(conn, f"writer {number} group {group} step {step}")
+                    message = await record_text(conn, f"writer {number} group {group} step {step}")
                     await _deliver(conn, message, f"{number}-{group}-{step}")
 
     await asyncio.wait_for(asyncio.gather(*(writer(n) for n in range(6))), timeout=60)
@@ -128,7 +110,7 @@ async def test_the_seal_encodes_each_row_as_chain_content_does(
 ) -> None:
     """The seal's encoding (migration 0007) is 0002's chain_content, byte for byte."""
     async with db.transaction():
-        plain = await _record(db, "<edXML>plain</edXML>")
+        plain = await record_text(db, "<edXML>plain</edXML>")
         await _deliver(db, plain, "encoding-1")
         body = "<edXML>Công văn số 12/VPCP-TH\n\u0000\U0001f600</edXML>".encode()
         await queries.record_message(
@@ -169,16 +151,16 @@ async def test_rows_of_a_rolled_back_savepoint_leave_nothing_and_a_released_one_
     db: Connection, agencies: None, settings: Settings
 ) -> None:
     async with db.transaction():
-        first = await _record(db, "before the savepoints")
+        first = await record_text(db, "before the savepoints")
         with pytest.raises(RuntimeError):
             async with db.transaction():
-                dropped = await _record(db, "in a rolled-back savepoint")
+                dropped = await record_text(db, "in a rolled-back savepoint")
                 await _deliver(db, dropped, "rolled back")
                 raise RuntimeError("refused half-way")
         async with db.transaction():
-            kept = await _record(db, "in a released savepoint")
+            kept = await record_text(db, "in a released savepoint")
             await _deliver(db, kept, "released")
-        last = await _record(db, "after the savepoints")
+        last = await record_text(db, "after the savepoints")
     assert await _positions(db, "messages") == [(first.pk, 1), (kept.pk, 2), (last.pk, 3)]
     assert [seq for _, seq in await _positions(db, "events")] == [1]
     assert await db.fetchval("SELECT count(*) FROM messages WHERE id = $1", dropped.pk) == 0
@@ -189,13 +171,13 @@ async def test_a_row_inserted_with_the_triggers_bypassed_stays_unchained_after_l
     db: Connection, settings: Settings
 ) -> None:
     """The next commit must not adopt it: the audit would no longer see it (0006 did)."""
-    sealed = await _record(db, "recorded by the exchange")
+    sealed = await record_text(db, "recorded by the exchange")
     await db.execute("SET session_replication_role = replica")
     try:
-        intruder = (await _record(db, "behind the exchange's back")).pk
+        intruder = (await record_text(db, "behind the exchange's back")).pk
     finally:
         await db.execute("SET session_replication_role = DEFAULT")
-    later = await _record(db, "recorded after it")
+    later = await record_text(db, "recorded after it")
     assert await _positions(db, "messages") == [(sealed.pk, 1), (intruder, None), (later.pk, 2)]
     report = await verify_chains(settings)
     assert [(p.chain, p.code, p.row_id) for p in report.problems] == [
@@ -207,9 +189,9 @@ async def test_rows_are_sealed_even_when_the_transaction_loses_its_noted_ids(
     db: Connection, settings: Settings
 ) -> None:
     async with db.transaction():
-        first = await _record(db, "noted, then forgotten")
+        first = await record_text(db, "noted, then forgotten")
         await db.execute("RESET ALL")
-        second = await _record(db, "noted again")
+        second = await record_text(db, "noted again")
         await db.execute("SELECT set_config('lienthong.unsealed_messages', '', true)")
     assert await _positions(db, "messages") == [(first.pk, 1), (second.pk, 2)]
     await _assert_verifies(settings)
@@ -219,11 +201,11 @@ async def test_a_seal_forced_early_by_set_constraints_is_continued_at_commit(
     db: Connection, agencies: None, settings: Settings
 ) -> None:
     async with db.transaction():
-        first = await _record(db, "sealed early")
+        first = await record_text(db, "sealed early")
         await db.execute("SET CONSTRAINTS ALL IMMEDIATE")
         assert await _positions(db, "messages") == [(first.pk, 1)]
         await db.execute("SET CONSTRAINTS ALL DEFERRED")
-        second = await _record(db, "sealed at commit")
+        second = await record_text(db, "sealed at commit")
         await _deliver(db, second, "after the early seal")
     assert await _positions(db, "messages") == [(first.pk, 1), (second.pk, 2)]
     await _assert_verifies(settings)
@@ -233,14 +215,14 @@ async def test_an_early_seal_in_a_rolled_back_savepoint_is_undone_and_done_again
     db: Connection, settings: Settings
 ) -> None:
     async with db.transaction():
-        first = await _record(db, "sealed early, then unsealed by the rollback")
+        first = await record_text(db, "sealed early, then unsealed by the rollback")
         with pytest.raises(RuntimeError):
             async with db.transaction():
                 await db.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 assert await _positions(db, "messages") == [(first.pk, 1)]
                 raise RuntimeError("rolled back")
         assert await _positions(db, "messages") == [(first.pk, None)]
-        second = await _record(db, "sealed at commit")
+        second = await record_text(db, "sealed at commit")
     assert await _positions(db, "messages") == [(first.pk, 1), (second.pk, 2)]
     await _assert_verifies(settings)
 
@@ -252,7 +234,7 @@ async def test_a_chain_without_its_head_refuses_to_commit(db: Connection) -> Non
     finally:
         await db.execute("ALTER TABLE chain_heads ENABLE TRIGGER ALL")
     with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="no head"):
-        await _record(db, "nowhere to chain it")
+        await record_text(db, "nowhere to chain it")
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
 
@@ -267,11 +249,13 @@ async def test_chains_sealed_before_migration_0007_go_on_after_it(
             await queries.add_agency(conn, code, f"Cơ quan {code}")
         async with conn.transaction():
             for number in range(3):
-                await _deliver(conn, await _record(conn, f"sealed by 0006 {number}"), f"a{number}")
+                message = await record_text(conn, f"sealed by 0006 {number}")
+                await _deliver(conn, message, f"a{number}")
         assert await migrate(conn, shipped) == [m.label for m in shipped if m.version > 6]
         async with conn.transaction():
             for number in range(3):
-                await _deliver(conn, await _record(conn, f"sealed by 0007 {number}"), f"b{number}")
+                message = await record_text(conn, f"sealed by 0007 {number}")
+                await _deliver(conn, message, f"b{number}")
         assert [seq for _, seq in await _positions(conn, "messages")] == [1, 2, 3, 4, 5, 6]
     finally:
         await conn.close()
@@ -289,7 +273,7 @@ async def test_a_transaction_of_thousands_of_rows_is_sealed_whole(
             "encode(sha256(b), 'hex') FROM generate_series(1, 3000) n, "
             "LATERAL (SELECT convert_to('body ' || n, 'UTF8') AS b) body"
         )
-        single = await _record(db, "one more, in its own statement")
+        single = await record_text(db, "one more, in its own statement")
     positions = await _positions(db, "messages")
     assert [seq for _, seq in positions] == list(range(1, 3002))
     assert positions[-1] == (single.pk, 3001)

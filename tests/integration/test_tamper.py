@@ -22,7 +22,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exchange.agency import AgencyCode
 from exchange.audit import (
     ChainWalk,
     add_commands,
@@ -35,14 +34,10 @@ from exchange.edxml.model import VIETNAM_TIME
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
-from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
-from exchange.store.records import ChainHead, ChainLink, Message, NewDocument
+from exchange.store.records import ChainHead, ChainLink, NewDocument
+from tests.chains import RECIPIENT, SENDER, record_text
 from tests.exchange_fixtures import ExchangeUnderTest
-
-SENDER = AgencyCode.parse("000.00.00.G22")  # Văn phòng Chính phủ
-RECIPIENT = AgencyCode.parse("000.00.00.G09")  # Bộ Nội vụ
-
 
 # -- the walk over a chain, without a database ------------------------------------
 
@@ -293,21 +288,6 @@ async def test_a_redelivery_and_a_rolled_back_savepoint_leave_no_gap(
     assert (await verify_chains(settings)).ok
 
 
-async def _record(conn: Connection, text: str) -> Message:
-    """A message of ``text`` to RECIPIENT, recorded as the worker records one."""
-    body = text.encode()
-    message, _ = await queries.record_message(
-        conn,
-        dedup_key=queries.dedup_key(str(RECIPIENT), body),
-        amqp_message_id=None,
-        routing_key=str(RECIPIENT),
-        broker_user=None,
-        body=body,
-        sha256=hashlib.sha256(body).hexdigest(),
-    )
-    return message
-
-
 @pytest.mark.services
 async def test_concurrent_writers_extend_each_chain_without_forks_or_deadlocks(
     db_pool: asyncpg.Pool[asyncpg.Record], settings: Settings
@@ -319,7 +299,7 @@ async def test_concurrent_writers_extend_each_chain_without_forks_or_deadlocks(
     async def writer(number: int) -> None:
         for step in range(10):
             async with db_pool.acquire() as conn, conn.transaction():
-                message = await _record(conn, f"writer {number} step {step}")
+                message = await record_text(conn, f"writer {number} step {step}")
                 stored = await queries.upsert_document(
                     conn,
                     NewDocument(
@@ -352,14 +332,14 @@ async def test_rows_are_chained_when_their_transaction_commits_in_commit_order(
     async with db_pool.acquire() as first, db_pool.acquire() as second:
         early = first.transaction()
         await early.start()
-        early_pk = (await _record(first, "inserted first, committed last")).pk
+        early_pk = (await record_text(first, "inserted first, committed last")).pk
         # Unchained until the commit: the row has no position yet, and the
         # lock is not held, so another writer inserts and commits meanwhile.
         unchained = "SELECT chain_seq IS NULL FROM messages WHERE id = $1"
         assert await first.fetchval(unchained, early_pk)
         async with second.transaction():
             late_pk = (
-                await asyncio.wait_for(_record(second, "inserted last, committed first"), 5)
+                await asyncio.wait_for(record_text(second, "inserted last, committed first"), 5)
             ).pk
         await early.commit()
     async with db_pool.acquire() as conn:
@@ -374,12 +354,12 @@ async def test_a_position_cannot_be_set_by_the_inserter(
     db: asyncpg.Connection[asyncpg.Record], filled: Filled
 ) -> None:
     async with db.transaction():
-        pk = (await _record(db, "wants position 1")).pk
+        pk = (await record_text(db, "wants position 1")).pk
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
             await db.execute(
                 "UPDATE messages SET chain_seq = 1, chain_hash = repeat('0', 64) WHERE id = $1", pk
             )
-    other = (await _record(db, "an event's message")).pk
+    other = (await record_text(db, "an event's message")).pk
     await db.execute(
         "INSERT INTO events (delivery_pk, message_pk, kind, code, at, chain_seq, chain_hash) "
         "SELECT delivery_pk, $1, kind, code, at, 1, repeat('0', 64) FROM events LIMIT 1",
@@ -395,7 +375,7 @@ async def test_a_row_inserted_with_the_triggers_bypassed_is_named_unchained(
 ) -> None:
     await db.execute("SET session_replication_role = replica")
     try:
-        pk = (await _record(db, "behind the exchange's back")).pk
+        pk = (await record_text(db, "behind the exchange's back")).pk
     finally:
         await db.execute("SET session_replication_role = DEFAULT")
     report = await verify_chains(settings)
