@@ -65,7 +65,14 @@ _BODY_PATH = (ENVELOPE, BODY)
 # To, so edxml-document.xsd lets the tail of MessageHeader come in any order
 # and this check counts these (ResponseFor may repeat; DocumentId may sit
 # after To or in the tail, but only once).
-_AT_MOST_ONCE_IN_DOCUMENT_HEADER = ("DocumentId", "OtherInfo", "SteeringType", "ToPlaces")
+_AT_MOST_ONCE_IN_DOCUMENT_HEADER = (
+    "DocumentId",
+    "OtherInfo",
+    "SteeringType",
+    "ToPlaces",
+    "ResponseForTask",
+    "ApplicationType",
+)
 _AT_MOST_ONCE_TAGS = {q(name): name for name in _AT_MOST_ONCE_IN_DOCUMENT_HEADER}
 
 
