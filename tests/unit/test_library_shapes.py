@@ -165,6 +165,31 @@ def test_the_header_tail_additions_may_appear_once() -> None:
     assert "ApplicationType may appear only once" in str(schema_problems(parse(xml.encode())))
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        pytest.param(
+            "<edXML:SteeringType>1</edXML:SteeringType>",
+            "<edXML:SteeringType>1</edXML:SteeringType><edXML:Feedback><edXML:OrganId>"
+            "000.00.00.G09</edXML:OrganId><edXML:Code>5/BNV</edXML:Code></edXML:Feedback>",
+            "Feedback",
+            id="feedback",
+        ),
+        pytest.param(
+            "</edXML:StaffInfo>",
+            "</edXML:StaffInfo><edXML:StaffInfo><edXML:Staff>Lan</edXML:Staff></edXML:StaffInfo>",
+            "StaffInfo",
+            id="two-staff-in-bussiness",
+        ),
+    ],
+)
+def test_what_the_library_api_allows_beyond_the_regulation_is_refused(
+    old: str, new: str, named: str
+) -> None:
+    problems = str(schema_problems(parse(edited(library_document(), old, new).encode())))
+    assert named in problems
+
+
 def test_an_unknown_element_beside_the_library_additions_is_still_refused() -> None:
     xml = edited(
         library_document(),
