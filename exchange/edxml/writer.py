@@ -222,7 +222,8 @@ def _trace(
     header: Element, package: DocumentPackage | StatusPackage, business: Business | None
 ) -> None:
     trace: Sequence[TraceHeader] = package.trace
-    if not trace and business is None and package.trace_paper is None:
+    extras = (package.trace_paper, package.trace_list_id, package.trace_list_version)
+    if not trace and business is None and extras == (None, None, None):
         return
     element = etree.SubElement(header, names.TRACE_HEADER_LIST)
     if package.trace_list_id is not None:
