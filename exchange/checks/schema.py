@@ -74,6 +74,8 @@ _AT_MOST_ONCE_IN_DOCUMENT_HEADER = (
     "ApplicationType",
 )
 _AT_MOST_ONCE_TAGS = {q(name): name for name in _AT_MOST_ONCE_IN_DOCUMENT_HEADER}
+# The two spellings of TraceHeaderList's business block.
+_BUSINESS_NAMES = ("Bussiness", "Business")
 
 
 class PackageKind(Enum):
@@ -511,6 +513,13 @@ def _unexpected(
         siblings = [child for child in parent if isinstance(child.tag, str)]
         names = [etree.QName(child).localname for child in siblings]
         before = names[: siblings.index(element)]
+        if name == "TraceHeader" and name in before:
+            # TraceHeaders repeat, but all on one side of the Bussiness block.
+            return Problem(
+                where,
+                "the TraceHeader elements must come together, all before or all after "
+                f"{next((n for n in before if n in _BUSINESS_NAMES), 'Bussiness')}",
+            )
         if name in before and name not in expected:
             return Problem(where, f"element {name} may appear only once here")
         required = (etree.QName(parent).localname, expected[0]) if len(expected) == 1 else None

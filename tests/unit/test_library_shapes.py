@@ -126,6 +126,14 @@ def test_trace_header_list_stays_strict_elsewhere(children: tuple[str, ...]) -> 
     assert schema_problems(parse(trace_list(*children).encode()))
 
 
+def test_hops_on_both_sides_of_bussiness_are_explained() -> None:
+    (problem,) = schema_problems(parse(trace_list(TRACE, BUSINESS, RELAY).encode()))
+    assert problem.where.endswith("TraceHeaderList/TraceHeader[2]")
+    assert problem.what == (
+        "the TraceHeader elements must come together, all before or all after Bussiness"
+    )
+
+
 def test_every_library_addition_is_valid_and_read() -> None:
     xml = library_document().encode()
     check_schema(parse(xml))
