@@ -704,6 +704,28 @@ def test_the_library_reads_every_field_lienthong_writes(
         assert parsed["Signature"]["hasSignedInfo"] and parsed["Signature"]["SignatureValue"], name
 
 
+def test_the_library_reads_what_lienthong_build_writes(
+    edxml102: Edxml102, files: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "built.edxml"
+    result = lienthong(
+        "build", "--from", OFFICE, "--sender-name", "Văn phòng Chính phủ",
+        "--to", f"{HANOI}=UBND Thành phố Hà Nội", "--to", NGHE_AN,
+        "--number", "12", "--notation", "VPCP-TH", "--subject", "V/v thử nghiệm liên thông",
+        "--signer", "Nguyễn Văn A", "--attach", files / "quyet-dinh.pdf", "-o", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (parsed,) = edxml102.parse([output])
+    assert parsed_view(parsed) == library_view(read_package(output.read_bytes()))
+    header = parsed["MessageHeader"]
+    assert [to["OrganId"] for to in header["To"]] == [HANOI, NGHE_AN]
+    assert header["Subject"] == "V/v thử nghiệm liên thông"
+    (attachment,) = parsed["Attachment"]
+    assert (
+        attachment["sha256"] == hashlib.sha256((files / "quyet-dinh.pdf").read_bytes()).hexdigest()
+    )
+
+
 # -- a library package through the running exchange ---------------------------------------------
 
 
