@@ -356,7 +356,7 @@ def declared_metric_names() -> set[str]:
         if describe is None or not hasattr(value, "_labelnames"):
             continue
         for family in describe():
-            for suffix in ("", "_total", "_bucket", "_count", "_sum", "_info", "_created"):
+            for suffix in ("", "_total", "_bucket", "_count", "_sum", "_info"):
                 names.add(family.name + suffix)
     return names
 
