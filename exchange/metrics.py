@@ -33,7 +33,7 @@ from prometheus_client import (
 # one more series per label set (when it was created), which no dashboard or
 # alert reads (``rate`` and ``increase`` cope with restarts without it) and
 # which Prometheus would store for every worker process.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 # Per-stage costs run from tens of microseconds (reading a status) to tens of
 # milliseconds (verifying a large package on a loaded machine).
