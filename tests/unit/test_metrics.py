@@ -299,6 +299,25 @@ def test_endpoint_serves_the_metrics_with_the_build_version() -> None:
     assert "lienthong_worker_consumers" in text
 
 
+def test_endpoint_serves_no_created_series() -> None:
+    # A child of each kind that would carry one: a labelled counter, an
+    # unlabelled counter, a histogram.
+    metrics.MESSAGES.labels("document", "delivered")
+    metrics.END_TO_END_SECONDS.labels("document")
+    port = free_port()
+    stop = metrics.serve(port, "127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    finally:
+        stop()
+
+    assert 'lienthong_messages_total{kind="document",outcome="delivered"}' in text
+    assert 'lienthong_end_to_end_seconds_count{kind="document"}' in text
+    assert "lienthong_duplicates_total " in text
+    assert [line for line in text.splitlines() if "_created" in line] == []
+
+
 def test_endpoint_on_a_taken_port_says_to_give_each_process_its_own() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
