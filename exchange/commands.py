@@ -51,9 +51,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     from exchange.settings import Settings
 
     overrides = {
-        name: value
-        for name in _OVERRIDDEN
-        if (value := getattr(args, name, None)) is not None
+        name: value for name in _OVERRIDDEN if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)
 

@@ -2,10 +2,11 @@
 
 Registering, and changing a registration, is all or nothing: the directory
 row is written in a transaction that commits after the broker steps, and a
-failure on the way undoes the broker steps already done. The three must agree: the directory maps the broker user to the agency (so
-the worker can trust ``user_id``), the broker user may only publish to the
-submit exchange and read the agency's own queues, and the queues exist before
-anything is delivered to them.
+failure on the way undoes the broker steps already done. The three must
+agree: the directory maps the broker user to the agency (so the worker can
+trust ``user_id``), the broker user may only publish to the submit exchange
+and read the agency's own queues, and the queues exist before anything is
+delivered to them.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from exchange.settings import Settings
 from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.db import connect as db_connect
+from exchange.store.records import Agency
 
 log = logging.getLogger(__name__)
-from exchange.store.records import Agency
 
 # Long enough that guessing is hopeless, short enough to paste into a QLVB's
 # configuration screen.
@@ -111,7 +112,7 @@ class _Undo:
         for what, step in reversed(self._steps):
             try:
                 await step()
-            except Exception as failure:  # noqa: BLE001 (each step is tried, whatever befell another)
+            except Exception as failure:  # each step is tried, whatever befell another
                 log.warning("could not undo: %s (%s)", what, failure)
                 error.add_note(f"left behind: {what}")
 
