@@ -548,8 +548,17 @@ def _agency_client(args: argparse.Namespace) -> AgencyClient:
     credential = None
     if getattr(args, "key", None) and getattr(args, "cert", None):
         credential = Credential(_read_file(args.key), _read_file(args.cert))
+    from exchange.edxml.model import Organization
+
     agency = _agency_code(args.agency, "--as")
-    return AgencyClient(agency, settings_from_args(args).amqp_url, credential=credential)
+    # edXML needs an OrganName in From: the name given, or else the code.
+    name = getattr(args, "sender_name", None) or str(agency)
+    return AgencyClient(
+        agency,
+        settings_from_args(args).amqp_url,
+        credential=credential,
+        organization=Organization(organ_id=agency, organ_name=name),
+    )
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -559,8 +568,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     from exchange.edxml.model import Code, DocumentType, Organization, SignerInfo
     from exchange.edxml.writer import attachment_from_file, new_document
 
-    recipients = [Organization(organ_id=_agency_code(c, "--to")) for c in args.to]
-    sender = Organization(organ_id=_agency_code(args.agency, "--as"), organ_name=args.sender_name)
+    # edXML needs OrganName in From and To: the name given, or else the code.
+    recipients = []
+    for given in args.to:
+        code, _, name = given.partition("=")
+        recipient = _agency_code(code.strip(), "--to")
+        recipients.append(Organization(organ_id=recipient, organ_name=name.strip() or code))
+    sender_code = _agency_code(args.agency, "--as")
+    sender = Organization(organ_id=sender_code, organ_name=args.sender_name or str(sender_code))
     for path in args.attach or ():
         if not Path(path).is_file():
             raise CommandError(f"cannot read {path}")
@@ -594,7 +609,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         else:
             print(
                 f"sent {document.document_id} to {len(message_ids)} recipient(s): "
-                + ", ".join(args.to)
+                + ", ".join(str(r.organ_id) for r in recipients)
             )
         return EXIT_OK
 
@@ -1016,8 +1031,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--to",
         action="append",
         required=True,
-        metavar="CODE",
-        help="a recipient (repeat for several)",
+        metavar="CODE[=NAME]",
+        help="a recipient, with its name for OrganName (default: the code); repeat for several",
     )
     send.add_argument("--number", required=True, help="số văn bản (CodeNumber)")
     send.add_argument("--notation", required=True, help="ký hiệu (CodeNotation)")
@@ -1025,9 +1040,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--date", help="promulgation date, YYYY-MM-DD (default today)")
     send.add_argument("--place", default="Hà Nội", help="place of promulgation")
     send.add_argument("--type-name", default="Công văn", help="document type name")
-    send.add_argument("--signer", default="", help="the signer's full name")
+    send.add_argument("--signer", required=True, help="the signer's full name")
     send.add_argument("--position", default="", help="the signer's position")
-    send.add_argument("--sender-name", help="the sending agency's name")
+    send.add_argument(
+        "--sender-name", help="the sending agency's name for OrganName (default: the code)"
+    )
     _completes(
         send.add_argument("--attach", action="append", metavar="FILE", help="attach a file"),
         shtab.FILE,
@@ -1077,6 +1094,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--code", required=True, help="StatusCode: 01..06, 15, 16")
     report.add_argument("--description", help="what happened, for the sender's clerk")
+    report.add_argument(
+        "--sender-name", help="the reporting agency's name for OrganName (default: the code)"
+    )
     report.set_defaults(handler=cmd_report_status)
 
     trace = commands.add_parser("trace", parents=[database, as_json], help="a document's timeline")
@@ -1139,6 +1159,26 @@ def _key_types() -> list[str]:
     return [k.value for k in KeyType]
 
 
+def _log_warnings(*, debug: bool) -> None:
+    """Warnings of the exchange's own modules on stderr; the libraries' only with ``--debug``.
+
+    aiormq and aio-pika log each failed connection attempt before raising;
+    the failure itself is the one line :func:`main` prints. ``lienthong
+    worker`` replaces this with the workers' structured logs.
+    """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lienthong: %(levelname)s: %(name)s: %(message)s"))
+    if not debug:
+        handler.addFilter(lambda record: record.name.startswith("exchange"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -1146,6 +1186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
     args = build_parser().parse_args(argv)
+    _log_warnings(debug=args.debug)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

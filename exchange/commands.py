@@ -136,6 +136,7 @@ _SERVICE_OF_MODULE = (
     ("aio_pika", RABBITMQ),
     ("exchange.broker.admin", MANAGEMENT_API),
     ("urllib", MANAGEMENT_API),
+    ("exchange.broker", RABBITMQ),
 )
 
 

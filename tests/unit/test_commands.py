@@ -172,6 +172,8 @@ AGENCY_SIDE = ["--as", "000.00.00.G22", "--key", "k.pem", "--cert", "c.pem"]
             "x",
             "--subject",
             "s",
+            "--signer",
+            "A",
             "--database-url",
             "postgresql://h/d",
         ],
@@ -203,3 +205,17 @@ def test_version_and_completion(capsys: pytest.CaptureFixture[str]) -> None:
         assert word in script
     assert cli.main(["completion", "zsh"]) == 0
     assert "#compdef lienthong" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence"),
+    [("vi", "Gói tin không phải XML hợp lệ"), ("en", "the package is not well-formed XML")],
+)
+def test_the_reasons_for_the_clerk_are_in_the_language_asked(
+    language: str, sentence: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.edxml"
+    broken.write_text("<edXML><unclosed></edXML>")
+    assert cli.main(["validate", str(broken), "--lang", language]) == cli.EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert f"REJECTED_NOT_WELL_FORMED: {sentence}" in out
