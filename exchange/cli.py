@@ -22,6 +22,7 @@ from exchange.commands import (
     EXIT_OK,
     EXIT_REFUSED,
     CommandError,
+    ServiceOptions,
     TimeExpressionError,
     parse_time,
     print_json,
@@ -900,15 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=cmd_schema)
 
     # Each command offers the connection options of the services it uses.
-    amqp = argparse.ArgumentParser(add_help=False)
-    amqp.add_argument("--amqp-url", help="RabbitMQ (default LIENTHONG_AMQP_URL)")
-    database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--database-url", help="PostgreSQL (default LIENTHONG_DATABASE_URL)")
-    management = argparse.ArgumentParser(add_help=False)
-    management.add_argument(
-        "--rabbitmq-api-url", help="RabbitMQ management API (default LIENTHONG_RABBITMQ_API_URL)"
-    )
-    services = argparse.ArgumentParser(add_help=False, parents=[amqp, database, management])
+    options = ServiceOptions.build()
+    amqp, database = options.amqp, options.database
+    services = options.every
     agency_side = argparse.ArgumentParser(add_help=False, parents=[amqp])
     agency_side.add_argument(
         "--as", dest="agency", required=True, metavar="CODE", help="the agency acting (its code)"
@@ -1124,7 +1119,7 @@ def build_parser() -> argparse.ArgumentParser:
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands
 
-    add_replay_commands(commands, services)
+    add_replay_commands(commands, options)
     add_report_commands(commands, services)
     add_audit_commands(commands, services)
     add_bench_commands(commands, services)

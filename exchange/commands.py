@@ -16,6 +16,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -62,6 +63,37 @@ def run(coroutine: Coroutine[Any, Any, int]) -> int:
     ``main()`` turns whatever escapes into one line (:func:`describe_error`).
     """
     return aio.run(coroutine)
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The connection options, one parent parser per service, so each command offers
+    only the options of the services it uses."""
+
+    amqp: argparse.ArgumentParser
+    database: argparse.ArgumentParser
+    management: argparse.ArgumentParser
+
+    @classmethod
+    def build(cls) -> ServiceOptions:
+        """``--amqp-url``, ``--database-url``, ``--rabbitmq-api-url`` as three parents."""
+        amqp = argparse.ArgumentParser(add_help=False)
+        amqp.add_argument("--amqp-url", help="RabbitMQ (default LIENTHONG_AMQP_URL)")
+        database = argparse.ArgumentParser(add_help=False)
+        database.add_argument("--database-url", help="PostgreSQL (default LIENTHONG_DATABASE_URL)")
+        management = argparse.ArgumentParser(add_help=False)
+        management.add_argument(
+            "--rabbitmq-api-url",
+            help="RabbitMQ management API (default LIENTHONG_RABBITMQ_API_URL)",
+        )
+        return cls(amqp, database, management)
+
+    @property
+    def every(self) -> argparse.ArgumentParser:
+        """All three, for the commands that use every service."""
+        return argparse.ArgumentParser(
+            add_help=False, parents=[self.amqp, self.database, self.management]
+        )
 
 
 # -- JSON -----------------------------------------------------------------------

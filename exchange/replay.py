@@ -51,6 +51,7 @@ from exchange.commands import (
     EXIT_OK,
     EXIT_REFUSED,
     CommandError,
+    ServiceOptions,
     TimeExpressionError,
     parse_time,
     print_json,
@@ -1313,9 +1314,14 @@ def describe_result(result: Mapping[str, Any]) -> str:
 
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    services_parent: argparse.ArgumentParser,
+    options: ServiceOptions,
 ) -> None:
-    """Add ``lienthong replay`` (list, show, run, history) to the command line."""
+    """Add ``lienthong replay`` (list, show, run, history) to the command line.
+
+    ``list`` (``--queue`` reads the parked queue) and ``run`` use RabbitMQ and
+    PostgreSQL; ``show`` and ``history`` only PostgreSQL.
+    """
+    broker_and_database = [options.amqp, options.database]
     replay = commands.add_parser(
         "replay", help="list, show and replay rejected and parked messages"
     )
@@ -1329,7 +1335,7 @@ def add_commands(
     filters.add_argument("--outcome", choices=["rejected", "parked"])
 
     listing = actions.add_parser(
-        "list", parents=[services_parent, filters], help="rejected and parked messages"
+        "list", parents=[*broker_and_database, filters], help="rejected and parked messages"
     )
     listing.add_argument(
         "--queue", action="store_true", help="what waits in lienthong.parked (given back)"
@@ -1340,7 +1346,7 @@ def add_commands(
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_command(_list))
 
-    show = actions.add_parser("show", parents=[services_parent], help="one message in full")
+    show = actions.add_parser("show", parents=[options.database], help="one message in full")
     show.add_argument("id", type=int, help="the message's id (from `replay list`)")
     show.add_argument("--body", metavar="FILE", help="write the package to FILE (- for stdout)")
     show.add_argument("--json", action="store_true")
@@ -1348,7 +1354,7 @@ def add_commands(
 
     run = actions.add_parser(
         "run",
-        parents=[services_parent, filters],
+        parents=[*broker_and_database, filters],
         help="replay messages through the workers (a dry run unless --yes)",
     )
     run.add_argument("ids", nargs="*", type=int, metavar="ID", help="message ids")
@@ -1370,7 +1376,7 @@ def add_commands(
     run.set_defaults(handler=_command(_run_command))
 
     history = actions.add_parser(
-        "history", parents=[services_parent], help="the replays run, who ran them and the result"
+        "history", parents=[options.database], help="the replays run, who ran them and the result"
     )
     history.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     history.add_argument("--json", action="store_true")

@@ -717,3 +717,17 @@ def test_statuses_follow_runs_until_interrupted_and_ends_without_a_traceback(
             process.kill()
     assert process.returncode in (0, 130), err
     assert "Traceback" not in err
+
+
+async def test_the_demo_registering_an_agency_again_renews_its_certificate_and_password(
+    exchange: ExchangeUnderTest,
+) -> None:
+    first = await exchange.register("000.00.00.G22", subscriptions=["*.*.*.G22"])
+    again = await exchange.register("000.00.00.G22", subscriptions=["*.*.*.G22"])
+    assert again.amqp_url != first.amqp_url  # a new password
+    connection = await aio_pika.connect(again.amqp_url)
+    await connection.close()
+    with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+        await aio_pika.connect(first.amqp_url)
+    rows = await exchange.fetch("SELECT certificate_pem FROM agencies")
+    assert [row["certificate_pem"] for row in rows] == [again.credential.cert_pem.decode()]

@@ -44,7 +44,7 @@ def test_time_expressions_are_spans_back_from_now_or_vietnam_dates(
     assert parse_time(text, now=NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["last month", "2025-13-01", "5y", "", "-2h"])
+@pytest.mark.parametrize("text", ["last month", "2025-13-01", "5y", "5 parsecs", "", "-2h"])
 def test_a_time_expression_that_is_not_a_time_is_refused_with_examples(text: str) -> None:
     with pytest.raises(TimeExpressionError, match="30m, 2h, 7d"):
         parse_time(text, now=NOW)
