@@ -276,6 +276,8 @@ def _postgresql(error: BaseException, url: str | None) -> str:
         return f"{where}: {error}; check the user in {option}"
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return f"{where}: {error}; create it (createdb) or check {option}"
+    if isinstance(error, asyncpg.UndefinedTableError):
+        return f"{where}: {error}; is the database migrated? `lienthong init` migrates it"
     if isinstance(error, asyncpg.PostgresError):
         return f"{where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     text = str(error)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -438,6 +439,67 @@ def test_each_failure_is_one_line_naming_what_failed_and_exit_2(
     line = lienthong(*arguments).one_line_error()
     assert says in line
     assert "guest:guest" not in line and ":wrong@" not in line and ":pw@" not in line
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[str]:
+    """A PostgreSQL server of the test's own that checks passwords (the shared one trusts
+    every local connection): user ``lt``, password ``secret``; its URL without password."""
+    import shutil
+    import socket
+
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not binaries or not (binaries[-1] / "initdb").exists():
+        pytest.skip("PostgreSQL's initdb is not installed (Debian package postgresql)")
+    bin_dir = binaries[-1]
+    as_owner: list[str] = []
+    # Not under pytest's temporary folder: the postgres user cannot enter root's.
+    directory = Path(tempfile.mkdtemp(prefix="lienthong-test-postgres-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("runs as root without runuser to start PostgreSQL as postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(directory, "postgres")
+    (directory / "pw").write_text("secret\n")
+    if as_owner:
+        shutil.chown(directory / "pw", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = directory / "data"
+    subprocess.run(
+        [*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "lt",
+         "--auth=scram-sha-256", f"--pwfile={directory / 'pw'}", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"),
+         "-o", f"-p {port} -k {directory} -c listen_addresses=127.0.0.1", "-w", "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield f"postgresql://lt@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_wrong_postgresql_password_is_an_authentication_failure(
+    private_postgres: str, lienthong: Callable[..., Outcome]
+) -> None:
+    wrong = private_postgres.replace("lt@", "lt:wrong@")
+    line = lienthong("agency", "list", "--database-url", wrong).one_line_error()
+    assert line == (
+        f"lienthong: PostgreSQL at {private_postgres}: authentication failed for user lt; "
+        "check the user and password in --database-url or LIENTHONG_DATABASE_URL"
+    )
+    right = private_postgres.replace("lt@", "lt:secret@")
+    line = lienthong("agency", "list", "--database-url", right).one_line_error()
+    assert "is the database migrated? `lienthong init` migrates it" in line
 
 
 def test_debug_adds_the_traceback(place: Place, lienthong: Callable[..., Outcome]) -> None:
