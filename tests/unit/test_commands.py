@@ -174,6 +174,8 @@ AGENCY_SIDE = ["--as", "000.00.00.G22", "--key", "k.pem", "--cert", "c.pem"]
             "s",
             "--signer",
             "A",
+            "--sender-name",
+            "VPCP",
             "--database-url",
             "postgresql://h/d",
         ],
