@@ -345,6 +345,29 @@ def _cases() -> list[tuple[str, Callable[[Place], list[str]], dict[str, str], st
             "PostgreSQL at postgresql://postgres@127.0.0.1:1/x: connection refused",
         ),
         (
+            "PostgreSQL without TLS asked for TLS",
+            lambda p: [
+                "agency",
+                "list",
+                "--database-url",
+                "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=require",
+            ],
+            {},
+            'TLS failed (PostgreSQL server at "127.0.0.1:5432" rejected SSL upgrade); '
+            "check sslmode",
+        ),
+        (
+            "RabbitMQ unknown host",
+            lambda p: [
+                "statuses",
+                *AS_AGENCY,
+                "--amqp-url",
+                "amqp://guest:guest@no-such-host.invalid:5672/",
+            ],
+            {},
+            "RabbitMQ at amqp://guest@no-such-host.invalid:5672/: unknown host name",
+        ),
+        (
             "PostgreSQL unknown database",
             lambda p: [
                 "agency",
