@@ -21,7 +21,6 @@ from prometheus_client.utils import floatToGoString
 
 from exchange import metrics
 from exchange.agency import AgencyCode, AgencyGroup
-from exchange.edxml.model import VIETNAM_TIME
 from exchange.report import (
     AgencyActivity,
     CertificateSummary,
@@ -32,7 +31,6 @@ from exchange.report import (
     certificate_summary,
     export_metrics,
     format_report,
-    parse_since,
     report_json,
     tally,
 )
@@ -211,27 +209,6 @@ def test_a_certificate_expiring_just_past_the_warning_is_still_valid() -> None:
 
 
 # -- the report's period and output ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30d", NOW - timedelta(days=30)),
-        ("12h", NOW - timedelta(hours=12)),
-        ("2w", NOW - timedelta(weeks=2)),
-        ("90m", NOW - timedelta(minutes=90)),
-        ("2025-05-01", datetime(2025, 5, 1, tzinfo=VIETNAM_TIME)),
-        ("2025-05-01T08:30", datetime(2025, 5, 1, 8, 30, tzinfo=VIETNAM_TIME)),
-        ("2025-05-01T08:30+00:00", datetime(2025, 5, 1, 8, 30, tzinfo=UTC)),
-    ],
-)
-def test_since_takes_an_age_a_date_or_a_time(text: str, expected: datetime) -> None:
-    assert parse_since(text, NOW) == expected
-
-
-def test_since_refuses_anything_else_and_says_what_it_takes() -> None:
-    with pytest.raises(ValueError, match="30d"):
-        parse_since("last month", NOW)
 
 
 def test_report_lists_levels_groups_inboxes_and_overdue_in_text_and_json() -> None:
