@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exchange import aio
+from exchange.installation import BrokenInstallation
 from exchange.reasons import Rejection
 
 if TYPE_CHECKING:
@@ -155,6 +156,8 @@ def _check_files(
             verdicts.append(check(file, data))
         except Rejection as rejection:
             verdicts.append(FileVerdict.refused(file, rejection))
+        except BrokenInstallation as error:
+            raise CommandError(str(error)) from None
     return verdicts
 
 
@@ -358,7 +361,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run workers until interrupted (SIGINT or SIGTERM)."""
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
-    from exchange.worker import run_workers
+    from exchange.worker import StartupError, run_workers
 
     settings = _settings(args)
     configure_logging(settings.log_format)
@@ -369,7 +372,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         try:
             processed = await run_workers(settings, count=args.count, metrics_port=port)
-        except MetricsEndpointError as error:
+        except (MetricsEndpointError, BrokenInstallation, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+from exchange import __version__
 
 # Per-stage costs run from tens of microseconds (reading a status) to tens of
 # milliseconds (verifying a large package on a loaded machine).
@@ -151,11 +152,8 @@ class MetricsEndpointError(RuntimeError):
 
 
 def version() -> str:
-    """The installed version of the exchange (``unknown`` when run from a bare checkout)."""
-    try:
-        return metadata.version("lienthong")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The version of the exchange that runs (``exchange.__version__``, its one source)."""
+    return __version__
 
 
 def serve(port: int, address: str = "0.0.0.0") -> Callable[[], None]:  # noqa: S104
