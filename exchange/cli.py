@@ -21,6 +21,7 @@ from exchange.reasons import Rejection
 
 if TYPE_CHECKING:
     from exchange.client import AgencyClient
+    from exchange.edxml.model import DocumentPackage, Organization
     from exchange.settings import Settings
 
 # Exit statuses: 0 all good, 1 some input was refused, 2 the command could not run.
@@ -161,20 +162,63 @@ def _check_files(
     return verdicts
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    """Check files against the edXML schema and the reader's rules (no signature)."""
+def _read_checked(data: bytes) -> Any:
+    """A package read as ``validate`` reads it: safe parse, schema, reader (no signature)."""
     from exchange.checks.schema import check_schema
-    from exchange.edxml.model import StatusPackage
     from exchange.edxml.reader import read_package
     from exchange.edxml.safexml import parse
 
+    root = parse(data)
+    check_schema(root)
+    return read_package(root)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check files against the edXML schema and the reader's rules (no signature)."""
+    from exchange.edxml.model import StatusPackage
+
     def check(file: str, data: bytes) -> FileVerdict:
-        root = parse(data)
-        check_schema(root)
-        package = read_package(root)
-        return FileVerdict(file, True, kind=_kind(package, StatusPackage))
+        return FileVerdict(file, True, kind=_kind(_read_checked(data), StatusPackage))
 
     return _report(_check_files(args.files, check), args.json)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print what packages say: kind, agencies, ids, dates, trace, attachments, warnings."""
+    from exchange.edxml.summary import summarize, summary_lines
+
+    shown: list[dict[str, Any]] = []
+    refused = False
+    for file in args.files:
+        data = _read_file(file)
+        try:
+            summary = summarize(_read_checked(data))
+        except Rejection as rejection:
+            refused = True
+            verdict = FileVerdict.refused(file, rejection)
+            shown.append({"file": file, "ok": False, **_refusal_json(verdict)})
+            if not args.json:
+                print(verdict.line())
+            continue
+        shown.append({"file": file, "ok": True, **summary.model_dump(mode="json", by_alias=True)})
+        if not args.json:
+            heading: str = summary.kind
+            if summary.business and summary.business != "new":
+                heading += f" ({summary.business})"
+            print(f"{file}: {heading}")
+            for line in summary_lines(summary):
+                print(line)
+    if args.json:
+        print(json.dumps(shown, ensure_ascii=False, indent=2))
+    return EXIT_REFUSED if refused else EXIT_OK
+
+
+def _refusal_json(verdict: FileVerdict) -> dict[str, Any]:
+    return {
+        "reason_code": verdict.reason_code,
+        "reason": verdict.reason,
+        "problems": verdict.problems,
+    }
 
 
 def _kind(package: Any, status_type: type) -> str:
@@ -390,33 +434,91 @@ def _agency_client(args: argparse.Namespace) -> AgencyClient:
     return AgencyClient(args.agency, _settings(args).amqp_url, credential=credential)
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    """Build a document from metadata and files, sign it, publish it to each recipient."""
+def _document_from_options(args: argparse.Namespace, sender_code: str) -> DocumentPackage:
+    """The document package the options of ``send`` and ``build`` describe (unsigned)."""
     from datetime import date
+
+    from pydantic import ValidationError
 
     from exchange.agency import AgencyCode, InvalidAgencyCode
     from exchange.edxml.model import Code, DocumentType, Organization, SignerInfo
     from exchange.edxml.writer import attachment_from_file, new_document
 
     try:
-        recipients = [Organization(organ_id=AgencyCode.parse(c)) for c in args.to]
-        sender = Organization(organ_id=AgencyCode.parse(args.agency), organ_name=args.sender_name)
+        recipients = [_recipient(text) for text in args.to]
+        sender = Organization(organ_id=AgencyCode.parse(sender_code), organ_name=args.sender_name)
     except InvalidAgencyCode as error:
         raise CommandError(str(error)) from None
+    try:
+        promulgated = date.fromisoformat(args.date) if args.date else date.today()
+    except ValueError:
+        raise CommandError(
+            f"--date {args.date!r} is not a date; write YYYY-MM-DD, e.g. 2026-12-06"
+        ) from None
     for path in args.attach or ():
         if not Path(path).is_file():
-            raise CommandError(f"cannot read {path}")
-    document = new_document(
-        sender=sender,
-        recipients=recipients,
-        code=Code(code_number=args.number, code_notation=args.notation),
-        subject=args.subject,
-        promulgation_date=date.fromisoformat(args.date) if args.date else date.today(),
-        place=args.place,
-        document_type=DocumentType(type="1", type_name=args.type_name),
-        signer=SignerInfo(full_name=args.signer, position=args.position),
-        attachments=[attachment_from_file(Path(p)) for p in args.attach or ()],
-    )
+            raise CommandError(f"cannot read {path}: no such file")
+    try:
+        return new_document(
+            sender=sender,
+            recipients=recipients,
+            code=Code(code_number=args.number, code_notation=args.notation),
+            subject=args.subject,
+            promulgation_date=promulgated,
+            place=args.place,
+            document_type=DocumentType(type="1", type_name=args.type_name),
+            signer=SignerInfo(full_name=args.signer, position=args.position),
+            attachments=[attachment_from_file(Path(p)) for p in args.attach or ()],
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CommandError(f"cannot build the document: {where}: {first['msg']}") from None
+
+
+def _recipient(text: str) -> Organization:
+    """``--to CODE`` or ``--to CODE=NAME``; without a name, the code stands for it."""
+    from exchange.agency import AgencyCode
+    from exchange.edxml.model import Organization
+
+    code, _, name = text.partition("=")
+    organ_id = AgencyCode.parse(code.strip())
+    return Organization(organ_id=organ_id, organ_name=name.strip() or str(organ_id))
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Write an unsigned document package from options, without sending it."""
+    from exchange.checks.schema import check_schema
+    from exchange.edxml.safexml import parse
+    from exchange.edxml.writer import write_package
+
+    data = write_package(_document_from_options(args, args.sender))
+    try:
+        check_schema(parse(data))
+    except Rejection as rejection:
+        raise CommandError(
+            f"the package would be refused: {FileVerdict.refused(args.output, rejection).line()}"
+        ) from None
+    _write_output(args.output, data)
+    if args.output != "-":
+        print(f"wrote {args.output} (unsigned; `lienthong sign` signs it)")
+    return EXIT_OK
+
+
+def _write_output(output: str, data: bytes) -> None:
+    """Write ``data`` to a file, or to stdout for ``-``."""
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        Path(output).write_bytes(data)
+    except OSError as error:
+        raise CommandError(f"cannot write {output}: {error.strerror}") from None
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Build a document from metadata and files, sign it, publish it to each recipient."""
+    document = _document_from_options(args, args.agency)
 
     async def send() -> int:
         async with _agency_client(args) as client:
@@ -639,6 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=cmd_validate)
 
+    show = commands.add_parser("show", help="print what packages say (no signature check)")
+    show.add_argument("files", nargs="+", metavar="FILE")
+    show.add_argument("--json", action="store_true", help="one JSON object per file, in a list")
+    show.set_defaults(handler=cmd_show)
+
     schema = commands.add_parser("schema", help="print a published schema")
     schema.add_argument("name", choices=["receipt"])
     schema.set_defaults(handler=cmd_schema)
@@ -704,27 +811,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=cmd_worker)
 
-    send = commands.add_parser(
-        "send", parents=[agency_side, signing], help="build, sign and send a document"
-    )
-    send.add_argument(
+    document_options = argparse.ArgumentParser(add_help=False)
+    document_options.add_argument(
         "--to",
         action="append",
         required=True,
-        metavar="CODE",
-        help="a recipient (repeat for several)",
+        metavar="CODE[=NAME]",
+        help="a recipient, with its name if you know it (repeat for several)",
     )
-    send.add_argument("--number", required=True, help="số văn bản (CodeNumber)")
-    send.add_argument("--notation", required=True, help="ký hiệu (CodeNotation)")
-    send.add_argument("--subject", required=True, help="trích yếu")
-    send.add_argument("--date", help="promulgation date, YYYY-MM-DD (default today)")
-    send.add_argument("--place", default="Hà Nội", help="place of promulgation")
-    send.add_argument("--type-name", default="Công văn", help="document type name")
-    send.add_argument("--signer", default="", help="the signer's full name")
-    send.add_argument("--position", default="", help="the signer's position")
-    send.add_argument("--sender-name", help="the sending agency's name")
-    send.add_argument("--attach", action="append", metavar="FILE", help="attach a file")
+    document_options.add_argument("--number", required=True, help="số văn bản (CodeNumber)")
+    document_options.add_argument("--notation", required=True, help="ký hiệu (CodeNotation)")
+    document_options.add_argument("--subject", required=True, help="trích yếu")
+    document_options.add_argument("--date", help="promulgation date, YYYY-MM-DD (default today)")
+    document_options.add_argument("--place", default="Hà Nội", help="place of promulgation")
+    document_options.add_argument("--type-name", default="Công văn", help="document type name")
+    document_options.add_argument("--signer", required=True, help="the signer's full name")
+    document_options.add_argument("--position", default="", help="the signer's position")
+    document_options.add_argument(
+        "--sender-name", required=True, help="the sending agency's name (OrganName)"
+    )
+    document_options.add_argument("--attach", action="append", metavar="FILE", help="attach a file")
+
+    send = commands.add_parser(
+        "send",
+        parents=[agency_side, signing, document_options],
+        help="build, sign and send a document",
+    )
     send.set_defaults(handler=cmd_send)
+
+    build = commands.add_parser(
+        "build",
+        parents=[document_options],
+        help="write an unsigned document package, without sending it",
+    )
+    build.add_argument(
+        "--from", dest="sender", required=True, metavar="CODE", help="the sending agency's code"
+    )
+    build.add_argument("-o", "--output", required=True, help="where to write; - for stdout")
+    build.set_defaults(handler=cmd_build)
 
     inbox = commands.add_parser(
         "inbox", parents=[agency_side], help="save received documents and acknowledge them"

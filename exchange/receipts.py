@@ -54,6 +54,12 @@ class Receipt(BaseModel):
     problems: list[str] = Field(
         default_factory=list, description="Each specific problem found: where, and what."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What did not stop a delivered package but should be known: where, and "
+        "what (for example a day that does not exist in a part of the trace relayed from "
+        "another agency).",
+    )
     sha256: str = Field(description="SHA-256 of the package bytes, hex.")
     at: datetime = Field(description="When the exchange decided, UTC.")
 

@@ -297,7 +297,10 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
     second pass after a crash sends the same receipt.
     """
     assert message.outcome is not None, "only decided messages have receipts"
-    problems = message.reason_detail.splitlines() if message.reason_detail else []
+    detail = message.reason_detail.splitlines() if message.reason_detail else []
+    # A delivered message's detail is what the reader let pass; a refused one's, why.
+    delivered = message.outcome is TransportOutcome.DELIVERED
+    problems, warnings = ([], detail) if delivered else (detail, [])
     reason: Reason | Failure | None = None
     if message.reason_code:
         reason = Reason.from_code(message.reason_code) or Failure.from_code(message.reason_code)
@@ -312,6 +315,7 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
         reason=_sentence(reason.vietnamese if reason else None, problems),
         reason_en=_sentence(reason.english if reason else None, problems),
         problems=problems,
+        warnings=warnings,
         sha256=message.sha256,
         at=message.updated_at,
     )
@@ -613,6 +617,11 @@ async def _record_usual_messages(
         record = recorded.get(id(message))
         results.append(record if record is not None and record.decided else None)
     return results
+
+
+def _warnings(inspected: Inspected) -> str | None:
+    """The package's warnings as a delivered message records them: one a line."""
+    return "\n".join(inspected.package.warnings) or None
 
 
 def _new_document(inspected: Inspected, sha256: str) -> NewDocument:
@@ -1042,6 +1051,7 @@ class Worker:
                 body=body,
                 recipient=inspected.recipient,
                 document=_new_document(inspected, envelope.sha256),
+                warnings=_warnings(inspected),
             )
 
         async def writes(conn: Connection) -> Message:
@@ -1156,7 +1166,11 @@ class Worker:
         # In one round trip; None when a row committed by a concurrent
         # transaction was out of the statement's sight.
         delivered = await queries.deliver_document(
-            conn, message_pk=record.pk, recipient=inspected.recipient, document=document
+            conn,
+            message_pk=record.pk,
+            recipient=inspected.recipient,
+            document=document,
+            warnings=_warnings(inspected),
         )
         if delivered is not None:
             stored, accepted = delivered
@@ -1181,6 +1195,7 @@ class Worker:
             conn,
             record.pk,
             TransportOutcome.DELIVERED,
+            detail=_warnings(inspected),
             kind=MessageKind.DOCUMENT,
             sender=inspected.sender,
             document_pk=stored.document.pk,
@@ -1218,6 +1233,7 @@ class Worker:
             conn,
             record.pk,
             TransportOutcome.DELIVERED,
+            detail=_warnings(inspected),
             kind=MessageKind.STATUS,
             sender=inspected.sender,
             document_pk=delivery.document_pk,

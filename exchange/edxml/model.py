@@ -170,10 +170,14 @@ class StaffInfo(_Value):
 
 
 class TraceHeader(_Value):
-    """``TraceHeader``: one hop of the package (each relay appends one)."""
+    """``TraceHeader``: one hop of the package (each relay appends one).
+
+    ``timestamp`` is ``None`` when a relay wrote a day that does not exist
+    (the package's ``warnings`` say which).
+    """
 
     organ_id: AgencyCode
-    timestamp: Timestamp
+    timestamp: Timestamp | None
 
 
 class Receiver(_Value):
@@ -400,6 +404,15 @@ def format_timestamp(value: datetime) -> str:
 
 # -- the packages --------------------------------------------------------------
 
+Warnings = tuple[str, ...]
+"""What a reader let pass in a package and reports: each ``"<element path>: <what>"``.
+
+A day that does not exist in a part the sender relays from others (the
+trace, the documents answered or replaced) is one: the sender cannot
+correct another agency's data, so the package goes through and the
+warning travels with its receipt. Not written to the wire.
+"""
+
 
 class DocumentPackage(_Value):
     """A document package: one văn bản, its metadata, its route and its files."""
@@ -422,6 +435,7 @@ class DocumentPackage(_Value):
     business: Business | None = None  # TraceHeaderList/Bussiness
     manifest: Manifest | None = None  # edXMLBody/edXMLManifest
     attachments: tuple[Attachment, ...] = ()  # AttachmentEncoded/Attachment*
+    warnings: Warnings = ()  # what the reader let pass, not written to the wire
 
     @property
     def business_doc_type(self) -> BusinessDocType:
@@ -455,6 +469,7 @@ class StatusPackage(_Value):
     timestamp: Timestamp
     # Statuses usually carry no TraceHeaderList; one that passed relays may.
     trace: tuple[TraceHeader, ...] = ()
+    warnings: Warnings = ()  # what the reader let pass, not written to the wire
 
 
 Package = DocumentPackage | StatusPackage

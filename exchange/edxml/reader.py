@@ -15,6 +15,14 @@ a value outside its code list, a malformed agency code or a root that is
 not edXML each give a :class:`~exchange.reasons.Rejection` whose problems
 name the element path and the value.
 
+Dates that cannot exist (30 February, 31 April) are judged by whose they
+are. In the package's own ``DocumentId``, ``PromulgationDate``, ``DueDate``
+or a status ``Timestamp`` they are refused. In what the package relays from
+others (the trace: ``TraceHeader`` timestamps and the ``Bussiness`` block
+with its replaced documents; the documents it answers, ``ResponseFor``) the
+sender cannot correct them, so they are warnings: the package's
+``warnings`` name the element and the value, the date reads as ``None``.
+
 Signatures are not the reader's business: ``Signature`` elements, in
 either namespace, are ignored (the signature check handles them).
 """
@@ -32,7 +40,12 @@ from pydantic import ValidationError
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.edxml import names
-from exchange.edxml.model import DocumentPackage, StatusPackage, content_id_key
+from exchange.edxml.model import (
+    DocumentPackage,
+    StatusPackage,
+    content_id_key,
+    split_document_id,
+)
 from exchange.edxml.safexml import parse
 from exchange.reasons import Problem, Reason, Rejection
 from exchange.settings import ParserLimits
@@ -50,6 +63,14 @@ _ANY_EDXML = f"{_NS}*"
 _DATE_YMD = re.compile(r"([0-9]{4})[/-]([0-9]{1,2})[/-]([0-9]{1,2})")
 _DATE_DMY = re.compile(r"([0-9]{1,2})[/-]([0-9]{1,2})[/-]([0-9]{4})")
 _TIME = re.compile(r"(.+?)[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]+)?)?")
+
+# A date shaped like one of the forms above, whatever the calendar says of it.
+_DATE_SHAPED = re.compile(
+    r"[0-9]{4}[/-][0-9]{1,2}[/-][0-9]{1,2}|[0-9]{1,2}[/-][0-9]{1,2}[/-][0-9]{4}"
+)
+
+# ``date`` as a type where a method of that name hides it.
+_Day = date
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -165,6 +186,12 @@ def parse_timestamp(text: str, *, date_only_ok: bool = True) -> datetime | None:
 # -- the walk --------------------------------------------------------------------------
 
 
+def _impossible_day(text: str) -> bool:
+    """Whether ``text`` is written as a date (or timestamp) but names no day of the calendar."""
+    day = text.strip().partition(" ")[0].partition("T")[0]
+    return _DATE_SHAPED.fullmatch(day) is not None and parse_date(day) is None
+
+
 def _root_of(source: bytes | Element, limits: ParserLimits | None) -> Element:
     if isinstance(source, bytes | bytearray | memoryview):
         return parse(bytes(source), limits)
@@ -206,6 +233,8 @@ class _Reader:
 
     def __init__(self) -> None:
         self.problems: list[tuple[Reason, Problem]] = []
+        # Impossible dates in relayed parts: reported, not refused.
+        self.warnings: list[Problem] = []
 
     # -- problems -------------------------------------------------------------
 
@@ -302,7 +331,9 @@ class _Reader:
             self.problem(
                 Reason.BAD_DATE,
                 where,
-                f"{value!r} is not a date; write yyyy/MM/dd (for example 2018/09/28)",
+                f"{value!r} is not a day of the calendar"
+                if _impossible_day(value)
+                else f"{value!r} is not a date; write yyyy/MM/dd (for example 2018/09/28)",
             )
         return parsed
 
@@ -314,10 +345,49 @@ class _Reader:
             self.problem(
                 Reason.BAD_DATE,
                 where,
-                f"{value!r} is not a timestamp; write yyyy/MM/dd HH:mm:ss "
+                f"{value!r} is not a day of the calendar"
+                if _impossible_day(value)
+                else f"{value!r} is not a timestamp; write yyyy/MM/dd HH:mm:ss "
                 "(for example 2018/09/28 17:25:11)",
             )
         return parsed
+
+    def relayed_date(self, value: str | None, where: str) -> _Day | None:
+        """A date the sender relays from others: an impossible day is a warning."""
+        if value is not None and parse_date(value) is None and _impossible_day(value):
+            self.warn_impossible(value, where)
+            return None
+        return self.date(value, where)
+
+    def relayed_timestamp(self, value: str | None, where: str) -> datetime | None:
+        """A timestamp the sender relays from others: an impossible day is a warning."""
+        if value is not None and parse_timestamp(value) is None and _impossible_day(value):
+            self.warn_impossible(value, where)
+            return None
+        return self.timestamp(value, where)
+
+    def warn_impossible(self, value: str, where: str) -> None:
+        self.warnings.append(
+            Problem(
+                where,
+                f"{value!r} is not a day of the calendar; relayed as written, read as no date",
+                Reason.BAD_DATE,
+            )
+        )
+
+    def document_id(self, value: str | None, where: str, *, relayed: bool) -> str | None:
+        """A DocumentId; its conventional date part must be a real day (or, relayed, a warning)."""
+        if value is None:
+            return None
+        parts = split_document_id(value)
+        if parts is not None and parts.promulgation_date is None:
+            day = value.split(",")[1].strip()
+            what = f"the date {day!r} in DocumentId {value!r} is not a day of the calendar"
+            if relayed:
+                self.warnings.append(Problem(where, f"{what}; relayed as written", Reason.BAD_DATE))
+            else:
+                self.problem(Reason.BAD_DATE, where, what)
+        return value
 
     def code(self, table: dict[str, E], value: str | None, where: str) -> E | None:
         if value is None:
@@ -379,6 +449,7 @@ class _Reader:
 
     def build(self, model: type[M], data: dict[str, Any]) -> M:
         self.raise_problems()
+        data["warnings"] = tuple(str(warning) for warning in self.warnings)
         try:
             return model(**data)
         except ValidationError as error:
@@ -419,7 +490,9 @@ class _Reader:
                 self.organization(element, f"{path}/To[{n}]")
                 for n, element in enumerate(recipients, 1)
             ),
-            "document_id": self.opt_text(kids, "DocumentId"),
+            "document_id": self.document_id(
+                self.opt_text(kids, "DocumentId"), f"{path}/DocumentId", relayed=False
+            ),
             "code": self.code_of(code, f"{path}/Code"),
             "promulgation": self.promulgation(promulgation, f"{path}/PromulgationInfo"),
             "document_type": self.document_type(document_type),
@@ -514,10 +587,13 @@ class _Reader:
         return {
             "organ_id": self.need_agency(element, kids, "OrganId", path),
             "code": self.response_code(element, kids, path),
-            "promulgation_date": self.date(
+            # The document answered is someone else's: its dates are relayed.
+            "promulgation_date": self.relayed_date(
                 self.opt_text(kids, "PromulgationDate"), f"{path}/PromulgationDate"
             ),
-            "document_id": self.opt_text(kids, "DocumentId"),
+            "document_id": self.document_id(
+                self.opt_text(kids, "DocumentId"), f"{path}/DocumentId", relayed=True
+            ),
         }
 
     def response_code(self, parent: Element, kids: Children, path: str) -> str | None:
@@ -556,7 +632,7 @@ class _Reader:
             trace.append(
                 {
                     "organ_id": self.need_agency(element, inner, "OrganId", where),
-                    "timestamp": self.timestamp(
+                    "timestamp": self.relayed_timestamp(
                         self.need_text(element, inner, "Timestamp", where), f"{where}/Timestamp"
                     ),
                 }
@@ -587,7 +663,9 @@ class _Reader:
         replacements = self.one(kids, "ReplacementInfoList")
         staff = self.one(kids, "StaffInfo")
         return {
-            "document_id": self.opt_text(kids, "DocumentId"),
+            "document_id": self.document_id(
+                self.opt_text(kids, "DocumentId"), f"{path}/DocumentId", relayed=True
+            ),
             "doc_type": doc_type,
             "reason": self.opt_text(kids, "BussinessDocReason", "BusinessDocReason"),
             "paper": self.opt_text(kids, "Paper"),
@@ -632,7 +710,11 @@ class _Reader:
             ]
             found.append(
                 {
-                    "document_id": self.need_text(info, kids, "DocumentId", where),
+                    "document_id": self.document_id(
+                        self.need_text(info, kids, "DocumentId", where),
+                        f"{where}/DocumentId",
+                        relayed=True,
+                    ),
                     "organ_ids": tuple(codes),
                 }
             )

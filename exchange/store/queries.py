@@ -510,7 +510,8 @@ _DELIVERED_COLUMNS = ", ".join(
     ]
 )
 # deliver_document's statement, built once: $1 to $11 as _INSERT_DOCUMENT,
-# $12 the recipient, $13 to $15 the receipt kind, the outcome and the kind.
+# $12 the recipient, $13 to $15 the receipt kind, the outcome and the kind,
+# $16 the message's warnings (its reason_detail).
 _DELIVER_DOCUMENT = f"""
         WITH new_doc AS (
             {_INSERT_DOCUMENT}
@@ -537,7 +538,7 @@ _DELIVER_DOCUMENT = f"""
             UPDATE message_state s SET
                 outcome = $14,
                 reason_code = NULL,
-                reason_detail = NULL,
+                reason_detail = $16,
                 kind = $15,
                 sender = $1,
                 document_pk = doc.id,
@@ -562,6 +563,7 @@ async def deliver_document(
     message_pk: int,
     recipient: AgencyCode,
     document: NewDocument,
+    warnings: str | None = None,
 ) -> tuple[StoredDocument, Message | None] | None:
     """Record a document message's delivery in one round trip: the worker's usual case.
 
@@ -583,6 +585,7 @@ async def deliver_document(
         EventKind.RECEIPT.value,
         TransportOutcome.DELIVERED.value,
         MessageKind.DOCUMENT.value,
+        warnings,
     )
     if row is None:
         return None  # the document is invisible to this statement
@@ -602,8 +605,9 @@ async def deliver_document(
 # record_message stores it (dedup key, AMQP message id, routing key, broker
 # user, body), $7 the recipient, $8 to $17 the document as _INSERT_DOCUMENT
 # ($8 sender ... $17 priority; the message's SHA-256 is the document's, $10:
-# a document is the bytes of the message that brought it). $18 the outbox
-# flags to set, $19 to $21 the receipt kind, the outcome and the kind.
+# a document is the bytes of the message that brought it), $22 its warnings
+# (the reason_detail of a delivered message). $18 the outbox flags to set,
+# $19 to $21 the receipt kind, the outcome and the kind.
 #
 # A message is inserted only when no document of its sender holds its
 # DocumentId with other bytes; its state says delivered only when the
@@ -616,10 +620,10 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             SELECT * FROM unnest(
                 $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::text[], $14::date[], $15::date[], $16::text[], $17::text[]
+                $13::text[], $14::date[], $15::date[], $16::text[], $17::text[], $22::text[]
             ) AS i(n, dedup_key, amqp_message_id, routing_key, broker_user, body,
                    recipient, sender, document_id, sha256, code_number, code_notation,
-                   subject, promulgation_date, due_date, doc_type, priority)
+                   subject, promulgation_date, due_date, doc_type, priority, warnings)
         ), {_MARK_PUBLISHED.format(pks="$18").strip()}, before AS (
             SELECT i.n, d.id, d.sha256
             FROM input i JOIN documents d ON d.sender = i.sender AND d.document_id = i.document_id
@@ -634,7 +638,7 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             ON CONFLICT (dedup_key) DO NOTHING
             RETURNING {_columns(_MESSAGE_FIELDS)}
         ), mi AS (
-            SELECT i.n, i.recipient, i.sender, i.document_id, m.*
+            SELECT i.n, i.recipient, i.sender, i.document_id, i.warnings, m.*
             FROM m JOIN input i ON i.dedup_key = m.dedup_key
         ), new_doc AS (
             INSERT INTO documents
@@ -681,11 +685,13 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             FROM delivery JOIN mi ON mi.n = delivery.n
             ORDER BY delivery.n
         ), state AS (
-            INSERT INTO message_state (message_pk, kind, sender, outcome, document_pk, document_id)
+            INSERT INTO message_state
+                (message_pk, kind, sender, outcome, document_pk, document_id, reason_detail)
             SELECT mi.id, $21, mi.sender,
                    CASE WHEN delivery.id IS NOT NULL THEN $20 END,
                    CASE WHEN delivery.id IS NOT NULL THEN doc.id END,
-                   mi.document_id
+                   mi.document_id,
+                   CASE WHEN delivery.id IS NOT NULL THEN mi.warnings END
             FROM mi LEFT JOIN delivery ON delivery.n = mi.n LEFT JOIN doc ON doc.n = mi.n
             RETURNING message_pk, {_columns(_STATE_FIELDS)}
         )
@@ -745,6 +751,7 @@ async def record_delivered_documents(
         EventKind.RECEIPT.value,
         TransportOutcome.DELIVERED.value,
         MessageKind.DOCUMENT.value,
+        [message.warnings for message in messages],
     )
     recorded: list[Message | None] = [None] * len(messages)
     for row in rows:

@@ -199,6 +199,9 @@ class NewDocumentMessage:
     body: bytes
     recipient: AgencyCode
     document: NewDocument
+    # What the reader let pass (Warnings), one a line: the delivered
+    # message's reason_detail, and so its receipt's warnings.
+    warnings: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from exchange.agency import AgencyCode
 from exchange.checks.authorise import document_id_of
 from exchange.demo import LocalAgency, demo_document
-from exchange.edxml.model import VIETNAM_TIME
-from exchange.edxml.writer import write_package
+from exchange.edxml.model import VIETNAM_TIME, ResponseFor
+from exchange.edxml.writer import new_status, write_package
 from exchange.reasons import Reason
 from exchange.receipts import Receipt
 from exchange.status import MessageKind, StatusCode, TransportOutcome
@@ -450,3 +450,59 @@ async def test_unsigned_real_world_package_is_rejected_as_unsigned(
 
     async with exchange.workers(1):
         await expect_rejection(exchange, sender, package, "000.00.00.H41", Reason.SIGNATURE_MISSING)
+
+
+async def test_impossible_day_relayed_from_another_agency_is_delivered_with_a_warning(
+    exchange: ExchangeUnderTest,
+) -> None:
+    """A reply whose ResponseFor dates the answered letter 31 April: delivered, and the
+    sender's receipt (and the status's) says which element held which impossible day."""
+    sender = await exchange.register(HANOI)
+    recipient = await exchange.register(MINISTRY)
+    answered = ResponseFor(
+        organ_id=AgencyCode.parse(MINISTRY),
+        code="12/BNV-VP",
+        promulgation_date=date(2024, 4, 30),
+        document_id=f"{MINISTRY},2024/04/30,12/BNV-VP",
+    )
+    document = demo_document(sender, [recipient], 31, "UBND-VP", "Trả lời Công văn số 12/BNV-VP")
+    document = document.model_copy(update={"response_for": (answered,)})
+    written = write_package(document)
+    relayed = written.replace(
+        b"<edXML:PromulgationDate>2024/04/30<", b"<edXML:PromulgationDate>2024/04/31<"
+    )
+    assert relayed != written
+
+    async with exchange.workers(1):
+        async with sender.client() as client:
+            signed = client.sign(relayed)
+            await client.submit(signed, [MINISTRY])
+        await exchange.wait_settled(1)
+        (receipt,) = [item.receipt for item in await exchange.statuses_of(sender)]
+        assert receipt.outcome is TransportOutcome.DELIVERED
+        assert receipt.reason_code is None and receipt.problems == []
+        (warning,) = receipt.warnings
+        assert warning.startswith("MessageHeader/ResponseFor[1]/PromulgationDate:")
+        assert "'2024/04/31'" in warning
+        assert [item.body for item in await exchange.inbox_of(recipient)] == [signed]
+
+        # The recipient's status names the document by the same relayed day.
+        status = new_status(
+            sender=recipient.organization,
+            response_for=ResponseFor(
+                organ_id=sender.code,
+                code="31/UBND-VP",
+                promulgation_date=date(2024, 4, 30),
+                document_id=document_id_of(document),
+            ),
+            status_code=StatusCode.ARRIVED,
+        )
+        status_bytes = write_package(status).replace(b">2024/04/30<", b">2024/04/31<")
+        async with recipient.client() as client:
+            await client.submit(client.sign(status_bytes), [HANOI])
+        await exchange.wait_settled(2)
+    (status_receipt,) = [item.receipt for item in await exchange.statuses_of(recipient)]
+    assert status_receipt.outcome is TransportOutcome.DELIVERED
+    assert [w.split(":")[0] for w in status_receipt.warnings] == [
+        "MessageHeader/ResponseFor/PromulgationDate"
+    ]

@@ -971,3 +971,38 @@ async def test_a_pooled_connection_given_back_mid_transaction_is_rolled_back(
             assert not conn.is_in_transaction()
     finally:
         await pool.close()
+
+
+@pytest.mark.services
+async def test_a_delivered_documents_warnings_are_recorded_by_both_paths(
+    directory: Connection,
+) -> None:
+    """What the reader let pass is the delivered message's detail, whichever statement wrote it."""
+    warning = "ResponseFor/PromulgationDate: '2024/04/31' is not a day of the calendar"
+    body = b"<edXML>document 15</edXML>"
+    grouped = await queries.record_delivered_document(
+        directory, replace(_document_message(body, HOME_AFFAIRS), warnings=warning)
+    )
+    assert grouped is not None and grouped.outcome is TransportOutcome.DELIVERED
+    message, _ = await _receive(directory, body, PHU_THO)
+    delivered = await queries.deliver_document(
+        directory,
+        message_pk=message.pk,
+        recipient=PHU_THO,
+        document=_new_document(body),
+        warnings=warning,
+    )
+    assert delivered is not None and delivered[1] is not None
+    for record in (grouped, delivered[1]):
+        assert record.reason_detail == warning and record.reason_code is None
+        stored = await queries.get_message(directory, record.pk)
+        assert stored is not None and stored.reason_detail == warning
+    other = b"<edXML>document 16</edXML>"
+    plain = await queries.record_delivered_document(
+        directory,
+        replace(
+            _document_message(other, PHU_THO), document=_new_document(other, OTHER_DOCUMENT_ID)
+        ),
+    )
+    assert plain is not None and plain.outcome is TransportOutcome.DELIVERED
+    assert plain.reason_detail is None

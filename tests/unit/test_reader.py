@@ -677,3 +677,76 @@ def test_twenty_megabyte_package_reads_without_decoding_its_attachments(
         document.attachments[2].decode()
     assert caught.value.reason is Reason.BAD_ATTACHMENT
     assert calls != []
+
+
+# -- impossible days: refused in the package's own fields, warnings where relayed -------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "text"),
+    [
+        ("MessageHeader/DocumentId", "000.00.00.G22,2015/02/30,7816/VPCP-TTĐT", DOCUMENT),
+        ("PromulgationInfo/PromulgationDate", "31/04/2024", DOCUMENT),
+        ("PromulgationInfo/PromulgationDate", "2024/04/31", DOCUMENT),
+        ("MessageHeader/Timestamp", "2015/02/29 11:08:36", STATUS),
+    ],
+)
+def test_impossible_day_in_the_packages_own_fields_is_refused(
+    path: str, value: str, text: str
+) -> None:
+    problem = rejection(with_text(path, value, text))
+    assert problem.reason is Reason.BAD_DATE
+    assert problem.problems[0].where.endswith(path.split("/")[-1])
+    assert value.split(",")[1 if "," in value else 0] in problem.problems[0].what
+    assert "not a day of the calendar" in problem.problems[0].what
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "text"),
+    [
+        ("Bussiness/DocumentId", "000.00.00.G22,2014/02/30,7806/VPCP-TTĐT", None),
+        ("ReplacementInfo/DocumentId", "000.00.00.G22,2014/02/30,7806/VPCP-TTĐT", DOCUMENT),
+        ("ResponseFor/PromulgationDate", "31/04/2024", DOCUMENT),
+        ("ResponseFor/DocumentId", "000.00.00.H14,2015/02/29,267/VPCP-TTĐT", DOCUMENT),
+        ("TraceHeader/Timestamp", "2015/09/31 08:15:00", DOCUMENT),
+        ("ResponseFor/PromulgationDate", "2015/02/30", STATUS),
+    ],
+)
+def test_impossible_day_in_a_relayed_part_is_a_warning(
+    path: str, value: str, text: str | None
+) -> None:
+    if text is None:  # the baseline's Bussiness has no DocumentId: add one
+        root = tree(DOCUMENT)
+        business = element(root, "TraceHeaderList/Bussiness")
+        business.insert(0, etree.Element(names.q("DocumentId")))
+        business[0].text = value
+        data = etree.tostring(root)
+    else:
+        data = with_text(path, value, text)
+    package = read_package(data)
+    assert len(package.warnings) == 1
+    warning = package.warnings[0]
+    assert warning.startswith(path.split("/")[0]) or path.split("/")[0] in warning
+    assert warning.split(":")[0].endswith(path.split("/")[-1])
+    assert (value.split(",")[1] if "," in value else value) in warning
+
+
+def test_a_relayed_impossible_day_reads_as_no_date_and_keeps_the_rest() -> None:
+    package = read_package(with_text("ResponseFor/PromulgationDate", "31/04/2024"))
+    assert isinstance(package, DocumentPackage)
+    assert package.response_for[0].promulgation_date is None
+    assert package.response_for[0].document_id == "000.00.00.H14,2015/08/06,267/VPCP-TTĐT"
+    trace = read_package(with_text("TraceHeader/Timestamp", "2015/02/30 08:15:00"))
+    assert isinstance(trace, DocumentPackage)
+    assert trace.trace[0].timestamp is None
+    assert trace.subject == BASELINE.subject
+
+
+def test_a_package_with_real_days_has_no_warnings() -> None:
+    assert BASELINE.warnings == ()
+    assert STATUS_BASELINE.warnings == ()
+
+
+def test_a_relayed_date_that_is_no_date_at_all_is_still_refused() -> None:
+    """Only a well-formed date naming no day is let through; garbage is refused wherever it is."""
+    assert rejection(with_text("ResponseFor/PromulgationDate", "hôm qua")).reason is Reason.BAD_DATE
