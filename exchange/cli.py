@@ -157,8 +157,6 @@ def _check_files(
             verdicts.append(check(file, data))
         except Rejection as rejection:
             verdicts.append(FileVerdict.refused(file, rejection))
-        except BrokenInstallation as error:
-            raise CommandError(str(error)) from None
     return verdicts
 
 
@@ -416,7 +414,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         try:
             processed = await run_workers(settings, count=args.count, metrics_port=port)
-        except (MetricsEndpointError, BrokenInstallation, StartupError) as error:
+        except (MetricsEndpointError, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK
@@ -916,7 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except CommandError as error:
+    # A shipped file missing or broken: any command that needs it stops here.
+    except (CommandError, BrokenInstallation) as error:
         print(f"lienthong: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -62,6 +62,7 @@ from exchange.broker.topology import (
 from exchange.checks.schema import check_schema_files
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
 from exchange.failures import Failure, classify, is_fatal
+from exchange.installation import BrokenInstallation
 from exchange.pipeline import (
     CheckContext,
     Envelope,
@@ -73,6 +74,7 @@ from exchange.pipeline import (
 from exchange.pki import TrustStore
 from exchange.reasons import Reason, Rejection, with_problems
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
@@ -83,7 +85,7 @@ from exchange.store.db import (
     database_address,
     is_database_unreachable,
 )
-from exchange.store.migrate import migrate
+from exchange.store.migrate import load_migrations, migrate
 from exchange.store.records import Message, NewDocument, NewDocumentMessage
 
 log = logging.getLogger("lienthong.worker")
@@ -1253,6 +1255,18 @@ class Worker:
             )
 
 
+def check_installation() -> None:
+    """Load every file the package ships; :class:`BrokenInstallation` if one is missing or broken.
+
+    The XSDs are what a worker needs to judge any package; the migrations
+    or the receipt schema missing mean a damaged installation all the same.
+    """
+    check_schema_files()
+    load_migrations()
+    if not receipt_schema_path().is_file():
+        raise BrokenInstallation(f"{receipt_schema_path()} is missing; reinstall lienthong")
+
+
 async def prepare(settings: Settings) -> None:
     """Bring the database schema and the core broker topology up to date."""
     pool = await create_pool(settings)
@@ -1371,8 +1385,8 @@ async def run_workers(
     With ``metrics_port``, the process serves its metrics on that port
     (:func:`exchange.metrics.serve`) while the workers run.
 
-    Before anything else the schema files are loaded (a worker without them
-    could judge no package: :class:`~exchange.installation.BrokenInstallation`).
+    Before anything else the shipped files are loaded (a worker without its
+    schemas could judge no package: :func:`check_installation`).
     PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
     seconds (:func:`open_when_ready`), then :class:`StartupError`. A worker
     that meets a fatal error while it runs stops, and it is raised here.
@@ -1382,7 +1396,7 @@ async def run_workers(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
         )
     trust = TrustStore.load(settings.trust)
-    check_schema_files()
+    check_installation()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import exchange
-from exchange import aio, metrics
+from exchange import aio, cli, metrics
 from exchange.checks.schema import (
     SCHEMA_DIR_VARIABLE,
     PackageKind,
@@ -24,6 +24,7 @@ from exchange.failures import classify, is_fatal
 from exchange.installation import BrokenInstallation, data_dir
 from exchange.receipts import receipt_json_schema, schema_path
 from exchange.store.migrate import load_migrations
+from tests.packages import document_package
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -126,3 +127,22 @@ def test_without_uvloop_the_standard_asyncio_loop_runs(monkeypatch: pytest.Monke
         importlib.reload(aio)
     assert aio.LOOP == "uvloop"
     assert aio.run(loop_class()).startswith("uvloop")
+
+
+def test_a_command_without_its_schemas_says_so_in_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "document.edxml"
+    package.write_text(document_package(), encoding="utf-8")
+    monkeypatch.setenv(SCHEMA_DIR_VARIABLE, str(tmp_path / "missing"))
+
+    status = cli.main(["validate", str(package)])
+
+    captured = capsys.readouterr()
+    assert status == cli.EXIT_ERROR
+    assert captured.out == ""
+    assert captured.err == (
+        f"lienthong: cannot load the edXML schema {tmp_path / 'missing' / 'edxml-document.xsd'} "
+        "(no such file); reinstall lienthong, or point LIENTHONG_SCHEMA_DIR at a folder "
+        "holding every XSD\n"
+    )
