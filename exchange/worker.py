@@ -840,7 +840,7 @@ class Worker:
                 amqp_message_id=message.message_id,
                 replay=origin.replay,
             )
-        except Exception as error:  # classified: anything not a Rejection is transient
+        except Exception as error:  # anything not a Rejection is transient, or fatal
             if is_fatal(error):
                 raise
             await self._retry_or_park(message, origin, classify(error), error)
@@ -1324,18 +1324,20 @@ async def open_when_ready(
     is_unreachable: Callable[[BaseException], bool],
     *,
     wait_s: float,
+    since: float,
     stop: asyncio.Event,
 ) -> T | None:
-    """``open_service()``, tried again while ``service`` does not answer, for up to ``wait_s``.
+    """``open_service()``, tried again while ``service`` does not answer, until ``since + wait_s``.
 
-    Each failed attempt logs a line (which service, where, why, when the
-    next attempt comes); the pause doubles from :data:`STARTUP_FIRST_PAUSE_S`
-    to :data:`STARTUP_MOST_PAUSE_S`. Raises :class:`StartupError` once
-    ``wait_s`` seconds are spent (at once with 0), and lets an error
-    ``is_unreachable`` does not accept (a refused login) through at once.
-    Returns ``None`` if ``stop`` is set while waiting.
+    ``since`` is when the start began (:func:`time.monotonic`): the services
+    share one wait. Each failed attempt logs a line (which service, where,
+    why, when the next attempt comes); the pause doubles from
+    :data:`STARTUP_FIRST_PAUSE_S` to :data:`STARTUP_MOST_PAUSE_S`. Raises
+    :class:`StartupError` once the wait is spent (at once with 0), and lets
+    an error ``is_unreachable`` does not accept (a refused login) through at
+    once. Returns ``None`` if ``stop`` is set while waiting.
     """
-    deadline = time.monotonic() + wait_s
+    deadline = since + wait_s
     pause = STARTUP_FIRST_PAUSE_S
     attempt = 1
     while True:
@@ -1388,7 +1390,7 @@ async def run_workers(
     Before anything else the shipped files are loaded (a worker without its
     schemas could judge no package: :func:`check_installation`).
     PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
-    seconds (:func:`open_when_ready`), then :class:`StartupError`. A worker
+    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. A worker
     that meets a fatal error while it runs stops, and it is raised here.
     """
     if settings.trust is None:
@@ -1403,6 +1405,7 @@ async def run_workers(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     workers: list[Worker] = []
+    since = time.monotonic()
     async with contextlib.AsyncExitStack() as opened:  # closed in reverse order
         # First: a port already taken fails the start before anything else.
         if metrics_port:
@@ -1413,6 +1416,7 @@ async def run_workers(
             lambda: create_pool(settings),
             is_database_unreachable,
             wait_s=settings.startup_wait,
+            since=since,
             stop=stop,
         )
         if pool is None:
@@ -1424,6 +1428,7 @@ async def run_workers(
             lambda: connect_quietly(settings.amqp_url, name="lienthong-worker"),
             is_broker_unreachable,
             wait_s=settings.startup_wait,
+            since=since,
             stop=stop,
         )
         if connection is None:
