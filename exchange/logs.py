@@ -35,6 +35,7 @@ FIELDS = (
     "failure",
     "attempt",
     "tier",
+    "service",  # RabbitMQ or PostgreSQL, while a starting worker waits for it
 )
 
 # A log line's text is for people; past this it is an accident (an error

@@ -138,3 +138,7 @@ class Settings(ParserLimits):
     metrics_port: int = Field(9108, ge=0, le=65535)
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
+    # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer
+    # (started together, the worker is often up first), trying again with a
+    # log line each time; then it exits with status 2. 0: fail at once.
+    startup_wait: float = Field(60.0, ge=0)

@@ -43,8 +43,11 @@ from exchange.broker import headers as h
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
+    broker_address,
     connect,
+    connect_quietly,
     declare,
+    is_broker_unreachable,
     settle,
 )
 from exchange.broker.topology import (
@@ -56,8 +59,10 @@ from exchange.broker.topology import (
     WORK_QUEUE,
     core_topology,
 )
+from exchange.checks.schema import check_schema_files
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
-from exchange.failures import Failure, classify
+from exchange.failures import Failure, classify, is_fatal
+from exchange.installation import BrokenInstallation
 from exchange.pipeline import (
     CheckContext,
     Envelope,
@@ -69,11 +74,18 @@ from exchange.pipeline import (
 from exchange.pki import TrustStore
 from exchange.reasons import Reason, Rejection, with_problems
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
-from exchange.store.db import Connection, Pool, create_pool
-from exchange.store.migrate import migrate
+from exchange.store.db import (
+    Connection,
+    Pool,
+    create_pool,
+    database_address,
+    is_database_unreachable,
+)
+from exchange.store.migrate import load_migrations, migrate
 from exchange.store.records import Message, NewDocument, NewDocumentMessage
 
 log = logging.getLogger("lienthong.worker")
@@ -105,6 +117,11 @@ WATCH_INTERVAL_S = 1.0
 # The directory figures (connectivity, overdue statuses, certificates) cost a
 # few queries and change slowly.
 DIRECTORY_FIGURES_INTERVAL_S = 60.0
+# A worker started before RabbitMQ or PostgreSQL tries again after this,
+# doubling each time up to the most: a service starting answers within
+# seconds, and one that stays down is not asked many times a second.
+STARTUP_FIRST_PAUSE_S = 0.5
+STARTUP_MOST_PAUSE_S = 8.0
 
 
 def _text(value: object) -> str | None:
@@ -683,13 +700,21 @@ class Worker:
             pool, at_once=settings.group_commits, usual=_record_usual_messages
         )
         self.processed = 0
+        # An error no retry can fix (is_fatal) that stopped this worker.
+        self.fatal: BaseException | None = None
+        self._stop: asyncio.Event | None = None
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then finish what is in flight."""
+        """Consume until ``stop`` is set, then finish what is in flight.
+
+        A fatal error (:func:`~exchange.failures.is_fatal`) sets ``stop``
+        itself and is kept in :attr:`fatal`.
+        """
+        self._stop = stop
         self._publisher = await ConfirmingPublisher.open(self.connection)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
@@ -744,7 +769,9 @@ class Worker:
         transient one sends the message to a retry queue, or parks it after
         the last retry; only if even that fails does it go back to the work
         queue (and a broker that keeps failing will park it by its delivery
-        limit).
+        limit). A fatal error (the exchange's own files are broken) is no
+        fault of the message: it goes back to the work queue, for a worker
+        that can judge it, and this worker stops.
         """
         origin = Origin.of(message, self.trusted_users)
         metrics.IN_FLIGHT.inc()
@@ -756,7 +783,10 @@ class Worker:
                     await self._handle(message, origin, redelivered=True)
             else:
                 await self._handle(message, origin, redelivered=False)
-        except Exception:
+        except Exception as error:
+            if is_fatal(error):
+                await self._give_back_and_stop(message, error)
+                return
             # Even the retry or parking path failed (the broker is going
             # away): hand the message back; it is redelivered when the
             # broker is back, and counts towards its delivery limit.
@@ -767,6 +797,17 @@ class Worker:
         finally:
             metrics.IN_FLIGHT.dec()
 
+    async def _give_back_and_stop(
+        self, message: AbstractIncomingMessage, error: BaseException
+    ) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            log.critical("stopping the worker: %s", error)
+        if self._stop is not None:
+            self._stop.set()
+        with contextlib.suppress(Exception):
+            await settle(message, ack=False)
+
     async def _handle(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
@@ -776,6 +817,8 @@ class Worker:
                 async with self.pool.acquire() as conn:
                     starts = await queries.count_start(conn, key)
             except Exception as error:
+                if is_fatal(error):
+                    raise
                 await self._retry_or_park(message, origin, classify(error), error)
                 await settle(message, ack=True)
                 return
@@ -797,7 +840,9 @@ class Worker:
                 amqp_message_id=message.message_id,
                 replay=origin.replay,
             )
-        except Exception as error:  # classified: anything not a Rejection is transient
+        except Exception as error:  # anything not a Rejection is transient, or fatal
+            if is_fatal(error):
+                raise
             await self._retry_or_park(message, origin, classify(error), error)
             await settle(message, ack=True)
             return
@@ -1210,6 +1255,18 @@ class Worker:
             )
 
 
+def check_installation() -> None:
+    """Load every file the package ships; :class:`BrokenInstallation` if one is missing or broken.
+
+    The XSDs are what a worker needs to judge any package; the migrations
+    or the receipt schema missing mean a damaged installation all the same.
+    """
+    check_schema_files()
+    load_migrations()
+    if not receipt_schema_path().is_file():
+        raise BrokenInstallation(f"{receipt_schema_path()} is missing; reinstall lienthong")
+
+
 async def prepare(settings: Settings) -> None:
     """Bring the database schema and the core broker topology up to date."""
     pool = await create_pool(settings)
@@ -1256,6 +1313,67 @@ async def watch(
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
 
+class StartupError(RuntimeError):
+    """A service did not answer in ``LIENTHONG_STARTUP_WAIT``; the message says which and why."""
+
+
+async def open_when_ready(
+    service: str,
+    address: str,
+    open_service: Callable[[], Awaitable[T]],
+    is_unreachable: Callable[[BaseException], bool],
+    *,
+    wait_s: float,
+    since: float,
+    stop: asyncio.Event,
+) -> T | None:
+    """``open_service()``, tried again while ``service`` does not answer, until ``since + wait_s``.
+
+    ``since`` is when the start began (:func:`time.monotonic`): the services
+    share one wait. Each failed attempt logs a line (which service, where,
+    why, when the next attempt comes); the pause doubles from
+    :data:`STARTUP_FIRST_PAUSE_S` to :data:`STARTUP_MOST_PAUSE_S`. Raises
+    :class:`StartupError` once the wait is spent (at once with 0), and lets
+    an error ``is_unreachable`` does not accept (a refused login) through at
+    once. Returns ``None`` if ``stop`` is set while waiting.
+    """
+    deadline = since + wait_s
+    pause = STARTUP_FIRST_PAUSE_S
+    attempt = 1
+    while True:
+        try:
+            return await open_service()
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            cause = str(error) or type(error).__name__
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" after {wait_s:g} s" if wait_s else ""
+                raise StartupError(
+                    f"cannot reach {service} at {address}{waited} ({cause}); is it running? "
+                    "(LIENTHONG_STARTUP_WAIT sets how long a starting worker waits for it)"
+                ) from None
+            pause = min(pause, left)
+            log.warning(
+                "cannot reach %s at %s yet (attempt %d: %s); trying again in %.1f s, "
+                "for up to %.1f s more",
+                service,
+                address,
+                attempt,
+                cause,
+                pause,
+                left,
+                extra={"service": service, "attempt": attempt},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+        if stop.is_set():
+            return None
+        pause = min(pause * 2, STARTUP_MOST_PAUSE_S)
+        attempt += 1
+
+
 async def run_workers(
     settings: Settings,
     *,
@@ -1268,22 +1386,54 @@ async def run_workers(
 
     With ``metrics_port``, the process serves its metrics on that port
     (:func:`exchange.metrics.serve`) while the workers run.
+
+    Before anything else the shipped files are loaded (a worker without its
+    schemas could judge no package: :func:`check_installation`).
+    PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
+    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. A worker
+    that meets a fatal error while it runs stops, and it is raised here.
     """
     if settings.trust is None:
         raise RuntimeError(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
         )
     trust = TrustStore.load(settings.trust)
+    check_installation()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    # First: a port already taken fails the start before anything else.
-    stop_serving = metrics.serve(metrics_port) if metrics_port else None
-    try:
-        pool = await create_pool(settings)
-        connection = await connect(settings.amqp_url, name="lienthong-worker")
+    workers: list[Worker] = []
+    since = time.monotonic()
+    async with contextlib.AsyncExitStack() as opened:  # closed in reverse order
+        # First: a port already taken fails the start before anything else.
+        if metrics_port:
+            opened.callback(metrics.serve(metrics_port))
+        pool = await open_when_ready(
+            "PostgreSQL",
+            database_address(settings.database_url),
+            lambda: create_pool(settings),
+            is_database_unreachable,
+            wait_s=settings.startup_wait,
+            since=since,
+            stop=stop,
+        )
+        if pool is None:
+            return 0
+        opened.push_async_callback(pool.close)
+        connection = await open_when_ready(
+            "RabbitMQ",
+            broker_address(settings.amqp_url),
+            lambda: connect_quietly(settings.amqp_url, name="lienthong-worker"),
+            is_broker_unreachable,
+            wait_s=settings.startup_wait,
+            since=since,
+            stop=stop,
+        )
+        if connection is None:
+            return 0
+        opened.push_async_callback(connection.close)
         workers = [
             Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
         ]
@@ -1299,9 +1449,7 @@ async def run_workers(
                 await watchdog
             metrics.CONSUMERS.set(0)
             metrics.BROKER_CONNECTED.set(0)
-            await connection.close()
-            await pool.close()
-    finally:
-        if stop_serving is not None:
-            stop_serving()
+    fatal = next((w.fatal for w in workers if w.fatal is not None), None)
+    if fatal is not None:
+        raise fatal
     return sum(w.processed for w in workers)
