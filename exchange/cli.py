@@ -288,7 +288,7 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Apply database migrations and declare the core broker topology."""
-    from exchange.worker import prepare
+    from exchange.registry import prepare
 
     settings = _settings(args)
 

@@ -1,6 +1,10 @@
-"""Registering an agency on the exchange: directory row, broker user, queues.
+"""Setting up the exchange: its schema and core topology, and each agency on it.
 
-The three must agree: the directory maps the broker user to the agency (so
+:func:`prepare` brings the database schema and the core broker topology up
+to date. :func:`register_agency` registers an agency: directory row, broker
+user, queues.
+
+An agency's three parts must agree: the directory maps the broker user to the agency (so
 the worker can trust ``user_id``), the broker user may only publish to the
 submit exchange and read the agency's own queues, and the queues exist before
 anything is delivered to them.
@@ -16,11 +20,13 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
 from exchange.broker.connection import connect, declare
-from exchange.broker.topology import agency_topology, validate_subscription
+from exchange.broker.topology import agency_topology, core_topology, validate_subscription
 from exchange.pki import agency_code_of
 from exchange.settings import Settings
 from exchange.store import queries
 from exchange.store.db import connect as db_connect
+from exchange.store.db import create_pool
+from exchange.store.migrate import migrate
 from exchange.store.records import Agency
 
 # Long enough that guessing is hopeless, short enough to paste into a QLVB's
@@ -40,6 +46,21 @@ class Registration:
     broker_user: str
     password: str | None  # None when the broker user was left as it was
     amqp_url: str
+
+
+async def prepare(settings: Settings) -> None:
+    """Bring the database schema and the core broker topology up to date (idempotent)."""
+    pool = await create_pool(settings)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+    connection = await connect(settings.amqp_url, name="lienthong-init")
+    try:
+        channel = await connection.channel()
+        await declare(channel, core_topology())
+    finally:
+        await connection.close()
 
 
 def vhost_of(amqp_url: str) -> str:

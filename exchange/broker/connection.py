@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -58,6 +59,11 @@ _INEQUIVALENT = re.compile(
     r"'(?P<name>[^']*)' in vhost '[^']*': received (?P<declared>.*?) "
     r"but current is (?P<current>.*)$"
 )
+
+
+def broker_user_of(amqp_url: str) -> str:
+    """The broker user an AMQP URL logs in as."""
+    return unquote(urlsplit(amqp_url).username or "guest")
 
 
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
