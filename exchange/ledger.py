@@ -242,7 +242,7 @@ class Ledger:
             )
 
         async def general_path(conn: Connection) -> Message:
-            return await self._record(conn, arrival, envelope, inspected, registered)
+            return await _record_and_decide(conn, arrival, envelope, inspected, registered)
 
         started = time.perf_counter()
         # Returns once the transaction holding the writes committed.
@@ -312,33 +312,34 @@ class Ledger:
         async with self._pool.acquire() as conn:
             return await queries.count_start(conn, arrival.dedup_key)
 
-    # -- the general path --------------------------------------------------------
 
-    async def _record(
-        self,
-        conn: Connection,
-        arrival: Arrival,
-        envelope: Envelope,
-        inspected: Inspected | Rejection,
-        registered: bool,
-    ) -> Message:
-        """Record the message once, by its dedup key, then decide it unless decided before."""
-        record, _ = await queries.record_message(
-            conn,
-            dedup_key=arrival.dedup_key,
-            amqp_message_id=arrival.amqp_message_id,
-            routing_key=arrival.routing_key,
-            broker_user=arrival.broker_user,
-            body=arrival.body,
-            sha256=envelope.sha256,
-            sender=envelope.publisher,
-        )
-        redecide = arrival.replay and record.outcome in REDECIDED_ON_REPLAY
-        if not record.decided or redecide:
-            return await _decide(conn, record, envelope, inspected, registered)
-        if record.published:
-            metrics.DUPLICATES.inc()
-        return record
+# -- the general path ----------------------------------------------------------
+
+
+async def _record_and_decide(
+    conn: Connection,
+    arrival: Arrival,
+    envelope: Envelope,
+    inspected: Inspected | Rejection,
+    registered: bool,
+) -> Message:
+    """Record the message once, by its dedup key, then decide it unless decided before."""
+    record, _ = await queries.record_message(
+        conn,
+        dedup_key=arrival.dedup_key,
+        amqp_message_id=arrival.amqp_message_id,
+        routing_key=arrival.routing_key,
+        broker_user=arrival.broker_user,
+        body=arrival.body,
+        sha256=envelope.sha256,
+        sender=envelope.publisher,
+    )
+    redecide = arrival.replay and record.outcome in REDECIDED_ON_REPLAY
+    if not record.decided or redecide:
+        return await _decide(conn, record, envelope, inspected, registered)
+    if record.published:
+        metrics.DUPLICATES.inc()
+    return record
 
 
 async def _decide(
