@@ -309,7 +309,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Apply database migrations and declare the core broker topology."""
     from exchange.commands import address_of
-    from exchange.worker import prepare
+    from exchange.registry import prepare
 
     settings = settings_from_args(args)
 

@@ -116,7 +116,7 @@ class Settings(ParserLimits):
     # pool keeps both busy, many more only grows memory and redeliveries.
     prefetch: int = Field(32, ge=1)
     # Group commits a worker writes at the same time, each on its own pooled
-    # connection (see worker.GroupCommit): more lets a message that arrives
+    # connection (see ledger.GroupCommit): more lets a message that arrives
     # while a group is written start the next one at once.
     group_commits: int = Field(3, ge=1)
     # Package bytes, in MiB, whose examination a worker remembers

@@ -62,6 +62,11 @@ _INEQUIVALENT = re.compile(
 )
 
 
+def broker_user_of(amqp_url: str) -> str:
+    """The broker user an AMQP URL logs in as."""
+    return unquote(urlsplit(amqp_url).username or "guest")
+
+
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
     """Open a robust connection: it reconnects and restores channels by itself.
 
