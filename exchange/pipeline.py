@@ -10,6 +10,7 @@ delivered, what is its status) and asks :func:`decide_document` or
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -17,6 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+
+from cryptography import x509
 
 from exchange.agency import AgencyCode
 from exchange.checks.authorise import (
@@ -31,8 +34,8 @@ from exchange.checks.schema import check_schema
 from exchange.checks.signature import verify
 from exchange.edxml.model import DocumentPackage, StatusPackage
 from exchange.edxml.reader import read_package
-from exchange.edxml.safexml import parse
-from exchange.pki import TrustStore
+from exchange.edxml.safexml import parse_received
+from exchange.pki import Revocations, SigningRights, TrustStore
 from exchange.reasons import Reason, Rejection
 from exchange.settings import ParserLimits
 from exchange.status import (
@@ -51,13 +54,20 @@ REMEMBER_S = 60.0
 
 @dataclass(frozen=True)
 class CheckContext:
-    """What the checks need besides the message: trust anchors and limits."""
+    """What the checks need besides the message: trust anchors, revocations, rights, limits."""
 
     trust: TrustStore
     limits: ParserLimits = field(default_factory=ParserLimits)
+    # SHA-1 from every sender (``lienthong verify --allow-sha1``); the worker
+    # allows it per agency instead, through ``rights``.
     allow_sha1: bool = False
     # The time certificates must be valid at; None means now.
     now: datetime | None = None
+    # The CAs' revocation lists; None checks no revocation.
+    revocations: Revocations | None = None
+    # The certificates registered per agency, and who may use SHA-1; None
+    # accepts any trusted certificate naming the agency (tools, not the worker).
+    rights: SigningRights | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,12 @@ class Examined:
     # An attachment that is not base64. Raised only after the sender and the
     # route are checked, as it always was: those reasons come first.
     bad_attachment: Rejection | None = None
+    # The signing certificate and its validated chain (signer first): the
+    # revocation and registration checks run again on every reuse.
+    certificate: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
+    # Whether the signature uses SHA-1 (accepted only from agencies allowed it).
+    uses_sha1: bool = False
 
 
 def examine(
@@ -129,11 +145,21 @@ def examine(
     """
     clock = _Stopwatch(timings)
     with clock("parse"):
-        root = parse(body, context.limits)
+        root = parse_received(body, context.limits)
     with clock("validate"):
         check_schema(root)
     with clock("verify"):
-        verified = verify(root, context.trust, allow_sha1=context.allow_sha1, now=context.now)
+        # Which agency signed is known only once the certificate is checked:
+        # SHA-1 passes here if any agency may use it, and check_standing
+        # refuses it from the others.
+        sha1_somewhere = context.rights is not None and bool(context.rights.sha1_agencies)
+        verified = verify(
+            root,
+            context.trust,
+            allow_sha1=context.allow_sha1 or sha1_somewhere,
+            now=context.now,
+            revocations=context.revocations,
+        )
     with clock("read"):
         package = read_package(verified.signed_root)
     bad_attachment = None
@@ -146,9 +172,41 @@ def examine(
                     attachment.check()
             except Rejection as rejection:
                 bad_attachment = rejection
-    return Examined(
-        package, verified.agency, verified.certificate.not_valid_after_utc, bad_attachment
+    examined = Examined(
+        package,
+        verified.agency,
+        verified.certificate.not_valid_after_utc,
+        bad_attachment,
+        verified.certificate,
+        verified.chain,
+        verified.uses_sha1,
     )
+    check_standing(examined, context)
+    return examined
+
+
+def check_standing(examined: Examined, context: CheckContext) -> None:
+    """What may change while an examination is remembered: revocation, registration, SHA-1.
+
+    Cheap (dictionary look-ups), so run on every message, also when the
+    bytes' examination is reused: a certificate revoked, or removed from
+    the directory, a moment ago is refused from the next message on.
+    """
+    if context.revocations is not None and examined.chain:
+        context.revocations.check(examined.chain, at=context.now)
+    rights = context.rights
+    if rights is None:
+        return
+    if examined.certificate is not None:
+        rights.check(examined.signer, examined.certificate)
+    if examined.uses_sha1 and not (context.allow_sha1 or rights.may_use_sha1(examined.signer)):
+        raise Rejection.of(
+            Reason.SIGNATURE_ALGORITHM,
+            f"the signature uses SHA-1, which is accepted only from agencies the operator "
+            f"allows it for (agency add --allow-sha1); {examined.signer} is not one; "
+            "sign with SHA-256",
+            "edXML/edXMLEnvelope/edXMLHeader/Signature/SignedInfo",
+        )
 
 
 def inspect(
@@ -161,12 +219,15 @@ def inspect(
     """Every database-free check, in order; raises :class:`Rejection` on the first failure.
 
     The routing key first, then :func:`examine` of the bytes (unless
-    ``examined`` says what they prove already), then who published the
-    package to whom. ``timings`` as for :func:`examine`.
+    ``examined`` says what they prove already: then :func:`check_standing`
+    alone, with the context of now), then who published the package to
+    whom. ``timings`` as for :func:`examine`.
     """
     recipient = recipient_of(envelope.routing_key)
     if examined is None:
         examined = examine(envelope.body, context, timings)
+    else:
+        check_standing(examined, context)
     package = examined.package
     sender = authorise_sender(package, signer=examined.signer, publisher=envelope.publisher)
     authorise_route(package, recipient)
@@ -207,6 +268,33 @@ class Inspector:
         # sha256 -> (examination, forgotten at, body size), least recently used first
         self._memory: OrderedDict[str, tuple[Examined, datetime, int]] = OrderedDict()
         self._bytes = 0
+
+    def use(
+        self,
+        *,
+        trust: TrustStore | None = None,
+        revocations: Revocations | None = None,
+        rights: SigningRights | None = None,
+    ) -> None:
+        """Check from now on with what is given (the rest of the context stays).
+
+        New trust anchors forget every remembered examination: a CA removed
+        must not be outlived by a verdict it signed. New revocations or
+        rights need not, as :func:`check_standing` runs on every reuse.
+        Messages being inspected finish with the context they started with.
+        """
+        changes: dict[str, object] = {}
+        if trust is not None:
+            changes["trust"] = trust
+        if revocations is not None:
+            changes["revocations"] = revocations
+        if rights is not None:
+            changes["rights"] = rights
+        self.context = dataclasses.replace(self.context, **changes)  # type: ignore[arg-type]
+        if trust is not None:
+            with self._lock:
+                self._memory.clear()
+                self._bytes = 0
 
     @property
     def remembered_bytes(self) -> int:

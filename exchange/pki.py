@@ -15,10 +15,13 @@ the agency code in their subject's UID.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
@@ -28,7 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -41,6 +44,8 @@ from cryptography.x509.verification import (
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason, Rejection
 
+log = logging.getLogger(__name__)
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 # Certificates start a few minutes in the past: the clocks of the signer and
@@ -51,6 +56,16 @@ DEFAULT_AGENCY_VALIDITY = timedelta(days=2 * 365)
 # Root, at most a few intermediates, and the agency: deeper chains are a
 # mistake or an attack on the chain builder.
 _MAX_CHAIN_DEPTH = 6
+
+# Key and certificate policy: what NIST SP 800-57 and the Government Cipher
+# Committee's CA still allow for signatures meant to last years.
+MIN_RSA_BITS = 2048
+ACCEPTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+_ACCEPTED_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+# How long a CRL the development CA writes is current: a week, as public CAs
+# issue theirs; `lienthong keys revoke` writes a new one each time.
+DEFAULT_CRL_VALIDITY = timedelta(days=7)
+CRL_FILE = "ca.crl.pem"
 
 # A UID value is the bare code, or the code behind a scheme prefix such as
 # "MDD:" (mã định danh), which some CAs write.
@@ -447,7 +462,9 @@ class TrustStore:
 
         Raises :class:`Rejection` with ``CERT_EXPIRED`` when the chain would be
         trusted but a certificate in it is expired or not yet valid at ``at``,
-        and ``CERT_UNTRUSTED`` when no chain leads to a trusted CA.
+        with a reason of :func:`check_policy` when it breaks the key and
+        certificate policy, and ``CERT_UNTRUSTED`` when no chain leads to a
+        trusted CA.
         """
         moment = _utc(at)
         key = (leaf, tuple(intermediates))
@@ -459,6 +476,7 @@ class TrustStore:
         except VerificationError as error:
             failure = str(error)
         else:
+            check_policy(chain)
             if len(self._validated) >= _VALIDATED_CACHE_SIZE:
                 self._validated.clear()
             self._validated[key] = _ValidatedChain(tuple(chain))
@@ -472,9 +490,21 @@ class TrustStore:
         at: datetime,
         failure: str,
     ) -> Rejection:
-        """Tell an expired chain from an untrusted one, after validation failed at ``at``."""
+        """Tell an expired chain, or one against the policy, from an untrusted one."""
+        known_issuers = {c.subject for c in (*self.anchors, *intermediates)}
+        for certificate in (leaf, *intermediates):
+            # A SHA-1 signature cannot even be checked (cryptography refuses
+            # it), so a path cannot be built; a certificate that claims one
+            # from an issuer the exchange knows is refused for that.
+            if certificate.issuer in known_issuers and not isinstance(
+                certificate.signature_hash_algorithm, _ACCEPTED_HASHES
+            ):
+                _refuse_weak_signature(certificate)
         chain = self._signed_path(leaf, intermediates)
         if chain is not None:
+            # The verifier refuses weak keys and SHA-1 signatures itself; the
+            # policy says which one, with its own reason.
+            check_policy(chain)
             stale = [cert for cert in chain if not _is_valid_at(cert, at)]
             if stale:
                 # The signatures link the leaf to a trusted CA: time is the
@@ -533,7 +563,17 @@ class TrustStore:
         Raises :class:`Rejection` with ``CERT_NO_AGENCY`` when the certificate
         does not name exactly one agency code.
         """
-        self.validate(leaf, intermediates, at=at)
+        return self.identify_chain(leaf, intermediates, at=at)[0]
+
+    def identify_chain(
+        self,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+        *,
+        at: datetime | None = None,
+    ) -> tuple[AgencyCode, list[x509.Certificate]]:
+        """:meth:`identify`, also returning the validated chain (signer first, anchor last)."""
+        chain = self.validate(leaf, intermediates, at=at)
         code = agency_code_of(leaf)
         if code is None:
             uids = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.USER_ID)]
@@ -544,4 +584,327 @@ class TrustStore:
                 f"(DDD.DD.DD.LNN) in its subject UID; {found}",
                 "Signature/KeyInfo",
             )
-        return code
+        return code, chain
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, hex: how the directory names a registered certificate."""
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _key_problem(certificate: x509.Certificate) -> str | None:
+    """Why ``certificate``'s key is too weak, or ``None``."""
+    try:
+        key = certificate.public_key()
+    except (ValueError, TypeError) as error:  # an unknown key type
+        return f"the key of {describe(certificate)} cannot be read ({error})"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            return (
+                f"the key of {describe(certificate)} is RSA-{key.key_size}; at least "
+                f"RSA-{MIN_RSA_BITS} is required"
+            )
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ACCEPTED_CURVES:
+            return (
+                f"the key of {describe(certificate)} is on the curve {key.curve.name}; "
+                "only P-256, P-384 and P-521 are accepted"
+            )
+        return None
+    return f"the key of {describe(certificate)} is {type(key).__name__}; use RSA or ECDSA"
+
+
+def _key_usage(certificate: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return certificate.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value  # type: ignore[return-value]
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.value.ca
+
+
+def check_policy(chain: Sequence[x509.Certificate]) -> None:
+    """Refuse a chain (signer first, trust anchor last) that breaks the key and certificate policy.
+
+    Each failure has its own reason: the signer is a CA (``CERT_IS_CA``); an
+    intermediate may not issue certificates (``CA_CANNOT_SIGN``); a
+    certificate is signed with a hash below SHA-256 (``CERT_ALGORITHM``);
+    a key is RSA below :data:`MIN_RSA_BITS` or on a curve outside
+    :data:`ACCEPTED_CURVES` (``KEY_TOO_WEAK``).
+    """
+    where = "Signature/KeyInfo"
+    signer = chain[0]
+    if _is_ca(signer):
+        raise Rejection.of(
+            Reason.CERT_IS_CA,
+            f"the certificate {describe(signer)} is a CA certificate (basicConstraints CA); "
+            "a package is signed with the agency's own certificate",
+            where,
+        )
+    # An issuer that is no CA at all is untrusted (the verifier says so);
+    # a CA whose KeyUsage does not allow issuing is this policy's refusal.
+    for intermediate in chain[1:-1]:
+        usage = _key_usage(intermediate)
+        if _is_ca(intermediate) and (usage is None or not usage.key_cert_sign):
+            raise Rejection.of(
+                Reason.CA_CANNOT_SIGN,
+                f"the intermediate {describe(intermediate)} has no KeyUsage keyCertSign",
+                where,
+            )
+    # The anchor's own signature proves nothing (it is trusted by configuration).
+    for certificate in chain[:-1] if len(chain) > 1 else chain:
+        _refuse_weak_signature(certificate)
+    for certificate in chain:
+        problem = _key_problem(certificate)
+        if problem is not None:
+            raise Rejection.of(Reason.KEY_TOO_WEAK, problem, where)
+
+
+def _refuse_weak_signature(certificate: x509.Certificate) -> None:
+    """``CERT_ALGORITHM`` for a certificate signed with a hash below SHA-256."""
+    algorithm = certificate.signature_hash_algorithm
+    if not isinstance(algorithm, _ACCEPTED_HASHES):
+        name = algorithm.name if algorithm is not None else "none"
+        raise Rejection.of(
+            Reason.CERT_ALGORITHM,
+            f"the certificate {describe(certificate)} is signed with {name.upper()}; "
+            "SHA-256 or stronger is required",
+            "Signature/KeyInfo",
+        )
+
+
+@dataclass(frozen=True)
+class SigningRights:
+    """Which certificates each agency may sign with, and which agencies may still use SHA-1.
+
+    Built from the directory (``agency add --cert``, ``agency cert add``,
+    ``agency add --allow-sha1``). A certificate that chains to a trusted CA
+    and names an agency is not enough: it must be one registered for that
+    agency. An agency with no certificate registered can receive, not send.
+    """
+
+    certificates: Mapping[AgencyCode, frozenset[str]] = field(default_factory=dict)
+    """Per agency, the SHA-256 fingerprints (:func:`fingerprint`) of its registered certificates."""
+    sha1_agencies: frozenset[AgencyCode] = frozenset()
+    """Agencies whose SHA-1 signatures are still accepted."""
+
+    def check(self, agency: AgencyCode, certificate: x509.Certificate) -> None:
+        """Refuse with ``CERT_NOT_REGISTERED`` a certificate not registered for ``agency``."""
+        registered = self.certificates.get(agency, frozenset())
+        if fingerprint(certificate) in registered:
+            return
+        if not registered:
+            why = f"{agency} has no certificate registered, so it can receive but not send"
+        else:
+            why = f"it is not among the {len(registered)} registered for {agency}"
+        raise Rejection.of(
+            Reason.CERT_NOT_REGISTERED,
+            f"the certificate {describe(certificate)} (serial {certificate.serial_number:x}) "
+            f"is not registered: {why}",
+            "Signature/KeyInfo",
+        )
+
+    def may_use_sha1(self, agency: AgencyCode) -> bool:
+        """Whether ``agency``'s SHA-1 signatures are accepted."""
+        return agency in self.sha1_agencies
+
+
+# -- revocation --------------------------------------------------------------
+
+
+def _crl_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir() if p.is_file() and p.name.endswith((".crl", ".crl.pem"))
+    )
+
+
+def _load_crl(data: bytes) -> x509.CertificateRevocationList:
+    if b"-----BEGIN X509 CRL-----" in data:
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+@dataclass(frozen=True)
+class StaleCrl:
+    """A CRL past its nextUpdate plus the grace: its CA's certificates are not accepted."""
+
+    issuer: str
+    next_update: datetime
+
+
+class Revocations:
+    """The certificate revocation lists of the trusted CAs, and the revocation check.
+
+    A CRL counts for a certificate when it is issued by the certificate's
+    issuer and signed by the issuer's key (a CRL signed by anything else is
+    ignored, with a log line). Of several CRLs from one issuer, the newest
+    (by lastUpdate) counts. An issuer without a CRL here is not checked.
+    A CRL past ``nextUpdate`` + ``grace`` stops acceptance of every
+    certificate from its issuer (``CRL_STALE``): the exchange cannot know
+    what was revoked since.
+    """
+
+    def __init__(
+        self, crls: Iterable[x509.CertificateRevocationList], *, grace: timedelta = timedelta(0)
+    ) -> None:
+        """Revocations from ``crls``, a CRL stale ``grace`` after its nextUpdate."""
+        self.grace = grace
+        self._by_issuer: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+        for crl in crls:
+            self._by_issuer.setdefault(crl.issuer, []).append(crl)
+        for lists in self._by_issuer.values():
+            lists.sort(key=lambda c: c.last_update_utc, reverse=True)
+        self._signed_by: dict[tuple[int, bytes], bool] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, paths: Iterable[Path], *, grace: timedelta = timedelta(0)) -> Revocations:
+        """The CRLs in ``paths``: files, or directories whose ``*.crl``/``*.crl.pem`` are read."""
+        crls = []
+        for path in paths:
+            files = _crl_files(path) if path.is_dir() else [path]
+            for file in files:
+                try:
+                    crls.append(_load_crl(file.read_bytes()))
+                except ValueError as error:
+                    raise ValueError(f"{file} is not a CRL ({error})") from None
+        return cls(crls, grace=grace)
+
+    def __len__(self) -> int:
+        """How many CRLs are held."""
+        return sum(len(lists) for lists in self._by_issuer.values())
+
+    def _current(
+        self, certificate: x509.Certificate, issuer: x509.Certificate
+    ) -> x509.CertificateRevocationList | None:
+        for crl in self._by_issuer.get(certificate.issuer, ()):
+            key = (id(crl), issuer.fingerprint(hashes.SHA256()))
+            with self._lock:
+                signed = self._signed_by.get(key)
+            if signed is None:
+                public_key = issuer.public_key()
+                signed = isinstance(
+                    public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+                ) and crl.is_signature_valid(public_key)
+                if not signed:
+                    log.warning("ignoring a CRL of %s not signed by it", describe(issuer))
+                with self._lock:
+                    self._signed_by[key] = signed
+            if signed:
+                return crl
+        return None
+
+    def check(self, chain: Sequence[x509.Certificate], *, at: datetime | None = None) -> None:
+        """Refuse a chain (signer first, anchor last) with a revoked certificate or a stale CRL."""
+        moment = _utc(at)
+        for certificate, issuer in itertools.pairwise(chain):
+            crl = self._current(certificate, issuer)
+            if crl is None:
+                continue
+            next_update = crl.next_update_utc
+            if next_update is not None and moment > next_update + self.grace:
+                raise Rejection.of(
+                    Reason.CRL_STALE,
+                    f"the revocation list of {describe(issuer)} was due for renewal on "
+                    f"{next_update:%Y/%m/%d %H:%M:%S} UTC; no certificate it issued is "
+                    "accepted until a current one is installed",
+                    "Signature/KeyInfo",
+                )
+            revoked = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+            if revoked is not None:
+                raise Rejection.of(
+                    Reason.CERT_REVOKED,
+                    f"the certificate {describe(certificate)} (serial "
+                    f"{certificate.serial_number:x}) was revoked on "
+                    f"{revoked.revocation_date_utc:%Y/%m/%d %H:%M:%S} UTC",
+                    "Signature/KeyInfo",
+                )
+
+    def stale(self, *, at: datetime | None = None) -> list[StaleCrl]:
+        """The issuers whose newest CRL is past nextUpdate + grace at ``at``."""
+        moment = _utc(at)
+        found = []
+        for issuer, lists in self._by_issuer.items():
+            next_update = lists[0].next_update_utc
+            if next_update is not None and moment > next_update + self.grace:
+                found.append(StaleCrl(issuer.rfc4514_string(), next_update))
+        return found
+
+    def next_updates(self) -> dict[str, datetime]:
+        """Per issuer (RFC 4514 text), the nextUpdate of its newest CRL."""
+        return {
+            issuer.rfc4514_string(): lists[0].next_update_utc
+            for issuer, lists in self._by_issuer.items()
+            if lists[0].next_update_utc is not None
+        }
+
+
+def revoke(
+    ca: Credential,
+    certificate: x509.Certificate,
+    directory: Path,
+    *,
+    at: datetime | None = None,
+    valid_for: timedelta = DEFAULT_CRL_VALIDITY,
+) -> Path:
+    """Revoke ``certificate`` with the development CA ``ca``; write ``directory/ca.crl.pem``.
+
+    The certificates ``ca.crl.pem`` already lists stay revoked. Returns the
+    CRL's path.
+    """
+    if certificate.issuer != ca.certificate.subject:
+        raise ValueError(f"{describe(certificate)} was not issued by {describe(ca.certificate)}")
+    moment = _utc(at)
+    path = directory / CRL_FILE
+    entries: list[x509.RevokedCertificate] = []
+    if path.exists():
+        entries = [
+            r
+            for r in x509.load_pem_x509_crl(path.read_bytes())
+            if r.serial_number != certificate.serial_number
+        ]
+    entries.append(
+        x509.RevokedCertificateBuilder()
+        .serial_number(certificate.serial_number)
+        .revocation_date(moment)
+        .build()
+    )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(moment - CLOCK_SKEW)
+        .next_update(moment + valid_for)
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca.private_key, hashes.SHA256())
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def empty_crl(
+    ca: Credential,
+    directory: Path,
+    *,
+    at: datetime | None = None,
+    valid_for: timedelta = DEFAULT_CRL_VALIDITY,
+) -> Path:
+    """Write ``directory/ca.crl.pem``: a CRL of ``ca`` revoking nothing, current from ``at``."""
+    moment = _utc(at)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(moment - CLOCK_SKEW)
+        .next_update(moment + valid_for)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    path = directory / CRL_FILE
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path

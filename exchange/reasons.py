@@ -18,10 +18,10 @@ class Reason(Enum):
 
     # -- the bytes ----------------------------------------------------------
     NOT_WELL_FORMED = (
-        "Gói tin không phải XML hợp lệ (thẻ chưa đóng, ký tự lạ hoặc bị cắt cụt); "
-        "hãy xuất lại gói tin từ phần mềm quản lý văn bản.",
+        "Gói tin không phải XML hợp lệ (thẻ chưa đóng, ký tự lạ, bị cắt cụt, hoặc chứa "
+        "chú thích hay chỉ thị xử lý); hãy xuất lại gói tin từ phần mềm quản lý văn bản.",
         "the package is not well-formed XML (an unclosed tag, a stray character, "
-        "or it was cut short)",
+        "or it was cut short), or holds comments or processing instructions",
     )
     NOT_UTF8 = (
         "Gói tin phải được mã hóa UTF-8; hãy xuất lại gói tin với bảng mã UTF-8.",
@@ -105,6 +105,47 @@ class Reason(Enum):
     CERT_NO_AGENCY = (
         "Chứng thư số không ghi mã định danh của cơ quan.",
         "the certificate does not name an agency code",
+    )
+    CERT_REVOKED = (
+        "Chứng thư số đã bị thu hồi; hãy ký lại gói tin bằng chứng thư số còn hiệu lực "
+        "đã đăng ký với trục liên thông.",
+        "the certificate has been revoked by its certification authority; sign with a "
+        "valid certificate registered with the exchange",
+    )
+    CRL_STALE = (
+        "Trục liên thông tạm thời không kiểm tra được tình trạng thu hồi chứng thư số của "
+        "tổ chức chứng thực đã cấp chứng thư; hãy gửi lại sau và báo cho quản trị trục.",
+        "the exchange's revocation list for the certificate's CA is out of date, so it "
+        "cannot tell whether the certificate is revoked; send again later and tell the "
+        "exchange's operator",
+    )
+    CERT_NOT_REGISTERED = (
+        "Chứng thư số dùng để ký chưa được đăng ký cho cơ quan gửi trên trục liên thông; "
+        "hãy đề nghị quản trị trục đăng ký chứng thư số này.",
+        "the signing certificate is not one registered for the sending agency; ask the "
+        "exchange's operator to register it",
+    )
+    KEY_TOO_WEAK = (
+        "Khóa của chứng thư số quá yếu (RSA dưới 2048 bit hoặc đường cong elliptic không "
+        "phải P-256, P-384, P-521); hãy xin cấp chứng thư số với khóa đủ mạnh.",
+        "a key in the certificate chain is too weak (RSA below 2048 bits, or an elliptic "
+        "curve other than P-256, P-384 or P-521)",
+    )
+    CERT_IS_CA = (
+        "Gói tin được ký bằng chứng thư số của tổ chức chứng thực, không phải của cơ quan; "
+        "hãy ký bằng chứng thư số cấp cho cơ quan.",
+        "the package is signed with a CA certificate, not with an agency's certificate",
+    )
+    CA_CANNOT_SIGN = (
+        "Chứng thư số trung gian không được phép cấp chứng thư (thiếu keyCertSign); "
+        "hãy dùng chứng thư số do tổ chức chứng thực hợp lệ cấp.",
+        "an intermediate certificate in the chain may not issue certificates "
+        "(its KeyUsage lacks keyCertSign)",
+    )
+    CERT_ALGORITHM = (
+        "Chứng thư số được ký bằng thuật toán không còn được chấp nhận (dưới SHA-256); "
+        "hãy xin cấp lại chứng thư số.",
+        "a certificate in the chain is signed with an algorithm below SHA-256",
     )
     # -- who sends to whom --------------------------------------------------
     SENDER_MISMATCH = (

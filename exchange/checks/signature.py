@@ -59,7 +59,7 @@ from exchange.edxml.names import (
     ROOT,
     TRACE_HEADER_LIST,
 )
-from exchange.pki import TrustStore, describe
+from exchange.pki import Revocations, TrustStore, describe
 from exchange.reasons import Reason, Rejection
 from exchange.settings import ParserLimits
 
@@ -83,9 +83,11 @@ _STRONG_METHODS = frozenset(
     }
 )
 # SHA-1 is broken for collisions; legacy senders still use it, so an operator
-# may accept it knowingly (Settings.allow_sha1), for RSA and ECDSA only.
+# may accept it knowingly from one agency (agency add --allow-sha1), for RSA
+# and ECDSA only.
 _SHA1_DIGESTS = frozenset({DigestAlgorithm.SHA1})
 _SHA1_METHODS = frozenset({SignatureMethod.RSA_SHA1, SignatureMethod.ECDSA_SHA1})
+_SHA1_URIS = frozenset({DigestAlgorithm.SHA1.value, *(m.value for m in _SHA1_METHODS)})
 
 # A signer's certificate and a few intermediates; more is not a chain but a
 # way to make the verifier work.
@@ -117,6 +119,10 @@ class Verified:
     """
     signature_method: str
     """The SignatureMethod algorithm URI, for the operator's view of legacy (SHA-1) senders."""
+    chain: tuple[x509.Certificate, ...] = ()
+    """The validated chain, signer first and trust anchor last (for the revocation check)."""
+    uses_sha1: bool = False
+    """Whether the signature method or the digest is SHA-1 (accepted per sending agency)."""
 
 
 # -- signing ----------------------------------------------------------------
@@ -472,8 +478,11 @@ def _allowed(allow_sha1: bool) -> tuple[frozenset[SignatureMethod], frozenset[Di
     return _STRONG_METHODS, _STRONG_DIGESTS
 
 
-def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
-    """Refuse, before any cryptography, what the signature says it does: return its method."""
+def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> tuple[str, str]:
+    """Refuse, before any cryptography, what the signature says it does.
+
+    Returns the signature method's and the digest's algorithm URIs.
+    """
     methods, digests = _allowed(allow_sha1)
     signed_info = _ds_first(signature, "SignedInfo")
     if signed_info is None:
@@ -517,7 +526,7 @@ def _check_signed_info(signature: etree._Element, allow_sha1: bool) -> str:
     digest = _ds_first(reference, "DigestMethod")
     digest_uri = digest.get("Algorithm", "") if digest is not None else ""
     _require_algorithm(DigestAlgorithm, digest_uri, digests, f"{where}/Reference/DigestMethod")
-    return method_uri
+    return method_uri, digest_uri
 
 
 def _require_algorithm(
@@ -531,7 +540,11 @@ def _require_algorithm(
     except ValueError:
         algorithm = None
     if algorithm not in allowed:
-        hint = " (SHA-1 is refused unless the operator allows it)" if "sha1" in uri else ""
+        hint = (
+            " (SHA-1 is refused unless the operator allows it for the sending agency)"
+            if "sha1" in uri
+            else ""
+        )
         raise Rejection.of(
             Reason.SIGNATURE_ALGORITHM,
             f"the algorithm {uri!r} is not accepted{hint}; use RSA or ECDSA with SHA-256",
@@ -559,6 +572,7 @@ def verify(
     allow_sha1: bool = False,
     now: datetime | None = None,
     limits: ParserLimits | None = None,
+    revocations: Revocations | None = None,
 ) -> Verified:
     """Verify a package's signature; say who signed it and what it covers.
 
@@ -569,18 +583,24 @@ def verify(
     covering the whole package (``SIGNATURE_SCOPE``), with accepted algorithms
     (``SIGNATURE_ALGORITHM``; SHA-1 only with ``allow_sha1``); the certificate
     chains to ``trust`` (``CERT_UNTRUSTED``), is valid at ``now``
-    (``CERT_EXPIRED``) and names an agency (``CERT_NO_AGENCY``); finally the
-    digest and the signature value match (``SIGNATURE_INVALID``).
+    (``CERT_EXPIRED``), meets the key and certificate policy
+    (:func:`exchange.pki.check_policy`), names an agency (``CERT_NO_AGENCY``)
+    and, with ``revocations``, is not revoked (``CERT_REVOKED``, or
+    ``CRL_STALE`` when its CA's list is out of date); finally the digest and
+    the signature value match (``SIGNATURE_INVALID``).
     """
     root = _root_of(source, limits)
     signature = _the_signature(root)
     certificates = _certificates(signature)
-    method_uri = _check_signed_info(signature, allow_sha1)
+    method_uri, digest_uri = _check_signed_info(signature, allow_sha1)
     moment = now if now is not None else datetime.now(UTC)
     leaf, intermediates = _signer_and_intermediates(certificates)
-    agency = trust.identify(leaf, intermediates, at=moment)
+    agency, chain = trust.identify_chain(leaf, intermediates, at=moment)
+    if revocations is not None:
+        revocations.check(chain, at=moment)
     signed_root = _verify_signature(root, leaf, allow_sha1, moment)
-    return Verified(agency, leaf, signed_root, method_uri)
+    uses_sha1 = method_uri in _SHA1_URIS or digest_uri in _SHA1_URIS
+    return Verified(agency, leaf, signed_root, method_uri, tuple(chain), uses_sha1)
 
 
 def _verify_signature(

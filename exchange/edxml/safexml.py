@@ -4,8 +4,15 @@ Every package an agency sends goes through :func:`parse` before anything
 else looks at it. It refuses, with a :class:`~exchange.reasons.Rejection`:
 oversized input (before parsing), bytes that are not UTF-8, any DOCTYPE
 (so no entity expansion, no external DTD, no XXE), documents nested deeper
-than the limit, and anything libxml2 finds not well-formed. It never touches
-the network or the file system.
+than the limit, a byte-order mark contradicted by the XML declaration, and
+anything libxml2 finds not well-formed. It never touches the network or the
+file system.
+
+:func:`parse_received` is :func:`parse` for a package an agency sent: it
+also refuses what two XML readers could read as different text (comments
+and processing instructions anywhere in the document), so that what the
+signature check verifies and what a recipient's software reads are the
+same text.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ _PARSER_OPTIONS = {
 # process pool) gets its own; making one costs microseconds.
 _parser_cache: dict[int, etree.XMLParser] = {}
 
-_DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+# The XML declaration, whole: its encoding may sit after any amount of
+# padding, and a reader that looks only at a prefix would miss it.
+_DECLARATION = re.compile(rb"<\?xml\s[^?]*\?>")
+_ENCODING_PSEUDO_ATTRIBUTE = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
 
 
 _DOCTYPE_FOUND = "a <!DOCTYPE> declaration was found; edXML packages have none"
@@ -79,16 +89,34 @@ def _parser() -> etree.XMLParser:
     return parser
 
 
+def _declared_encoding(data: bytes) -> str | None:
+    """The encoding the XML declaration names (lower case), if it names one."""
+    declaration = _DECLARATION.match(data)
+    if declaration is None:
+        return None
+    encoding = _ENCODING_PSEUDO_ATTRIBUTE.search(declaration.group(0))
+    if encoding is None:
+        return None
+    return encoding.group(1).decode("ascii", "replace").lower().replace("_", "-")
+
+
 def _check_encoding(data: bytes) -> None:
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE)):
         raise Rejection.of(Reason.NOT_UTF8, "the package starts with a UTF-16 or UTF-32 mark")
-    declared = _DECLARED_ENCODING.match(data[:200])
-    if declared is not None:
-        name = declared.group(1).decode("ascii").lower().replace("_", "-")
-        if name not in ("utf-8", "utf8"):
+    has_bom = data.startswith(codecs.BOM_UTF8)
+    name = _declared_encoding(data.removeprefix(codecs.BOM_UTF8))
+    if name is not None and name not in ("utf-8", "utf8"):
+        if has_bom:
+            # One reader follows the mark (UTF-8), another the declaration:
+            # the same bytes would be two different texts.
             raise Rejection.of(
-                Reason.NOT_UTF8, f"the XML declaration says encoding={name!r}; it must be UTF-8"
+                Reason.NOT_WELL_FORMED,
+                f"the package starts with a UTF-8 byte-order mark but its XML declaration "
+                f"says encoding={name!r}; readers disagree on which one to follow",
             )
+        raise Rejection.of(
+            Reason.NOT_UTF8, f"the XML declaration says encoding={name!r}; it must be UTF-8"
+        )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -141,6 +169,49 @@ def parse(data: bytes, limits: ParserLimits | None = None) -> etree._Element:
             Reason.TOO_DEEP, f"elements nest more than {limits.max_depth} levels deep"
         )
     return root
+
+
+def parse_received(data: bytes, limits: ParserLimits | None = None) -> etree._Element:
+    """:func:`parse` a package an agency sent, refusing what two readers could read apart.
+
+    Comments and processing instructions, anywhere in the document (inside
+    the root or around it), are refused with ``NOT_WELL_FORMED``: an XML
+    signature without comments does not cover them, and a reader that keeps
+    them (a DOM's text of an element cut by a comment, a ``getTextContent``
+    that joins it) sees other text than the one verified.
+    """
+    root = parse(data, limits)
+    _refuse_two_readings(root)
+    return root
+
+
+def _refuse_two_readings(root: etree._Element) -> None:
+    around = [*root.itersiblings(preceding=True), *root.itersiblings()]
+    for node in (*around, *root.iter(etree.Comment, etree.ProcessingInstruction)):
+        where = _path_of(node)
+        if isinstance(node, etree._Comment):
+            raise Rejection.of(
+                Reason.NOT_WELL_FORMED,
+                "the package contains an XML comment; edXML packages carry none, since the "
+                "signature does not cover comments and readers treat them differently",
+                where,
+            )
+        if isinstance(node, etree._ProcessingInstruction):
+            raise Rejection.of(
+                Reason.NOT_WELL_FORMED,
+                f"the package contains a processing instruction <?{node.target!s}?>; "
+                "edXML packages carry none",
+                where,
+            )
+
+
+def _path_of(node: etree._Element) -> str:
+    """Where a comment or processing instruction is: the path of its parent element."""
+    parent = node.getparent()
+    if parent is None:
+        return "(outside the root element)"
+    names = [etree.QName(e).localname for e in (parent, *parent.iterancestors())]
+    return "/".join(reversed(names))
 
 
 def _classify_syntax_error(

@@ -220,4 +220,4 @@ def test_certificate_naming_no_agency_is_refused(pki: TestPKI) -> None:
 def test_ca_certificate_itself_cannot_sign_packages(pki: TestPKI) -> None:
     with pytest.raises(Rejection) as caught:
         pki.trust.validate(pki.ca.certificate)
-    assert caught.value.reason is Reason.CERT_UNTRUSTED
+    assert caught.value.reason is Reason.CERT_IS_CA
