@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +150,31 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an agency certificate of the development CA in ``--dir``; write ``ca.crl.pem``."""
+    from cryptography import x509
+
+    from exchange.pki import Credential, revoke
+
+    code = _agency_code(args.code)
+    directory = Path(args.dir)
+    if not (directory / "ca.key.pem").exists():
+        raise CommandError(f"no CA in {directory}; run `lienthong keys init --dir {directory}`")
+    cert_path = Path(args.cert) if args.cert else directory / f"{code}.cert.pem"
+    try:
+        certificate = x509.load_pem_x509_certificate(_read_file(str(cert_path)))
+    except ValueError:
+        raise CommandError(f"{cert_path} is not a PEM certificate") from None
+    try:
+        crl = revoke(Credential.read(directory, "ca"), certificate, directory)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(f"revoked {certificate.subject.rfc4514_string()} (serial {certificate.serial_number:x})")
+    print(f"  revocation list: {crl}")
+    print("  workers read it within LIENTHONG_CRL_RELOAD_S, or at once on SIGHUP")
+    return EXIT_OK
+
+
 # -- packages -----------------------------------------------------------------
 
 
@@ -277,16 +302,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from exchange.checks.signature import verify
     from exchange.edxml.model import StatusPackage
     from exchange.edxml.reader import read_package
-    from exchange.edxml.safexml import parse
-    from exchange.pki import TrustStore
+    from exchange.edxml.safexml import parse_received
+    from exchange.pki import Revocations, TrustStore
 
     try:
         trust = TrustStore.load(args.trust)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot load the trust anchors from {args.trust}: {error}") from None
+    revocations = None
+    if args.crl:
+        try:
+            revocations = Revocations.load([Path(p) for p in args.crl])
+        except (OSError, ValueError) as error:
+            raise CommandError(f"cannot load the revocation lists: {error}") from None
 
     def check(file: str, data: bytes) -> FileVerdict:
-        verified = verify(parse(data), trust, allow_sha1=args.allow_sha1)
+        # As the worker reads a package: comments and PIs refused first.
+        verified = verify(
+            parse_received(data), trust, allow_sha1=args.allow_sha1, revocations=revocations
+        )
         package = read_package(verified.signed_root)
         return FileVerdict(
             file, True, signer=str(verified.agency), kind=_kind(package, StatusPackage)
@@ -368,21 +402,31 @@ def _password(args: argparse.Namespace) -> str | None:
     return line
 
 
-def agency_json(agency: Agency) -> dict[str, Any]:
-    """An agency as JSON (``agency list``, ``show``, ``add``, ``set``)."""
-    certificate: dict[str, str | None] | None = None
-    if agency.certificate_pem is not None:
-        from cryptography import x509
+def _certificate_json(pem: str) -> dict[str, str | None]:
+    from cryptography import x509
 
-        try:
-            cert = x509.load_pem_x509_certificate(agency.certificate_pem.encode())
-            certificate = {
-                "subject": cert.subject.rfc4514_string(),
-                "not_before": cert.not_valid_before_utc.isoformat(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-            }
-        except ValueError:
-            certificate = {"subject": None, "not_before": None, "not_after": None}
+    from exchange.pki import fingerprint
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return {"subject": None, "not_before": None, "not_after": None, "sha256": None}
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": fingerprint(cert),
+    }
+
+
+def agency_json(agency: Agency) -> dict[str, Any]:
+    """An agency as JSON (``agency list``, ``show``, ``add``, ``set``).
+
+    ``certificate`` is the newest registered certificate; ``certificates``
+    all of them, oldest first.
+    """
+    certificates = [_certificate_json(pem) for pem in agency.certificates]
+    certificate = certificates[-1] if certificates else None
     return {
         "code": str(agency.code),
         "name": agency.name,
@@ -392,6 +436,8 @@ def agency_json(agency: Agency) -> dict[str, Any]:
         "subscriptions": list(agency.subscriptions),
         "registered_at": agency.registered_at.isoformat(),
         "certificate": certificate,
+        "certificates": certificates,
+        "allow_sha1": agency.allow_sha1,
     }
 
 
@@ -413,7 +459,8 @@ def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
     print(f"  queues: lienthong.inbox.{agency.code}, lienthong.status.{agency.code}")
     subscribed = ", ".join(agency.subscriptions) or "none"
     print(f"  subscriptions: {subscribed}")
-    print(f"  certificate: {'yes' if agency.certificate_pem else 'none'}")
+    count = len(agency.certificates)
+    print(f"  certificates: {count or 'none (it can receive but not send)'}")
     if registration.password is not None:
         print(f"  broker user: {registration.broker_user}")
         print(f"  broker password: {registration.password}  (shown once; keep it safe)")
@@ -424,7 +471,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
     from exchange.registry import RegistrationError, register_agency
 
     code = _agency_code(args.code)
-    certificate = _read_file(args.cert).decode() if args.cert else None
+    certificates = [_read_file(path).decode() for path in args.cert or ()]
     password = _password(args)
     settings = settings_from_args(args)
 
@@ -434,7 +481,8 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
                 settings,
                 code,
                 args.name,
-                certificate_pem=certificate,
+                certificates=certificates,
+                allow_sha1=args.allow_sha1,
                 subscriptions=args.subscribe or (),
                 broker_user=args.broker_user,
                 password=password,
@@ -453,7 +501,7 @@ def cmd_agency_set(args: argparse.Namespace) -> int:
     from exchange.registry import RegistrationError, change_agency
 
     code = _agency_code(args.code)
-    certificate = _read_file(args.cert).decode() if args.cert else None
+    certificates = [_read_file(path).decode() for path in args.cert] if args.cert else None
     password = _password(args)
     subscriptions = None
     if args.no_subscriptions:
@@ -468,7 +516,8 @@ def cmd_agency_set(args: argparse.Namespace) -> int:
                 settings,
                 code,
                 name=args.name,
-                certificate_pem=certificate,
+                certificates=certificates,
+                allow_sha1=args.allow_sha1,
                 subscriptions=subscriptions,
                 password=password,
                 new_password=args.new_password,
@@ -510,18 +559,63 @@ def cmd_agency_show(args: argparse.Namespace) -> int:
             ("broker user", shown["broker_user"]),
             ("subscriptions", ", ".join(shown["subscriptions"]) or "none"),
             ("registered", shown["registered_at"]),
-            (
-                "certificate",
-                "none"
-                if certificate is None
-                else f"{certificate['subject']} until {certificate['not_after']}",
+            *(
+                ("certificate", f"{c['subject']} until {c['not_after']} (sha256 {c['sha256']})")
+                for c in shown["certificates"]
             ),
+            *(
+                (("certificate", "none (it can receive but not send)"),)
+                if certificate is None
+                else ()
+            ),
+            ("sha-1", "accepted" if shown["allow_sha1"] else "refused"),
         ]
         for name, value in fields:
             print(f"{name + ':':<15}{value}")
         return EXIT_OK
 
     return run(show())
+
+
+def cmd_agency_cert_add(args: argparse.Namespace) -> int:
+    """Register one more certificate an agency signs with."""
+    from exchange.registry import add_certificate
+
+    return _change_certificates(args, add_certificate, "registered")
+
+
+def cmd_agency_cert_remove(args: argparse.Namespace) -> int:
+    """Retire one of an agency's certificates."""
+    from exchange.registry import remove_certificate
+
+    return _change_certificates(args, remove_certificate, "removed")
+
+
+def _change_certificates(
+    args: argparse.Namespace,
+    change: Callable[[Any, Any, str], Awaitable[Agency]],
+    verb: str,
+) -> int:
+    from exchange.registry import RegistrationError
+
+    code = _agency_code(args.code)
+    pem = _read_file(args.file).decode(errors="replace")
+    settings = settings_from_args(args)
+
+    async def apply() -> int:
+        try:
+            agency = await change(settings, code, pem)
+        except RegistrationError as error:
+            raise CommandError(str(error)) from None
+        if args.json:
+            print_json(agency_json(agency))
+            return EXIT_OK
+        print(f"{verb} the certificate {args.file} for {code}")
+        print(f"  {code} has {len(agency.certificates)} certificate(s); workers use them within")
+        print("  30 s (the directory's refresh), or at once on SIGHUP")
+        return EXIT_OK
+
+    return run(apply())
 
 
 def cmd_agency_list(args: argparse.Namespace) -> int:
@@ -957,6 +1051,23 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--name", help="the agency's name for the certificate subject")
     issue.add_argument("--key-type", default="rsa-2048", choices=_key_types())
     issue.set_defaults(handler=cmd_keys_issue)
+    revoking = keys_commands.add_parser(
+        "revoke", help="revoke an agency certificate; write the CA's revocation list"
+    )
+    revoking.add_argument("code", help="agency code whose certificate is revoked")
+    _completes(
+        revoking.add_argument(
+            "--dir", required=True, help="the CA directory; ca.crl.pem is written there"
+        ),
+        shtab.DIRECTORY,
+    )
+    _completes(
+        revoking.add_argument(
+            "--cert", help="the certificate to revoke (default DIR/CODE.cert.pem)"
+        ),
+        shtab.FILE,
+    )
+    revoking.set_defaults(handler=cmd_keys_revoke)
 
     sign = commands.add_parser(
         "sign", parents=[language], help="sign a package (XML-DSig, enveloped)"
@@ -982,6 +1093,15 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.FILE,
     )
     verify.add_argument("--allow-sha1", action="store_true", help="accept legacy SHA-1")
+    _completes(
+        verify.add_argument(
+            "--crl",
+            action="append",
+            metavar="FILE",
+            help="a CA's revocation list (PEM or DER), or a directory of them; repeatable",
+        ),
+        shtab.FILE,
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(handler=cmd_verify)
 
@@ -1053,8 +1173,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("code", help="agency code, e.g. 000.00.00.H26")
     add.add_argument("--name", required=True, help="the agency's name")
     _completes(
-        add.add_argument("--cert", help="its signing certificate (PEM); must name the code"),
+        add.add_argument(
+            "--cert",
+            action="append",
+            help="a certificate it signs with (PEM, naming the code); repeatable (rollover); "
+            "without one it can receive but not send",
+        ),
         shtab.FILE,
+    )
+    add.add_argument(
+        "--allow-sha1",
+        action="store_true",
+        help="accept this agency's SHA-1 signatures (legacy software); no other's",
     )
     add.add_argument(
         "--subscribe",
@@ -1077,8 +1207,18 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("code", help="agency code")
     change.add_argument("--name", help="its new name")
     _completes(
-        change.add_argument("--cert", help="its new signing certificate (PEM); must name the code"),
+        change.add_argument(
+            "--cert",
+            action="append",
+            help="replace its certificates with this one (PEM, naming the code); repeatable",
+        ),
         shtab.FILE,
+    )
+    change.add_argument(
+        "--allow-sha1",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept (or no longer accept) its SHA-1 signatures",
     )
     subscribing = change.add_mutually_exclusive_group()
     subscribing.add_argument(
@@ -1105,6 +1245,16 @@ def build_parser() -> argparse.ArgumentParser:
         "list", parents=[database, as_json], help="list agencies as a tree"
     )
     listing.set_defaults(handler=cmd_agency_list)
+    cert = agency_commands.add_parser("cert", help="the certificates an agency signs with")
+    cert_commands = cert.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    for action, verb, handler in (
+        ("add", "register one more certificate (a rollover)", cmd_agency_cert_add),
+        ("remove", "retire a certificate: what it signs is refused", cmd_agency_cert_remove),
+    ):
+        one = cert_commands.add_parser(action, parents=[database, as_json], help=verb)
+        one.add_argument("code", help="agency code")
+        _completes(one.add_argument("file", help="the certificate (PEM)"), shtab.FILE)
+        one.set_defaults(handler=handler)
 
     worker = commands.add_parser("worker", parents=[amqp, database], help="run workers")
     _completes(

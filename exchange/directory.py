@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from exchange.agency import AgencyCode
+from exchange.pki import SigningRights
 from exchange.store import queries
 from exchange.store.db import Pool
 
@@ -19,13 +20,14 @@ DIRECTORY_MAX_AGE_S = 30.0
 
 
 class Directory:
-    """The registered agencies, cached: broker user to agency, and who exists."""
+    """The registered agencies, cached: broker user to agency, who exists, who signs with what."""
 
     def __init__(self, pool: Pool) -> None:
         """A directory read from ``pool`` on first use."""
         self._pool = pool
         self._by_user: dict[str, AgencyCode] = {}
         self._codes: frozenset[AgencyCode] = frozenset()
+        self._rights = SigningRights()
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -35,8 +37,16 @@ class Directory:
                 return
             async with self._pool.acquire() as conn:
                 agencies = await queries.list_agencies(conn)
+                certificates, sha1_agencies = await queries.signing_rights(conn)
             self._by_user = {a.broker_user: a.code for a in agencies}
             self._codes = frozenset(a.code for a in agencies)
+            if (certificates, sha1_agencies) != (
+                self._rights.certificates,
+                self._rights.sha1_agencies,
+            ):
+                # A new object only when something changed: the worker hands
+                # it to its checks when it is not the one they hold.
+                self._rights = SigningRights(certificates, sha1_agencies)
             self._loaded_at = time.monotonic()
 
     async def _fresh(self) -> None:
@@ -58,3 +68,15 @@ class Directory:
         if code not in self._codes:
             await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
         return code in self._codes
+
+    async def signing_rights(self) -> SigningRights:
+        """Which certificates each agency may sign with, and who may use SHA-1.
+
+        The same object until a reload finds a change.
+        """
+        await self._fresh()
+        return self._rights
+
+    async def reload(self) -> None:
+        """Read the directory again now (SIGHUP)."""
+        await self._reload(at_most_every=0.0)

@@ -148,6 +148,25 @@ DIRECTORY_REFRESHED = Gauge(
     "When this worker process last computed the directory figures (Unix time).",
 )
 
+# -- trust anchors and revocation lists, as this worker process holds them ------------
+
+CRL_STALE_ISSUERS = Gauge(
+    "lienthong_crl_stale_issuers",
+    "CAs whose newest revocation list is past its nextUpdate plus LIENTHONG_CRL_GRACE_S: "
+    "no certificate they issued is accepted (REJECTED_CRL_STALE).",
+)
+CRL_EARLIEST_NEXT_UPDATE = Gauge(
+    "lienthong_crl_earliest_next_update_timestamp_seconds",
+    "The earliest nextUpdate of the revocation lists held (Unix time; +Inf when none).",
+)
+CRL_LISTS = Gauge("lienthong_crl_lists", "Revocation lists this worker process holds.")
+TRUST_RELOADS = Counter(
+    "lienthong_trust_reloads_total",
+    "Reloads of the trust anchors and revocation lists (periodic or SIGHUP), by outcome "
+    "(ok, failed: the previous ones stay in use).",
+    ["outcome"],
+)
+
 # The stages, named once (labels of STAGE_SECONDS).
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"

@@ -37,7 +37,7 @@ from exchange.broker.topology import (
     inbox_queue,
     validate_subscription,
 )
-from exchange.pki import agency_code_of
+from exchange.pki import agency_code_of, fingerprint
 from exchange.settings import Settings
 from exchange.store import queries
 from exchange.store.db import Connection, create_pool
@@ -99,11 +99,14 @@ def url_for_user(amqp_url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _check_certificate(code: AgencyCode, certificate_pem: str | None) -> None:
-    """A certificate, when given, must be a PEM certificate naming this agency."""
-    if certificate_pem is None:
-        return
+def _check_certificate(code: AgencyCode, certificate_pem: str) -> tuple[str, str]:
+    """A PEM certificate naming this agency, as ``(sha256, pem)`` (the first certificate only).
+
+    A file may carry the intermediates after the agency's certificate; only
+    the agency's own is registered.
+    """
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
@@ -112,6 +115,12 @@ def _check_certificate(code: AgencyCode, certificate_pem: str | None) -> None:
     named = agency_code_of(certificate)
     if named != code:
         raise RegistrationError(f"the certificate names {named or 'no agency'}, not {code}")
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    return fingerprint(certificate), pem
+
+
+def _check_certificates(code: AgencyCode, pems: Sequence[str]) -> list[tuple[str, str]]:
+    return [_check_certificate(code, pem) for pem in pems]
 
 
 def _patterns(subscriptions: Sequence[str]) -> list[str]:
@@ -206,6 +215,8 @@ async def register_agency(
     name: str,
     *,
     certificate_pem: str | None = None,
+    certificates: Sequence[str] = (),
+    allow_sha1: bool = False,
     subscriptions: Sequence[str] = (),
     broker_user: str | None = None,
     password: str | None = None,
@@ -213,7 +224,9 @@ async def register_agency(
 ) -> Registration:
     """Register a new agency: directory row, broker user, queues; all of them or none.
 
-    A certificate, when given, must name this agency. With
+    ``certificate_pem`` and ``certificates`` are the certificates it may
+    sign with, each naming this agency; with none, it can receive but not
+    send. ``allow_sha1`` accepts its SHA-1 signatures. With
     ``provision_user``, the broker user is created with the permissions of
     :func:`exchange.broker.topology.agency_permissions`; a password is
     generated when none is given. The row is written in a transaction that
@@ -222,7 +235,9 @@ async def register_agency(
     :class:`AgencyExistsError` when the code is registered already
     (:func:`change_agency` changes a registration).
     """
-    _check_certificate(code, certificate_pem)
+    registered = _check_certificates(
+        code, [*([certificate_pem] if certificate_pem else []), *certificates]
+    )
     patterns = _patterns(subscriptions)
     user = broker_user or str(code)
     admin = BrokerAdmin(settings.rabbitmq_api_url) if provision_user else None
@@ -234,7 +249,8 @@ async def register_agency(
                 code,
                 name,
                 broker_user=user,
-                certificate_pem=certificate_pem,
+                certificates=registered,
+                allow_sha1=allow_sha1,
                 subscriptions=patterns,
             )
         except queries.AgencyExistsError as error:
@@ -260,17 +276,26 @@ async def change_agency(
     *,
     name: str | None = None,
     certificate_pem: str | None = None,
+    certificates: Sequence[str] | None = None,
+    allow_sha1: bool | None = None,
     subscriptions: Sequence[str] | None = None,
     password: str | None = None,
     new_password: bool = False,
 ) -> Registration:
     """Change what is given of a registered agency; what is not given stays as it is.
 
+    ``certificate_pem`` or ``certificates`` replace every registered
+    certificate (:func:`add_certificate` adds one, for a rollover).
+
     ``subscriptions`` replaces the subscription list (and the inbox's
     bindings); ``password`` (or a generated one with ``new_password``) is
     the broker user's new password. All or nothing, as :func:`register_agency`.
     """
-    _check_certificate(code, certificate_pem)
+    replacing = None
+    if certificate_pem is not None or certificates is not None:
+        replacing = _check_certificates(
+            code, [*([certificate_pem] if certificate_pem else []), *(certificates or ())]
+        )
     patterns = None if subscriptions is None else _patterns(subscriptions)
     secret = None
     async with _all_or_nothing(settings) as (conn, undo):
@@ -280,7 +305,12 @@ async def change_agency(
                 f"agency {code} is not registered; `lienthong agency add {code}` registers it"
             )
         agency = await queries.update_agency(
-            conn, code, name=name, certificate_pem=certificate_pem, subscriptions=patterns
+            conn,
+            code,
+            name=name,
+            certificates=replacing,
+            allow_sha1=allow_sha1,
+            subscriptions=patterns,
         )
         if patterns is not None:
             await _rebind(settings, code, before.subscriptions, patterns, undo)
@@ -293,6 +323,45 @@ async def change_agency(
     user = agency.broker_user
     url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
     return Registration(agency, user, secret, url)
+
+
+async def add_certificate(settings: Settings, code: AgencyCode, certificate_pem: str) -> Agency:
+    """Register one more certificate ``code`` may sign with (a rollover); the others stay."""
+    sha256, pem = _check_certificate(code, certificate_pem)
+    conn = await db_connect(settings)
+    try:
+        async with conn.transaction():
+            try:
+                await queries.add_agency_certificate(conn, code, sha256, pem)
+            except queries.AgencyNotFoundError as error:
+                raise RegistrationError(str(error)) from None
+            agency = await queries.get_agency(conn, code)
+    finally:
+        await conn.close()
+    assert agency is not None, "the certificate was just added to it"
+    return agency
+
+
+async def remove_certificate(settings: Settings, code: AgencyCode, certificate_pem: str) -> Agency:
+    """Retire a certificate of ``code``: packages it signs are refused from the next reload on."""
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        raise RegistrationError("the certificate file is not a PEM certificate") from None
+    conn = await db_connect(settings)
+    try:
+        async with conn.transaction():
+            removed = await queries.remove_agency_certificate(conn, code, fingerprint(certificate))
+            agency = await queries.get_agency(conn, code)
+    finally:
+        await conn.close()
+    if agency is None:
+        raise RegistrationError(f"agency {code} is not registered")
+    if not removed:
+        raise RegistrationError(f"that certificate is not registered for {code}")
+    return agency
 
 
 async def _rebind(

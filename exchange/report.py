@@ -224,7 +224,9 @@ class Report:
 
 
 _DIRECTORY = """
-SELECT a.code, a.certificate_pem,
+SELECT a.code,
+       (SELECT c.certificate_pem FROM agency_certificates c WHERE c.agency = a.code
+        ORDER BY c.registered_at DESC LIMIT 1) AS certificate_pem,
        EXISTS (SELECT 1 FROM documents d
                WHERE d.sender = a.code AND d.created_at >= $1 AND d.created_at < $2) AS sent,
        EXISTS (SELECT 1 FROM deliveries v

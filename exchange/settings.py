@@ -108,9 +108,17 @@ class Settings(ParserLimits):
     # PEM file (or directory of PEM files) of the certification authorities
     # whose agency certificates the exchange trusts.
     trust: Path | None = None
-    # SHA-1 signatures are broken for collision resistance; some legacy
-    # senders still produce them, so an operator may allow them knowingly.
-    allow_sha1: bool = False
+    # Directory of the CAs' certificate revocation lists (*.crl, *.crl.pem);
+    # unset: the directory of the trust anchors (LIENTHONG_TRUST itself if it
+    # is a directory, else the one holding it).
+    crl_dir: Path | None = None
+    # Seconds between two reloads of the revocation lists by a running
+    # worker (SIGHUP reloads them, and the trust anchors, at once).
+    crl_reload_s: float = Field(300.0, gt=0)
+    # Seconds a revocation list is still used after its nextUpdate, while a
+    # new one is on its way; after that its CA's certificates are refused
+    # (REJECTED_CRL_STALE).
+    crl_grace_s: float = Field(3600.0, ge=0)
     # Messages a worker holds unacknowledged at once. They wait for a database
     # connection (db_pool_size) and the broker's confirms; a few more than the
     # pool keeps both busy, many more only grows memory and redeliveries.

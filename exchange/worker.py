@@ -31,9 +31,10 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiormq
@@ -57,7 +58,7 @@ from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
 from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
-from exchange.pki import TrustStore
+from exchange.pki import Revocations, TrustStore
 from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
@@ -223,11 +224,14 @@ class Worker:
         pool: Pool,
         connection: AbstractRobustConnection,
         prefetch: int | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
+        # SHA-1 and the signing certificates are allowed per agency, by the
+        # directory (process() hands its SigningRights to the checks).
         self.inspector = Inspector(
-            CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1),
+            CheckContext(trust=trust, limits=settings, revocations=revocations),
             max_bytes=settings.check_memory_mb * 2**20,
         )
         self.pool = pool
@@ -392,6 +396,9 @@ class Worker:
     async def process(self, arrival: Arrival) -> Message:
         """Inspect, decide and record, publish, mark: one message; returns its record."""
         publisher = await self.directory.agency_of_user(arrival.broker_user)
+        rights = await self.directory.signing_rights()
+        if self.inspector.context.rights is not rights:
+            self.inspector.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher)
         inspected = await self._inspect(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
@@ -676,6 +683,90 @@ async def open_when_ready(
         attempt += 1
 
 
+def crl_paths(settings: Settings) -> list[Path]:
+    """Where the revocation lists are: LIENTHONG_CRL_DIR, else beside the trust anchors."""
+    if settings.crl_dir is not None:
+        return [settings.crl_dir]
+    if settings.trust is None:
+        return []
+    return [settings.trust if settings.trust.is_dir() else settings.trust.parent]
+
+
+def load_revocations(settings: Settings) -> Revocations:
+    """The revocation lists of :func:`crl_paths` (none, if the directory does not exist)."""
+    grace = timedelta(seconds=settings.crl_grace_s)
+    return Revocations.load([p for p in crl_paths(settings) if p.exists()], grace=grace)
+
+
+def observe_revocations(revocations: Revocations) -> None:
+    """Set the revocation metrics from what a worker process holds now."""
+    metrics.CRL_LISTS.set(len(revocations))
+    metrics.CRL_STALE_ISSUERS.set(len(revocations.stale()))
+    updates = revocations.next_updates().values()
+    metrics.CRL_EARLIEST_NEXT_UPDATE.set(
+        min(u.timestamp() for u in updates) if updates else float("inf")
+    )
+
+
+class TrustKeeper:
+    """The trust anchors and revocation lists of a worker process, reloaded while it runs.
+
+    :meth:`reload` reads the files again and hands them to every worker's
+    checks; a message being inspected finishes with what it started with,
+    the next one uses the new. Files that cannot be read leave the previous
+    ones in use (logged, counted as a failed reload).
+    """
+
+    def __init__(self, settings: Settings, workers: Sequence[Worker]) -> None:
+        """A keeper for ``workers``, reading what ``settings`` names."""
+        self.settings = settings
+        self.workers = workers
+
+    async def reload(self, *, trust: bool) -> bool:
+        """Read the revocation lists again (and the trust anchors, with ``trust``)."""
+        try:
+            store = None
+            if trust and self.settings.trust is not None:
+                TrustStore.forget(self.settings.trust)
+                store = TrustStore.load(self.settings.trust)
+            revocations = load_revocations(self.settings)
+        except (OSError, ValueError) as error:
+            metrics.TRUST_RELOADS.labels("failed").inc()
+            log.error("could not reload the trust anchors or revocation lists: %s", error)
+            return False
+        for worker in self.workers:
+            worker.inspector.use(trust=store, revocations=revocations)
+            if trust:
+                await worker.directory.reload()
+        observe_revocations(revocations)
+        metrics.TRUST_RELOADS.labels("ok").inc()
+        stale = revocations.stale()
+        if stale:
+            log.error(
+                "revocation lists out of date (certificates of these CAs are refused): %s",
+                "; ".join(
+                    f"{s.issuer} (nextUpdate {s.next_update:%Y-%m-%d %H:%M} UTC)" for s in stale
+                ),
+            )
+        log.info(
+            "reloaded %s%d revocation list(s)",
+            "the trust anchors and " if trust else "",
+            len(revocations),
+        )
+        return True
+
+    async def run(self, stop: asyncio.Event, reload_now: asyncio.Event) -> None:
+        """Reload every ``crl_reload_s`` seconds; at once, with the anchors, on ``reload_now``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload_now.wait(), self.settings.crl_reload_s)
+            if stop.is_set():
+                return
+            asked = reload_now.is_set()
+            reload_now.clear()
+            await self.reload(trust=asked)
+
+
 async def run_workers(
     settings: Settings,
     *,
@@ -689,6 +780,10 @@ async def run_workers(
     With ``metrics_port``, the process serves its metrics on that port
     (:func:`exchange.metrics.serve`) while the workers run.
 
+    The trust anchors and revocation lists are reloaded every
+    ``settings.crl_reload_s`` seconds (the lists) and on SIGHUP (both, and
+    the directory), while messages keep flowing (:class:`TrustKeeper`).
+
     Before anything else the shipped files are loaded (a worker without its
     schemas could judge no package: :func:`check_installation`).
     PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
@@ -700,12 +795,18 @@ async def run_workers(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
         )
     trust = TrustStore.load(settings.trust)
+    revocations = load_revocations(settings)
     check_installation()
     stop = stop or asyncio.Event()
+    reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    # SIGHUP: read the trust anchors, the revocation lists and the directory
+    # again, without stopping (what is in flight finishes as it started).
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     workers: list[Worker] = []
     since = time.monotonic()
     async with contextlib.AsyncExitStack() as opened:  # closed in reverse order
@@ -737,9 +838,13 @@ async def run_workers(
             return 0
         opened.push_async_callback(connection.close)
         workers = [
-            Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
+            Worker(settings, trust=trust, pool=pool, connection=connection, revocations=revocations)
+            for _ in range(count)
         ]
+        observe_revocations(revocations)
         watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
+        keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
+        opened.callback(keeper.cancel)
         try:
             runs = [asyncio.create_task(w.run(stop)) for w in workers]
             if on_ready is not None:

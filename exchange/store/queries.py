@@ -104,11 +104,34 @@ _AGENCY_COLUMNS = _columns(
         "parent",
         "level",
         "broker_user",
-        "certificate_pem",
         "subscriptions",
         "registered_at",
+        "allow_sha1",
     )
 )
+
+
+async def _certificates_of(
+    conn: Connection, codes: Iterable[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Per agency code, its registered certificates' PEM, oldest first (all agencies: None)."""
+    rows = await conn.fetch(
+        """
+        SELECT agency, certificate_pem FROM agency_certificates
+        WHERE $1::text[] IS NULL OR agency = ANY($1::text[])
+        ORDER BY registered_at, sha256
+        """,
+        None if codes is None else list(codes),
+    )
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["agency"], []).append(row["certificate_pem"])
+    return {code: tuple(pems) for code, pems in found.items()}
+
+
+async def _agency(conn: Connection, row: asyncpg.Record) -> Agency:
+    certificates = await _certificates_of(conn, [row["code"]])
+    return Agency.from_row(row, certificates.get(row["code"], ()))
 
 
 async def add_agency(
@@ -117,10 +140,14 @@ async def add_agency(
     name: str,
     *,
     broker_user: str | None = None,
-    certificate_pem: str | None = None,
+    certificates: Iterable[tuple[str, str]] = (),
+    allow_sha1: bool = False,
     subscriptions: Iterable[str] = (),
 ) -> Agency:
     """Register a new agency; ``broker_user`` defaults to the code.
+
+    ``certificates`` are ``(sha256, pem)`` pairs: the certificates it may
+    sign with (see :func:`add_agency_certificate`).
 
     Raises :class:`AgencyExistsError` when the code is registered already
     (:func:`update_agency` changes a registration) and
@@ -132,7 +159,7 @@ async def add_agency(
         row = await conn.fetchrow(
             f"""
             INSERT INTO agencies
-                (code, name, parent, level, broker_user, certificate_pem, subscriptions)
+                (code, name, parent, level, broker_user, allow_sha1, subscriptions)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (code) DO NOTHING
             RETURNING {_AGENCY_COLUMNS}
@@ -142,7 +169,7 @@ async def add_agency(
             None if parent is None else str(parent),
             code.level,
             broker_user or str(code),
-            certificate_pem,
+            allow_sha1,
             list(subscriptions),
         )
     except asyncpg.UniqueViolationError as error:
@@ -154,7 +181,9 @@ async def add_agency(
         raise AgencyExistsError(
             f"agency {code} is registered already; `lienthong agency set {code}` changes it"
         )
-    return Agency.from_row(row)
+    for sha256, pem in certificates:
+        await add_agency_certificate(conn, code, sha256, pem)
+    return await _agency(conn, row)
 
 
 async def update_agency(
@@ -162,30 +191,81 @@ async def update_agency(
     code: AgencyCode,
     *,
     name: str | None = None,
-    certificate_pem: str | None = None,
+    certificates: Iterable[tuple[str, str]] | None = None,
+    allow_sha1: bool | None = None,
     subscriptions: Iterable[str] | None = None,
 ) -> Agency:
     """Change what is given (not ``None``) of a registered agency; the rest stays.
 
-    Raises :class:`AgencyNotFoundError` when the code is not registered.
+    ``certificates`` (``(sha256, pem)`` pairs) replaces every registered
+    certificate. Raises :class:`AgencyNotFoundError` when the code is not
+    registered.
     """
     row = await conn.fetchrow(
         f"""
         UPDATE agencies SET
             name = coalesce($2, name),
-            certificate_pem = coalesce($3, certificate_pem),
+            allow_sha1 = coalesce($3, allow_sha1),
             subscriptions = coalesce($4, subscriptions)
         WHERE code = $1
         RETURNING {_AGENCY_COLUMNS}
         """,  # noqa: S608 (a constant column list, no input)
         str(code),
         name,
-        certificate_pem,
+        allow_sha1,
         None if subscriptions is None else list(subscriptions),
     )
     if row is None:
         raise AgencyNotFoundError(f"agency {code} is not registered")
-    return Agency.from_row(row)
+    if certificates is not None:
+        await conn.execute("DELETE FROM agency_certificates WHERE agency = $1", str(code))
+        for sha256, pem in certificates:
+            await add_agency_certificate(conn, code, sha256, pem)
+    return await _agency(conn, row)
+
+
+async def add_agency_certificate(conn: Connection, code: AgencyCode, sha256: str, pem: str) -> bool:
+    """Register a certificate (its DER's SHA-256, hex, and its PEM) for ``code``.
+
+    Returns whether it was new. Raises :class:`AgencyNotFoundError` when the
+    agency is not registered.
+    """
+    try:
+        status = await conn.execute(
+            """
+            INSERT INTO agency_certificates (agency, sha256, certificate_pem)
+            VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+            """,
+            str(code),
+            sha256,
+            pem,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise AgencyNotFoundError(f"agency {code} is not registered") from None
+    return bool(status.endswith(" 1"))
+
+
+async def remove_agency_certificate(conn: Connection, code: AgencyCode, sha256: str) -> bool:
+    """Retire a certificate of ``code`` (by its SHA-256); returns whether it was registered."""
+    status = await conn.execute(
+        "DELETE FROM agency_certificates WHERE agency = $1 AND sha256 = $2", str(code), sha256
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def signing_rights(
+    conn: Connection,
+) -> tuple[dict[AgencyCode, frozenset[str]], frozenset[AgencyCode]]:
+    """Per agency, its registered certificates' SHA-256; and the agencies allowed SHA-1."""
+    rows = await conn.fetch("SELECT agency, sha256 FROM agency_certificates")
+    found: dict[AgencyCode, set[str]] = {}
+    for row in rows:
+        found.setdefault(AgencyCode.parse(row["agency"]), set()).add(row["sha256"])
+    sha1 = await conn.fetch("SELECT code FROM agencies WHERE allow_sha1")
+    return (
+        {code: frozenset(fps) for code, fps in found.items()},
+        frozenset(AgencyCode.parse(row["code"]) for row in sha1),
+    )
 
 
 async def get_agency(conn: Connection, code: AgencyCode | str) -> Agency | None:
@@ -194,7 +274,7 @@ async def get_agency(conn: Connection, code: AgencyCode | str) -> Agency | None:
         f"SELECT {_AGENCY_COLUMNS} FROM agencies WHERE code = $1",  # noqa: S608
         str(code),
     )
-    return None if row is None else Agency.from_row(row)
+    return None if row is None else await _agency(conn, row)
 
 
 async def get_agency_by_broker_user(conn: Connection, broker_user: str) -> Agency | None:
@@ -203,7 +283,7 @@ async def get_agency_by_broker_user(conn: Connection, broker_user: str) -> Agenc
         f"SELECT {_AGENCY_COLUMNS} FROM agencies WHERE broker_user = $1",  # noqa: S608
         broker_user,
     )
-    return None if row is None else Agency.from_row(row)
+    return None if row is None else await _agency(conn, row)
 
 
 async def list_agencies(conn: Connection) -> list[Agency]:
@@ -213,7 +293,9 @@ async def list_agencies(conn: Connection) -> list[Agency]:
     hierarchy, not a second one in SQL); the directory is small.
     """
     rows = await conn.fetch(f"SELECT {_AGENCY_COLUMNS} FROM agencies")  # noqa: S608
-    return sorted((Agency.from_row(row) for row in rows), key=_by_hierarchy)
+    certificates = await _certificates_of(conn)
+    agencies = (Agency.from_row(row, certificates.get(row["code"], ())) for row in rows)
+    return sorted(agencies, key=_by_hierarchy)
 
 
 async def registered_codes(conn: Connection) -> frozenset[AgencyCode]:

@@ -54,22 +54,32 @@ class Agency:
     parent: AgencyCode | None
     level: int
     broker_user: str
-    certificate_pem: str | None
     subscriptions: tuple[str, ...]
     registered_at: datetime
+    # The certificates it may sign with (PEM), oldest first; none: it can
+    # receive but not send.
+    certificates: tuple[str, ...] = ()
+    # Whether its SHA-1 signatures are accepted (legacy software).
+    allow_sha1: bool = False
+
+    @property
+    def certificate_pem(self) -> str | None:
+        """The newest registered certificate, or ``None``."""
+        return self.certificates[-1] if self.certificates else None
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Agency:
-        """Build from a row of ``agencies``."""
+    def from_row(cls, row: asyncpg.Record, certificates: tuple[str, ...] = ()) -> Agency:
+        """Build from a row of ``agencies`` and its certificates' PEM."""
         return cls(
             code=AgencyCode.parse(row["code"]),
             name=row["name"],
             parent=_code(row["parent"]),
             level=row["level"],
             broker_user=row["broker_user"],
-            certificate_pem=row["certificate_pem"],
             subscriptions=tuple(row["subscriptions"]),
             registered_at=row["registered_at"],
+            certificates=certificates,
+            allow_sha1=row["allow_sha1"],
         )
 
 

@@ -818,5 +818,5 @@ async def test_the_demo_registering_an_agency_again_renews_its_certificate_and_p
     await connection.close()
     with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
         await aio_pika.connect(first.amqp_url)
-    rows = await exchange.fetch("SELECT certificate_pem FROM agencies")
+    rows = await exchange.fetch("SELECT certificate_pem FROM agency_certificates")
     assert [row["certificate_pem"] for row in rows] == [again.credential.cert_pem.decode()]

@@ -242,19 +242,22 @@ async def test_updating_an_agency_changes_only_what_is_given(directory: Connecti
     assert before is not None
     named = await queries.update_agency(directory, PHU_THO, name="Ủy ban nhân dân tỉnh Phú Thọ")
     assert named.name == "Ủy ban nhân dân tỉnh Phú Thọ"
-    assert (named.subscriptions, named.certificate_pem) == (
+    assert (named.subscriptions, named.certificates, named.allow_sha1) == (
         before.subscriptions,
-        before.certificate_pem,
+        before.certificates,
+        before.allow_sha1,
     )
     subscribed = await queries.update_agency(
         directory,
         PHU_THO,
-        certificate_pem="-----BEGIN CERTIFICATE-----\n...",
+        certificates=[("0" * 64, "-----BEGIN CERTIFICATE-----\n...")],
+        allow_sha1=True,
         subscriptions=["*.*.*.H44"],
     )
     assert subscribed.name == "Ủy ban nhân dân tỉnh Phú Thọ"
     assert subscribed.subscriptions == ("*.*.*.H44",)
-    assert subscribed.certificate_pem is not None
+    assert subscribed.certificates == ("-----BEGIN CERTIFICATE-----\n...",)
+    assert subscribed.allow_sha1
     assert subscribed.registered_at == before.registered_at
     assert len(await queries.list_agencies(directory)) == len(NAMES)
     with pytest.raises(AgencyNotFoundError):
