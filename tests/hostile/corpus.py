@@ -21,14 +21,17 @@ the cases.
 from __future__ import annotations
 
 import base64
+import codecs
 import copy
 import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
@@ -60,9 +63,10 @@ from exchange.edxml.names import (
 )
 from exchange.edxml.safexml import new_parser
 from exchange.edxml.writer import new_document, new_status, write_package
-from exchange.pki import Credential, create_ca, issue_agency_certificate
+from exchange.pki import Credential, create_ca, empty_crl, issue_agency_certificate, revoke
 from exchange.reasons import Reason
 from exchange.status import Priority, StatusCode, SteeringType
+from tests.keys import odd_credential, sha1_signed_credential, weak_rsa_key
 
 # -- the cast -----------------------------------------------------------------
 
@@ -197,7 +201,14 @@ class World:
 
         ``expired`` (ended a month ago), ``future`` (valid from tomorrow),
         ``nameless`` (no agency code in its subject), all from the trusted
-        CA; ``untrusted``: from another CA with the same name.
+        CA; ``untrusted``: from another CA with the same name. Against the
+        key and certificate policy: ``rsa1024``, ``secp256k1``, ``ca``
+        (the trusted CA itself), ``under_no_keycertsign`` (under an
+        intermediate CA whose KeyUsage lacks keyCertSign), ``sha1_signed``
+        (the CA signed it with SHA-1). ``unregistered``: good, but not the
+        one registered for the office. ``revoked`` and ``stale_crl``: good,
+        until :meth:`write_revocation_lists` revokes the first and leaves
+        the second's intermediate CA with an out-of-date CRL.
         """
         credential = self._issued.get(kind)
         if credential is not None:
@@ -218,6 +229,23 @@ class World:
             )
         elif kind == "nameless":
             credential = issue_agency_certificate(self.ca, None, common_name="Phòng máy chủ")
+        elif kind in ("unregistered", "revoked"):
+            credential = issue_agency_certificate(self.ca, GOVERNMENT_OFFICE, common_name=name)
+        elif kind == "rsa1024":
+            credential = odd_credential(self.ca, GOVERNMENT_OFFICE, key=weak_rsa_key())
+        elif kind == "secp256k1":
+            key = ec.generate_private_key(ec.SECP256K1())
+            credential = odd_credential(self.ca, GOVERNMENT_OFFICE, key=key)
+        elif kind == "ca":
+            credential = self.ca
+        elif kind == "under_no_keycertsign":
+            lax = odd_credential(self.ca, None, is_ca=True, key_cert_sign=False, common_name="Lax")
+            credential = odd_credential(lax, GOVERNMENT_OFFICE)
+        elif kind == "sha1_signed":
+            credential = sha1_signed_credential(self.ca, GOVERNMENT_OFFICE, self._scratch())
+        elif kind == "stale_crl":
+            intermediate = self._stale_intermediate()
+            credential = issue_agency_certificate(intermediate, GOVERNMENT_OFFICE, common_name=name)
         elif kind == "untrusted":
             ca_name = self.ca.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             impostor = create_ca(common_name=str(ca_name[0].value))
@@ -226,6 +254,32 @@ class World:
             raise ValueError(f"no such certificate kind: {kind}")
         self._issued[kind] = credential
         return credential
+
+    def _scratch(self) -> Path:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="hostile-sha1-"))
+
+    def _stale_intermediate(self) -> Credential:
+        intermediate = self._issued.get("stale_intermediate")
+        if intermediate is None:
+            intermediate = create_ca(issuer=self.ca, common_name="Stale intermediate CA")
+            self._issued["stale_intermediate"] = intermediate
+        return intermediate
+
+    def write_revocation_lists(self, directory: Path) -> None:
+        """The CRLs the workers load: the CA's revoking ``revoked``, and an out-of-date one.
+
+        The second is the intermediate CA's of ``stale_crl``, past its
+        nextUpdate by far more than any grace.
+        """
+        revoke(self.ca, self.issued("revoked").certificate, directory)
+        scratch = self._scratch()
+        long_ago = datetime.now(UTC) - timedelta(days=30)
+        stale = empty_crl(
+            self._stale_intermediate(), scratch, at=long_ago, valid_for=timedelta(days=7)
+        )
+        (directory / "stale-intermediate.crl.pem").write_bytes(stale.read_bytes())
 
     def setup_document(self, name: str) -> DocumentPackage:
         """One of :data:`SETUP_DOCUMENTS`, the same package every time it is asked for."""
@@ -740,6 +794,19 @@ def _declare_latin1(data: bytes) -> bytes:
     return _declare(data, "ISO-8859-1")
 
 
+def _bom_and_latin1(data: bytes) -> bytes:
+    return codecs.BOM_UTF8 + _declare(data, "ISO-8859-1")
+
+
+def _comment_in_subject(data: bytes) -> bytes:
+    """A comment cutting the signed Subject: a DOM reader joining its text sees it whole."""
+    return re.sub(rb"(<(?:\w+:)?Subject>[^<]{4})", rb"\1<!-- -->", data, count=1)
+
+
+def _processing_instruction(data: bytes) -> bytes:
+    return re.sub(rb"(<(?:\w+:)?edXMLHeader[^>]*>)", rb'\1<?qlvb route="G09"?>', data, count=1)
+
+
 def _as_utf16(data: bytes) -> bytes:
     return _declare(data, "UTF-16").decode("utf-8").encode("utf-16")
 
@@ -785,6 +852,25 @@ CASES: list[Case] = [
     Case("zip_instead_of_xml", raw(b"PK\x03\x04\x14\x00\x08\x00\x9c\xb7"), Reason.NOT_UTF8),
     Case("empty_body", raw(b""), Reason.NOT_WELL_FORMED, mentions="empty"),
     Case("declared_latin1", bytes_of(_declare_latin1), Reason.NOT_UTF8, mentions="iso-8859-1"),
+    # -- what two readers would read apart (refused before the signature)
+    Case(
+        "bom_with_latin1_declared",
+        bytes_of(_bom_and_latin1),
+        Reason.NOT_WELL_FORMED,
+        mentions="byte-order mark",
+    ),
+    Case(
+        "comment_inside_signed_subject",
+        bytes_of(_comment_in_subject),
+        Reason.NOT_WELL_FORMED,
+        mentions="comment",
+    ),
+    Case(
+        "processing_instruction_in_header",
+        bytes_of(_processing_instruction),
+        Reason.NOT_WELL_FORMED,
+        mentions="processing instruction",
+    ),
     Case("utf16", bytes_of(_as_utf16), Reason.NOT_UTF8, mentions="UTF-16"),
     Case(
         "invalid_utf8_bytes", bytes_of(_invalid_utf8), Reason.NOT_UTF8, mentions="not valid UTF-8"
@@ -837,9 +923,7 @@ CASES: list[Case] = [
     Case(
         "missing_to", letter_with(remove("MessageHeader/To")), Reason.MISSING_FIELD, mentions="To"
     ),
-    Case(
-        "missing_subject", letter_with(remove(SUBJECT)), Reason.MISSING_FIELD, mentions="Subject"
-    ),
+    Case("missing_subject", letter_with(remove(SUBJECT)), Reason.MISSING_FIELD, mentions="Subject"),
     Case(
         "missing_code",
         letter_with(remove("MessageHeader/Code")),
@@ -983,6 +1067,30 @@ CASES: list[Case] = [
     ),
     Case("untrusted_ca", certificate("untrusted"), Reason.CERT_UNTRUSTED),
     Case("certificate_naming_no_agency", certificate("nameless"), Reason.CERT_NO_AGENCY),
+    Case(
+        "certificate_not_the_registered_one",
+        certificate("unregistered"),
+        Reason.CERT_NOT_REGISTERED,
+        mentions="not among the 1 registered",
+    ),
+    Case("revoked_certificate", certificate("revoked"), Reason.CERT_REVOKED, mentions="revoked on"),
+    Case(
+        "ca_revocation_list_out_of_date",
+        certificate("stale_crl"),
+        Reason.CRL_STALE,
+        mentions="Stale intermediate CA",
+    ),
+    # -- key and certificate policy
+    Case("rsa_1024_key", certificate("rsa1024"), Reason.KEY_TOO_WEAK, mentions="RSA-1024"),
+    Case("koblitz_curve_key", certificate("secp256k1"), Reason.KEY_TOO_WEAK, mentions="secp256k1"),
+    Case("signed_by_the_ca_itself", certificate("ca"), Reason.CERT_IS_CA),
+    Case(
+        "intermediate_without_keycertsign",
+        certificate("under_no_keycertsign"),
+        Reason.CA_CANNOT_SIGN,
+        mentions="keyCertSign",
+    ),
+    Case("certificate_signed_with_sha1", certificate("sha1_signed"), Reason.CERT_ALGORITHM),
     # -- algorithms
     Case("sha1_when_disabled", sha1_letter, Reason.SIGNATURE_ALGORITHM, mentions="sha1"),
     Case("homemade_algorithm", bytes_of(unknown_algorithm), Reason.SIGNATURE_ALGORITHM),

@@ -293,6 +293,8 @@ async def run_corpus(exchange: ExchangeUnderTest) -> CorpusRun:
     agencies = {code: await exchange.register(code, name) for code, name in AGENCIES.items()}
     assert exchange.local.ca is not None
     world = World(exchange.local.ca, {code: a.credential for code, a in agencies.items()})
+    # Beside the trust anchor, where the workers look for them at start.
+    world.write_revocation_lists(exchange.local.keys_dir)
     setup_documents, setup_statuses = setup_publications(world)
     hostile = hostile_publications(world)
     valid = valid_traffic(world, len(hostile))
