@@ -856,6 +856,8 @@ async def run_workers(
                 await watchdog
             metrics.CONSUMERS.set(0)
             metrics.BROKER_CONNECTED.set(0)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
     fatal = next((w.fatal for w in workers if w.fatal is not None), None)
     if fatal is not None:
         raise fatal
