@@ -820,3 +820,66 @@ async def test_the_demo_registering_an_agency_again_renews_its_certificate_and_p
         await aio_pika.connect(first.amqp_url)
     rows = await exchange.fetch("SELECT certificate_pem FROM agency_certificates")
     assert [row["certificate_pem"] for row in rows] == [again.credential.cert_pem.decode()]
+
+
+def test_keys_revoke_writes_the_crl_that_verify_crl_honours(
+    tmp_path: Path, lienthong: Callable[..., Outcome]
+) -> None:
+    from tests.packages import document_package
+
+    keys = tmp_path / "keys"
+    assert lienthong("keys", "init", "--dir", str(keys)).status == 0
+    assert lienthong("keys", "issue", "000.00.00.G22", "--dir", str(keys)).status == 0
+    package = tmp_path / "letter.edxml"
+    package.write_text(document_package(), encoding="utf-8")
+    signed = str(tmp_path / "signed.edxml")
+    key, cert = str(keys / "000.00.00.G22.key.pem"), str(keys / "000.00.00.G22.cert.pem")
+    assert lienthong("sign", str(package), "--key", key, "--cert", cert, "-o", signed).status == 0
+    trust = ["--trust", str(keys / "ca.cert.pem")]
+    assert lienthong("verify", signed, *trust).status == cli.EXIT_OK
+
+    revoked = lienthong("keys", "revoke", "000.00.00.G22", "--dir", str(keys))
+    assert revoked.status == 0, revoked.err
+    assert (keys / "ca.crl.pem").exists()
+    refused = lienthong("verify", signed, *trust, "--crl", str(keys / "ca.crl.pem"), "--json")
+    assert refused.status == cli.EXIT_REFUSED, refused.out
+    assert "REJECTED_CERT_REVOKED" in refused.out
+    # The directory of CRLs works too; without any, revocation is not checked.
+    assert lienthong("verify", signed, *trust, "--crl", str(keys)).status == cli.EXIT_REFUSED
+    assert lienthong("verify", signed, *trust).status == cli.EXIT_OK
+    missing = lienthong("keys", "revoke", "000.00.00.G09", "--dir", str(keys))
+    assert "cannot read" in missing.one_line_error()
+
+
+def test_agency_certificates_are_several_added_and_removed_and_sha1_is_per_agency(
+    place: Place, lienthong: Callable[..., Outcome]
+) -> None:
+    first, second, third = (_files(place, CODE)[1] for _ in range(3))
+    added = lienthong(
+        "agency", "add", CODE, "--name", "UBND Hà Nội", "--cert", first, "--cert", second,
+        "--allow-sha1", "--broker-user", place.broker_user(), "--json", *place.services,
+    )  # fmt: skip
+    assert added.status == 0, added.err
+    agency = json.loads(added.out)["agency"]
+    assert len(agency["certificates"]) == 2 and agency["allow_sha1"] is True
+    database = ["--database-url", place.database_url]
+
+    grown = lienthong("agency", "cert", "add", CODE, third, "--json", *database)
+    assert grown.status == 0, grown.err
+    assert len(json.loads(grown.out)["certificates"]) == 3
+    shrunk = lienthong("agency", "cert", "remove", CODE, first, "--json", *database)
+    assert shrunk.status == 0, shrunk.err
+    remaining = json.loads(shrunk.out)["certificates"]
+    assert len(remaining) == 2
+    again = lienthong("agency", "cert", "remove", CODE, first, *database)
+    assert "not registered for" in again.one_line_error()
+    other = _files(place, "000.00.00.G22")[1]
+    wrong = lienthong("agency", "cert", "add", CODE, other, *database)
+    assert "names 000.00.00.G22, not 000.00.00.H26" in wrong.one_line_error()
+
+    assert lienthong("agency", "set", CODE, "--no-allow-sha1", *place.services).status == 0
+    shown = json.loads(lienthong("agency", "show", CODE, "--json", *database).out)
+    assert shown["allow_sha1"] is False
+    assert shown["certificates"] == remaining
+    text = lienthong("agency", "show", CODE, *database).out
+    assert text.count("certificate:") == 2 and "sha-1:         refused" in text
