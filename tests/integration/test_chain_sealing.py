@@ -246,7 +246,16 @@ async def test_chains_sealed_before_migration_0007_go_on_after_it(
     try:
         await migrate(conn, [m for m in shipped if m.version <= 6])
         for code in (SENDER, RECIPIENT):
-            await queries.add_agency(conn, code, f"Cơ quan {code}")
+            # The agencies table as 0006 left it (queries speak the newest schema).
+            await conn.execute(
+                "INSERT INTO agencies (code, name, parent, level, broker_user)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                str(code),
+                f"Cơ quan {code}",
+                None if code.parent is None else str(code.parent),
+                code.level,
+                str(code),
+            )
         async with conn.transaction():
             for number in range(3):
                 message = await record_text(conn, f"sealed by 0006 {number}")
