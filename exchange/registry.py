@@ -37,7 +37,8 @@ from exchange.broker.topology import (
     inbox_queue,
     validate_subscription,
 )
-from exchange.pki import agency_code_of, fingerprint
+from exchange.pki import agency_code_of, check_policy, fingerprint
+from exchange.reasons import Rejection
 from exchange.settings import Settings
 from exchange.store import queries
 from exchange.store.db import Connection, create_pool
@@ -115,6 +116,13 @@ def _check_certificate(code: AgencyCode, certificate_pem: str) -> tuple[str, str
     named = agency_code_of(certificate)
     if named != code:
         raise RegistrationError(f"the certificate names {named or 'no agency'}, not {code}")
+    try:
+        # What the worker would refuse in every package it signs (a CA
+        # certificate, a weak key, a SHA-1 signature) is refused now.
+        check_policy([certificate, certificate])
+    except Rejection as rejection:
+        why = "; ".join(problem.what for problem in rejection.problems)
+        raise RegistrationError(f"the certificate cannot sign packages: {why}") from None
     pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
     return fingerprint(certificate), pem
 

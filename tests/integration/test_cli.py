@@ -883,3 +883,19 @@ def test_agency_certificates_are_several_added_and_removed_and_sha1_is_per_agenc
     assert shown["certificates"] == remaining
     text = lienthong("agency", "show", CODE, *database).out
     assert text.count("certificate:") == 2 and "sha-1:         refused" in text
+
+
+def test_a_certificate_that_cannot_sign_is_not_registered(
+    place: Place, lienthong: Callable[..., Outcome]
+) -> None:
+    from tests.keys import odd_credential, weak_rsa_key
+
+    weak = odd_credential(place.pki.ca, CODE, key=weak_rsa_key())
+    _, cert = weak.write(place.tmp, "weak")
+    refused = lienthong(
+        "agency", "add", CODE, "--name", "UBND Hà Nội", "--cert", str(cert),
+        "--broker-user", place.broker_user(), *place.services,
+    )  # fmt: skip
+    assert "cannot sign packages: the key of" in refused.one_line_error()
+    assert "RSA-1024" in refused.err
+    assert _row(place, CODE) is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+
 import pytest
 
-from exchange.edxml.safexml import parse
+from exchange.edxml.safexml import parse, parse_received
 from exchange.reasons import Reason, Rejection
 from exchange.settings import ParserLimits
 
@@ -96,3 +98,53 @@ def test_rejections_speak_vietnamese_to_the_clerk() -> None:
         parse(b"<r>")
     assert caught.value.explain("vi").startswith("Gói tin không phải XML hợp lệ")
     assert caught.value.code == "REJECTED_NOT_WELL_FORMED"
+
+
+# -- what two readers could read apart (parse_received) ----------------------------
+
+
+def _refusal(data: bytes) -> Rejection:
+    with pytest.raises(Rejection) as caught:
+        parse_received(data)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"<r><a>Ha<!-- x -->Noi</a></r>", "r/a: the package contains an XML comment"),
+        (b"<!-- before --><r/>", "(outside the root element): the package contains an XML comment"),
+        (b"<r/><!-- after -->", "(outside the root element)"),
+        (b'<r><?qlvb route="x"?></r>', "r: the package contains a processing instruction <?qlvb?>"),
+        (b'<?xml-stylesheet href="x"?><r/>', "processing instruction <?xml-stylesheet?>"),
+    ],
+)
+def test_received_package_with_comments_or_processing_instructions_is_refused(
+    data: bytes, said: str
+) -> None:
+    refusal = _refusal(data)
+    assert refusal.reason is Reason.NOT_WELL_FORMED
+    assert said in str(refusal)
+    parse(data)  # the parser itself keeps them, for tools that read samples
+
+
+def test_utf8_mark_with_another_declared_encoding_is_refused_as_two_readings() -> None:
+    data = codecs.BOM_UTF8 + b'<?xml version="1.0" encoding="windows-1258"?><r>x</r>'
+    with pytest.raises(Rejection) as caught:
+        parse(data)
+    assert caught.value.reason is Reason.NOT_WELL_FORMED
+    assert "byte-order mark" in str(caught.value) and "windows-1258" in str(caught.value)
+    # The mark with UTF-8 declared, or nothing declared, is one reading.
+    parse_received(codecs.BOM_UTF8 + b'<?xml version="1.0" encoding="UTF-8"?><r>x</r>')
+    parse_received(codecs.BOM_UTF8 + b"<r>x</r>")
+
+
+def test_encoding_declared_after_long_padding_is_still_read() -> None:
+    data = b'<?xml version="1.0"' + b" " * 300 + b'encoding="ISO-8859-1"?><r>x</r>'
+    with pytest.raises(Rejection) as caught:
+        parse(data)
+    assert caught.value.reason is Reason.NOT_UTF8
+
+
+def test_cdata_is_one_text_for_every_reader_and_accepted() -> None:
+    assert parse_received(b"<r><![CDATA[a < b]]></r>").text == "a < b"
