@@ -35,6 +35,12 @@ FIELDS = (
     "failure",
     "attempt",
     "tier",
+    # the gateway's requests (exchange/gateway)
+    "operation",
+    "system",
+    "agency",
+    "error_code",
+    "doc_id",
 )
 
 # A log line's text is for people; past this it is an accident (an error

@@ -38,7 +38,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange import metrics, report
-from exchange.agency import AgencyCode
+from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
@@ -148,9 +148,24 @@ class Origin:
     published_at: datetime | None = None
 
     @classmethod
-    def of(cls, message: AbstractIncomingMessage, trusted_users: frozenset[str]) -> Origin:
-        """The origin of a message as the worker received it."""
+    def of(
+        cls,
+        message: AbstractIncomingMessage,
+        trusted_users: frozenset[str],
+        gateway_users: frozenset[str] = frozenset(),
+    ) -> Origin:
+        """The origin of a message as the worker received it.
+
+        A gateway's user publishes for the agency its header names
+        (``x-lienthong-agency``): the publisher is then that user acting for
+        that agency (:func:`exchange.broker.headers.on_behalf`), believed
+        from ``gateway_users`` only.
+        """
         headers = message.headers or {}
+        user = message.user_id
+        agency = _text(headers.get(h.AGENCY))
+        if user in gateway_users and agency:
+            user = h.on_behalf(user, agency)
         # The AMQP timestamp has whole seconds; the client adds the publish
         # time to the microsecond. Only latency figures use it, so it is
         # taken from anyone.
@@ -159,11 +174,11 @@ class Origin:
         if published_at is not None and published_at.tzinfo is None:
             published_at = published_at.replace(tzinfo=UTC)
         if message.user_id not in trusted_users:
-            return cls(message.routing_key or "", message.user_id, published_at=published_at)
+            return cls(message.routing_key or "", user, published_at=published_at)
         attempts = headers.get(h.ATTEMPTS, 0)
         return cls(
             routing_key=_text(headers.get(h.RECIPIENT)) or message.routing_key or "",
-            broker_user=_text(headers.get(h.ORIGINAL_USER)) or message.user_id,
+            broker_user=_text(headers.get(h.ORIGINAL_USER)) or user,
             attempts=attempts if isinstance(attempts, int) else 0,
             replay=headers.get(h.REPLAY) is not None,
             published_at=published_at,
@@ -224,9 +239,10 @@ FAULT_POINTS = ("after_receive", "after_commit", "after_publish")
 class Directory:
     """The registered agencies, cached: broker user to agency, and who exists."""
 
-    def __init__(self, pool: Pool) -> None:
-        """A directory read from ``pool`` on first use."""
+    def __init__(self, pool: Pool, gateway_users: frozenset[str] = frozenset()) -> None:
+        """A directory read from ``pool`` on first use; ``gateway_users`` may act for agencies."""
         self._pool = pool
+        self._gateway_users = gateway_users
         self._by_user: dict[str, AgencyCode] = {}
         self._codes: frozenset[AgencyCode] = frozenset()
         self._loaded_at = float("-inf")
@@ -251,6 +267,14 @@ class Directory:
         if not user:
             return None
         await self._fresh()
+        acting = h.acting_for(user)
+        if acting is not None and acting[0] in self._gateway_users:
+            # A gateway's user acting for a registered agency publishes for it.
+            try:
+                agency = AgencyCode.parse(acting[1])
+            except InvalidAgencyCode:
+                return None
+            return agency if await self.is_registered(agency) else None
         if user not in self._by_user:
             await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
         return self._by_user.get(user)
@@ -669,7 +693,8 @@ class Worker:
         self.pool = pool
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
-        self.directory = Directory(pool)
+        self.gateway_users = frozenset(settings.gateway_users)
+        self.directory = Directory(pool, self.gateway_users)
         self.own_user = broker_user_of(settings.amqp_url)
         # Broker users of the exchange itself (workers, the replay tool):
         # only messages they published may carry the original sender, the
@@ -746,7 +771,7 @@ class Worker:
         queue (and a broker that keeps failing will park it by its delivery
         limit).
         """
-        origin = Origin.of(message, self.trusted_users)
+        origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
         try:
             if message.redelivered or _deliveries(message):
