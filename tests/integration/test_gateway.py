@@ -11,9 +11,12 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
+import aio_pika
 import httpx
 import pytest
 
+from exchange.broker.headers import AGENCY
+from exchange.checks.signature import sign
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.model import DocumentPackage, ResponseFor
 from exchange.edxml.reader import read_package
@@ -253,8 +256,6 @@ async def test_an_unsigned_package_of_an_agency_whose_key_the_gateway_lacks_is_r
 async def test_a_package_with_a_real_signature_is_published_as_it_is(
     gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
 ) -> None:
-    from exchange.checks.signature import sign
-
     credential = agencies[G22].credential
     signed = sign(unsigned_document(agencies, [H26]), credential.key_pem, credential.cert_chain_pem)
     reply = await gw.send("SYS-A", G22, signed)
@@ -328,3 +329,55 @@ async def test_healthz_and_a_real_port(gw: GatewayUnderTest) -> None:
         assert (await client.get(f"{root}/healthz")).json() == {"status": "OK"}
         reply = await client.post(f"{endpoint}/noSuchOperation", content=b"{}")
         assert reply.json()["ErrorCode"] == "202"
+
+
+async def _publish(url: str, user: str, body: bytes, recipient: str, message_id: str) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("lienthong.submit", ensure=False)
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, user_id=user, headers={AGENCY: G22}),
+            recipient,
+        )
+    finally:
+        await connection.close()
+
+
+async def test_the_agency_header_is_believed_only_from_gateway_users(
+    exchange: ExchangeUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    credential = agencies[G22].credential
+    package = sign(unsigned_document(agencies, [H26]), credential.key_pem, credential.cert_pem)
+    async with exchange.workers(1):
+        # An agency's own user naming another agency in the header: still itself.
+        await _publish(
+            agencies[H26].amqp_url, exchange.broker_user_for(H26), package, H26, "from-h26"
+        )
+        # The gateway's user (guest, in LIENTHONG_GATEWAY_USERS) acting for G22.
+        await _publish(exchange.settings.amqp_url, "guest", package, H26, "from-gateway")
+        await exchange.wait_settled(2)
+    rows = await exchange.fetch(
+        "SELECT m.amqp_message_id, m.broker_user, s.outcome, s.reason_code, s.sender"
+        " FROM messages m JOIN message_state s ON s.message_pk = m.id"
+    )
+    by_id = {row["amqp_message_id"]: row for row in rows}
+    assert by_id["from-h26"]["outcome"] == "rejected"
+    assert by_id["from-h26"]["reason_code"] == "REJECTED_SENDER_MISMATCH"
+    assert by_id["from-h26"]["broker_user"] == exchange.broker_user_for(H26)
+    assert by_id["from-gateway"]["outcome"] == "delivered"
+    assert by_id["from-gateway"]["broker_user"] == f"guest for {G22}"
+    assert by_id["from-gateway"]["sender"] == G22
+
+
+async def test_without_the_setting_the_gateways_header_is_not_believed(
+    exchange: ExchangeUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    exchange.local.settings = exchange.local.settings.model_copy(update={"gateway_users": []})
+    credential = agencies[G22].credential
+    package = sign(unsigned_document(agencies, [H26]), credential.key_pem, credential.cert_pem)
+    async with exchange.workers(1):
+        await _publish(exchange.settings.amqp_url, "guest", package, H26, "unlisted-gateway")
+        await exchange.wait_settled(1)
+    outcome = await exchange.fetchval("SELECT outcome FROM message_state")
+    assert outcome == "rejected"
