@@ -17,14 +17,16 @@ import base64
 import contextlib
 import hashlib
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -59,6 +61,11 @@ from exchange.store.db import Pool, create_pool
 
 log = logging.getLogger("exchange.gateway")
 
+# The SDK sets no HTTP timeout: a request the gateway never answers hangs the
+# QLVB. Past this, the gateway answers 901 (try again) whatever it waits for
+# (a database or broker away). Checking and signing a 64 MB package takes
+# seconds; this leaves room for a loaded machine.
+REQUEST_TIMEOUT_S = 120.0
 # Bodies of the operations other than sendEdoc are "{}" or a small JSON object.
 MAX_SMALL_BODY_BYTES = 64 * 1024
 # sendEdoc's body is the package and the CRLF the SDK writes after it.
@@ -109,7 +116,7 @@ class Gateway:
     mover_refresh_s: float | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _mover_task: asyncio.Task[None] | None = None
-    _credentials: dict[AgencyCode, Credential | None] = field(default_factory=dict)
+    _credentials: dict[AgencyCode, Credential] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.context = CheckContext(
@@ -169,9 +176,10 @@ class Gateway:
             handler = _OPERATIONS.get(operation)
             if handler is None:
                 raise GatewayError.of(ErrorCode.UNKNOWN_OPERATION, operation)
-            system = await self._authenticate(headers)
-            system_id = system.system_id
-            result = await handler(self, system, headers, read_body)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                system = await self._authenticate(headers)
+                system_id = system.system_id
+                result = await handler(self, system, headers, read_body)
         except GatewayError as error:
             outcome = error.code
             result = refusal(error, **always)
@@ -217,13 +225,16 @@ class Gateway:
         return system
 
     def credential_of(self, agency: AgencyCode) -> Credential | None:
-        """The agency's key and certificate in the keys directory, or ``None``."""
-        if agency not in self._credentials:
-            found = None
-            if self.keys_dir is not None and (self.keys_dir / f"{agency}.key.pem").exists():
-                found = Credential.read(self.keys_dir, str(agency))
-            self._credentials[agency] = found
-        return self._credentials[agency]
+        """The agency's key and certificate in the keys directory, or ``None``.
+
+        A key found is kept for the process's life; a key not found is looked
+        for again next time (an operator may add it while the gateway runs).
+        """
+        found = self._credentials.get(agency)
+        keys = self.keys_dir
+        if found is None and keys is not None and (keys / f"{agency}.key.pem").exists():
+            found = self._credentials[agency] = Credential.read(keys, str(agency))
+        return found
 
     # -- the operations ---------------------------------------------------------------
 
@@ -601,3 +612,25 @@ def create_app(gateway: Gateway, *, manage_lifetime: bool = True) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, ending with exit status 0 after a graceful SIGINT or SIGTERM.
+
+    uvicorn raises the signal again once it has shut down, so the process
+    would end killed by it; ``lienthong gateway`` ends like ``lienthong
+    worker``: its work finished, status 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Shut down gracefully on SIGINT and SIGTERM, then restore the handlers."""
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -127,7 +127,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from exchange.cli import EXIT_OK, CommandError
-    from exchange.gateway.app import Gateway, create_app
+    from exchange.gateway.app import Gateway, GatewayServer, create_app
     from exchange.logs import configure_logging
     from exchange.pki import TrustStore
     from exchange.store.db import create_pool
@@ -164,7 +164,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # this long), then the mover finishes the messages it is inserting.
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = GatewayServer(config)
     await server.serve()
     if not server.started:
         raise CommandError(
