@@ -381,3 +381,39 @@ async def test_without_the_setting_the_gateways_header_is_not_believed(
         await exchange.wait_settled(1)
     outcome = await exchange.fetchval("SELECT outcome FROM message_state")
     assert outcome == "rejected"
+
+
+async def test_fail_and_processing_keep_an_item_listed_and_done_takes_it_off(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    assert (await gw.send("SYS-A", G22, unsigned_document(agencies, [H26])))["ErrorCode"] == "0"
+    (item,) = await gw.wait_received("SYS-B", 1)
+    assert item["status"] == "pending"
+    await gw.get("SYS-B", item["docId"])
+    for state in ("processing", "fail"):
+        assert (await gw.confirm("SYS-B", item["docId"], state))["ErrorCode"] == "0"
+        (again,) = await gw.wait_received("SYS-B", 1)
+        assert again["docId"] == item["docId"] and again["status"] == state
+    assert (await gw.confirm("SYS-B", item["docId"], "read"))["ErrorCode"] == "402"
+    # Another system cannot see, fetch or confirm it.
+    assert (await gw.call("getEdoc", "SYS-A", {"docId": item["docId"]}))["ErrorCode"] == "401"
+    assert (await gw.confirm("SYS-A", item["docId"]))["ErrorCode"] == "401"
+    assert (await gw.confirm("SYS-B", item["docId"]))["ErrorCode"] == "0"
+    await gw.exchange.fetch("UPDATE gateway_mailbox SET leased_until = NULL")
+    assert await gw.received("SYS-B") == []
+
+
+async def test_a_stale_doc_id_in_get_sent_edoc_list_lists_every_submission(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    first = await gw.send("SYS-A", G22, unsigned_document(agencies, [H26], 1))
+    second = await gw.send("SYS-A", G22, unsigned_document(agencies, [H26, G09], 2))
+    params = {"servicetype": "eDoc", "messagetype": "edoc"}
+    one = await gw.call("getSentEdocList", "SYS-A", {**params, "docId": first["DocId"]})
+    assert [line["senderDocId"] for line in one["data"]] == [first["DocId"]]
+    stale = await gw.call("getSentEdocList", "SYS-A", {**params, "docId": "0" * 24})
+    assert sorted((line["senderDocId"], line["toCode"]) for line in stale["data"]) == sorted(
+        [(first["DocId"], H26), (second["DocId"], H26), (second["DocId"], G09)]
+    )
+    # Another system's submissions are not listed.
+    assert (await gw.call("getSentEdocList", "SYS-B", params))["data"] == []
