@@ -14,10 +14,6 @@ missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v xmlsec1 >/dev/null 2>&1 || missing+=(xmlsec1)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-# Prometheus (server and promtool): the alert rule tests and the real scrape
-# test run their own server on a free port; the package's service is unused.
-command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # The national axis SDK (../shared/clients/vxp) for the gateway's java tests:
 # its dependencies from Debian, found in /usr/share/java by the tests.
 for jar in httpclient:libhttpclient-java httpcore:libhttpcore-java httpmime:libhttpmime-java \
@@ -25,6 +21,10 @@ for jar in httpclient:libhttpclient-java httpcore:libhttpcore-java httpmime:libh
            commons-logging:libcommons-logging-java; do
   [ -f "/usr/share/java/${jar%%:*}.jar" ] || missing+=("${jar#*:}")
 done
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Prometheus (server and promtool): the alert rule tests and the real scrape
+# test run their own server on a free port; the package's service is unused.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root apt-get update -qq
