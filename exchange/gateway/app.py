@@ -38,6 +38,7 @@ from exchange.broker import headers as h
 from exchange.broker.connection import ConfirmingPublisher, connect, is_connected
 from exchange.broker.topology import SUBMIT_EXCHANGE
 from exchange.edxml.model import VIETNAM_TIME
+from exchange.failures import Failure, classify
 from exchange.gateway import auth
 from exchange.gateway.auth import Headers
 from exchange.gateway.mover import MailboxMover, new_doc_id
@@ -184,10 +185,13 @@ class Gateway:
             outcome = error.code
             result = refusal(error, **always)
             self._log_refusal(operation, system_id, headers, error)
-        except Exception:
-            unavailable = GatewayError.of(ErrorCode.UNAVAILABLE)
-            outcome = unavailable.code
-            result = refusal(unavailable, **always)
+        except Exception as failure:
+            # The database or the broker away (or the request's time up):
+            # try again later; anything else is the gateway's own fault.
+            transient = classify(failure) is not Failure.INTERNAL
+            failed = GatewayError.of(ErrorCode.UNAVAILABLE if transient else ErrorCode.INTERNAL)
+            outcome = failed.code
+            result = refusal(failed, **always)
             log.exception(
                 "%s failed", operation, extra={"operation": operation, "system": system_id}
             )

@@ -417,3 +417,14 @@ async def test_a_stale_doc_id_in_get_sent_edoc_list_lists_every_submission(
     )
     # Another system's submissions are not listed.
     assert (await gw.call("getSentEdocList", "SYS-B", params))["data"] == []
+
+
+async def test_with_the_database_away_the_reply_says_to_try_again(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    assert gw.gateway.pool is not None
+    await gw.gateway.pool.close()
+    reply = await gw.send("SYS-A", G22, unsigned_document(agencies, [H26]))
+    assert (reply["status"], reply["ErrorCode"], reply["DocId"]) == ("FAIL", "901", "")
+    listed = await gw.call("getReceivedEdocList", "SYS-B", {"messagetype": "edoc"})
+    assert (listed["ErrorCode"], listed["data"]) == ("901", [])
