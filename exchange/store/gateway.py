@@ -414,3 +414,11 @@ async def mailbox_depths(conn: Connection) -> dict[tuple[str, str], int]:
         " WHERE state <> 'done' GROUP BY agency, message_type"
     )
     return {(row["agency"], row["message_type"]): row["n"] for row in rows}
+
+
+async def oldest_unconfirmed(conn: Connection) -> datetime | None:
+    """When the oldest item not confirmed (``done``) came into a mailbox; ``None`` if none."""
+    oldest: datetime | None = await conn.fetchval(
+        "SELECT min(received_at) FROM gateway_mailbox WHERE state <> 'done'"
+    )
+    return oldest

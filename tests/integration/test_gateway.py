@@ -428,3 +428,21 @@ async def test_with_the_database_away_the_reply_says_to_try_again(
     assert (reply["status"], reply["ErrorCode"], reply["DocId"]) == ("FAIL", "901", "")
     listed = await gw.call("getReceivedEdocList", "SYS-B", {"messagetype": "edoc"})
     assert (listed["ErrorCode"], listed["data"]) == ("901", [])
+
+
+async def test_mailbox_depths_and_the_oldest_unconfirmed_item(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    from exchange.store import gateway as store
+
+    async with gw.exchange.db() as conn:
+        assert await store.oldest_unconfirmed(conn) is None
+    assert (await gw.send("SYS-A", G22, unsigned_document(agencies, [H26])))["ErrorCode"] == "0"
+    (item,) = await gw.wait_received("SYS-B", 1)
+    async with gw.exchange.db() as conn:
+        depths = await store.mailbox_depths(conn)
+        assert depths[(H26, "edoc")] == 1
+        assert await store.oldest_unconfirmed(conn) is not None
+    await gw.confirm("SYS-B", item["docId"])
+    async with gw.exchange.db() as conn:
+        assert (H26, "edoc") not in await store.mailbox_depths(conn)
