@@ -446,3 +446,17 @@ async def test_mailbox_depths_and_the_oldest_unconfirmed_item(
     await gw.confirm("SYS-B", item["docId"])
     async with gw.exchange.db() as conn:
         assert (H26, "edoc") not in await store.mailbox_depths(conn)
+
+
+async def test_every_answer_is_reported_to_the_observers(gw: GatewayUnderTest) -> None:
+    seen: list[tuple[str, str, float, str | None]] = []
+    gw.gateway.observers.append(lambda *answer: seen.append(answer))
+    await gw.received("SYS-B")
+    await gw.call("getEdoc", "SYS-B", {"docId": "nothing"})
+    await gw.http.post(f"{BASE_PATH}/getEdoc", content=b"{}")
+    assert [(op, outcome, system) for op, outcome, _, system in seen] == [
+        ("getReceivedEdocList", "0", "SYS-B"),
+        ("getEdoc", "401", "SYS-B"),
+        ("getEdoc", "101", None),
+    ]
+    assert all(seconds >= 0 for _, _, seconds, _ in seen)
