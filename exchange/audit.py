@@ -660,12 +660,11 @@ def add_commands(
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit or the chain verification and print the report."""
-    # exchange.cli imports this module to build its parser.
-    from exchange.cli import EXIT_OK, EXIT_REFUSED, _run, _settings
+    from exchange.commands import EXIT_OK, EXIT_REFUSED, run, settings_from_args
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
 
-    async def run() -> int:
+    async def audit_run() -> int:
         report: AuditReport | ChainReport = (
             await verify_chains(settings) if args.verify_chain else await audit(settings)
         )
@@ -677,7 +676,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return EXIT_OK if report.ok else EXIT_REFUSED
 
-    return _run(run())
+    return run(audit_run())
 
 
 __all__ = [

@@ -1599,7 +1599,7 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark; print the table or the JSON; progress goes to stderr."""
-    from exchange.cli import EXIT_OK, CommandError, _run
+    from exchange.commands import EXIT_OK, CommandError, run
 
     if args.amqp_url or args.database_url or args.rabbitmq_api_url:
         # The bench makes its own vhost and database on these servers.
@@ -1618,7 +1618,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return EXIT_OK
 
         try:
-            return _run(drop())
+            return run(drop())
         except ValueError as error:
             raise CommandError(str(error)) from None
     try:
@@ -1634,7 +1634,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else table(result))
         return EXIT_OK
 
-    return _run(bench())
+    return run(bench())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

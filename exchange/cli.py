@@ -1,36 +1,60 @@
 """The ``lienthong`` command: keys, signing, checking, and running the exchange.
 
 Every subcommand prints what a person needs on a terminal and, with
-``--json``, what a program needs. Failures print a sentence, never a stack
-trace, and set a non-zero exit status.
+``--json``, what a program needs (docs/cli.md). Failures print one line,
+``lienthong: ...``, never a stack trace (``--debug`` shows it), and set exit
+status 2; 1 means some input was refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exchange import aio
+from exchange.commands import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    CommandError,
+    ServiceOptions,
+    TimeExpressionError,
+    parse_time,
+    print_json,
+    report_error,
+    run,
+    settings_from_args,
+)
 from exchange.reasons import Rejection
 
 if TYPE_CHECKING:
     from exchange.client import AgencyClient
     from exchange.edxml.model import DocumentPackage, Organization
-    from exchange.settings import Settings
+    from exchange.store.records import Agency
 
-# Exit statuses: 0 all good, 1 some input was refused, 2 the command could not run.
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_ERROR = 2
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "CommandError",
+    "TimeExpressionError",
+    "build_parser",
+    "main",
+    "parse_time",
+]
 
 
-class CommandError(Exception):
-    """A command could not run; the message is for the person at the terminal."""
+def default_language() -> str:
+    """``vi`` when the locale is Vietnamese (LC_ALL, LC_MESSAGES or LANG), else ``en``."""
+    for variable in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        if value := os.environ.get(variable):
+            return "vi" if value.lower().startswith("vi") else "en"
+    return "en"
 
 
 @dataclass
@@ -46,13 +70,14 @@ class FileVerdict:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def refused(cls, file: str, rejection: Rejection) -> FileVerdict:
-        """The verdict for a file refused with ``rejection``."""
+    def refused(cls, file: str, rejection: Rejection, language: str = "en") -> FileVerdict:
+        """The verdict for a file refused with ``rejection`` (the reason in ``language``)."""
+        reason = rejection.reason
         return cls(
             file,
             False,
             reason_code=rejection.code,
-            reason=rejection.reason.english,
+            reason=reason.vietnamese if language == "vi" else reason.english,
             problems=[str(p) for p in rejection.problems],
         )
 
@@ -69,7 +94,7 @@ class FileVerdict:
 
 def _report(verdicts: list[FileVerdict], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([v.__dict__ for v in verdicts], ensure_ascii=False, indent=2))
+        print_json([v.__dict__ for v in verdicts])
     else:
         for verdict in verdicts:
             print(verdict.line())
@@ -130,24 +155,47 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign a package with an agency key and certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     from exchange.checks.signature import sign
 
     data = _read_file(args.input)
+    key, cert = _read_file(args.key), _read_file(args.cert)
     try:
-        signed = sign(data, _read_file(args.key), _read_file(args.cert), digest=args.digest)
+        load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise CommandError(
+            f"--key {args.key} is not an unencrypted PEM private key (a certificate given "
+            "as the key?)"
+        ) from None
+    try:
+        x509.load_pem_x509_certificate(cert)
+    except ValueError:
+        raise CommandError(f"--cert {args.cert} is not a PEM certificate") from None
+    output = None if args.output == "-" else Path(args.output)
+    if output is not None and not output.parent.is_dir():
+        raise CommandError(f"cannot write {output}: the folder {output.parent} does not exist")
+    try:
+        signed = sign(data, key, cert, digest=args.digest)
     except Rejection as rejection:
-        print(FileVerdict.refused(args.input, rejection).line(), file=sys.stderr)
+        print(FileVerdict.refused(args.input, rejection, args.lang).line(), file=sys.stderr)
         return EXIT_REFUSED
-    if args.output == "-":
+    except ValueError as error:
+        raise CommandError(f"cannot sign with {args.key} and {args.cert}: {error}") from None
+    if output is None:
         sys.stdout.buffer.write(signed)
-    else:
-        Path(args.output).write_bytes(signed)
-        print(f"signed {args.input} -> {args.output}")
+        return EXIT_OK
+    try:
+        output.write_bytes(signed)
+    except OSError as error:
+        raise CommandError(f"cannot write {output}: {error.strerror}") from None
+    print(f"signed {args.input} -> {output}")
     return EXIT_OK
 
 
 def _check_files(
-    files: Sequence[str], check: Callable[[str, bytes], FileVerdict]
+    files: Sequence[str], check: Callable[[str, bytes], FileVerdict], language: str
 ) -> list[FileVerdict]:
     verdicts = []
     for file in files:
@@ -155,7 +203,7 @@ def _check_files(
         try:
             verdicts.append(check(file, data))
         except Rejection as rejection:
-            verdicts.append(FileVerdict.refused(file, rejection))
+            verdicts.append(FileVerdict.refused(file, rejection, language))
     return verdicts
 
 
@@ -177,7 +225,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def check(file: str, data: bytes) -> FileVerdict:
         return FileVerdict(file, True, kind=_kind(_read_checked(data), StatusPackage))
 
-    return _report(_check_files(args.files, check), args.json)
+    return _report(_check_files(args.files, check, args.lang), args.json)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -192,7 +240,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             summary = summarize(_read_checked(data))
         except Rejection as rejection:
             refused = True
-            verdict = FileVerdict.refused(file, rejection)
+            verdict = FileVerdict.refused(file, rejection, args.lang)
             shown.append({"file": file, "ok": False, **_refusal_json(verdict)})
             if not args.json:
                 print(verdict.line())
@@ -206,7 +254,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             for line in summary_lines(summary):
                 print(line)
     if args.json:
-        print(json.dumps(shown, ensure_ascii=False, indent=2))
+        print_json(shown)
     return EXIT_REFUSED if refused else EXIT_OK
 
 
@@ -244,7 +292,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file, True, signer=str(verified.agency), kind=_kind(package, StatusPackage)
         )
 
-    return _report(_check_files(args.files, check), args.json)
+    return _report(_check_files(args.files, check, args.lang), args.json)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -258,46 +306,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # -- running the exchange -------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by the command's options."""
-    from exchange.settings import Settings
-
-    overrides = {
-        name: value
-        for name in ("amqp_url", "database_url", "rabbitmq_api_url", "trust")
-        if (value := getattr(args, name, None)) is not None
-    }
-    return Settings(**overrides)
-
-
-def _run(coroutine: Coroutine[Any, Any, int]) -> int:
-    """Run a command's coroutine, turning connection failures into a sentence."""
-    import asyncpg
-    from aiormq.exceptions import AMQPConnectionError
-
-    try:
-        return aio.run(coroutine)
-    except (OSError, AMQPConnectionError) as error:
-        raise CommandError(
-            f"cannot reach RabbitMQ or PostgreSQL ({error}); are they running? "
-            "`bash scripts/setup.sh` starts them"
-        ) from None
-    except asyncpg.PostgresError as error:
-        raise CommandError(f"the database refused: {error}") from None
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     """Apply database migrations and declare the core broker topology."""
+    from exchange.commands import address_of
     from exchange.worker import prepare
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
 
     async def init() -> int:
         await prepare(settings)
-        print("database migrated and core topology declared")
+        if args.json:
+            print_json(
+                {
+                    "database": address_of(settings.database_url),
+                    "broker": address_of(settings.amqp_url),
+                    "migrated": True,
+                    "topology_declared": True,
+                }
+            )
+        else:
+            print("database migrated and core topology declared")
         return EXIT_OK
 
-    return _run(init())
+    return run(init())
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
@@ -317,40 +348,180 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_agency_add(args: argparse.Namespace) -> int:
-    """Register an agency: directory row, broker user, inbox and status queues."""
+def _agency_code(text: str, option: str = "") -> Any:
+    """An agency code from the command line, or a one-line error naming the option."""
     from exchange.agency import AgencyCode, InvalidAgencyCode
-    from exchange.registry import RegistrationError, register_agency
 
     try:
-        code = AgencyCode.parse(args.code)
+        return AgencyCode.parse(text)
     except InvalidAgencyCode as error:
-        raise CommandError(str(error)) from None
+        raise CommandError(f"{option + ' ' if option else ''}{error}") from None
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """The broker password from ``--password-stdin`` (first line of stdin), or none."""
+    if not args.password_stdin:
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise CommandError("--password-stdin: no password on standard input")
+    return line
+
+
+def agency_json(agency: Agency) -> dict[str, Any]:
+    """An agency as JSON (``agency list``, ``show``, ``add``, ``set``)."""
+    certificate: dict[str, str | None] | None = None
+    if agency.certificate_pem is not None:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(agency.certificate_pem.encode())
+            certificate = {
+                "subject": cert.subject.rfc4514_string(),
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            }
+        except ValueError:
+            certificate = {"subject": None, "not_before": None, "not_after": None}
+    return {
+        "code": str(agency.code),
+        "name": agency.name,
+        "level": agency.level,
+        "parent": None if agency.parent is None else str(agency.parent),
+        "broker_user": agency.broker_user,
+        "subscriptions": list(agency.subscriptions),
+        "registered_at": agency.registered_at.isoformat(),
+        "certificate": certificate,
+    }
+
+
+def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
+    from exchange.broker.topology import inbox_queue, status_queue
+
+    agency = registration.agency
+    if as_json:
+        print_json(
+            {
+                "agency": agency_json(agency),
+                "queues": [inbox_queue(agency.code), status_queue(agency.code)],
+                "broker_user": registration.broker_user,
+                "password": registration.password,
+            }
+        )
+        return
+    print(f"{verb} {agency.code} (level {agency.level}) {agency.name}")
+    print(f"  queues: lienthong.inbox.{agency.code}, lienthong.status.{agency.code}")
+    subscribed = ", ".join(agency.subscriptions) or "none"
+    print(f"  subscriptions: {subscribed}")
+    print(f"  certificate: {'yes' if agency.certificate_pem else 'none'}")
+    if registration.password is not None:
+        print(f"  broker user: {registration.broker_user}")
+        print(f"  broker password: {registration.password}  (shown once; keep it safe)")
+
+
+def cmd_agency_add(args: argparse.Namespace) -> int:
+    """Register a new agency: directory row, broker user, inbox and status queues."""
+    from exchange.registry import RegistrationError, register_agency
+
+    code = _agency_code(args.code)
     certificate = _read_file(args.cert).decode() if args.cert else None
+    password = _password(args)
+    settings = settings_from_args(args)
 
     async def add() -> int:
         try:
             registration = await register_agency(
-                _settings(args),
+                settings,
                 code,
                 args.name,
                 certificate_pem=certificate,
                 subscriptions=args.subscribe or (),
                 broker_user=args.broker_user,
-                password=args.password,
+                password=password,
                 provision_user=not args.no_broker_user,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
-        agency = registration.agency
-        print(f"registered {agency.code} (level {agency.level}) {agency.name}")
-        print(f"  queues: lienthong.inbox.{agency.code}, lienthong.status.{agency.code}")
-        if registration.password is not None:
-            print(f"  broker user: {registration.broker_user}")
-            print(f"  broker password: {registration.password}  (shown once; keep it safe)")
+        _print_registration(registration, "registered", args.json)
         return EXIT_OK
 
-    return _run(add())
+    return run(add())
+
+
+def cmd_agency_set(args: argparse.Namespace) -> int:
+    """Change what is given of a registered agency; the rest stays as it is."""
+    from exchange.registry import RegistrationError, change_agency
+
+    code = _agency_code(args.code)
+    certificate = _read_file(args.cert).decode() if args.cert else None
+    password = _password(args)
+    subscriptions = None
+    if args.no_subscriptions:
+        subscriptions = []
+    elif args.subscribe is not None:
+        subscriptions = args.subscribe
+    settings = settings_from_args(args)
+
+    async def change() -> int:
+        try:
+            registration = await change_agency(
+                settings,
+                code,
+                name=args.name,
+                certificate_pem=certificate,
+                subscriptions=subscriptions,
+                password=password,
+                new_password=args.new_password,
+            )
+        except RegistrationError as error:
+            raise CommandError(str(error)) from None
+        _print_registration(registration, "changed", args.json)
+        return EXIT_OK
+
+    return run(change())
+
+
+def cmd_agency_show(args: argparse.Namespace) -> int:
+    """Print one agency's registration."""
+    from exchange.store import queries
+    from exchange.store.db import connect
+
+    code = _agency_code(args.code)
+    settings = settings_from_args(args)
+
+    async def show() -> int:
+        conn = await connect(settings)
+        try:
+            agency = await queries.get_agency(conn, code)
+        finally:
+            await conn.close()
+        if agency is None:
+            raise CommandError(f"agency {code} is not registered")
+        shown = agency_json(agency)
+        if args.json:
+            print_json(shown)
+            return EXIT_OK
+        certificate = shown["certificate"]
+        fields = [
+            ("code", shown["code"]),
+            ("name", shown["name"]),
+            ("level", str(shown["level"])),
+            ("parent", shown["parent"] or "-"),
+            ("broker user", shown["broker_user"]),
+            ("subscriptions", ", ".join(shown["subscriptions"]) or "none"),
+            ("registered", shown["registered_at"]),
+            (
+                "certificate",
+                "none"
+                if certificate is None
+                else f"{certificate['subject']} until {certificate['not_after']}",
+            ),
+        ]
+        for name, value in fields:
+            print(f"{name + ':':<15}{value}")
+        return EXIT_OK
+
+    return run(show())
 
 
 def cmd_agency_list(args: argparse.Namespace) -> int:
@@ -358,30 +529,16 @@ def cmd_agency_list(args: argparse.Namespace) -> int:
     from exchange.store import queries
     from exchange.store.db import connect
 
+    settings = settings_from_args(args)
+
     async def listing() -> int:
-        conn = await connect(_settings(args))
+        conn = await connect(settings)
         try:
             agencies = await queries.list_agencies(conn)
         finally:
             await conn.close()
         if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "code": str(a.code),
-                            "name": a.name,
-                            "level": a.level,
-                            "parent": None if a.parent is None else str(a.parent),
-                            "broker_user": a.broker_user,
-                            "subscriptions": list(a.subscriptions),
-                        }
-                        for a in agencies
-                    ],
-                    ensure_ascii=False,
-                    indent=2,
-                )
-            )
+            print_json([agency_json(a) for a in agencies])
             return EXIT_OK
         registered = {a.code for a in agencies}
         for agency in agencies:
@@ -395,19 +552,27 @@ def cmd_agency_list(args: argparse.Namespace) -> int:
         print(f"{len(agencies)} agencies")
         return EXIT_OK
 
-    return _run(listing())
+    return run(listing())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run workers until interrupted (SIGINT or SIGTERM)."""
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
+    from exchange.pki import TrustStore
     from exchange.worker import run_workers
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_format)
     if settings.trust is None:
         raise CommandError("no trust anchors: pass --trust CA.pem or set LIENTHONG_TRUST")
+    try:
+        TrustStore.load(settings.trust)
+    except (OSError, ValueError) as error:
+        raise CommandError(
+            f"cannot load the trust anchors from {settings.trust}: "
+            f"{getattr(error, 'strerror', None) or error}"
+        ) from None
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
 
     async def work() -> int:
@@ -418,7 +583,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"stopped after {processed} messages")
         return EXIT_OK
 
-    return _run(work())
+    return run(work())
 
 
 def _agency_client(args: argparse.Namespace) -> AgencyClient:
@@ -428,7 +593,17 @@ def _agency_client(args: argparse.Namespace) -> AgencyClient:
     credential = None
     if getattr(args, "key", None) and getattr(args, "cert", None):
         credential = Credential(_read_file(args.key), _read_file(args.cert))
-    return AgencyClient(args.agency, _settings(args).amqp_url, credential=credential)
+    from exchange.edxml.model import Organization
+
+    agency = _agency_code(args.agency, "--as")
+    # edXML needs an OrganName in From: the name given, or else the code.
+    name = getattr(args, "sender_name", None) or str(agency)
+    return AgencyClient(
+        agency,
+        settings_from_args(args).amqp_url,
+        credential=credential,
+        organization=Organization(organ_id=agency, organ_name=name),
+    )
 
 
 def _document_from_options(args: argparse.Namespace, sender_code: str) -> DocumentPackage:
@@ -519,34 +694,64 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     async def send() -> int:
         async with _agency_client(args) as client:
-            ids = await client.send_document(document)
-        print(
-            f"sent {args.number}/{args.notation} to {len(ids)} recipient(s): " + ", ".join(args.to)
-        )
+            message_ids = await client.send_document(document)
+        if args.json:
+            print_json(
+                {
+                    "document_id": document.document_id,
+                    "recipients": [str(code) for code in document.recipient_codes],
+                    "message_ids": message_ids,
+                }
+            )
+        else:
+            print(
+                f"sent {document.document_id} to {len(message_ids)} recipient(s): "
+                + ", ".join(str(code) for code in document.recipient_codes)
+            )
         return EXIT_OK
 
-    return _run(send())
+    return run(send())
+
+
+def _idle(args: argparse.Namespace) -> float | None:
+    """How long ``inbox`` and ``statuses`` wait for news: for ever with ``--follow``."""
+    return None if args.follow else args.idle
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     """Save each received package in DIR, then acknowledge it."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot make the folder {out}: {error.strerror}") from None
 
     async def drain() -> int:
         count = 0
         async with _agency_client(args) as client:
-            async for item in client.inbox(idle_timeout=args.idle):
+            async for item in client.inbox(idle_timeout=_idle(args)):
                 name = item.message_id.replace(":", "_").replace("/", "_") or f"item-{count}"
                 path = out / f"{name}.edxml"
                 path.write_bytes(item.body)
                 await item.ack()
                 count += 1
-                print(f"{path}  from {item.sender}  {item.document_id}")
-        print(f"{count} document(s) saved in {out}")
+                if args.json:
+                    print_json(
+                        {
+                            "file": str(path),
+                            "sender": None if item.sender is None else str(item.sender),
+                            "document_id": item.document_id,
+                            "message_id": item.message_id,
+                        },
+                        lines=True,
+                    )
+                else:
+                    print(f"{path}  from {item.sender}  {item.document_id}", flush=True)
+        if not args.json:
+            print(f"{count} document(s) saved in {out}")
         return EXIT_OK
 
-    return _run(drain())
+    return run(drain())
 
 
 def cmd_statuses(args: argparse.Namespace) -> int:
@@ -554,7 +759,7 @@ def cmd_statuses(args: argparse.Namespace) -> int:
 
     async def drain() -> int:
         async with _agency_client(args) as client:
-            async for item in client.statuses(idle_timeout=args.idle):
+            async for item in client.statuses(idle_timeout=_idle(args)):
                 if item.is_receipt:
                     line = item.receipt.model_dump(mode="json")
                 else:
@@ -567,11 +772,14 @@ def cmd_statuses(args: argparse.Namespace) -> int:
                         "description": status.description,
                         "timestamp": status.timestamp.isoformat(),
                     }
-                print(json.dumps(line, ensure_ascii=False) if args.json else _status_line(line))
+                if args.json:
+                    print_json(line, lines=True)
+                else:
+                    print(_status_line(line), flush=True)
                 await item.ack()
         return EXIT_OK
 
-    return _run(drain())
+    return run(drain())
 
 
 def _status_line(item: dict[str, Any]) -> str:
@@ -602,26 +810,35 @@ def cmd_report_status(args: argparse.Namespace) -> int:
     async def report() -> int:
         async with _agency_client(args) as client:
             await client.report_status(document, code, args.description)
-        print(
-            f"reported {code.value} for {document.document_id or args.document} "
-            f"to {document.sender.organ_id}"
-        )
+        if args.json:
+            print_json(
+                {
+                    "document_id": document.document_id,
+                    "status_code": code.value,
+                    "to": str(document.sender.organ_id),
+                }
+            )
+        else:
+            print(
+                f"reported {code.value} for {document.document_id or args.document} "
+                f"to {document.sender.organ_id}"
+            )
         return EXIT_OK
 
-    return _run(report())
+    return run(report())
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print a document's timeline: submitted, then per recipient each receipt and status."""
-    from exchange.agency import AgencyCode
     from exchange.edxml.model import VIETNAM_TIME
     from exchange.store import queries
     from exchange.store.db import connect
 
-    sender = AgencyCode.parse(args.sender) if args.sender else None
+    sender = _agency_code(args.sender, "--sender") if args.sender else None
+    settings = settings_from_args(args)
 
     async def tracing() -> int:
-        conn = await connect(_settings(args))
+        conn = await connect(settings)
         try:
             traces = await queries.trace(conn, args.document, sender)
         finally:
@@ -630,7 +847,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             print(f"no document {args.document!r} is recorded", file=sys.stderr)
             return EXIT_REFUSED
         if args.json:
-            print(json.dumps([_trace_json(t) for t in traces], ensure_ascii=False, indent=2))
+            print_json([_trace_json(t) for t in traces])
             return EXIT_OK
         for trace in traces:
             doc = trace.document
@@ -646,7 +863,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                     print(f"     {when:%Y-%m-%d %H:%M:%S%z}  {event.kind.value:<7} {label} {extra}")
         return EXIT_OK
 
-    return _run(tracing())
+    return run(tracing())
 
 
 def _trace_json(trace: Any) -> dict[str, Any]:
@@ -681,14 +898,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the four-level demo and print what every sender sees."""
     from exchange.demo import run_demo
 
+    settings = settings_from_args(args)
+
     async def demo() -> int:
-        table = await run_demo(_settings(args), Path(args.keys), workers=args.workers)
+        table = await run_demo(settings, Path(args.keys), workers=args.workers)
         print()
         print("What every sender sees (from its own status queue):")
         print(table)
         return EXIT_OK
 
-    return _run(demo())
+    return run(demo())
 
 
 # -- the parser ---------------------------------------------------------------
@@ -696,49 +915,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    import shtab
+
     parser = argparse.ArgumentParser(
         prog="lienthong",
         description="Electronic document exchange between Vietnamese state agencies "
         "(edXML, QCVN 102:2016).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="on a failure, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    language = argparse.ArgumentParser(add_help=False)
+    language.add_argument(
+        "--lang",
+        choices=["vi", "en"],
+        default=default_language(),
+        help="language of the reasons for the clerk (default: vi when the locale is "
+        "Vietnamese, else en)",
+    )
 
     keys = commands.add_parser("keys", help="development CA and agency certificates")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     init = keys_commands.add_parser("init", help="create a development CA")
-    init.add_argument("--dir", required=True, help="directory for ca.key.pem and ca.cert.pem")
+    _completes(
+        init.add_argument("--dir", required=True, help="directory for ca.key.pem and ca.cert.pem"),
+        shtab.DIRECTORY,
+    )
     init.add_argument("--name", default="lienthong development CA", help="the CA's common name")
     init.add_argument("--key-type", default="ecdsa-p256", choices=_key_types())
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(handler=cmd_keys_init)
     issue = keys_commands.add_parser("issue", help="issue an agency key and certificate")
     issue.add_argument("code", help="agency code, e.g. 000.00.00.G22")
-    issue.add_argument("--dir", required=True, help="the CA directory; files are written there")
+    _completes(
+        issue.add_argument(
+            "--dir", required=True, help="the CA directory; files are written there"
+        ),
+        shtab.DIRECTORY,
+    )
     issue.add_argument("--name", help="the agency's name for the certificate subject")
     issue.add_argument("--key-type", default="rsa-2048", choices=_key_types())
     issue.set_defaults(handler=cmd_keys_issue)
 
-    sign = commands.add_parser("sign", help="sign a package (XML-DSig, enveloped)")
-    sign.add_argument("input", help="the package to sign")
-    sign.add_argument("--key", required=True, help="the agency's private key (PEM)")
-    sign.add_argument("--cert", required=True, help="the agency's certificate (PEM)")
+    sign = commands.add_parser(
+        "sign", parents=[language], help="sign a package (XML-DSig, enveloped)"
+    )
+    _completes(sign.add_argument("input", help="the package to sign"), shtab.FILE)
+    _completes(
+        sign.add_argument("--key", required=True, help="the agency's private key (PEM)"), shtab.FILE
+    )
+    _completes(
+        sign.add_argument("--cert", required=True, help="the agency's certificate (PEM)"),
+        shtab.FILE,
+    )
     sign.add_argument("--digest", default="sha256", choices=["sha256", "sha384", "sha512"])
     sign.add_argument("-o", "--output", required=True, help="where to write; - for stdout")
     sign.set_defaults(handler=cmd_sign)
 
-    verify = commands.add_parser("verify", help="verify packages' signatures")
-    verify.add_argument("files", nargs="+", metavar="FILE")
-    verify.add_argument("--trust", required=True, help="CA certificate(s): a PEM file or a dir")
+    verify = commands.add_parser("verify", parents=[language], help="verify packages' signatures")
+    _completes(verify.add_argument("files", nargs="+", metavar="FILE"), shtab.FILE)
+    _completes(
+        verify.add_argument(
+            "--trust", required=True, help="CA certificate(s): a PEM file or a dir"
+        ),
+        shtab.FILE,
+    )
     verify.add_argument("--allow-sha1", action="store_true", help="accept legacy SHA-1")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(handler=cmd_verify)
 
-    validate = commands.add_parser("validate", help="check packages against the edXML schema")
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate = commands.add_parser(
+        "validate", parents=[language], help="check packages against the edXML schema"
+    )
+    _completes(validate.add_argument("files", nargs="+", metavar="FILE"), shtab.FILE)
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=cmd_validate)
 
-    show = commands.add_parser("show", help="print what packages say (no signature check)")
+    show = commands.add_parser(
+        "show", parents=[language], help="print what packages say (no signature check)"
+    )
     show.add_argument("files", nargs="+", metavar="FILE")
     show.add_argument("--json", action="store_true", help="one JSON object per file, in a list")
     show.set_defaults(handler=cmd_show)
@@ -747,22 +1003,36 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("name", choices=["receipt"])
     schema.set_defaults(handler=cmd_schema)
 
-    services = argparse.ArgumentParser(add_help=False)
-    services.add_argument("--amqp-url", help="RabbitMQ (default LIENTHONG_AMQP_URL)")
-    services.add_argument("--database-url", help="PostgreSQL (default LIENTHONG_DATABASE_URL)")
-    services.add_argument(
-        "--rabbitmq-api-url", help="RabbitMQ management API (default LIENTHONG_RABBITMQ_API_URL)"
-    )
-    agency_side = argparse.ArgumentParser(add_help=False, parents=[services])
+    # Each command offers the connection options of the services it uses.
+    options = ServiceOptions.build()
+    amqp, database = options.amqp, options.database
+    services = options.every
+    agency_side = argparse.ArgumentParser(add_help=False, parents=[amqp])
     agency_side.add_argument(
         "--as", dest="agency", required=True, metavar="CODE", help="the agency acting (its code)"
     )
     signing = argparse.ArgumentParser(add_help=False)
-    signing.add_argument("--key", required=True, help="the agency's private key (PEM)")
-    signing.add_argument("--cert", required=True, help="the agency's certificate (PEM)")
+    _completes(
+        signing.add_argument("--key", required=True, help="the agency's private key (PEM)"),
+        shtab.FILE,
+    )
+    _completes(
+        signing.add_argument("--cert", required=True, help="the agency's certificate (PEM)"),
+        shtab.FILE,
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the broker user's password from the first line of standard input",
+    )
 
     init_cmd = commands.add_parser(
-        "init", parents=[services], help="migrate the database, declare the core topology"
+        "init",
+        parents=[amqp, database, as_json],
+        help="migrate the database, declare the core topology",
     )
     init_cmd.set_defaults(handler=cmd_init)
 
@@ -775,10 +1045,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     agency = commands.add_parser("agency", help="the agency directory")
     agency_commands = agency.add_subparsers(dest="agency_command", required=True, metavar="ACTION")
-    add = agency_commands.add_parser("add", parents=[services], help="register an agency")
+    add = agency_commands.add_parser(
+        "add",
+        parents=[services, password, as_json],
+        help="register a new agency (refused if the code is registered)",
+    )
     add.add_argument("code", help="agency code, e.g. 000.00.00.H26")
     add.add_argument("--name", required=True, help="the agency's name")
-    add.add_argument("--cert", help="its signing certificate (PEM); must name the code")
+    _completes(
+        add.add_argument("--cert", help="its signing certificate (PEM); must name the code"),
+        shtab.FILE,
+    )
     add.add_argument(
         "--subscribe",
         action="append",
@@ -786,19 +1063,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="also receive what is addressed to a subtree, e.g. '*.*.*.H26'",
     )
     add.add_argument("--broker-user", help="its RabbitMQ user (default: the code)")
-    add.add_argument("--password", help="the broker user's password (default: generated)")
     add.add_argument(
         "--no-broker-user",
         action="store_true",
         help="leave the broker user alone (managed elsewhere)",
     )
     add.set_defaults(handler=cmd_agency_add)
-    listing = agency_commands.add_parser("list", parents=[services], help="list agencies as a tree")
-    listing.add_argument("--json", action="store_true")
+    change = agency_commands.add_parser(
+        "set",
+        parents=[services, password, as_json],
+        help="change a registered agency: only what is given",
+    )
+    change.add_argument("code", help="agency code")
+    change.add_argument("--name", help="its new name")
+    _completes(
+        change.add_argument("--cert", help="its new signing certificate (PEM); must name the code"),
+        shtab.FILE,
+    )
+    subscribing = change.add_mutually_exclusive_group()
+    subscribing.add_argument(
+        "--subscribe",
+        action="append",
+        metavar="PATTERN",
+        help="its subscriptions: replace the list with these (repeat for several)",
+    )
+    subscribing.add_argument(
+        "--no-subscriptions", action="store_true", help="remove every subscription"
+    )
+    change.add_argument(
+        "--new-password",
+        action="store_true",
+        help="generate a new broker password (printed once); --password-stdin gives one",
+    )
+    change.set_defaults(handler=cmd_agency_set)
+    show = agency_commands.add_parser(
+        "show", parents=[database, as_json], help="one agency's registration"
+    )
+    show.add_argument("code", help="agency code")
+    show.set_defaults(handler=cmd_agency_show)
+    listing = agency_commands.add_parser(
+        "list", parents=[database, as_json], help="list agencies as a tree"
+    )
     listing.set_defaults(handler=cmd_agency_list)
 
-    worker = commands.add_parser("worker", parents=[services], help="run workers")
-    worker.add_argument("--trust", help="CA certificate(s) (default LIENTHONG_TRUST)")
+    worker = commands.add_parser("worker", parents=[amqp, database], help="run workers")
+    _completes(
+        worker.add_argument("--trust", help="CA certificate(s) (default LIENTHONG_TRUST)"),
+        shtab.FILE,
+    )
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
     worker.add_argument(
         "--metrics-port",
@@ -827,12 +1139,17 @@ def build_parser() -> argparse.ArgumentParser:
     document_options.add_argument(
         "--sender-name", required=True, help="the sending agency's name (OrganName)"
     )
-    document_options.add_argument("--attach", action="append", metavar="FILE", help="attach a file")
+    _completes(
+        document_options.add_argument(
+            "--attach", action="append", metavar="FILE", help="attach a file"
+        ),
+        shtab.FILE,
+    )
 
     send = commands.add_parser(
         "send",
-        parents=[agency_side, signing, document_options],
-        help="build, sign and send a document",
+        parents=[agency_side, signing, document_options, as_json],
+        help="build, sign and send a document; prints its DocumentId",
     )
     send.set_defaults(handler=cmd_send)
 
@@ -847,10 +1164,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", required=True, help="where to write; - for stdout")
     build.set_defaults(handler=cmd_build)
 
-    inbox = commands.add_parser(
-        "inbox", parents=[agency_side], help="save received documents and acknowledge them"
+    following = argparse.ArgumentParser(add_help=False)
+    following.add_argument(
+        "--follow", action="store_true", help="keep waiting for news until interrupted (Ctrl-C)"
     )
-    inbox.add_argument("--out", required=True, help="directory to save packages in")
+
+    inbox = commands.add_parser(
+        "inbox",
+        parents=[agency_side, following, as_json],
+        help="save received documents and acknowledge them",
+    )
+    _completes(
+        inbox.add_argument("--out", required=True, help="directory to save packages in"),
+        shtab.DIRECTORY,
+    )
     inbox.add_argument(
         "--idle",
         type=float,
@@ -860,34 +1187,49 @@ def build_parser() -> argparse.ArgumentParser:
     inbox.set_defaults(handler=cmd_inbox)
 
     statuses = commands.add_parser(
-        "statuses", parents=[agency_side], help="print receipts and statuses, and acknowledge them"
+        "statuses",
+        parents=[agency_side, following, as_json],
+        help="print receipts and statuses, and acknowledge them",
     )
     statuses.add_argument(
         "--idle", type=float, default=2.0, help="stop after this many seconds without news"
     )
-    statuses.add_argument("--json", action="store_true")
     statuses.set_defaults(handler=cmd_statuses)
 
     report = commands.add_parser(
         "report-status",
-        parents=[agency_side, signing],
+        parents=[agency_side, signing, as_json],
         help="report a status for a received document",
     )
-    report.add_argument("document", help="the received package (a file saved by `inbox`)")
+    _completes(
+        report.add_argument("document", help="the received package (a file saved by `inbox`)"),
+        shtab.FILE,
+    )
     report.add_argument("--code", required=True, help="StatusCode: 01..06, 15, 16")
     report.add_argument("--description", help="what happened, for the sender's clerk")
+    report.add_argument(
+        "--sender-name", help="the reporting agency's name for OrganName (default: the code)"
+    )
     report.set_defaults(handler=cmd_report_status)
 
-    trace = commands.add_parser("trace", parents=[services], help="a document's timeline")
+    trace = commands.add_parser("trace", parents=[database, as_json], help="a document's timeline")
     trace.add_argument("document", help="its DocumentId")
     trace.add_argument("--sender", help="the sender's code, if several sent that id")
-    trace.add_argument("--json", action="store_true")
     trace.set_defaults(handler=cmd_trace)
 
     demo = commands.add_parser("demo", parents=[services], help="run the four-level demo")
-    demo.add_argument("--keys", default="var/demo-keys", help="where the demo CA and keys go")
+    _completes(
+        demo.add_argument("--keys", default="var/demo-keys", help="where the demo CA and keys go"),
+        shtab.DIRECTORY,
+    )
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
     demo.set_defaults(handler=cmd_demo)
+
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script (bash, zsh or tcsh)"
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.set_defaults(handler=cmd_completion)
 
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
@@ -896,12 +1238,34 @@ def build_parser() -> argparse.ArgumentParser:
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands
 
-    add_replay_commands(commands, services)
+    add_replay_commands(commands, options)
     add_report_commands(commands, services)
     add_audit_commands(commands, services)
     add_bench_commands(commands, services)
-    add_gateway_commands(commands, services)
+    add_gateway_commands(commands, options)
     return parser
+
+
+def _completes(action: argparse.Action, kind: Any) -> None:
+    """Tell shtab what the option takes (``shtab.FILE``, ``shtab.DIRECTORY``) for completion."""
+    action.complete = kind  # type: ignore[attr-defined]
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell`` for every command and option."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lienthong")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _key_types() -> list[str]:
@@ -910,16 +1274,44 @@ def _key_types() -> list[str]:
     return [k.value for k in KeyType]
 
 
+def _log_warnings(*, debug: bool) -> None:
+    """Warnings of the exchange's own modules on stderr; the libraries' only with ``--debug``.
+
+    aiormq and aio-pika log each failed connection attempt before raising;
+    the failure itself is the one line :func:`main` prints. ``lienthong
+    worker`` replaces this with the workers' structured logs.
+    """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lienthong: %(levelname)s: %(name)s: %(message)s"))
+    if not debug:
+        handler.addFilter(lambda record: record.name.startswith("exchange"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Whatever stops a command becomes one line on stderr, ``lienthong: ...``,
+    and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
+    """
     args = build_parser().parse_args(argv)
+    _log_warnings(debug=args.debug)
     try:
         return int(args.handler(args))
-    except CommandError as error:
-        print(f"lienthong: {error}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        try:
+            settings = settings_from_args(args)
+        except Exception:  # the settings themselves are what failed
+            settings = None
+        return report_error(error, settings, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from exchange.edxml.model import (
 )
 from exchange.edxml.writer import new_document
 from exchange.pki import Credential, KeyType, create_ca, issue_agency_certificate
-from exchange.registry import register_agency
+from exchange.registry import AgencyExistsError, change_agency, register_agency
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome, life_order
 from exchange.worker import prepare, run_workers
@@ -106,14 +106,26 @@ class LocalExchange:
         credential = issue_agency_certificate(
             self.ca, agency, common_name=name, key_type=key_type, directory=self.keys_dir
         )
-        registration = await register_agency(
-            self.settings,
-            agency,
-            name,
-            certificate_pem=credential.cert_pem.decode(),
-            subscriptions=subscriptions,
-            broker_user=broker_user,
-        )
+        try:
+            registration = await register_agency(
+                self.settings,
+                agency,
+                name,
+                certificate_pem=credential.cert_pem.decode(),
+                subscriptions=subscriptions,
+                broker_user=broker_user,
+            )
+        except AgencyExistsError:
+            # The demo run again on the same database: its new certificate and
+            # a new password for the broker user it had.
+            registration = await change_agency(
+                self.settings,
+                agency,
+                name=name,
+                certificate_pem=credential.cert_pem.decode(),
+                subscriptions=subscriptions,
+                new_password=True,
+            )
         local = LocalAgency(agency, name, credential, registration.amqp_url)
         self.agencies[agency] = local
         return local

@@ -20,7 +20,20 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+
+# No ``*_created`` series: every counter and histogram would otherwise export
+# one more series per label set (when it was created), which no dashboard or
+# alert reads (``rate`` and ``increase`` cope with restarts without it) and
+# which Prometheus would store for every worker process.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 # Per-stage costs run from tens of microseconds (reading a status) to tens of
 # milliseconds (verifying a large package on a loaded machine).

@@ -1,27 +1,43 @@
 """Registering an agency on the exchange: directory row, broker user, queues.
 
-The three must agree: the directory maps the broker user to the agency (so
-the worker can trust ``user_id``), the broker user may only publish to the
-submit exchange and read the agency's own queues, and the queues exist before
-anything is delivered to them.
+Registering, and changing a registration, is all or nothing: the directory
+row is written in a transaction that commits after the broker steps, and a
+failure on the way undoes the broker steps already done. The three must
+agree: the directory maps the broker user to the agency (so the worker can
+trust ``user_id``), the broker user may only publish to the submit exchange
+and read the agency's own queues, and the queues exist before anything is
+delivered to them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aiormq.exceptions
+from aio_pika.abc import AbstractRobustConnection
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
 from exchange.broker.connection import connect, declare
-from exchange.broker.topology import agency_topology, validate_subscription
+from exchange.broker.topology import (
+    DELIVER_EXCHANGE,
+    agency_topology,
+    inbox_queue,
+    validate_subscription,
+)
 from exchange.pki import agency_code_of
 from exchange.settings import Settings
 from exchange.store import queries
+from exchange.store.db import Connection
 from exchange.store.db import connect as db_connect
 from exchange.store.records import Agency
+
+log = logging.getLogger(__name__)
 
 # Long enough that guessing is hopeless, short enough to paste into a QLVB's
 # configuration screen.
@@ -30,6 +46,10 @@ PASSWORD_BYTES = 18
 
 class RegistrationError(ValueError):
     """An agency cannot be registered as asked; the message says why."""
+
+
+class AgencyExistsError(RegistrationError):
+    """The agency is registered already."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,107 @@ def url_for_user(amqp_url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _check_certificate(code: AgencyCode, certificate_pem: str | None) -> None:
+    """A certificate, when given, must be a PEM certificate naming this agency."""
+    if certificate_pem is None:
+        return
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        raise RegistrationError("the certificate file is not a PEM certificate") from None
+    named = agency_code_of(certificate)
+    if named != code:
+        raise RegistrationError(f"the certificate names {named or 'no agency'}, not {code}")
+
+
+def _patterns(subscriptions: Sequence[str]) -> list[str]:
+    try:
+        return [validate_subscription(p) for p in subscriptions]
+    except ValueError as error:
+        raise RegistrationError(str(error)) from None
+
+
+class _Undo:
+    """What a registration did so far, undone in reverse order when a later step fails."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+
+    def add(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        self._steps.append((what, step))
+
+    async def run(self, error: BaseException) -> None:
+        """Undo every step; what could not be undone is logged and noted on ``error``."""
+        for what, step in reversed(self._steps):
+            try:
+                await step()
+            except Exception as failure:  # each step is tried, whatever befell another
+                log.warning("could not undo: %s (%s)", what, failure)
+                error.add_note(f"left behind: {what}")
+
+
+@contextlib.asynccontextmanager
+async def _all_or_nothing(settings: Settings) -> AsyncIterator[tuple[Connection, _Undo]]:
+    """A database transaction and an undo list: committed together, or both rolled back."""
+    undo = _Undo()
+    conn = await db_connect(settings)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        committed = False
+        try:
+            yield conn, undo
+            await transaction.commit()
+            committed = True
+        except BaseException as error:
+            if not committed and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+            await undo.run(error)
+            raise
+    finally:
+        await conn.close()
+
+
+async def _queue_exists(connection: AbstractRobustConnection, name: str) -> bool:
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+async def _declare_queues(
+    settings: Settings, code: AgencyCode, patterns: Sequence[str], undo: _Undo
+) -> None:
+    """Declare the agency's queues; the undo deletes those that did not exist before."""
+    topology = agency_topology(code, patterns)
+    connection = await connect(settings.amqp_url, name="lienthong-registry")
+    try:
+        new = [q.name for q in topology.queues if not await _queue_exists(connection, q.name)]
+
+        async def delete_new_queues() -> None:
+            again = await connect(settings.amqp_url, name="lienthong-registry")
+            try:
+                channel = await again.channel()
+                for name in new:
+                    await channel.queue_delete(name)
+            finally:
+                await again.close()
+
+        undo.add(f"queues {', '.join(new)}", delete_new_queues)
+        channel = await connection.channel()
+        await declare(channel, topology)
+    finally:
+        await connection.close()
+
+
 async def register_agency(
     settings: Settings,
     code: AgencyCode,
@@ -67,30 +188,23 @@ async def register_agency(
     password: str | None = None,
     provision_user: bool = True,
 ) -> Registration:
-    """Register (or update) an agency: directory row, broker user, queues.
+    """Register a new agency: directory row, broker user, queues; all of them or none.
 
     A certificate, when given, must name this agency. With
-    ``provision_user``, the broker user is created (or its password reset)
-    with the permissions of :func:`exchange.broker.topology.agency_permissions`;
-    a password is generated when none is given.
+    ``provision_user``, the broker user is created with the permissions of
+    :func:`exchange.broker.topology.agency_permissions`; a password is
+    generated when none is given. The row is written in a transaction that
+    commits only once the broker user and the queues exist; a failure on
+    the way removes the user and the queues this call created.
+    :class:`AgencyExistsError` when the code is registered already
+    (:func:`change_agency` changes a registration).
     """
-    if certificate_pem is not None:
-        from cryptography import x509
-
-        try:
-            certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
-        except ValueError:
-            raise RegistrationError("the certificate file is not a PEM certificate") from None
-        named = agency_code_of(certificate)
-        if named != code:
-            raise RegistrationError(f"the certificate names {named or 'no agency'}, not {code}")
-    try:
-        patterns = [validate_subscription(p) for p in subscriptions]
-    except ValueError as error:
-        raise RegistrationError(str(error)) from None
+    _check_certificate(code, certificate_pem)
+    patterns = _patterns(subscriptions)
     user = broker_user or str(code)
-    conn = await db_connect(settings)
-    try:
+    admin = BrokerAdmin(settings.rabbitmq_api_url) if provision_user else None
+    secret = None
+    async with _all_or_nothing(settings) as (conn, undo):
         try:
             agency = await queries.add_agency(
                 conn,
@@ -100,22 +214,96 @@ async def register_agency(
                 certificate_pem=certificate_pem,
                 subscriptions=patterns,
             )
+        except queries.AgencyExistsError as error:
+            raise AgencyExistsError(str(error)) from None
         except queries.AgencyConflictError as error:
             raise RegistrationError(str(error)) from None
-    finally:
-        await conn.close()
+        if admin is not None:
+            existed = await admin.user_exists(user)
+            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            await admin.provision_agency_user(
+                code, secret, vhost=vhost_of(settings.amqp_url), user=user
+            )
+            if not existed:
+                undo.add(f"broker user {user}", lambda: admin.delete_user(user))
+        await _declare_queues(settings, code, patterns, undo)
+    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
+    return Registration(agency, user, secret, url)
+
+
+async def change_agency(
+    settings: Settings,
+    code: AgencyCode,
+    *,
+    name: str | None = None,
+    certificate_pem: str | None = None,
+    subscriptions: Sequence[str] | None = None,
+    password: str | None = None,
+    new_password: bool = False,
+) -> Registration:
+    """Change what is given of a registered agency; what is not given stays as it is.
+
+    ``subscriptions`` replaces the subscription list (and the inbox's
+    bindings); ``password`` (or a generated one with ``new_password``) is
+    the broker user's new password. All or nothing, as :func:`register_agency`.
+    """
+    _check_certificate(code, certificate_pem)
+    patterns = None if subscriptions is None else _patterns(subscriptions)
+    secret = None
+    async with _all_or_nothing(settings) as (conn, undo):
+        before = await queries.get_agency(conn, code)
+        if before is None:
+            raise RegistrationError(
+                f"agency {code} is not registered; `lienthong agency add {code}` registers it"
+            )
+        agency = await queries.update_agency(
+            conn, code, name=name, certificate_pem=certificate_pem, subscriptions=patterns
+        )
+        if patterns is not None:
+            await _rebind(settings, code, before.subscriptions, patterns, undo)
+        if password is not None or new_password:
+            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            admin = BrokerAdmin(settings.rabbitmq_api_url)
+            await admin.provision_agency_user(
+                code, secret, vhost=vhost_of(settings.amqp_url), user=before.broker_user
+            )
+    user = agency.broker_user
+    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
+    return Registration(agency, user, secret, url)
+
+
+async def _rebind(
+    settings: Settings,
+    code: AgencyCode,
+    before: Sequence[str],
+    after: Sequence[str],
+    undo: _Undo,
+) -> None:
+    """Bind the inbox to the patterns added, unbind it from those removed."""
+    own = code.routing_key
+    added = [p for p in after if p not in before and p != own]
+    removed = [p for p in before if p not in after and p != own]
+    inbox = inbox_queue(code)
     connection = await connect(settings.amqp_url, name="lienthong-registry")
     try:
         channel = await connection.channel()
-        await declare(channel, agency_topology(code, patterns))
+        queue = await channel.get_queue(inbox, ensure=False)
+
+        async def restore() -> None:
+            again = await connect(settings.amqp_url, name="lienthong-registry")
+            try:
+                back = await (await again.channel()).get_queue(inbox, ensure=False)
+                for pattern in added:
+                    await back.unbind(DELIVER_EXCHANGE, routing_key=pattern)
+                for pattern in removed:
+                    await back.bind(DELIVER_EXCHANGE, routing_key=pattern)
+            finally:
+                await again.close()
+
+        undo.add(f"bindings of {inbox}", restore)
+        for pattern in added:
+            await queue.bind(DELIVER_EXCHANGE, routing_key=pattern)
+        for pattern in removed:
+            await queue.unbind(DELIVER_EXCHANGE, routing_key=pattern)
     finally:
         await connection.close()
-    secret = None
-    if provision_user:
-        secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
-        admin = BrokerAdmin(settings.rabbitmq_api_url)
-        await admin.provision_agency_user(
-            code, secret, vhost=vhost_of(settings.amqp_url), user=user
-        )
-    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
-    return Registration(agency, user, secret, url)

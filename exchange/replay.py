@@ -29,16 +29,14 @@ import asyncio
 import contextlib
 import getpass
 import hashlib
-import json
 import os
-import re
 import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +47,17 @@ from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
 from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, PublishError, connect
 from exchange.broker.topology import DEFAULT_EXCHANGE, PARKED_QUEUE, WORK_QUEUE
+from exchange.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    CommandError,
+    ServiceOptions,
+    TimeExpressionError,
+    parse_time,
+    print_json,
+    run,
+    settings_from_args,
+)
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.failures import Failure
 from exchange.reasons import Reason
@@ -94,33 +103,6 @@ class ReplayError(ValueError):
 
 
 # -- what to replay: filters and selection (pure) ------------------------------
-
-_RELATIVE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(text: str, *, now: datetime) -> datetime:
-    """An instant from the command line.
-
-    ``2h``, ``30m``, ``7d`` mean that long before ``now``; ``2024-05-01`` is
-    midnight and ``2024-05-01T14:30`` that time, in Vietnam time unless an
-    offset is given (``2024-05-01T07:30+00:00``).
-    """
-    text = text.strip()
-    if match := _RELATIVE.fullmatch(text):
-        return now - timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
-    try:
-        if len(text) == len("2024-05-01"):
-            day = date.fromisoformat(text)
-            return datetime(day.year, day.month, day.day, tzinfo=VIETNAM_TIME)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ReplayError(
-            f"{text!r} is not a time: give a date (2024-05-01), a date and time "
-            "(2024-05-01T14:30, Vietnam time unless an offset is given) or a span "
-            "back from now (30m, 2h, 7d)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
 
 
 def reason_codes(text: str) -> tuple[str, ...]:
@@ -183,8 +165,11 @@ class Filters:
     ) -> Filters:
         """Filters from the command line's words; :class:`ReplayError` says what is wrong."""
         now = now or datetime.now(UTC)
-        start = None if since is None else parse_time(since, now=now)
-        end = None if until is None else parse_time(until, now=now)
+        try:
+            start = None if since is None else parse_time(since, now=now)
+            end = None if until is None else parse_time(until, now=now)
+        except TimeExpressionError as error:
+            raise ReplayError(str(error)) from None
         if start is not None and end is not None and start >= end:
             raise ReplayError(f"--since {since} is not before --until {until}")
         refused = {TransportOutcome.REJECTED.value, TransportOutcome.PARKED.value}
@@ -1129,23 +1114,21 @@ def _command(
     body: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]],
 ) -> Callable[[argparse.Namespace], int]:
     """A handler running ``body`` with the command's settings; replay errors become sentences."""
-    from exchange import cli
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            return cli._run(body(args, cli._settings(args)))
+            return run(body(args, settings_from_args(args)))
         except ReplayError as error:
-            raise cli.CommandError(str(error)) from None
+            raise CommandError(str(error)) from None
 
     return handler
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
+    print_json(value)
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK
 
     filters = _filters(args)
     limit = args.limit or None
@@ -1170,7 +1153,6 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _show(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK
 
     detail = await show_message(settings, args.id)
     if args.body == "-":
@@ -1231,7 +1213,6 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK, EXIT_REFUSED
 
     selection = _selection(args)
     if not args.yes:
@@ -1268,7 +1249,6 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _history(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK
 
     replays = await replay_history(settings, limit=args.limit or None)
     if args.json:
@@ -1334,9 +1314,14 @@ def describe_result(result: Mapping[str, Any]) -> str:
 
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    services_parent: argparse.ArgumentParser,
+    options: ServiceOptions,
 ) -> None:
-    """Add ``lienthong replay`` (list, show, run, history) to the command line."""
+    """Add ``lienthong replay`` (list, show, run, history) to the command line.
+
+    ``list`` (``--queue`` reads the parked queue) and ``run`` use RabbitMQ and
+    PostgreSQL; ``show`` and ``history`` only PostgreSQL.
+    """
+    broker_and_database = [options.amqp, options.database]
     replay = commands.add_parser(
         "replay", help="list, show and replay rejected and parked messages"
     )
@@ -1350,7 +1335,7 @@ def add_commands(
     filters.add_argument("--outcome", choices=["rejected", "parked"])
 
     listing = actions.add_parser(
-        "list", parents=[services_parent, filters], help="rejected and parked messages"
+        "list", parents=[*broker_and_database, filters], help="rejected and parked messages"
     )
     listing.add_argument(
         "--queue", action="store_true", help="what waits in lienthong.parked (given back)"
@@ -1361,7 +1346,7 @@ def add_commands(
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_command(_list))
 
-    show = actions.add_parser("show", parents=[services_parent], help="one message in full")
+    show = actions.add_parser("show", parents=[options.database], help="one message in full")
     show.add_argument("id", type=int, help="the message's id (from `replay list`)")
     show.add_argument("--body", metavar="FILE", help="write the package to FILE (- for stdout)")
     show.add_argument("--json", action="store_true")
@@ -1369,7 +1354,7 @@ def add_commands(
 
     run = actions.add_parser(
         "run",
-        parents=[services_parent, filters],
+        parents=[*broker_and_database, filters],
         help="replay messages through the workers (a dry run unless --yes)",
     )
     run.add_argument("ids", nargs="*", type=int, metavar="ID", help="message ids")
@@ -1391,7 +1376,7 @@ def add_commands(
     run.set_defaults(handler=_command(_run_command))
 
     history = actions.add_parser(
-        "history", parents=[services_parent], help="the replays run, who ran them and the result"
+        "history", parents=[options.database], help="the replays run, who ran them and the result"
     )
     history.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     history.add_argument("--json", action="store_true")

@@ -20,11 +20,9 @@ dashboards and alerts see them without anyone running the command.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -32,6 +30,15 @@ from cryptography import x509
 from exchange import metrics
 from exchange.agency import AgencyCode, AgencyGroup
 from exchange.broker.topology import INBOX_QUEUE_PREFIX
+from exchange.commands import (
+    EXIT_OK,
+    CommandError,
+    TimeExpressionError,
+    parse_time,
+    print_json,
+    run,
+    settings_from_args,
+)
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.status import StatusCode
 
@@ -481,58 +488,27 @@ def format_report(report: Report) -> str:
 
 # -- the command ------------------------------------------------------------------------
 
-_AGE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[mhdw])")
-_UNITS = {
-    "m": timedelta(minutes=1),
-    "h": timedelta(hours=1),
-    "d": timedelta(days=1),
-    "w": timedelta(weeks=1),
-}
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """The start of the period: an age (``30d``, ``12h``, ``2w``, ``90m``) or a date or time.
-
-    A date is its midnight in Vietnam; a time without a zone is Vietnam time.
-    """
-    text = text.strip()
-    age = _AGE.fullmatch(text)
-    if age:
-        return now - int(age["amount"]) * _UNITS[age["unit"]]
-    try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(), VIETNAM_TIME)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"--since {text!r} is neither an age (30d, 12h, 2w, 90m) nor a date "
-            "(2025-01-31) or a time (2025-01-31T08:00)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
-
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the connectivity report: agencies connected, inbox backlogs, overdue statuses."""
-    from exchange import cli
-
     now = datetime.now(UTC)
     try:
-        since = parse_since(args.since, now)
-    except ValueError as error:
-        raise cli.CommandError(str(error)) from None
+        since = parse_time(args.since, now=now)
+    except TimeExpressionError as error:
+        raise CommandError(f"--since {error}") from None
     if since >= now:
-        raise cli.CommandError(f"--since {args.since} is not in the past")
-    settings = cli._settings(args)
+        raise CommandError(f"--since {args.since} is not in the past")
+    settings = settings_from_args(args)
 
     async def reporting() -> int:
         report = await build_report(settings, since, until=now, overdue_limit=args.overdue_limit)
         if args.json:
-            print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
+            print_json(report_json(report))
         else:
             print(format_report(report))
-        return cli.EXIT_OK
+        return EXIT_OK
 
-    return cli._run(reporting())
+    return run(reporting())
 
 
 def add_commands(

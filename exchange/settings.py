@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # A 20 MB document with a few zipped attachments, base64-encoded (x 4/3),
 # stays well under this; anything larger is not a document but an accident.
@@ -26,8 +33,69 @@ class ParserLimits(BaseSettings):
     max_depth: int = Field(DEFAULT_MAX_DEPTH, gt=2)
 
 
+# Settings that carry a password. Each can also be read from a file named by
+# LIENTHONG_<NAME>_FILE (a Docker or systemd secret), so that the password is
+# neither on a command line nor in the environment of every process.
+SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url")
+
+ENV_PREFIX = "LIENTHONG_"
+
+
+class SettingsError(ValueError):
+    """The settings contradict each other or a secret file cannot be read."""
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """``LIENTHONG_<NAME>_FILE``: a secret setting read from that file (final newline dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """One field's value from its file, if ``LIENTHONG_<NAME>_FILE`` is set."""
+        variable = f"{ENV_PREFIX}{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if field_name not in SECRET_SETTINGS or not path:
+            return None, field_name, False
+        if os.environ.get(f"{ENV_PREFIX}{field_name.upper()}") is not None:
+            raise SettingsError(
+                f"{ENV_PREFIX}{field_name.upper()} and {variable} are both set; keep one"
+            )
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n"), field_name, False
+        except OSError as error:
+            raise SettingsError(f"{variable}: cannot read {path}: {error.strerror}") from None
+
+    def __call__(self) -> dict[str, Any]:
+        """The values of every secret setting given as a file."""
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
 class Settings(ParserLimits):
-    """Settings of the exchange; each can be set as ``LIENTHONG_<NAME>``."""
+    """Settings of the exchange; each can be set as ``LIENTHONG_<NAME>``.
+
+    Read, first found first: the command's options, the environment,
+    ``LIENTHONG_<NAME>_FILE`` for the secret ones (:data:`SECRET_SETTINGS`),
+    a ``.env`` file in the working directory, the defaults below.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", env_file=".env", env_file_encoding="utf-8"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Options, environment, secret files, ``.env``, in that order of precedence."""
+        return (init_settings, env_settings, SecretFiles(settings_cls), dotenv_settings)
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # RabbitMQ's management HTTP API (plugin rabbitmq_management), used to

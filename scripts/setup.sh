@@ -25,6 +25,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Prometheus (server and promtool): the alert rule tests and the real scrape
 # test run their own server on a free port; the package's service is unused.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# Alertmanager and amtool: the inhibition tests run the real thing on a free port.
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root apt-get update -qq

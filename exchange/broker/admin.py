@@ -43,9 +43,14 @@ class BrokerAdminError(RuntimeError):
         self.method = method
         self.path = path
         self.status = status
+        self.detail = detail
         where = f"{method} {path}"
         what = f"HTTP {status}" if status is not None else "no answer"
         super().__init__(f"RabbitMQ management API: {where} failed ({what}): {detail}")
+
+
+class InvalidApiUrl(ValueError):
+    """The management API URL is not an http(s) URL with a host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +92,15 @@ class BrokerAdmin:
     def __init__(self, api_url: str, *, timeout: float = API_TIMEOUT_S) -> None:
         """Parse ``api_url`` (``http://user:password@host:15672``) and keep its parts."""
         parts = urllib.parse.urlsplit(api_url)
+        try:
+            parts.port  # noqa: B018 (parsing the port raises on a bad one)
+        except ValueError:
+            parts = parts._replace(scheme="")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                "the RabbitMQ management API URL must look like "
-                "http://user:password@host:15672 (LIENTHONG_RABBITMQ_API_URL)"
+            raise InvalidApiUrl(
+                f"the RabbitMQ management API URL {api_url.split('@')[-1]!r} must look like "
+                "http://user:password@host:15672 (--rabbitmq-api-url or "
+                "LIENTHONG_RABBITMQ_API_URL)"
             )
         user = urllib.parse.unquote(parts.username or "guest")
         password = urllib.parse.unquote(parts.password or "guest")
@@ -131,7 +141,11 @@ class BrokerAdmin:
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise BrokerAdminError(
-                method, path, None, f"{reason} (is the rabbitmq_management plugin enabled?)"
+                method,
+                path,
+                None,
+                f"{reason}; is the rabbitmq_management plugin enabled "
+                "(rabbitmq-plugins enable rabbitmq_management)?",
             ) from None
         return json.loads(payload) if payload else None
 
@@ -179,6 +193,16 @@ class BrokerAdmin:
         """
         await self.request("PUT", f"/users/{_quote(name)}", {"password": password, "tags": tags})
         log.info("broker user %s created or updated", name)  # never the password
+
+    async def user_exists(self, name: str) -> bool:
+        """Whether the broker has a user ``name``."""
+        try:
+            await self.request("GET", f"/users/{_quote(name)}")
+        except BrokerAdminError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def delete_user(self, name: str) -> bool:
         """Delete the user ``name``; ``False`` if it did not exist."""

@@ -7,12 +7,20 @@ Added to the command line by :func:`add_commands` (called from
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from exchange.commands import (
+    EXIT_OK,
+    CommandError,
+    ServiceOptions,
+    print_json,
+    run,
+    settings_from_args,
+)
 from exchange.settings import Settings
 
 # A generated secret: 32 characters of URL-safe base64, 192 bits.
@@ -22,12 +30,16 @@ MIN_SECRET_CHARS = 16
 
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    services_parent: argparse.ArgumentParser,
+    options: ServiceOptions,
 ) -> None:
-    """Add ``lienthong gateway`` and ``lienthong system`` (add, list, disable, enable, rotate)."""
+    """Add ``lienthong gateway`` and ``lienthong system`` (add, list, disable, enable, rotate).
+
+    The gateway uses RabbitMQ and PostgreSQL; the system commands only PostgreSQL.
+    """
+    database = [options.database]
     gateway = commands.add_parser(
         "gateway",
-        parents=[services_parent],
+        parents=[options.amqp, options.database],
         help="serve the national axis protocol (VXP adapter) to document-management systems",
     )
     gateway.add_argument("--host", help="address to listen on (LIENTHONG_GATEWAY_HOST)")
@@ -47,9 +59,7 @@ def add_commands(
 
     system = commands.add_parser("system", help="systems that connect through the gateway")
     actions = system.add_subparsers(dest="system_command", required=True, metavar="ACTION")
-    add = actions.add_parser(
-        "add", parents=[services_parent], help="register a system; prints its secret once"
-    )
+    add = actions.add_parser("add", parents=database, help="register a system; prints its secret")
     add.add_argument("system_id", metavar="SYSTEM_ID", help="the SDK's systemId, e.g. 00.53.W00")
     add.add_argument(
         "--agency",
@@ -58,13 +68,13 @@ def add_commands(
         metavar="CODE",
         help="a registered agency the system acts for (repeat for each)",
     )
-    add.add_argument("--secret", help="the shared secret (default: a generated one)")
+    _secret_options(add)
     add.add_argument(
         "--keys", help="the gateway's keys directory: says for which agencies it signs"
     )
     add.set_defaults(handler=_command(_add))
 
-    listing = actions.add_parser("list", parents=[services_parent], help="the systems")
+    listing = actions.add_parser("list", parents=database, help="the systems")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_command(_list))
 
@@ -72,34 +82,42 @@ def add_commands(
         ("disable", False, "refuse a system's requests (its mailbox is kept)"),
         ("enable", True, "accept a disabled system's requests again"),
     ):
-        action = actions.add_parser(name, parents=[services_parent], help=text)
+        action = actions.add_parser(name, parents=database, help=text)
         action.add_argument("system_id", metavar="SYSTEM_ID")
         action.set_defaults(handler=_command(_enabler(enabled)))
 
     rotate = actions.add_parser(
-        "rotate-secret",
-        parents=[services_parent],
-        help="give a system a new secret; prints it once",
+        "rotate-secret", parents=database, help="give a system a new secret; prints it once"
     )
     rotate.add_argument("system_id", metavar="SYSTEM_ID")
-    rotate.add_argument("--secret", help="the new secret (default: a generated one)")
+    _secret_options(rotate)
     rotate.set_defaults(handler=_command(_rotate))
+
+
+def _secret_options(parser: argparse.ArgumentParser) -> None:
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--secret", help="the secret (default: a generated one, printed once)")
+    given.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read the secret from the first line of standard input",
+    )
 
 
 def _command(
     body: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]],
 ) -> Callable[[argparse.Namespace], int]:
-    from exchange import cli
-
     def handler(args: argparse.Namespace) -> int:
-        return cli._run(body(args, cli._settings(args)))
+        return run(body(args, settings_from_args(args)))
 
     return handler
 
 
-def _secret(given: str | None) -> str:
-    from exchange.cli import CommandError
-
+def _secret(args: argparse.Namespace) -> str:
+    """The secret the options give (``--secret``, ``--secret-stdin``), or a generated one."""
+    given: str | None = args.secret
+    if args.secret_stdin:
+        given = sys.stdin.readline().rstrip("\r\n")
     if given is None:
         return secrets.token_urlsafe(SECRET_BYTES)
     if len(given) < MIN_SECRET_CHARS:
@@ -126,7 +144,6 @@ def gateway_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from exchange.cli import EXIT_OK, CommandError
     from exchange.gateway.app import Gateway, GatewayServer, create_app
     from exchange.logs import configure_logging
     from exchange.pki import TrustStore
@@ -178,7 +195,6 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _add(args: argparse.Namespace, settings: Settings) -> int:
     from exchange.agency import AgencyCode, InvalidAgencyCode
-    from exchange.cli import EXIT_OK, CommandError
     from exchange.store import gateway as store
     from exchange.store.db import connect
 
@@ -186,7 +202,7 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
         agencies = list(dict.fromkeys(AgencyCode.parse(code) for code in args.agency))
     except InvalidAgencyCode as error:
         raise CommandError(str(error)) from None
-    secret = _secret(args.secret)
+    secret = _secret(args)
     conn = await connect(settings)
     try:
         system = await store.add_system(conn, args.system_id, secret, agencies)
@@ -219,7 +235,6 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK
     from exchange.store import gateway as store
     from exchange.store.db import connect
 
@@ -229,22 +244,18 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await conn.close()
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "system_id": s.system_id,
-                        "enabled": s.enabled,
-                        "agencies": [str(a) for a in s.agencies],
-                        "created_at": s.created_at.isoformat(),
-                        "secret_set_at": s.secret_set_at.isoformat(),
-                        "last_seen_at": s.last_seen_at.isoformat() if s.last_seen_at else None,
-                    }
-                    for s in systems
-                ],
-                ensure_ascii=False,
-                indent=2,
-            )
+        print_json(
+            [
+                {
+                    "system_id": s.system_id,
+                    "enabled": s.enabled,
+                    "agencies": [str(a) for a in s.agencies],
+                    "created_at": s.created_at.isoformat(),
+                    "secret_set_at": s.secret_set_at.isoformat(),
+                    "last_seen_at": s.last_seen_at.isoformat() if s.last_seen_at else None,
+                }
+                for s in systems
+            ]
         )
         return EXIT_OK
     for s in systems:
@@ -260,7 +271,6 @@ def _enabler(
     enabled: bool,
 ) -> Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]:
     async def set_enabled(args: argparse.Namespace, settings: Settings) -> int:
-        from exchange.cli import EXIT_OK, CommandError
         from exchange.store import gateway as store
         from exchange.store.db import connect
 
@@ -278,11 +288,10 @@ def _enabler(
 
 
 async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.cli import EXIT_OK, CommandError
     from exchange.store import gateway as store
     from exchange.store.db import connect
 
-    secret = _secret(args.secret)
+    secret = _secret(args)
     conn = await connect(settings)
     try:
         found = await store.set_secret(conn, args.system_id, secret)

@@ -54,6 +54,14 @@ class AgencyConflictError(ValueError):
     """The broker user is already the identity of another agency."""
 
 
+class AgencyExistsError(ValueError):
+    """The agency code is registered already."""
+
+
+class AgencyNotFoundError(LookupError):
+    """No agency is registered with that code."""
+
+
 def dedup_key(routing_key: str, body: bytes, broker_user: str | None = None) -> str:
     """The identity of a message: SHA-256 of who published it, its routing key and body.
 
@@ -112,13 +120,12 @@ async def add_agency(
     certificate_pem: str | None = None,
     subscriptions: Iterable[str] = (),
 ) -> Agency:
-    """Register an agency, or update the registration of one already there.
+    """Register a new agency; ``broker_user`` defaults to the code.
 
-    Registering is idempotent so that ``lienthong agency add`` and the demo
-    can run again: name, broker user, certificate and subscriptions are
-    replaced, the registration time kept. ``broker_user`` defaults to the
-    code. Raises :class:`AgencyConflictError` when that broker user already
-    identifies another agency.
+    Raises :class:`AgencyExistsError` when the code is registered already
+    (:func:`update_agency` changes a registration) and
+    :class:`AgencyConflictError` when the broker user already identifies
+    another agency.
     """
     parent = code.parent
     try:
@@ -127,11 +134,7 @@ async def add_agency(
             INSERT INTO agencies
                 (code, name, parent, level, broker_user, certificate_pem, subscriptions)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (code) DO UPDATE SET
-                name = EXCLUDED.name,
-                broker_user = EXCLUDED.broker_user,
-                certificate_pem = EXCLUDED.certificate_pem,
-                subscriptions = EXCLUDED.subscriptions
+            ON CONFLICT (code) DO NOTHING
             RETURNING {_AGENCY_COLUMNS}
             """,  # noqa: S608 (a constant column list, no input)
             str(code),
@@ -144,10 +147,44 @@ async def add_agency(
         )
     except asyncpg.UniqueViolationError as error:
         raise AgencyConflictError(
-            f"broker user {broker_user!r} already identifies another agency; "
+            f"broker user {broker_user or str(code)!r} already identifies another agency; "
             "each agency needs its own broker user"
         ) from error
-    assert row is not None  # INSERT ... RETURNING always returns the row
+    if row is None:
+        raise AgencyExistsError(
+            f"agency {code} is registered already; `lienthong agency set {code}` changes it"
+        )
+    return Agency.from_row(row)
+
+
+async def update_agency(
+    conn: Connection,
+    code: AgencyCode,
+    *,
+    name: str | None = None,
+    certificate_pem: str | None = None,
+    subscriptions: Iterable[str] | None = None,
+) -> Agency:
+    """Change what is given (not ``None``) of a registered agency; the rest stays.
+
+    Raises :class:`AgencyNotFoundError` when the code is not registered.
+    """
+    row = await conn.fetchrow(
+        f"""
+        UPDATE agencies SET
+            name = coalesce($2, name),
+            certificate_pem = coalesce($3, certificate_pem),
+            subscriptions = coalesce($4, subscriptions)
+        WHERE code = $1
+        RETURNING {_AGENCY_COLUMNS}
+        """,  # noqa: S608 (a constant column list, no input)
+        str(code),
+        name,
+        certificate_pem,
+        None if subscriptions is None else list(subscriptions),
+    )
+    if row is None:
+        raise AgencyNotFoundError(f"agency {code} is not registered")
     return Agency.from_row(row)
 
 

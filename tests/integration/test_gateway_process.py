@@ -44,17 +44,20 @@ def _env(exchange: ExchangeUnderTest) -> dict[str, str]:
     }
 
 
-async def _lienthong(exchange: ExchangeUnderTest, *args: str) -> tuple[int, str, str]:
+async def _lienthong(
+    exchange: ExchangeUnderTest, *args: str, stdin: bytes | None = None
+) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "exchange",
         *args,
         env=_env(exchange),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate()
+    out, err = await process.communicate(stdin)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -99,6 +102,20 @@ async def test_system_commands_add_list_disable_and_rotate(
     assert code == 0 and secret not in out
     stored = await exchange.fetchval("SELECT secret FROM gateway_systems")
     assert stored in out and stored != secret
+    chosen = "a-secret-from-standard-input"
+    code, out, _ = await _lienthong(
+        exchange,
+        "system",
+        "rotate-secret",
+        "00.53.W00",
+        "--secret-stdin",
+        stdin=f"{chosen}\n".encode(),
+    )
+    assert code == 0 and await exchange.fetchval("SELECT secret FROM gateway_systems") == chosen
+    code, _, err = await _lienthong(
+        exchange, "system", "rotate-secret", "00.53.W00", "--secret", "short"
+    )
+    assert code == 2 and "at least 16" in err
 
 
 async def test_the_gateway_serves_https_and_stops_on_sigterm(

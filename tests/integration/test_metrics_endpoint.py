@@ -232,6 +232,8 @@ async def test_two_worker_processes_each_count_what_they_did_and_together_every_
         assert value(samples, "lienthong_db_pool_max_connections") == exchange.settings.db_pool_size
         assert value(samples, "lienthong_agencies_registered", level="1", group="ministry") == 2
         assert value(samples, "lienthong_agencies_registered", level="1", group="province") == 1
+        # Counters and histograms without their *_created series.
+        assert [name for name, _ in samples if name.endswith("_created")] == []
     every_line = [line for w in workers for line in w.json_lines()]
     every_decision = decisions(every_line)
     assert len(every_decision) == len(documents) * len(RECIPIENTS) + 1

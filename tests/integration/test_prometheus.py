@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from exchange import metrics
 from exchange.broker.admin import BrokerAdmin
@@ -53,8 +54,13 @@ OFFICE, MINISTRY, HANOI = "000.00.00.G22", "000.00.00.G09", "000.00.00.H26"
 READY_TIMEOUT_S = 30.0
 # Scrapes every second; RabbitMQ refreshes its queue statistics every 5 s.
 FIGURES_TIMEOUT_S = 30.0
-# Panels with nothing to show when nothing failed: no retry, no parking.
-MAY_BE_EMPTY = {"Retries by tier", "Parked by failure (last hour)"}
+# Panels with nothing to show when nothing failed: no retry, no parking, no
+# inbox left unread for a day.
+MAY_BE_EMPTY = {
+    "Retries by tier",
+    "Parked by failure (last hour)",
+    "Inboxes unread for a day, by level",
+}
 
 
 def render_config(text: str, replacements: dict[str, str]) -> str:
@@ -314,9 +320,9 @@ async def test_prometheus_loads_and_evaluates_every_alert_and_none_fires_for_a_h
     scenario: Scenario,
 ) -> None:
     prometheus = scenario.prometheus
-    names = set(
-        re.findall(r"^\s*- alert: (\S+)\s*$", (PROMETHEUS_DIR / "alerts.yml").read_text(), re.M)
-    )
+    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+    # Alerts and recording rules alike.
+    names = {rule.get("alert") or rule["record"] for group in groups for rule in group["rules"]}
 
     def evaluated() -> dict[str, str] | None:
         groups = prometheus.get("/api/v1/rules")["groups"]
@@ -333,14 +339,21 @@ async def test_prometheus_loads_and_evaluates_every_alert_and_none_fires_for_a_h
     assert mine == []
 
 
-def dashboard_targets() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every query of the dashboard."""
+def dashboard_targets(scenario: Scenario) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the dashboard, its variables set as Grafana
+    would: the scenario's vhost, and all its workers."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [
-        (panel["title"], target["expr"])
-        for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
-    ]
+    instances = "|".join(f"127.0.0.1:{worker.port}" for worker in scenario.workers)
+    values = {"$vhost": scenario.vhost, "$instance": instances}
+    targets = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            promql = target["expr"]
+            for variable, value in values.items():
+                promql = promql.replace(variable, value)
+            assert "$" not in promql, f"{panel['title']}: a variable the test does not set"
+            targets.append((panel["title"], promql))
+    return targets
 
 
 def metric_names(promql: str) -> set[str]:
@@ -356,15 +369,18 @@ def declared_metric_names() -> set[str]:
         if describe is None or not hasattr(value, "_labelnames"):
             continue
         for family in describe():
-            for suffix in ("", "_total", "_bucket", "_count", "_sum", "_info", "_created"):
+            for suffix in ("", "_total", "_bucket", "_count", "_sum", "_info"):
                 names.add(family.name + suffix)
     return names
 
 
 def test_dashboard_is_provisionable_and_queries_only_known_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    uid = re.search(r"uid: (\S+)", DATASOURCES.read_text())
-    assert uid is not None
+    # The dashboard reads its datasource variable (tests/unit/test_dashboard.py):
+    # provisioned, it falls back to the default Prometheus datasource.
+    (datasource,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["isDefault"] is True
     panels = dashboard["panels"]
     ids = [panel["id"] for panel in panels]
 
@@ -373,7 +389,6 @@ def test_dashboard_is_provisionable_and_queries_only_known_metrics() -> None:
     for panel in panels:
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), panel["title"]
         for target in panel.get("targets", []):
-            assert target["datasource"]["uid"] == uid[1], panel["title"]
             for name in metric_names(target["expr"]):
                 assert (
                     name in declared or name.startswith("rabbitmq_detailed_queue_") or name == "up"
@@ -397,7 +412,7 @@ async def test_every_dashboard_query_runs_in_prometheus_and_returns_data(
     scenario: Scenario,
 ) -> None:
     prometheus = scenario.prometheus
-    targets = dashboard_targets()
+    targets = dashboard_targets(scenario)
     assert len(targets) > 20
 
     for title, promql in targets:
@@ -407,3 +422,26 @@ async def test_every_dashboard_query_runs_in_prometheus_and_returns_data(
         if not result:
             # Rates need two scrapes after the first message; wait for them.
             await eventually(lambda q=promql: prometheus.query(q), f"data for {title!r}: {promql}")
+
+
+@in_module_loop
+async def test_the_dashboard_variables_offer_the_exchange_vhost_and_its_workers(
+    scenario: Scenario,
+) -> None:
+    prometheus = scenario.prometheus
+    variables = {
+        variable["name"]: variable["query"]["query"]
+        for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]
+        if variable["type"] == "query"
+    }
+
+    def offered(name: str) -> set[str]:
+        """What Grafana's label_values(SERIES, LABEL) lists: the values of LABEL on SERIES."""
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variables[name])
+        assert match is not None, variables[name]
+        series, label = match[1], match[2]
+        return {row["metric"][label] for row in prometheus.query(f"count by ({label}) ({series})")}
+
+    workers = {f"127.0.0.1:{worker.port}" for worker in scenario.workers}
+    await eventually(lambda: scenario.vhost in offered("vhost"), "the vhost among the choices")
+    assert offered("instance") == workers

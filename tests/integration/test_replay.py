@@ -28,6 +28,7 @@ from exchange.broker.topology import (
     WORK_DELIVERY_LIMIT,
     WORK_QUEUE,
 )
+from exchange.commands import ServiceOptions
 from exchange.demo import LocalAgency, demo_document
 from exchange.failures import Failure
 from exchange.pki import Credential, TrustStore, create_ca, issue_agency_certificate
@@ -319,11 +320,7 @@ def replay_parser() -> argparse.ArgumentParser:
     """``lienthong`` with only the replay commands, as exchange/cli.py wires them."""
     parser = argparse.ArgumentParser(prog="lienthong")
     commands = parser.add_subparsers(dest="command", required=True)
-    services = argparse.ArgumentParser(add_help=False)
-    services.add_argument("--amqp-url")
-    services.add_argument("--database-url")
-    services.add_argument("--rabbitmq-api-url")
-    add_commands(commands, services)
+    add_commands(commands, ServiceOptions.build())
     return parser
 
 
@@ -331,15 +328,9 @@ async def lienthong(
     exchange: ExchangeUnderTest, capsys: pytest.CaptureFixture[str], *words: str
 ) -> tuple[int, str]:
     """Run ``lienthong replay ...`` (in a thread: it runs its own event loop)."""
+    broker = ["--amqp-url", exchange.settings.amqp_url] if words[0] in ("list", "run") else []
     args = replay_parser().parse_args(
-        [
-            "replay",
-            *words,
-            "--amqp-url",
-            exchange.settings.amqp_url,
-            "--database-url",
-            exchange.settings.database_url,
-        ]
+        ["replay", *words, *broker, "--database-url", exchange.settings.database_url]
     )
     code = await asyncio.to_thread(args.handler, args)
     return code, capsys.readouterr().out

@@ -27,7 +27,12 @@ from exchange.status import (
 )
 from exchange.store import Connection, queries
 from exchange.store.db import create_pool
-from exchange.store.queries import AgencyConflictError, dedup_key
+from exchange.store.queries import (
+    AgencyConflictError,
+    AgencyExistsError,
+    AgencyNotFoundError,
+    dedup_key,
+)
 from exchange.store.records import EventKind, Message, NewDocument, NewDocumentMessage
 from tests.db_fixtures import create_database, drop_database, unique_database_name
 
@@ -222,23 +227,37 @@ async def test_registered_codes_are_every_agency(directory: Connection) -> None:
     assert await queries.registered_codes(directory) == frozenset(NAMES)
 
 
-async def test_registering_again_updates_the_agency_and_keeps_its_registration_time(
+async def test_registering_again_is_refused_and_the_agency_stays_as_it_was(
     directory: Connection,
 ) -> None:
     before = await queries.get_agency(directory, PHU_THO)
+    with pytest.raises(AgencyExistsError, match="registered already"):
+        await queries.add_agency(directory, PHU_THO, "Another name", subscriptions=["*.*.*.H44"])
+    assert await queries.get_agency(directory, PHU_THO) == before
+
+
+async def test_updating_an_agency_changes_only_what_is_given(directory: Connection) -> None:
+    before = await queries.get_agency(directory, PHU_THO)
     assert before is not None
-    after = await queries.add_agency(
+    named = await queries.update_agency(directory, PHU_THO, name="Ủy ban nhân dân tỉnh Phú Thọ")
+    assert named.name == "Ủy ban nhân dân tỉnh Phú Thọ"
+    assert (named.subscriptions, named.certificate_pem) == (
+        before.subscriptions,
+        before.certificate_pem,
+    )
+    subscribed = await queries.update_agency(
         directory,
         PHU_THO,
-        "Ủy ban nhân dân tỉnh Phú Thọ",
         certificate_pem="-----BEGIN CERTIFICATE-----\n...",
         subscriptions=["*.*.*.H44"],
     )
-    assert after.name == "Ủy ban nhân dân tỉnh Phú Thọ"
-    assert after.subscriptions == ("*.*.*.H44",)
-    assert after.certificate_pem is not None
-    assert after.registered_at == before.registered_at
+    assert subscribed.name == "Ủy ban nhân dân tỉnh Phú Thọ"
+    assert subscribed.subscriptions == ("*.*.*.H44",)
+    assert subscribed.certificate_pem is not None
+    assert subscribed.registered_at == before.registered_at
     assert len(await queries.list_agencies(directory)) == len(NAMES)
+    with pytest.raises(AgencyNotFoundError):
+        await queries.update_agency(directory, AgencyCode.parse("000.00.00.A01"), name="x")
 
 
 async def test_broker_user_of_another_agency_is_refused(directory: Connection) -> None:

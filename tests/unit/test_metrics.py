@@ -21,7 +21,6 @@ from prometheus_client.utils import floatToGoString
 
 from exchange import metrics
 from exchange.agency import AgencyCode, AgencyGroup
-from exchange.edxml.model import VIETNAM_TIME
 from exchange.report import (
     AgencyActivity,
     CertificateSummary,
@@ -32,7 +31,6 @@ from exchange.report import (
     certificate_summary,
     export_metrics,
     format_report,
-    parse_since,
     report_json,
     tally,
 )
@@ -213,27 +211,6 @@ def test_a_certificate_expiring_just_past_the_warning_is_still_valid() -> None:
 # -- the report's period and output ----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30d", NOW - timedelta(days=30)),
-        ("12h", NOW - timedelta(hours=12)),
-        ("2w", NOW - timedelta(weeks=2)),
-        ("90m", NOW - timedelta(minutes=90)),
-        ("2025-05-01", datetime(2025, 5, 1, tzinfo=VIETNAM_TIME)),
-        ("2025-05-01T08:30", datetime(2025, 5, 1, 8, 30, tzinfo=VIETNAM_TIME)),
-        ("2025-05-01T08:30+00:00", datetime(2025, 5, 1, 8, 30, tzinfo=UTC)),
-    ],
-)
-def test_since_takes_an_age_a_date_or_a_time(text: str, expected: datetime) -> None:
-    assert parse_since(text, NOW) == expected
-
-
-def test_since_refuses_anything_else_and_says_what_it_takes() -> None:
-    with pytest.raises(ValueError, match="30d"):
-        parse_since("last month", NOW)
-
-
 def test_report_lists_levels_groups_inboxes_and_overdue_in_text_and_json() -> None:
     report = Report(
         since=NOW - timedelta(days=30),
@@ -297,6 +274,25 @@ def test_endpoint_serves_the_metrics_with_the_build_version() -> None:
     assert f'version="{metrics.version()}"' in text
     assert "# TYPE lienthong_end_to_end_seconds histogram" in text
     assert "lienthong_worker_consumers" in text
+
+
+def test_endpoint_serves_no_created_series() -> None:
+    # A child of each kind that would carry one: a labelled counter, an
+    # unlabelled counter, a histogram.
+    metrics.MESSAGES.labels("document", "delivered")
+    metrics.END_TO_END_SECONDS.labels("document")
+    port = free_port()
+    stop = metrics.serve(port, "127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    finally:
+        stop()
+
+    assert 'lienthong_messages_total{kind="document",outcome="delivered"}' in text
+    assert 'lienthong_end_to_end_seconds_count{kind="document"}' in text
+    assert "lienthong_duplicates_total " in text
+    assert [line for line in text.splitlines() if "_created" in line] == []
 
 
 def test_endpoint_on_a_taken_port_says_to_give_each_process_its_own() -> None:

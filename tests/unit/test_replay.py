@@ -24,7 +24,6 @@ from exchange.replay import (
     is_new_decision,
     judge,
     parked_origin,
-    parse_time,
     progress_line,
     reason_codes,
     replay_headers,
@@ -71,29 +70,6 @@ def message(
 
 
 # -- times and reasons -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2h", NOW - timedelta(hours=2)),
-        ("30m", NOW - timedelta(minutes=30)),
-        ("7d", NOW - timedelta(days=7)),
-        ("2024-05-01", datetime(2024, 5, 1, tzinfo=VIETNAM_TIME)),
-        ("2024-05-01T14:30", datetime(2024, 5, 1, 14, 30, tzinfo=VIETNAM_TIME)),
-        ("2024-05-01T07:30+00:00", datetime(2024, 5, 1, 7, 30, tzinfo=UTC)),
-    ],
-)
-def test_times_are_spans_back_from_now_or_vietnam_local_unless_an_offset_is_given(
-    text: str, expected: datetime
-) -> None:
-    assert parse_time(text, now=NOW) == expected
-
-
-@pytest.mark.parametrize("text", ["yesterday", "2024-13-01", "5 parsecs", ""])
-def test_a_time_that_is_not_one_is_refused_with_examples(text: str) -> None:
-    with pytest.raises(ReplayError, match="2024-05-01"):
-        parse_time(text, now=NOW)
 
 
 @pytest.mark.parametrize(
