@@ -12,9 +12,9 @@ the sealing of 0006), records ``--prefill`` messages so that the tables are
 not empty, then for each number of concurrent writers and each group size
 runs transactions shaped like the worker's group commit: per message
 :func:`~exchange.store.queries.record_message` (a body of about 5 KB, base64
-like an attachment) and :func:`~exchange.store.queries.deliver_document` (a
-new document for one message in four, the same document to the next three
-recipients), then COMMIT, which seals.
+like an attachment) and :func:`~exchange.ledger.deliver_document` (the
+ledger's general path: a new document for one message in four, the same
+document to the next three recipients), then COMMIT, which seals.
 
 It prints per run the wall time of a transaction and of its COMMIT (the
 seal, the wait for the chain lock, the WAL flush) and, from
@@ -44,6 +44,7 @@ from typing import Any
 import asyncpg
 
 from exchange.agency import AgencyCode
+from exchange.ledger import deliver_document
 from exchange.settings import Settings
 from exchange.store import queries
 from exchange.store.migrate import load_migrations, migrate
@@ -137,7 +138,7 @@ class Writer:
                 sha256=hashlib.sha256(f"{self.tag}-{self.count}".encode()).hexdigest(),
                 subject=f"Văn bản số {self.count}",
             )
-        await queries.deliver_document(
+        await deliver_document(
             self.conn, message_pk=message.pk, recipient=recipient, document=self.document
         )
 

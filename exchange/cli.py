@@ -309,7 +309,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Apply database migrations and declare the core broker topology."""
     from exchange.commands import address_of
-    from exchange.worker import prepare
+    from exchange.registry import prepare
 
     settings = settings_from_args(args)
 
@@ -560,7 +560,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
-    from exchange.worker import run_workers
+    from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format)
@@ -578,7 +578,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         try:
             processed = await run_workers(settings, count=args.count, metrics_port=port)
-        except MetricsEndpointError as error:
+        except (MetricsEndpointError, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK

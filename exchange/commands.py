@@ -326,6 +326,7 @@ def describe_error(error: BaseException, settings: Settings | None = None) -> st
     import pydantic
 
     from exchange.broker.admin import BrokerAdminError, InvalidApiUrl
+    from exchange.installation import BrokenInstallation
     from exchange.reasons import Rejection
     from exchange.settings import SettingsError
 
@@ -335,7 +336,9 @@ def describe_error(error: BaseException, settings: Settings | None = None) -> st
         return _settings_error(error)
     if isinstance(error, Rejection):
         return str(error)
-    if isinstance(error, InvalidApiUrl | SettingsError):
+    # Errors that say what is wrong and what to do themselves (a shipped file
+    # missing: BrokenInstallation), before any guess at the service.
+    if isinstance(error, InvalidApiUrl | SettingsError | BrokenInstallation):
         return str(error)
     if isinstance(error, BrokerAdminError):
         return _management_api(error, None if settings is None else settings.rabbitmq_api_url)

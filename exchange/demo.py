@@ -31,10 +31,10 @@ from exchange.edxml.model import (
 )
 from exchange.edxml.writer import new_document
 from exchange.pki import Credential, KeyType, create_ca, issue_agency_certificate
-from exchange.registry import AgencyExistsError, change_agency, register_agency
+from exchange.registry import AgencyExistsError, change_agency, prepare, register_agency
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome, life_order
-from exchange.worker import prepare, run_workers
+from exchange.worker import run_workers
 
 # The demo's cast, one or more per administrative level.
 DEMO_AGENCIES: tuple[tuple[str, str], ...] = (

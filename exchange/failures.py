@@ -11,6 +11,12 @@ Every failure is one of two classes:
   reason and replayed by an operator once the cause is fixed.
 
 :data:`TRANSIENT_FAILURES` is the one table that classifies exceptions.
+
+A third kind of error is no failure of the message at all: the exchange's
+own installation is broken (:class:`~exchange.installation.BrokenInstallation`,
+its schema files missing). No retry can fix it and parking would blame the
+sender, so it is never classified: :func:`is_fatal` says so, and a worker
+that meets it gives the message back to the queue and stops.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncpg
 from aiormq.exceptions import AMQPError
 
 from exchange.broker.connection import PublishError
+from exchange.installation import BrokenInstallation
 
 
 class Failure(Enum):
@@ -76,8 +83,23 @@ TRANSIENT_FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] 
 )
 
 
+# Errors no message is to blame for and no retry can fix: the worker stops.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (BrokenInstallation,)
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Whether ``error`` means the worker cannot work at all (never retried, never parked)."""
+    return isinstance(error, FATAL_ERRORS)
+
+
 def classify(error: BaseException) -> Failure:
-    """The transient failure an exception stands for."""
+    """The transient failure an exception stands for; a fatal error is refused.
+
+    Raises :class:`ValueError` for an error :func:`is_fatal` accepts, which
+    must never send a message to a retry queue or the parked queue.
+    """
+    if is_fatal(error):
+        raise ValueError(f"{type(error).__name__} is fatal, not transient: {error}")
     for types, failure in TRANSIENT_FAILURES:
         if isinstance(error, types):
             return failure

@@ -35,6 +35,7 @@ FIELDS = (
     "failure",
     "attempt",
     "tier",
+    "service",  # RabbitMQ or PostgreSQL, while a starting worker waits for it
     # the gateway's requests (exchange/gateway)
     "operation",
     "system",

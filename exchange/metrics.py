@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
 from prometheus_client import (
     Counter,
@@ -28,6 +27,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+
+from exchange import __version__
 
 # No ``*_created`` series: every counter and histogram would otherwise export
 # one more series per label set (when it was created), which no dashboard or
@@ -164,11 +165,8 @@ class MetricsEndpointError(RuntimeError):
 
 
 def version() -> str:
-    """The installed version of the exchange (``unknown`` when run from a bare checkout)."""
-    try:
-        return metadata.version("lienthong")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The version of the exchange that runs (``exchange.__version__``, its one source)."""
+    return __version__
 
 
 def serve(port: int, address: str = "0.0.0.0") -> Callable[[], None]:  # noqa: S104

@@ -3,7 +3,8 @@
 A receipt is JSON on the sender's status queue (``lienthong.status.<code>``),
 next to the business statuses its recipients report. Its JSON Schema,
 generated from :class:`Receipt`, is published as ``schemas/receipt.schema.json``
-so agency software in any language can read receipts.
+(package data, :func:`schema_path`) so agency software in any language can
+read receipts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exchange.installation import data_dir
 from exchange.reasons import Rejection
 from exchange.status import MessageKind, TransportOutcome
 
@@ -103,5 +105,5 @@ def receipt_json_schema() -> str:
 
 
 def schema_path() -> Path:
-    """Where the committed receipt schema lives in a checkout."""
-    return Path(__file__).resolve().parents[1] / "schemas" / "receipt.schema.json"
+    """The published receipt schema as the package ships it (``exchange/schemas/``)."""
+    return data_dir("schemas") / "receipt.schema.json"

@@ -1,4 +1,10 @@
-"""Registering an agency on the exchange: directory row, broker user, queues.
+"""Setting up the exchange: its schema and core topology, and each agency on it.
+
+Setting up the exchange, and each agency on it.
+
+:func:`prepare` brings the database schema and the core broker topology up
+to date. :func:`register_agency` registers an agency (directory row, broker
+user, queues) and :func:`change_agency` changes a registration.
 
 Registering, and changing a registration, is all or nothing: the directory
 row is written in a transaction that commits after the broker steps, and a
@@ -27,14 +33,16 @@ from exchange.broker.connection import connect, declare
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
     agency_topology,
+    core_topology,
     inbox_queue,
     validate_subscription,
 )
 from exchange.pki import agency_code_of
 from exchange.settings import Settings
 from exchange.store import queries
-from exchange.store.db import Connection
+from exchange.store.db import Connection, create_pool
 from exchange.store.db import connect as db_connect
+from exchange.store.migrate import migrate
 from exchange.store.records import Agency
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,21 @@ class Registration:
     broker_user: str
     password: str | None  # None when the broker user was left as it was
     amqp_url: str
+
+
+async def prepare(settings: Settings) -> None:
+    """Bring the database schema and the core broker topology up to date (idempotent)."""
+    pool = await create_pool(settings)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+    connection = await connect(settings.amqp_url, name="lienthong-init")
+    try:
+        channel = await connection.channel()
+        await declare(channel, core_topology())
+    finally:
+        await connection.close()
 
 
 def vhost_of(amqp_url: str) -> str:

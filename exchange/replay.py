@@ -45,7 +45,13 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
-from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, PublishError, connect
+from exchange.broker.connection import (
+    XML_CONTENT_TYPE,
+    ConfirmingPublisher,
+    PublishError,
+    broker_user_of,
+    connect,
+)
 from exchange.broker.topology import DEFAULT_EXCHANGE, PARKED_QUEUE, WORK_QUEUE
 from exchange.commands import (
     EXIT_OK,
@@ -67,7 +73,6 @@ from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.db import connect as connect_database
 from exchange.store.records import Message, ReplayItemRecord, ReplayRecord
-from exchange.worker import broker_user_of
 
 # One replay at a time: two operators replaying overlapping sets would
 # publish the same message twice, and both would wait on the same decisions.

@@ -116,7 +116,7 @@ class Settings(ParserLimits):
     # pool keeps both busy, many more only grows memory and redeliveries.
     prefetch: int = Field(32, ge=1)
     # Group commits a worker writes at the same time, each on its own pooled
-    # connection (see worker.GroupCommit): more lets a message that arrives
+    # connection (see ledger.GroupCommit): more lets a message that arrives
     # while a group is written start the next one at once.
     group_commits: int = Field(3, ge=1)
     # Package bytes, in MiB, whose examination a worker remembers
@@ -138,6 +138,10 @@ class Settings(ParserLimits):
     metrics_port: int = Field(9108, ge=0, le=65535)
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
+    # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer
+    # (started together, the worker is often up first), trying again with a
+    # log line each time; then it exits with status 2. 0: fail at once.
+    startup_wait: float = Field(60.0, ge=0)
 
     # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
     # Where the VXP adapter protocol is served, and under which path (the SDK

@@ -1,17 +1,21 @@
-"""The worker: consume ``lienthong.work``; decide, record, publish, then ack.
+"""The worker: consume ``lienthong.work``; inspect, record, publish, then ack.
 
 For each message, in this order (the order is the guarantee):
 
 1. inspect it (pure checks, :mod:`exchange.pipeline`) off the event loop,
    unless the same bytes were examined moments ago (another recipient's copy
    of the same package: only the envelope's checks run again);
-2. in one PostgreSQL transaction: record the raw message (once, by its
-   dedup key), look up what the decision needs, record the outcome and its
-   effects on documents, deliveries and history;
-3. publish the effects (the package to the recipient, the receipt to the
-   sender) and wait for the broker's confirms, then mark them published;
+2. hand the result to the ledger (:mod:`exchange.ledger`), which records the
+   raw message once (by its dedup key), decides, records the outcome and its
+   effects on documents, deliveries and history in a PostgreSQL group
+   commit, and returns the publications owed;
+3. publish them (the package to the recipient, the receipt to the sender)
+   and wait for the broker's confirms, then have the ledger mark them
+   published;
 4. ack the input.
 
+A transient failure sends the message to a retry queue, or parks it after
+the last one (the ledger records the parking and owes the sender a receipt).
 A crash anywhere leaves the input unacked, so the broker hands it out again;
 the dedup key makes the second pass find the first one's decision, and it
 only publishes what was not confirmed yet. Receivers may therefore see a
@@ -22,69 +26,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange import metrics, report
-from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
-    connect,
-    declare,
+    broker_address,
+    broker_user_of,
+    connect_quietly,
+    is_broker_unreachable,
     settle,
 )
-from exchange.broker.topology import (
-    DELIVER_EXCHANGE,
-    PARKING_EXCHANGE,
-    RETRY_EXCHANGE,
-    RETRY_TIERS,
-    STATUS_EXCHANGE,
-    WORK_QUEUE,
-    core_topology,
-)
-from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
-from exchange.failures import Failure, classify
-from exchange.pipeline import (
-    CheckContext,
-    Envelope,
-    Inspected,
-    Inspector,
-    decide_document,
-    decide_status,
-)
+from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
+from exchange.checks.schema import check_schema_files
+from exchange.directory import Directory
+from exchange.failures import Failure, classify, is_fatal
+from exchange.installation import BrokenInstallation
+from exchange.ledger import Arrival, Ledger, Publication
+from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
 from exchange.pki import TrustStore
-from exchange.reasons import Reason, Rejection, with_problems
-from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.reasons import Rejection
+from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
-from exchange.status import MessageKind, StatusCode, TransportOutcome
-from exchange.store import queries
-from exchange.store.db import Connection, Pool, create_pool
-from exchange.store.migrate import migrate
-from exchange.store.records import Message, NewDocument, NewDocumentMessage
+from exchange.status import TransportOutcome
+from exchange.store.db import Pool, create_pool, database_address, is_database_unreachable
+from exchange.store.migrate import load_migrations
+from exchange.store.records import Message
 
 log = logging.getLogger("lienthong.worker")
 
-# A directory miss (an agency registered after this worker started) reloads
-# the directory, but not more often than this, so a flood of messages from
-# an unknown broker user cannot turn into a flood of queries.
-DIRECTORY_RELOAD_MIN_S = 1.0
-# Registrations change rarely; a periodic reload picks up removals and
-# renamed broker users without a restart.
-DIRECTORY_MAX_AGE_S = 30.0
+T = TypeVar("T")
+
 # How long a message waits before it is handed back to the broker when even
 # its retry or parking failed (the broker itself is failing).
 TRANSIENT_BACKOFF_S = 1.0
@@ -93,10 +78,6 @@ TRANSIENT_BACKOFF_S = 1.0
 # handled each time a worker died: it is parked before it is parsed again.
 # Well below the work queue's delivery limit, the broker's own backstop.
 POISON_STARTS = 3
-# A parked row keeps this much of the error text.
-MAX_DETAIL_CHARS = 500
-# Outcomes a replay decides again; a delivered message stays delivered.
-REDECIDED_ON_REPLAY = frozenset({TransportOutcome.REJECTED, TransportOutcome.PARKED})
 # How often the watchdog reads the real state of the broker connection, the
 # consumers and the database pool into the gauges: a consumer the broker
 # cancelled (a silent loss after a broker restart) shows within this time.
@@ -105,6 +86,11 @@ WATCH_INTERVAL_S = 1.0
 # The directory figures (connectivity, overdue statuses, certificates) cost a
 # few queries and change slowly.
 DIRECTORY_FIGURES_INTERVAL_S = 60.0
+# A worker started before RabbitMQ or PostgreSQL tries again after this,
+# doubling each time up to the most: a service starting answers within
+# seconds, and one that stays down is not asked many times a second.
+STARTUP_FIRST_PAUSE_S = 0.5
+STARTUP_MOST_PAUSE_S = 8.0
 
 
 def _text(value: object) -> str | None:
@@ -124,11 +110,6 @@ def _parse_time(text: str) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
-
-
-def broker_user_of(amqp_url: str) -> str:
-    """The broker user an AMQP URL logs in as."""
-    return unquote(urlsplit(amqp_url).username or "guest")
 
 
 @dataclass(frozen=True)
@@ -184,6 +165,16 @@ class Origin:
             published_at=published_at,
         )
 
+    def arrival(self, message: AbstractIncomingMessage) -> Arrival:
+        """The message as the ledger records it, under this origin."""
+        return Arrival(
+            message.body,
+            self.routing_key,
+            self.broker_user,
+            message.message_id,
+            replay=self.replay,
+        )
+
     def headers(self, *, attempts: int, failure: Failure) -> dict[str, Any]:
         """Headers that carry this origin through a retry queue or the parked queue."""
         headers: dict[str, Any] = {
@@ -236,442 +227,6 @@ class FaultInjector:
 FAULT_POINTS = ("after_receive", "after_commit", "after_publish")
 
 
-class Directory:
-    """The registered agencies, cached: broker user to agency, and who exists."""
-
-    def __init__(self, pool: Pool, gateway_users: frozenset[str] = frozenset()) -> None:
-        """A directory read from ``pool`` on first use; ``gateway_users`` may act for agencies."""
-        self._pool = pool
-        self._gateway_users = gateway_users
-        self._by_user: dict[str, AgencyCode] = {}
-        self._codes: frozenset[AgencyCode] = frozenset()
-        self._loaded_at = float("-inf")
-        self._lock = asyncio.Lock()
-
-    async def _reload(self, *, at_most_every: float) -> None:
-        async with self._lock:
-            if time.monotonic() - self._loaded_at < at_most_every:
-                return
-            async with self._pool.acquire() as conn:
-                agencies = await queries.list_agencies(conn)
-            self._by_user = {a.broker_user: a.code for a in agencies}
-            self._codes = frozenset(a.code for a in agencies)
-            self._loaded_at = time.monotonic()
-
-    async def _fresh(self) -> None:
-        if time.monotonic() - self._loaded_at > DIRECTORY_MAX_AGE_S:
-            await self._reload(at_most_every=DIRECTORY_MAX_AGE_S)
-
-    async def agency_of_user(self, user: str | None) -> AgencyCode | None:
-        """The agency a broker user publishes for, or ``None``."""
-        if not user:
-            return None
-        await self._fresh()
-        acting = h.acting_for(user)
-        if acting is not None and acting[0] in self._gateway_users:
-            # A gateway's user acting for a registered agency publishes for it.
-            try:
-                agency = AgencyCode.parse(acting[1])
-            except InvalidAgencyCode:
-                return None
-            return agency if await self.is_registered(agency) else None
-        if user not in self._by_user:
-            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
-        return self._by_user.get(user)
-
-    async def is_registered(self, code: AgencyCode) -> bool:
-        """Whether ``code`` is a registered agency."""
-        await self._fresh()
-        if code not in self._codes:
-            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
-        return code in self._codes
-
-
-@dataclass(frozen=True)
-class Publication:
-    """One message the worker must publish (and see confirmed) for a decision."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    message_id: str
-    headers: dict[str, Any]
-    content_type: str
-
-
-def receipt_for(message: Message, recipient: str) -> Receipt:
-    """The receipt of a decided message, rebuilt from its record alone.
-
-    Built from the database row (not from the first pass's memory) so that a
-    second pass after a crash sends the same receipt.
-    """
-    assert message.outcome is not None, "only decided messages have receipts"
-    detail = message.reason_detail.splitlines() if message.reason_detail else []
-    # A delivered message's detail is what the reader let pass; a refused one's, why.
-    delivered = message.outcome is TransportOutcome.DELIVERED
-    problems, warnings = ([], detail) if delivered else (detail, [])
-    reason: Reason | Failure | None = None
-    if message.reason_code:
-        reason = Reason.from_code(message.reason_code) or Failure.from_code(message.reason_code)
-    return Receipt(
-        message_id=message.amqp_message_id or f"lienthong:{message.pk}",
-        document_id=message.document_id,
-        kind=message.kind,
-        sender=None if message.sender is None else str(message.sender),
-        recipient=recipient,
-        outcome=message.outcome,
-        reason_code=message.reason_code,
-        reason=_sentence(reason.vietnamese if reason else None, problems),
-        reason_en=_sentence(reason.english if reason else None, problems),
-        problems=problems,
-        warnings=warnings,
-        sha256=message.sha256,
-        at=message.updated_at,
-    )
-
-
-def _sentence(text: str | None, problems: list[str]) -> str | None:
-    if text is None:
-        return None
-    return with_problems(text, problems)
-
-
-def effects_of(message: Message, body: bytes, recipient: str) -> list[Publication]:
-    """What must be published for a decided message, in publishing order.
-
-    An accepted package goes to its recipient first (the inbox for a
-    document, the status queue for a status), then the receipt to its
-    sender, so a sender never holds a ``delivered`` receipt for something
-    the broker has not confirmed. A rejected message only gets its receipt,
-    and only when the publisher is a registered agency to send it to.
-    """
-    effects = []
-    headers: dict[str, Any] = {
-        h.MESSAGE: message.pk,
-        h.KIND: message.kind.value,
-        h.RECIPIENT: recipient,
-        h.SHA256: message.sha256,
-    }
-    if message.document_id:
-        headers[h.DOCUMENT_ID] = message.document_id
-    if message.sender is not None:
-        headers[h.SENDER] = str(message.sender)
-    if message.outcome is TransportOutcome.DELIVERED:
-        exchange = DELIVER_EXCHANGE if message.kind is MessageKind.DOCUMENT else STATUS_EXCHANGE
-        effects.append(
-            Publication(
-                exchange, recipient, body, f"lienthong:{message.pk}", headers, "application/xml"
-            )
-        )
-    if message.sender is not None:
-        receipt = receipt_for(message, recipient)
-        effects.append(
-            Publication(
-                STATUS_EXCHANGE,
-                str(message.sender),
-                receipt.to_bytes(),
-                f"lienthong:{message.pk}:receipt:{receipt.outcome.value}",
-                {**headers, h.KIND: "receipt"},
-                RECEIPT_CONTENT_TYPE,
-            )
-        )
-    return effects
-
-
-def _as_aware(moment: datetime) -> datetime:
-    """Package timestamps are Vietnam local time; the database wants an instant."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
-
-
-T = TypeVar("T")
-
-# Most messages one database transaction records (see GroupCommit).
-GROUP_COMMIT_MAX = 64
-
-
-@dataclass(eq=False)
-class _Pending:
-    """A message's writes waiting for the next group, and where its result goes."""
-
-    writes: Callable[[Connection], Awaitable[Any]]
-    # The key that orders writes in the group (see GroupCommit).
-    order: str
-    # What the group's one statement takes instead of ``writes``, if it can.
-    usual: Any
-    done: asyncio.Future[Any]
-
-
-# An outbox flag waiting for the next group: the message, and who waits.
-_Flag = tuple[int, asyncio.Future[None]]
-
-# Writes the usual messages of a group (their ``usual``) and sets outbox
-# flags, in one statement on its own; returns, for each message, its result,
-# or None when its writes are still to run.
-Usual = Callable[[Connection, list[Any], list[int]], Awaitable[list[Any]]]
-
-
-class GroupCommit:
-    """Record the decisions of messages handled at once together: a group commit.
-
-    Every message's record is hash-chained, and a transaction holds the
-    chain's lock while it commits (migration 0006), so commits that record
-    messages run one after the other, each paying its own lock hand-over and
-    WAL flush. Here the writes of every message that waits while a group is
-    written go into the next one, together: one lock and one flush for the
-    group. A lone message is written at once: no waiting for company.
-
-    The usual messages of a group (those run with a ``usual`` value, when
-    the group commit has a ``usual`` function: in the worker, new documents
-    for registered recipients) are written by that function in one statement,
-    committed on its own, with the outbox flags waiting at that moment
-    (:meth:`mark`): one round trip for the group. The others, and any the
-    statement leaves undone, run their ``writes`` in one transaction. Should
-    one message's writes fail (a transient error), that transaction is
-    written again with each message's writes in a savepoint of their own,
-    so that only that message fails; writes are plain database work, safe to
-    run again. Nobody learns the outcome of its writes before the commit, so
-    a message is still published only once its decision is durable, and
-    acked only once published.
-
-    The groups of several workers are written at the same time and only
-    their commits queue up. Two groups that touch the same rows (the copies
-    of one document sent to several recipients land in different workers)
-    take their row locks in the order of ``order`` (the document), so that
-    one waits for the other instead of both waiting for each other.
-    """
-
-    def __init__(
-        self,
-        pool: Pool,
-        *,
-        most: int = GROUP_COMMIT_MAX,
-        at_once: int = 1,
-        usual: Usual | None = None,
-    ) -> None:
-        """Group commits on connections of ``pool``, at most ``most`` messages each.
-
-        Up to ``at_once`` groups are written at the same time, each on its
-        own connection: a message that arrives while a group is being
-        written starts the next group at once instead of waiting for it
-        (round trips are slow on a busy machine).
-        """
-        self._pool = pool
-        self._most = most
-        self._at_once = at_once
-        self._usual = usual
-        self._waiting: list[_Pending] = []
-        self._flags: list[_Flag] = []
-        self._flushers: set[asyncio.Task[None]] = set()
-
-    async def run(
-        self, writes: Callable[[Connection], Awaitable[T]], order: str = "", usual: Any = None
-    ) -> T:
-        """Run ``writes`` in the next group; return its result once committed.
-
-        Within a group, writes run in the order of ``order``, then of
-        arrival. With ``usual`` (not None), the group's one statement may do
-        the writes instead (see the class).
-        """
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Pending(writes, order, usual, done))
-        self._start_flusher(self._at_once)
-        return await done
-
-    async def mark(self, message_pk: int) -> None:
-        """Set the outbox flag of ``message_pk`` with the next group; return once committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._flags.append((message_pk, done))
-        # While a group is being written, the flag waits for the next one:
-        # it rides in the next group's statement instead of one of its own.
-        self._start_flusher(1)
-        await done
-
-    def _start_flusher(self, most: int) -> None:
-        """Start writing at once, unless ``most`` flushers are running already."""
-        # A flusher whose loop just ended is done at once (its done callbacks
-        # run later): count the running ones, not the ones not yet discarded.
-        self._flushers = {flusher for flusher in self._flushers if not flusher.done()}
-        if len(self._flushers) < most:
-            self._flushers.add(asyncio.create_task(self._flush()))
-
-    async def _flush(self) -> None:
-        while self._waiting or self._flags:
-            group, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
-            flags, self._flags = self._flags[: self._most], self._flags[self._most :]
-            group.sort(key=lambda pending: pending.order)
-            try:
-                await self._commit(group, flags)
-            except BaseException as error:
-                # The commit (or the connection) failed: nothing of the group
-                # is durable, every message in it failed.
-                for pending in group:
-                    _settle(pending.done, error=error)
-                for _, done in flags:
-                    _settle(done, error=error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-
-    async def _commit(self, group: list[_Pending], flags: list[_Flag]) -> None:
-        usual = [pending for pending in group if pending.usual is not None]
-        if self._usual is not None and usual:
-            group, flags = await self._in_one_statement(usual, group, flags)
-        if flags:
-            await self._set_flags(flags)
-        if not group:
-            return
-        try:
-            results = await self._together(group)
-        except Exception as error:
-            if len(group) == 1:
-                _settle(group[0].done, error=error)
-                return
-            # One message's writes failed and took the others' with them:
-            # again, each in a savepoint of its own, so that only it fails.
-            await self._separately(group)
-            return
-        for pending, result in zip(group, results, strict=True):
-            _settle(pending.done, result=result)
-
-    async def _in_one_statement(
-        self,
-        usual: list[_Pending],
-        group: list[_Pending],
-        flags: list[_Flag],
-    ) -> tuple[list[_Pending], list[_Flag]]:
-        """The usual messages and the flags in one statement; returns what is left to do."""
-        assert self._usual is not None
-        try:
-            async with self._pool.acquire() as conn:
-                results = await self._usual(
-                    conn, [pending.usual for pending in usual], [pk for pk, _ in flags]
-                )
-        except Exception:
-            # Nothing of the statement is durable; each message's writes run
-            # in the transaction, where a failure stays its own.
-            log.warning(
-                "a group's one statement failed; its messages are written apart", exc_info=True
-            )
-            return group, flags
-        for _, flagged in flags:
-            _settle(flagged)
-        written = set()
-        for pending, result in zip(usual, results, strict=True):
-            if result is not None:
-                _settle(pending.done, result=result)
-                written.add(id(pending))
-        return [pending for pending in group if id(pending) not in written], []
-
-    async def _set_flags(self, flags: list[_Flag]) -> None:
-        error: Exception | None = None
-        try:
-            async with self._pool.acquire() as conn:
-                await queries.mark_published_many(conn, [pk for pk, _ in flags])
-        except Exception as failure:
-            # Each of its messages fails as if its own flag could not be set:
-            # it takes the retry path, and its effects are published again,
-            # which the clients drop as repeats.
-            error = failure
-        for _, done in flags:
-            _settle(done, error=error)
-
-    async def _together(self, group: list[_Pending]) -> list[Any]:
-        """Every message's writes in one transaction, no savepoints: the usual case."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            return [await pending.writes(conn) for pending in group]
-
-    async def _separately(self, group: list[_Pending]) -> None:
-        """One transaction, each message's writes in a savepoint: a failure stays its own."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            for pending in group:
-                try:
-                    async with conn.transaction():
-                        outcomes.append((pending.done, await pending.writes(conn), None))
-                except Exception as error:
-                    outcomes.append((pending.done, None, error))
-        for done, result, failure in outcomes:
-            _settle(done, result=result, error=failure)
-
-
-async def _record_usual_messages(
-    conn: Connection, messages: list[NewDocumentMessage], flags: list[int]
-) -> list[Message | None]:
-    """The group's one statement (GroupCommit): new documents, recorded and delivered, and flags.
-
-    Returns each message's decided record, or None for one whose writes are
-    still to run: one the statement left undecided or did not write (seen
-    before, a DocumentId taken by other bytes), and a second copy of the
-    same message, or of the same document to the same recipient, in one
-    group (a re-publish racing its first copy), which the statement cannot
-    take twice.
-    """
-    chosen: list[NewDocumentMessage] = []
-    keys: set[str] = set()
-    routes: set[tuple[str, str, str]] = set()
-    for message in messages:
-        route = (str(message.document.sender), message.document.document_id, str(message.recipient))
-        if message.dedup_key not in keys and route not in routes:
-            chosen.append(message)
-        keys.add(message.dedup_key)
-        routes.add(route)
-    recorded = dict(
-        zip(
-            (id(message) for message in chosen),
-            await queries.record_delivered_documents(conn, chosen, flags),
-            strict=True,
-        )
-    )
-    results: list[Message | None] = []
-    for message in messages:
-        record = recorded.get(id(message))
-        results.append(record if record is not None and record.decided else None)
-    return results
-
-
-def _warnings(inspected: Inspected) -> str | None:
-    """The package's warnings as a delivered message records them: one a line."""
-    return "\n".join(inspected.package.warnings) or None
-
-
-def _new_document(inspected: Inspected, sha256: str) -> NewDocument:
-    """The document row a document message that passed its checks brings."""
-    package = inspected.package
-    assert isinstance(package, DocumentPackage)
-    return NewDocument(
-        sender=inspected.sender,
-        document_id=inspected.document_id,
-        sha256=sha256,
-        code_number=package.code.code_number,
-        code_notation=package.code.code_notation,
-        subject=package.subject,
-        promulgation_date=package.promulgation.promulgation_date,
-        due_date=package.due_date,
-        doc_type=package.business_doc_type,
-        priority=package.other_info.priority if package.other_info else None,
-    )
-
-
-def _lock_order(inspected: Inspected | Rejection) -> str:
-    """The key of the rows a message's writes lock: its document (see GroupCommit)."""
-    if isinstance(inspected, Rejection):
-        return ""
-    if inspected.ref is not None:  # a status locks the delivery of the document it reports on
-        return f"{inspected.ref.sender}\x00{inspected.ref.document_id}"
-    return f"{inspected.sender}\x00{inspected.document_id}"
-
-
-def _settle(
-    done: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
-) -> None:
-    """Tell a waiting message its outcome (unless it stopped waiting)."""
-    if done.done():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(result)
-
-
 class Worker:
     """One consumer of the work queue, with its database pool and publisher."""
 
@@ -704,17 +259,23 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
-        self._group_commit = GroupCommit(
-            pool, at_once=settings.group_commits, usual=_record_usual_messages
-        )
+        self.ledger = Ledger(pool, self.directory, group_commits=settings.group_commits)
         self.processed = 0
+        # An error no retry can fix (is_fatal) that stopped this worker.
+        self.fatal: BaseException | None = None
+        self._stop: asyncio.Event | None = None
         # The channel and consumer tag of the work queue's consumer, for the
         # watchdog (is_consuming).
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then finish what is in flight."""
+        """Consume until ``stop`` is set, then finish what is in flight.
+
+        A fatal error (:func:`~exchange.failures.is_fatal`) sets ``stop``
+        itself and is kept in :attr:`fatal`.
+        """
+        self._stop = stop
         self._publisher = await ConfirmingPublisher.open(self.connection)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
@@ -769,7 +330,9 @@ class Worker:
         transient one sends the message to a retry queue, or parks it after
         the last retry; only if even that fails does it go back to the work
         queue (and a broker that keeps failing will park it by its delivery
-        limit).
+        limit). A fatal error (the exchange's own files are broken) is no
+        fault of the message: it goes back to the work queue, for a worker
+        that can judge it, and this worker stops.
         """
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
@@ -781,7 +344,10 @@ class Worker:
                     await self._handle(message, origin, redelivered=True)
             else:
                 await self._handle(message, origin, redelivered=False)
-        except Exception:
+        except Exception as error:
+            if is_fatal(error):
+                await self._give_back_and_stop(message, error)
+                return
             # Even the retry or parking path failed (the broker is going
             # away): hand the message back; it is redelivered when the
             # broker is back, and counts towards its delivery limit.
@@ -792,22 +358,34 @@ class Worker:
         finally:
             metrics.IN_FLIGHT.dec()
 
+    async def _give_back_and_stop(
+        self, message: AbstractIncomingMessage, error: BaseException
+    ) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            log.critical("stopping the worker: %s", error)
+        if self._stop is not None:
+            self._stop.set()
+        with contextlib.suppress(Exception):
+            await settle(message, ack=False)
+
     async def _handle(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
+        arrival = origin.arrival(message)
         if redelivered:
-            key = queries.dedup_key(origin.routing_key, message.body, origin.broker_user)
             try:
-                async with self.pool.acquire() as conn:
-                    starts = await queries.count_start(conn, key)
+                starts = await self.ledger.count_start(arrival)
             except Exception as error:
+                if is_fatal(error):
+                    raise
                 await self._retry_or_park(message, origin, classify(error), error)
                 await settle(message, ack=True)
                 return
             if starts > POISON_STARTS:
                 # Decided before a worker died with it: only its effects are
                 # owed, and publishing them parses nothing, so it is no poison.
-                if not await self._publish_owed(message, origin):
+                if not await self._publish_owed(arrival):
                     await self._park(
                         message, origin, Failure.POISON, f"handling started {starts} times"
                     )
@@ -815,14 +393,10 @@ class Worker:
                 return
         self.faults.maybe_kill("after_receive")
         try:
-            record = await self.process(
-                message.body,
-                routing_key=origin.routing_key,
-                broker_user=origin.broker_user,
-                amqp_message_id=message.message_id,
-                replay=origin.replay,
-            )
-        except Exception as error:  # classified: anything not a Rejection is transient
+            record = await self.process(arrival)
+        except Exception as error:  # anything not a Rejection is transient, or fatal
+            if is_fatal(error):
+                raise
             await self._retry_or_park(message, origin, classify(error), error)
             await settle(message, ack=True)
             return
@@ -830,6 +404,76 @@ class Worker:
         await settle(message, ack=True)
         self.processed += 1
         self._observe(record, origin)
+
+    async def process(self, arrival: Arrival) -> Message:
+        """Inspect, decide and record, publish, mark: one message; returns its record."""
+        publisher = await self.directory.agency_of_user(arrival.broker_user)
+        envelope = Envelope(arrival.body, arrival.routing_key, publisher)
+        inspected = await self._inspect(envelope)
+        decided = await self.ledger.decide(arrival, envelope, inspected)
+        self.faults.maybe_kill("after_commit")
+        record = decided.record
+        if not record.published:
+            started = time.perf_counter()
+            await self._publish(decided.owed)
+            await self._set_outbox_flag(record.pk)
+            metrics.STAGE_SECONDS.labels(metrics.STAGE_PUBLISH).observe(
+                time.perf_counter() - started
+            )
+        log.info(
+            "message %s %s: %s%s",
+            record.pk,
+            record.kind.value,
+            record.outcome.value if record.outcome else "undecided",
+            f" {record.reason_code}" if record.reason_code else "",
+            extra={
+                "message_id": arrival.amqp_message_id,
+                "message_pk": record.pk,
+                "document_id": record.document_id,
+                "sender": None if record.sender is None else str(record.sender),
+                "recipient": arrival.routing_key,
+                "broker_user": arrival.broker_user,
+                "kind": record.kind.value,
+                "outcome": record.outcome.value if record.outcome else "undecided",
+                "reason_code": record.reason_code,
+            },
+        )
+        return record
+
+    async def _inspect(self, envelope: Envelope) -> Inspected | Rejection:
+        """The pure checks, off the event loop, unless the same bytes were examined moments ago."""
+        timings: dict[str, float] = {}
+        inspected: Inspected | Rejection
+        try:
+            recalled = self.inspector.recall(envelope)
+            if recalled is None:
+                inspected = await asyncio.get_running_loop().run_in_executor(
+                    None, self.inspector.inspect, envelope, timings
+                )
+            else:
+                inspected = recalled
+                metrics.CHECKS_REUSED.inc()
+        except Rejection as rejection:
+            inspected = rejection
+        for stage, seconds in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+        return inspected
+
+    async def _publish(self, publications: Iterable[Publication]) -> None:
+        assert self._publisher is not None, "run() opens the publisher"
+        for publication in publications:
+            await self._publisher.publish(
+                publication.exchange,
+                publication.routing_key,
+                publication.body,
+                message_id=publication.message_id,
+                headers=publication.headers,
+                content_type=publication.content_type,
+            )
+
+    async def _set_outbox_flag(self, message_pk: int) -> None:
+        """Record that a message's effects are published (with others published meanwhile)."""
+        await self.ledger.mark_published(message_pk)
 
     def _observe(self, record: Message, origin: Origin) -> None:
         outcome = record.outcome.value if record.outcome else "undecided"
@@ -914,340 +558,34 @@ class Worker:
         # database may be why it is parked): the audit lists parked messages
         # that have no row, and the replay tool takes them from the queue.
         try:
-            await self._record_parked(message.body, origin, failure, detail, message.message_id)
+            decided = await self.ledger.park(
+                origin.arrival(message), failure, detail, attempts=origin.attempts
+            )
+            if decided is not None:
+                await self._publish(decided.owed)
+                await self.ledger.mark_published(decided.record.pk)
         except Exception as error:
             log.error("parked message %s is not recorded: %s", message.message_id, error)
 
-    async def _publish_owed(self, message: AbstractIncomingMessage, origin: Origin) -> bool:
+    async def _publish_owed(self, arrival: Arrival) -> bool:
         """Finish a message decided on an earlier pass: publish what it still owes.
 
         Returns ``False`` when it was never decided (or is a replay to decide
         again), or when the database cannot say: then it may be poison.
         """
-        key = queries.dedup_key(origin.routing_key, message.body, origin.broker_user)
         try:
-            async with self.pool.acquire() as conn:
-                record = (await queries.messages_by_dedup_key(conn, [key])).get(key)
-                if record is None or not record.decided:
-                    return False
-                if origin.replay and record.outcome in REDECIDED_ON_REPLAY:
-                    return False
-                if not record.published:
-                    await self._publish(effects_of(record, message.body, origin.routing_key))
-                    await queries.mark_published(conn, record.pk)
+            decided = await self.ledger.earlier_decision(arrival)
+            if decided is None:
+                return False
+            if not decided.record.published:
+                await self._publish(decided.owed)
+                await self.ledger.mark_published(decided.record.pk)
         except Exception as error:
-            log.warning("cannot tell whether message %s was decided: %s", message.message_id, error)
+            log.warning(
+                "cannot tell whether message %s was decided: %s", arrival.amqp_message_id, error
+            )
             return False
         return True
-
-    async def _record_parked(
-        self, body: bytes, origin: Origin, failure: Failure, detail: str, message_id: str | None
-    ) -> None:
-        publisher = await self.directory.agency_of_user(origin.broker_user)
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                record, _ = await queries.record_message(
-                    conn,
-                    dedup_key=queries.dedup_key(origin.routing_key, body, origin.broker_user),
-                    amqp_message_id=message_id,
-                    routing_key=origin.routing_key,
-                    broker_user=origin.broker_user,
-                    body=body,
-                    sha256=hashlib.sha256(body).hexdigest(),
-                    sender=publisher,
-                )
-                if record.decided:
-                    # Decided before the failure (it was the publishing that
-                    # failed): the decision stands and its effects are still
-                    # owed; the replay tool publishes them.
-                    return
-                record = await queries.set_outcome(
-                    conn,
-                    record.pk,
-                    TransportOutcome.PARKED,
-                    failure.parked_code,
-                    detail[:MAX_DETAIL_CHARS],
-                    sender=publisher,
-                    # A message parked on its first pass (poison) was still
-                    # attempted once; the column counts attempts from 1.
-                    attempts=max(origin.attempts, 1),
-                )
-            await self._publish(effects_of(record, body, origin.routing_key))
-            await queries.mark_published(conn, record.pk)
-
-    async def process(
-        self,
-        body: bytes,
-        *,
-        routing_key: str,
-        broker_user: str | None,
-        amqp_message_id: str | None,
-        replay: bool = False,
-    ) -> Message:
-        """Decide, record and publish one message; returns its record.
-
-        A message seen before keeps its decision, except on a replay of a
-        rejected or parked message, which is decided again (a CA added since,
-        a database back up).
-        """
-        publisher = await self.directory.agency_of_user(broker_user)
-        envelope = Envelope(body, routing_key, publisher)
-        loop = asyncio.get_running_loop()
-        inspected: Inspected | Rejection
-        timings: dict[str, float] = {}
-        try:
-            recalled = self.inspector.recall(envelope)
-            if recalled is None:
-                inspected = await loop.run_in_executor(
-                    None, self.inspector.inspect, envelope, timings
-                )
-            else:
-                inspected = recalled
-                metrics.CHECKS_REUSED.inc()
-        except Rejection as rejection:
-            inspected = rejection
-        for stage, seconds in timings.items():
-            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
-        # Asked before a connection is taken: a directory miss reloads the
-        # directory through the pool, and waiting for a second pooled
-        # connection inside the transaction can exhaust the pool (and, while
-        # the transaction holds a lock other writers wait for, stall them all).
-        registered = (
-            isinstance(inspected, Inspected)
-            and inspected.kind is MessageKind.DOCUMENT
-            and await self.directory.is_registered(inspected.recipient)
-        )
-
-        key = queries.dedup_key(routing_key, body, broker_user)
-        # The usual case, a new document for a registered recipient, is
-        # recorded and delivered in one statement (with the other usual
-        # messages of its group, see GroupCommit).
-        usual = None
-        if registered:  # only a document that passed its checks has a registered recipient
-            assert isinstance(inspected, Inspected)
-            usual = NewDocumentMessage(
-                dedup_key=key,
-                amqp_message_id=amqp_message_id,
-                routing_key=routing_key,
-                broker_user=broker_user,
-                body=body,
-                recipient=inspected.recipient,
-                document=_new_document(inspected, envelope.sha256),
-                warnings=_warnings(inspected),
-            )
-
-        async def writes(conn: Connection) -> Message:
-            if usual is not None:
-                recorded = await queries.record_delivered_document(conn, usual)
-                if recorded is not None:
-                    if recorded.decided:
-                        return recorded
-                    return await self._decide(conn, recorded, envelope, inspected, registered)
-            record, _ = await queries.record_message(
-                conn,
-                dedup_key=key,
-                amqp_message_id=amqp_message_id,
-                routing_key=routing_key,
-                broker_user=broker_user,
-                body=body,
-                sha256=envelope.sha256,
-                sender=publisher,
-            )
-            redecide = replay and record.outcome in REDECIDED_ON_REPLAY
-            if not record.decided or redecide:
-                record = await self._decide(conn, record, envelope, inspected, registered)
-            elif record.published:
-                metrics.DUPLICATES.inc()
-            return record
-
-        started = time.perf_counter()
-        # Returns once the transaction holding these writes committed.
-        record = await self._group_commit.run(writes, order=_lock_order(inspected), usual=usual)
-        metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
-        self.faults.maybe_kill("after_commit")
-        if not record.published:
-            started = time.perf_counter()
-            await self._publish(effects_of(record, body, routing_key))
-            await self._set_outbox_flag(record.pk)
-            metrics.STAGE_SECONDS.labels(metrics.STAGE_PUBLISH).observe(
-                time.perf_counter() - started
-            )
-        log.info(
-            "message %s %s: %s%s",
-            record.pk,
-            record.kind.value,
-            record.outcome.value if record.outcome else "undecided",
-            f" {record.reason_code}" if record.reason_code else "",
-            extra={
-                "message_id": amqp_message_id,
-                "message_pk": record.pk,
-                "document_id": record.document_id,
-                "sender": None if record.sender is None else str(record.sender),
-                "recipient": routing_key,
-                "broker_user": broker_user,
-                "kind": record.kind.value,
-                "outcome": record.outcome.value if record.outcome else "undecided",
-                "reason_code": record.reason_code,
-            },
-        )
-        return record
-
-    async def _set_outbox_flag(self, message_pk: int) -> None:
-        """Record that a message's effects are published (with others published meanwhile)."""
-        await self._group_commit.mark(message_pk)
-
-    async def _decide(
-        self,
-        conn: Connection,
-        record: Message,
-        envelope: Envelope,
-        inspected: Inspected | Rejection,
-        recipient_registered: bool,
-    ) -> Message:
-        """Record the outcome of a message never decided before (in the caller's transaction)."""
-        document_id = None
-        kind = MessageKind.UNKNOWN
-        try:
-            if isinstance(inspected, Rejection):
-                raise inspected
-            kind, document_id = inspected.kind, inspected.document_id
-            # No savepoint: both paths refuse before their first write (or,
-            # for a document whose id is taken, after an upsert that wrote
-            # nothing), so a refusal leaves nothing behind.
-            if isinstance(inspected.package, DocumentPackage):
-                return await self._accept_document(
-                    conn, record, envelope, inspected, recipient_registered
-                )
-            return await self._accept_status(conn, record, inspected)
-        except Rejection as rejection:
-            return await queries.set_outcome(
-                conn,
-                record.pk,
-                TransportOutcome.REJECTED,
-                rejection.reason,
-                "\n".join(str(p) for p in rejection.problems) or None,
-                kind=kind,
-                sender=envelope.publisher,
-                document_id=document_id,
-            )
-
-    async def _accept_document(
-        self,
-        conn: Connection,
-        record: Message,
-        envelope: Envelope,
-        inspected: Inspected,
-        registered: bool,
-    ) -> Message:
-        # Everything refusable before the first write: a document row written
-        # for a recipient then refused would collide with a corrected re-send.
-        decide_document(
-            inspected, recipient_registered=registered, existing_sha256=None, sha256=envelope.sha256
-        )
-        document = _new_document(inspected, envelope.sha256)
-        # In one round trip; None when a row committed by a concurrent
-        # transaction was out of the statement's sight.
-        delivered = await queries.deliver_document(
-            conn,
-            message_pk=record.pk,
-            recipient=inspected.recipient,
-            document=document,
-            warnings=_warnings(inspected),
-        )
-        if delivered is not None:
-            stored, accepted = delivered
-            if accepted is not None:
-                return accepted
-        else:
-            stored = await queries.upsert_document(conn, document, first_message_pk=record.pk)
-        # Nothing was written when the id was taken by other bytes.
-        decide_document(
-            inspected,
-            recipient_registered=registered,
-            existing_sha256=stored.document.sha256,
-            sha256=envelope.sha256,
-        )
-        delivery, _ = await queries.create_delivery(
-            conn, stored.document.pk, inspected.recipient, record.pk
-        )
-        await queries.append_event(
-            conn, delivery_pk=delivery.pk, message_pk=record.pk, code=TransportOutcome.DELIVERED
-        )
-        return await queries.set_outcome(
-            conn,
-            record.pk,
-            TransportOutcome.DELIVERED,
-            detail=_warnings(inspected),
-            kind=MessageKind.DOCUMENT,
-            sender=inspected.sender,
-            document_pk=stored.document.pk,
-            document_id=inspected.document_id,
-        )
-
-    async def _accept_status(
-        self, conn: Connection, record: Message, inspected: Inspected
-    ) -> Message:
-        package = inspected.package
-        assert isinstance(package, StatusPackage) and inspected.ref is not None
-        ref = inspected.ref
-        delivery = await queries.get_delivery(
-            conn, ref.sender, ref.document_id, ref.recipient, lock=True
-        )
-        history = None
-        if delivery is not None:
-            history = [
-                (event.at.astimezone(VIETNAM_TIME).replace(tzinfo=None), StatusCode(event.code))
-                for event in await queries.list_events(conn, delivery.pk)
-                if event.kind.value == "status"
-            ]
-        state = decide_status(inspected, history)
-        assert delivery is not None  # decide_status refuses a status for no delivery
-        await queries.update_delivery_state(conn, delivery.pk, state)
-        await queries.append_event(
-            conn,
-            delivery_pk=delivery.pk,
-            message_pk=record.pk,
-            code=package.status_code,
-            at=_as_aware(package.timestamp),
-            description=package.description,
-        )
-        return await queries.set_outcome(
-            conn,
-            record.pk,
-            TransportOutcome.DELIVERED,
-            detail=_warnings(inspected),
-            kind=MessageKind.STATUS,
-            sender=inspected.sender,
-            document_pk=delivery.document_pk,
-            document_id=ref.document_id,
-        )
-
-    async def _publish(self, publications: list[Publication]) -> None:
-        assert self._publisher is not None, "run() opens the publisher"
-        for publication in publications:
-            await self._publisher.publish(
-                publication.exchange,
-                publication.routing_key,
-                publication.body,
-                message_id=publication.message_id,
-                headers=publication.headers,
-                content_type=publication.content_type,
-            )
-
-
-async def prepare(settings: Settings) -> None:
-    """Bring the database schema and the core broker topology up to date."""
-    pool = await create_pool(settings)
-    try:
-        await migrate(pool)
-    finally:
-        await pool.close()
-    connection = await connect(settings.amqp_url, name="lienthong-init")
-    try:
-        channel = await connection.channel()
-        await declare(channel, core_topology())
-    finally:
-        await connection.close()
 
 
 async def watch(
@@ -1281,6 +619,79 @@ async def watch(
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
 
+def check_installation() -> None:
+    """Load every file the package ships; :class:`BrokenInstallation` if one is missing or broken.
+
+    The XSDs are what a worker needs to judge any package; the migrations
+    or the receipt schema missing mean a damaged installation all the same.
+    """
+    check_schema_files()
+    load_migrations()
+    if not receipt_schema_path().is_file():
+        raise BrokenInstallation(f"{receipt_schema_path()} is missing; reinstall lienthong")
+
+
+class StartupError(RuntimeError):
+    """A service did not answer in ``LIENTHONG_STARTUP_WAIT``; the message says which and why."""
+
+
+async def open_when_ready(
+    service: str,
+    address: str,
+    open_service: Callable[[], Awaitable[T]],
+    is_unreachable: Callable[[BaseException], bool],
+    *,
+    wait_s: float,
+    since: float,
+    stop: asyncio.Event,
+) -> T | None:
+    """``open_service()``, tried again while ``service`` does not answer, until ``since + wait_s``.
+
+    ``since`` is when the start began (:func:`time.monotonic`): the services
+    share one wait. Each failed attempt logs a line (which service, where,
+    why, when the next attempt comes); the pause doubles from
+    :data:`STARTUP_FIRST_PAUSE_S` to :data:`STARTUP_MOST_PAUSE_S`. Raises
+    :class:`StartupError` once the wait is spent (at once with 0), and lets
+    an error ``is_unreachable`` does not accept (a refused login) through at
+    once. Returns ``None`` if ``stop`` is set while waiting.
+    """
+    deadline = since + wait_s
+    pause = STARTUP_FIRST_PAUSE_S
+    attempt = 1
+    while True:
+        try:
+            return await open_service()
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            cause = str(error) or type(error).__name__
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" after {wait_s:g} s" if wait_s else ""
+                raise StartupError(
+                    f"cannot reach {service} at {address}{waited} ({cause}); is it running? "
+                    "(LIENTHONG_STARTUP_WAIT sets how long a starting worker waits for it)"
+                ) from None
+            pause = min(pause, left)
+            log.warning(
+                "cannot reach %s at %s yet (attempt %d: %s); trying again in %.1f s, "
+                "for up to %.1f s more",
+                service,
+                address,
+                attempt,
+                cause,
+                pause,
+                left,
+                extra={"service": service, "attempt": attempt},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+        if stop.is_set():
+            return None
+        pause = min(pause * 2, STARTUP_MOST_PAUSE_S)
+        attempt += 1
+
+
 async def run_workers(
     settings: Settings,
     *,
@@ -1293,22 +704,54 @@ async def run_workers(
 
     With ``metrics_port``, the process serves its metrics on that port
     (:func:`exchange.metrics.serve`) while the workers run.
+
+    Before anything else the shipped files are loaded (a worker without its
+    schemas could judge no package: :func:`check_installation`).
+    PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
+    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. A worker
+    that meets a fatal error while it runs stops, and it is raised here.
     """
     if settings.trust is None:
         raise RuntimeError(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
         )
     trust = TrustStore.load(settings.trust)
+    check_installation()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    # First: a port already taken fails the start before anything else.
-    stop_serving = metrics.serve(metrics_port) if metrics_port else None
-    try:
-        pool = await create_pool(settings)
-        connection = await connect(settings.amqp_url, name="lienthong-worker")
+    workers: list[Worker] = []
+    since = time.monotonic()
+    async with contextlib.AsyncExitStack() as opened:  # closed in reverse order
+        # First: a port already taken fails the start before anything else.
+        if metrics_port:
+            opened.callback(metrics.serve(metrics_port))
+        pool = await open_when_ready(
+            "PostgreSQL",
+            database_address(settings.database_url),
+            lambda: create_pool(settings),
+            is_database_unreachable,
+            wait_s=settings.startup_wait,
+            since=since,
+            stop=stop,
+        )
+        if pool is None:
+            return 0
+        opened.push_async_callback(pool.close)
+        connection = await open_when_ready(
+            "RabbitMQ",
+            broker_address(settings.amqp_url),
+            lambda: connect_quietly(settings.amqp_url, name="lienthong-worker"),
+            is_broker_unreachable,
+            wait_s=settings.startup_wait,
+            since=since,
+            stop=stop,
+        )
+        if connection is None:
+            return 0
+        opened.push_async_callback(connection.close)
         workers = [
             Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
         ]
@@ -1324,9 +767,7 @@ async def run_workers(
                 await watchdog
             metrics.CONSUMERS.set(0)
             metrics.BROKER_CONNECTED.set(0)
-            await connection.close()
-            await pool.close()
-    finally:
-        if stop_serving is not None:
-            stop_serving()
+    fatal = next((w.fatal for w in workers if w.fatal is not None), None)
+    if fatal is not None:
+        raise fatal
     return sum(w.processed for w in workers)

@@ -27,6 +27,15 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # Alertmanager and amtool: the inhibition tests run the real thing on a free port.
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+# Java and the jars the official edXML library needs: the interoperability
+# tests (tests/interop/test_edxml102.py) build and parse packages with it
+# from ../shared/clients/edxml102/.
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+[ -f /usr/share/java/jdom2.jar ] || missing+=(libjdom2-java)
+[ -f /usr/share/java/guava.jar ] || missing+=(libguava-java)
+[ -f /usr/share/java/commons-codec.jar ] || missing+=(libcommons-codec-java)
+{ [ -f /usr/share/java/slf4j-api.jar ] && [ -f /usr/share/java/slf4j-nop.jar ]; } \
+  || missing+=(libslf4j-java)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -62,6 +62,9 @@ timestamps = st.datetimes(
 )
 """Naive or aware, with microseconds: the model reduces them to wire time."""
 
+# Paper (a paper copy follows): the values senders write.
+papers = st.sampled_from(["0", "1", "true", "false"])
+
 amounts = st.one_of(st.none(), st.integers(min_value=0, max_value=10**6))
 
 organizations = st.builds(
@@ -89,7 +92,9 @@ response_fors = st.builds(
 staff_infos = st.builds(
     StaffInfo,
     department=optional_texts,
+    department_id=optional_texts,
     staff=optional_texts,
+    staff_id=optional_texts,
     mobile=optional_texts,
     email=optional_texts,
 )
@@ -103,7 +108,9 @@ other_infos = st.builds(
     typer_notation=optional_texts,
     promulgation_amount=amounts,
     page_amount=amounts,
+    reply_fors=optional_texts,
     direction=st.none() | st.booleans(),
+    reference_codes=optional_texts,
     appendixes=st.lists(texts, max_size=3).map(tuple),
 )
 
@@ -139,12 +146,16 @@ businesses = st.builds(
 def attachments(draw: st.DrawFn, index: int) -> Attachment:
     """One attached file; the ContentId has the ``cid:`` prefix or not."""
     prefix = draw(st.sampled_from(["cid:", ""]))
-    return Attachment.from_bytes(
+    file = Attachment.from_bytes(
         draw(st.binary(max_size=64)),
         draw(texts),
         content_type=draw(optional_texts),
         description=draw(optional_texts),
         content_id=f"{prefix}{index}-{draw(st.uuids())}",
+    )
+    # FieldName and MimeType: what the official edXML library adds.
+    return Attachment.model_validate(
+        {**file.model_dump(), "field_name": draw(optional_texts), "mime_type": draw(optional_texts)}
     )
 
 
@@ -212,9 +223,14 @@ def document_packages(draw: st.DrawFn) -> DocumentPackage:
         other_info=draw(st.none() | other_infos),
         response_for=tuple(draw(st.lists(response_fors, max_size=2))),
         steering_type=draw(st.none() | st.sampled_from(SteeringType)),
+        response_for_task=tuple(draw(st.lists(texts, max_size=2))),
+        application_type=draw(optional_texts),
         to_places=tuple(draw(st.lists(texts, max_size=3))),
         trace=tuple(draw(st.lists(trace_headers, min_size=1, max_size=3))),
         business=draw(st.none() | businesses),
+        trace_paper=draw(st.none() | papers),
+        trace_list_id=draw(optional_texts),
+        trace_list_version=draw(optional_texts),
         manifest=draw(manifests_for(files)),
         attachments=files,
     )
@@ -229,6 +245,9 @@ status_packages = st.builds(
     description=optional_texts,
     timestamp=timestamps,
     trace=st.lists(trace_headers, max_size=2).map(tuple),
+    trace_paper=st.none() | papers,
+    trace_list_id=optional_texts,
+    trace_list_version=optional_texts,
 )
 
 
@@ -263,7 +282,9 @@ complete_response_fors = st.builds(
 complete_staff_infos = st.builds(
     StaffInfo,
     department=optional_texts,
+    department_id=optional_texts,
     staff=texts,
+    staff_id=optional_texts,
     mobile=optional_short_texts,
     email=optional_texts,
 )
@@ -352,13 +373,21 @@ def complete_document_packages(draw: st.DrawFn) -> DocumentPackage:
     )
 
 
-complete_status_packages = st.builds(
-    StatusPackage,
-    sender=complete_organizations,
-    response_for=complete_response_fors,
-    staff=st.none() | complete_staff_infos,
-    status_code=st.sampled_from(StatusCode),
-    description=optional_texts,
-    timestamp=timestamps,
-    trace=st.lists(trace_headers, max_size=2).map(tuple),
-)
+@st.composite
+def complete_status_packages(draw: st.DrawFn) -> StatusPackage:
+    """A status package schemas/edxml-status.xsd accepts."""
+    trace = tuple(draw(st.lists(trace_headers, max_size=2)))
+    # A TraceHeaderList (where Paper, id and version go) needs a hop.
+    paper, label = (st.none() | papers, optional_texts) if trace else (st.none(), st.none())
+    return StatusPackage(
+        sender=draw(complete_organizations),
+        response_for=draw(complete_response_fors),
+        staff=draw(st.none() | complete_staff_infos),
+        status_code=draw(st.sampled_from(StatusCode)),
+        description=draw(optional_texts),
+        timestamp=draw(timestamps),
+        trace=trace,
+        trace_paper=draw(paper),
+        trace_list_id=draw(label),
+        trace_list_version=draw(label),
+    )

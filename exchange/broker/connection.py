@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -60,6 +62,11 @@ _INEQUIVALENT = re.compile(
 )
 
 
+def broker_user_of(amqp_url: str) -> str:
+    """The broker user an AMQP URL logs in as."""
+    return unquote(urlsplit(amqp_url).username or "guest")
+
+
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
     """Open a robust connection: it reconnects and restores channels by itself.
 
@@ -71,6 +78,36 @@ async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnect
         reconnect_interval=RECONNECT_INTERVAL_S,
         client_properties={"connection_name": name},
     )
+
+
+# The client libraries' loggers that report a failed connection attempt
+# themselves (aiormq at ERROR, aio-pika as "closed, reconnecting").
+_CONNECTING_LOGGERS = ("aiormq.connection", "aio_pika.robust_connection")
+
+
+async def connect_quietly(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
+    """:func:`connect`, for a caller that reports a failed attempt itself: raised, not logged.
+
+    A worker waiting for the broker at its start logs each attempt once, in
+    its own words; the client libraries would add two lines of their own.
+    Once connected, their logging is as before (a lost connection later is
+    theirs to report).
+    """
+    with _silenced(_CONNECTING_LOGGERS):
+        return await connect(url, name=name)
+
+
+@contextlib.contextmanager
+def _silenced(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def open_consumer_channel(
@@ -154,6 +191,29 @@ def is_broker_away(error: BaseException) -> bool:
     if isinstance(error, aiormq.exceptions.ChannelClosed):
         return False
     return isinstance(error, aiormq.exceptions.AMQPError | ConnectionError | OSError | RuntimeError)
+
+
+def broker_address(url: str) -> str:
+    """Where ``url`` points, for a log line: ``host:port vhost V``, never the password."""
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) or "/"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5672} vhost {vhost}"
+
+
+def is_broker_unreachable(error: BaseException) -> bool:
+    """Whether connecting failed because the broker is not there yet, not because it refused.
+
+    Not there yet: nothing listening, a connection cut during the
+    handshake of a broker still starting, or a vhost not created yet. A
+    refused login is an answer: trying again would not change it.
+    """
+    if isinstance(
+        error,
+        aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError,
+    ):
+        return False
+    # aiormq's connection errors are OSErrors.
+    return isinstance(error, OSError | TimeoutError)
 
 
 # -- declaring ------------------------------------------------------------------

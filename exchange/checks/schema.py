@@ -19,9 +19,12 @@ than libxml2 on any failure the tests cover (it stops at the first problem in
 a group and names the expected element no better), so it is used only by the
 tests, to check the XSD files themselves.
 
-The XSDs are found in ``schemas/`` at the top of the repository, or in the
-directory named by the environment variable ``LIENTHONG_SCHEMA_DIR`` (for an
-installed package, where the repository is not on disk).
+The XSDs are package data (``exchange/schemas/``, see
+:mod:`exchange.installation`), or sit in the directory named by the
+environment variable ``LIENTHONG_SCHEMA_DIR`` (a schema under test). A file
+missing or broken there is :class:`~exchange.installation.BrokenInstallation`,
+never a rejection: no package is at fault. :func:`check_schema_files` loads
+them all, for a worker to refuse to start without them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from lxml import etree
 from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.edxml.names import BODY, EDXML_NS, ENVELOPE, HEADER, MESSAGE_HEADER, ROOT, q
 from exchange.edxml.safexml import new_parser
+from exchange.installation import BrokenInstallation, data_dir
 from exchange.reasons import Problem, Reason, Rejection
 from exchange.status import BusinessDocType, Priority, StatusCode, SteeringType
 
@@ -65,8 +69,17 @@ _BODY_PATH = (ENVELOPE, BODY)
 # To, so edxml-document.xsd lets the tail of MessageHeader come in any order
 # and this check counts these (ResponseFor may repeat; DocumentId may sit
 # after To or in the tail, but only once).
-_AT_MOST_ONCE_IN_DOCUMENT_HEADER = ("DocumentId", "OtherInfo", "SteeringType", "ToPlaces")
+_AT_MOST_ONCE_IN_DOCUMENT_HEADER = (
+    "DocumentId",
+    "OtherInfo",
+    "SteeringType",
+    "ToPlaces",
+    "ResponseForTask",
+    "ApplicationType",
+)
 _AT_MOST_ONCE_TAGS = {q(name): name for name in _AT_MOST_ONCE_IN_DOCUMENT_HEADER}
+# The two spellings of TraceHeaderList's business block.
+_BUSINESS_NAMES = ("Bussiness", "Business")
 
 
 class PackageKind(Enum):
@@ -82,11 +95,11 @@ class PackageKind(Enum):
 
 
 def schema_dir() -> Path:
-    """Where the XSDs are: ``$LIENTHONG_SCHEMA_DIR``, else the repository's ``schemas/``."""
+    """Where the XSDs are: ``$LIENTHONG_SCHEMA_DIR``, else the package's ``schemas/``."""
     override = os.environ.get(SCHEMA_DIR_VARIABLE)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    return data_dir("schemas")
 
 
 def package_kind(root: etree._Element) -> PackageKind:
@@ -182,12 +195,46 @@ def _schema(kind: PackageKind) -> etree.XMLSchema:
 
 
 def load_schema(kind: PackageKind, directory: Path | None = None) -> etree.XMLSchema:
-    """Compile the XSD for ``kind`` from ``directory`` (default :func:`schema_dir`)."""
+    """Compile the XSD for ``kind`` from ``directory`` (default :func:`schema_dir`).
+
+    Raises :class:`BrokenInstallation` when a file is missing or broken.
+    """
     path = (directory or schema_dir()) / kind.xsd
-    # Our own files, but read with the hardened parser all the same: no DTD,
-    # no network. Includes are resolved relative to the file.
-    tree = etree.parse(str(path), new_parser())
-    return etree.XMLSchema(tree)
+    try:
+        # Includes are resolved relative to the file, at compilation.
+        return etree.XMLSchema(_read_xsd(path))
+    except etree.XMLSchemaParseError as error:  # an include missing or broken
+        raise _broken(path, error) from None
+
+
+def check_schema_files(directory: Path | None = None) -> None:
+    """Load and compile every XSD now; raise :class:`BrokenInstallation` if one cannot be.
+
+    A worker calls this before it starts: without its schemas it could
+    judge no package, and must not take messages to find that out.
+    """
+    for kind in PackageKind:
+        load_schema(kind, directory)
+        _read_schema_facts(kind, directory or schema_dir())
+
+
+def _read_xsd(path: Path) -> etree._ElementTree:
+    if not path.is_file():
+        raise _broken(path, "no such file")
+    try:
+        # Our own files, but read with the hardened parser all the same: no
+        # DTD, no network.
+        return etree.parse(str(path), new_parser())
+    except (OSError, etree.XMLSyntaxError) as error:
+        raise _broken(path, error) from None
+
+
+def _broken(path: Path, error: Exception | str) -> BrokenInstallation:
+    cause = _CLARK.sub("", str(error)).strip().splitlines()
+    return BrokenInstallation(
+        f"cannot load the edXML schema {path} ({cause[0] if cause else type(error).__name__}); "
+        f"reinstall lienthong, or point {SCHEMA_DIR_VARIABLE} at a folder holding every XSD"
+    )
 
 
 @dataclass(frozen=True)
@@ -207,10 +254,11 @@ class _SchemaFacts:
 
 @cache
 def _schema_facts(kind: PackageKind) -> _SchemaFacts:
-    trees = [
-        etree.parse(str(schema_dir() / xsd), new_parser()).getroot()
-        for xsd in (COMMON_XSD, kind.xsd)
-    ]
+    return _read_schema_facts(kind, schema_dir())
+
+
+def _read_schema_facts(kind: PackageKind, directory: Path) -> _SchemaFacts:
+    trees = [_read_xsd(directory / xsd).getroot() for xsd in (COMMON_XSD, kind.xsd)]
     patterns: dict[str, str] = {}
     owners: dict[str, set[str]] = {}  # complex type name -> names of elements of that type
     for tree in trees:
@@ -504,6 +552,13 @@ def _unexpected(
         siblings = [child for child in parent if isinstance(child.tag, str)]
         names = [etree.QName(child).localname for child in siblings]
         before = names[: siblings.index(element)]
+        if name == "TraceHeader" and name in before:
+            # TraceHeaders repeat, but all on one side of the Bussiness block.
+            return Problem(
+                where,
+                "the TraceHeader elements must come together, all before or all after "
+                f"{next((n for n in before if n in _BUSINESS_NAMES), 'Bussiness')}",
+            )
         if name in before and name not in expected:
             return Problem(where, f"element {name} may appear only once here")
         required = (etree.QName(parent).localname, expected[0]) if len(expected) == 1 else None

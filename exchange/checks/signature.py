@@ -352,6 +352,10 @@ def _ds_first(element: etree._Element, *steps: str) -> etree._Element | None:
     return found[0] if found else None
 
 
+def _is_empty(element: etree._Element) -> bool:
+    return len(element) == 0 and not (element.text or "").strip()
+
+
 def _local_path(element: etree._Element) -> str:
     names = [etree.QName(e).localname for e in (element, *element.iterancestors())]
     return "/".join(reversed(names))
@@ -362,6 +366,14 @@ def _the_signature(root: etree._Element) -> etree._Element:
     found = list(root.iter(DSIG_SIGNATURE))
     if not found:
         placeholder = next(root.iter(EDXML_SIGNATURE), None)
+        if placeholder is not None and _is_empty(placeholder):
+            # What the official edXML library writes: it never signs.
+            raise Rejection.of(
+                Reason.SIGNATURE_MISSING,
+                "its Signature element is empty, as the edXML library leaves it: "
+                "sign the package (XML-DSig) before sending it",
+                _local_path(placeholder),
+            )
         if placeholder is not None:
             raise Rejection.of(
                 Reason.SIGNATURE_MISSING,

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import string
 import uuid
+import zipfile
+import zlib
 from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, NamedTuple
 
@@ -143,7 +146,9 @@ class OtherInfo(_Value):
     typer_notation: OptionalText = None  # ký hiệu người đánh máy
     promulgation_amount: int | None = Field(None, ge=0)  # số bản phát hành
     page_amount: int | None = Field(None, ge=0)  # số trang
+    reply_fors: OptionalText = None  # ReplyFors (official library, not the regulation)
     direction: bool | None = None
+    reference_codes: OptionalText = None  # ReferenceCodes (official library)
     appendixes: tuple[Text, ...] = ()  # Appendixes/Appendix*
 
 
@@ -164,7 +169,9 @@ class StaffInfo(_Value):
     """``StaffInfo``: the clerk who handled the package (cán bộ xử lý)."""
 
     department: OptionalText = None
+    department_id: OptionalText = None  # DepartmentId (official library, not the regulation)
     staff: OptionalText = None
+    staff_id: OptionalText = None  # StaffId (official library)
     mobile: OptionalText = None
     email: OptionalText = None
 
@@ -250,6 +257,10 @@ class Manifest(_Value):
     references: tuple[ManifestReference, ...] = ()
 
 
+# The most Attachment.original() unzips: the largest package the exchange
+# takes (Settings.max_package_bytes' default); a zip bomb stops there.
+ORIGINAL_MAX_BYTES = 64 * 1024 * 1024
+
 # The base64 alphabet, and the ASCII characters str.split() takes for whitespace.
 _BASE64_LETTERS = string.ascii_letters.encode() + string.digits.encode() + b"+/"
 _SPLIT_WHITESPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
@@ -260,12 +271,15 @@ class Attachment(_Value):
 
     ``encoded`` is the ContentTransferEncoded text exactly as received (real
     senders zip each file first; the exchange never looks inside). Call
-    :meth:`decode` for the bytes.
+    :meth:`decode` for the bytes as sent, :meth:`original` for the file as
+    its sender had it before zipping.
     """
 
     content_id: Text
     attachment_name: Text
     description: OptionalText = None
+    field_name: OptionalText = None  # FieldName (official library, not the regulation)
+    mime_type: OptionalText = None  # MimeType (official library)
     content_type: OptionalText = None
     # Kept out of repr: it can be tens of megabytes. Only stripped, not
     # scanned: base64 is checked when decoded.
@@ -318,6 +332,54 @@ class Attachment(_Value):
             return binascii.a2b_base64(compact, strict_mode=True)
         except (binascii.Error, ValueError) as error:
             raise self._not_base64(str(error)) from None
+
+    @property
+    def zipped(self) -> bool:
+        """Whether the sender zipped the file for the journey.
+
+        The official library's rule, which its parser undoes: ContentType
+        ``application/zip`` on a file whose name does not end in ``.zip``
+        (it zips every file but pdf, doc, docx, xsl, xslx and zip ones).
+        """
+        content_type = (self.content_type or "").strip().lower()
+        return content_type == "application/zip" and not self.attachment_name.lower().endswith(
+            ".zip"
+        )
+
+    def original(self, max_bytes: int = ORIGINAL_MAX_BYTES) -> bytes:
+        """The file as its sender had it: :meth:`decode`, unzipped when :attr:`zipped`.
+
+        As the official library's parser does, a zipped file is the first
+        entry of the zip. A :class:`Rejection` (``BAD_ATTACHMENT``) if the
+        text is not base64, the zip is broken or empty, or the file unzips
+        to more than ``max_bytes`` (a zip bomb is not read past that).
+        """
+        data = self.decode()
+        if not self.zipped:
+            return data
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                entries = archive.infolist()
+                if not entries:
+                    raise self._bad_zip("the zip holds no file")
+                with archive.open(entries[0]) as entry:
+                    content = entry.read(max_bytes + 1)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError) as error:
+            raise self._bad_zip(
+                f"it is labelled application/zip but cannot be unzipped: {error}"
+            ) from None
+        except (EOFError, zlib.error) as error:
+            raise self._bad_zip(f"its zip is truncated or corrupt: {error}") from None
+        if len(content) > max_bytes:
+            raise self._bad_zip(f"it unzips to more than {max_bytes} bytes")
+        return content
+
+    def _bad_zip(self, detail: str) -> Rejection:
+        return Rejection.of(
+            Reason.BAD_ATTACHMENT,
+            f"the attached file {self.attachment_name!r} cannot be opened: {detail}",
+            f"AttachmentEncoded/Attachment[{self.content_id}]/ContentTransferEncoded",
+        )
 
     def _not_base64(self, detail: str) -> Rejection:
         return Rejection.of(
@@ -430,9 +492,16 @@ class DocumentPackage(_Value):
     other_info: OtherInfo | None = None
     response_for: tuple[ResponseFor, ...] = ()
     steering_type: SteeringType | None = None
+    # ResponseForTask/TaskCode* and ApplicationType: official library, not the regulation.
+    response_for_task: tuple[Text, ...] = ()
+    application_type: OptionalText = None
     to_places: tuple[Text, ...] = ()  # ToPlaces/Place*, nơi nhận as printed
     trace: tuple[TraceHeader, ...] = Field(min_length=1)  # TraceHeaderList/TraceHeader
     business: Business | None = None  # TraceHeaderList/Bussiness
+    # TraceHeaderList's Paper child and id and version attributes: official library.
+    trace_paper: OptionalText = None
+    trace_list_id: OptionalText = None
+    trace_list_version: OptionalText = None
     manifest: Manifest | None = None  # edXMLBody/edXMLManifest
     attachments: tuple[Attachment, ...] = ()  # AttachmentEncoded/Attachment*
     warnings: Warnings = ()  # what the reader let pass, not written to the wire
@@ -469,6 +538,10 @@ class StatusPackage(_Value):
     timestamp: Timestamp
     # Statuses usually carry no TraceHeaderList; one that passed relays may.
     trace: tuple[TraceHeader, ...] = ()
+    # TraceHeaderList's Paper child and id and version attributes: official library.
+    trace_paper: OptionalText = None
+    trace_list_id: OptionalText = None
+    trace_list_version: OptionalText = None
     warnings: Warnings = ()  # what the reader let pass, not written to the wire
 
 

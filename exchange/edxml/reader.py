@@ -505,6 +505,8 @@ class _Reader:
             "steering_type": self.code(
                 _STEERING_TYPES, self.opt_text(kids, "SteeringType"), f"{path}/SteeringType"
             ),
+            "response_for_task": self.texts(self.one(kids, "ResponseForTask"), "TaskCode"),
+            "application_type": self.opt_text(kids, "ApplicationType"),
             "to_places": self.texts(self.one(kids, "ToPlaces"), "Place"),
             **self.trace_list(header, header_kids, required=True),
         }
@@ -575,7 +577,9 @@ class _Reader:
                 self.opt_text(kids, "PromulgationAmount"), f"{path}/PromulgationAmount"
             ),
             "page_amount": self.integer(self.opt_text(kids, "PageAmount"), f"{path}/PageAmount"),
+            "reply_fors": self.opt_text(kids, "ReplyFors"),
             "direction": self.boolean(self.opt_text(kids, "Direction"), f"{path}/Direction"),
+            "reference_codes": self.opt_text(kids, "ReferenceCodes"),
             "appendixes": self.texts(self.one(kids, "Appendixes"), "Appendix"),
         }
 
@@ -637,7 +641,13 @@ class _Reader:
                     ),
                 }
             )
-        data: dict[str, Any] = {"trace": tuple(trace)}
+        data: dict[str, Any] = {
+            "trace": tuple(trace),
+            # The official library's additions; the order of the children is free.
+            "trace_paper": self.opt_text(kids, "Paper"),
+            "trace_list_id": trace_list.get("id"),
+            "trace_list_version": trace_list.get("version"),
+        }
         business = self.one(kids, "Bussiness", "Business")
         if business is not None:
             data["business"] = self.business(business, f"{path}/{etree.QName(business).localname}")
@@ -726,7 +736,9 @@ class _Reader:
         kids = _index(element)
         return {
             "department": self.opt_text(kids, "Department"),
+            "department_id": self.opt_text(kids, "DepartmentId"),
             "staff": self.opt_text(kids, "Staff"),
+            "staff_id": self.opt_text(kids, "StaffId"),
             "mobile": self.opt_text(kids, "Mobile"),
             "email": self.opt_text(kids, "Email"),
         }
@@ -773,6 +785,8 @@ class _Reader:
                     "content_id": self.need_text(attachment, kids, "ContentId", where),
                     "attachment_name": self.opt_text(kids, "AttachmentName"),
                     "description": self.opt_text(kids, "Description"),
+                    "field_name": self.opt_text(kids, "FieldName"),
+                    "mime_type": self.opt_text(kids, "MimeType"),
                     "content_type": self.opt_text(kids, "ContentType"),
                     # Kept as text: decoding waits until someone asks for the file.
                     "encoded": (content.text or "").strip() if content is not None else "",
@@ -850,6 +864,6 @@ class _Reader:
         # Statuses rarely carry a trace; one that passed relays may. A
         # Bussiness block means nothing for a status and is left out.
         trace = self.trace_list(header, header_kids, required=False)
-        if "trace" in trace:
-            data["trace"] = trace["trace"]
+        trace.pop("business", None)
+        data.update(trace)
         return data

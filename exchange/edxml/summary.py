@@ -3,12 +3,14 @@
 :func:`summarize` turns a package read by :mod:`exchange.edxml.reader` into a
 :class:`PackageSummary`, the shape ``lienthong show --json`` prints, and
 :func:`summary_lines` into the lines ``lienthong show`` prints. Pure: no
-file, no network, and no attachment is decoded (sizes are computed from the
-base64 text).
+file, no network. An attachment is decoded only when the sender's library
+zipped it, for the size of the file a reader gets; other sizes are computed
+from the base64 text.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date, datetime
 from typing import Literal
 
@@ -23,6 +25,7 @@ from exchange.edxml.model import (
     format_date,
     format_timestamp,
 )
+from exchange.reasons import Rejection
 
 
 class _Out(BaseModel):
@@ -43,6 +46,10 @@ class AttachmentSummary(_Out):
     content_type: str | None
     size: int
     description: str | None = None
+    # Zipped for the journey by the sender's library (Attachment.zipped): the
+    # size of the file a reader gets once unzipped; None when it cannot be.
+    zipped: bool = False
+    original_size: int | None = None
 
 
 class HopSummary(_Out):
@@ -165,9 +172,17 @@ def summary_lines(summary: PackageSummary) -> list[str]:
     for n, hop in enumerate(summary.trace):
         row("Trace" if n == 0 else "", f"{hop.organ_id}  {hop.timestamp or '(no real day)'}")
     for n, attached in enumerate(summary.attachments):
+        unzipped = ""
+        if attached.zipped:
+            unzipped = (
+                f", zipped: {_size(attached.original_size)} unzipped"
+                if attached.original_size is not None
+                else ", zipped: cannot be unzipped"
+            )
         row(
             "Attachments" if n == 0 else "",
-            f"{attached.name} ({attached.content_type or 'no type'}, {_size(attached.size)})",
+            f"{attached.name} ({attached.content_type or 'no type'}, "
+            f"{_size(attached.size)}{unzipped})",
         )
     for n, warning in enumerate(summary.warnings):
         row("Warnings" if n == 0 else "", warning)
@@ -197,11 +212,17 @@ def _answered(answered: ResponseFor) -> AnsweredSummary:
 
 
 def _attachment(attachment: Attachment) -> AttachmentSummary:
+    original_size = None
+    if attachment.zipped:
+        with contextlib.suppress(Rejection):
+            original_size = len(attachment.original())
     return AttachmentSummary(
         name=attachment.attachment_name,
         content_type=attachment.content_type,
         size=decoded_size(attachment),
         description=attachment.description,
+        zipped=attachment.zipped,
+        original_size=original_size,
     )
 
 

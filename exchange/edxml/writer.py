@@ -64,10 +64,10 @@ def write_package(package: DocumentPackage | StatusPackage) -> bytes:
     message = etree.SubElement(header, names.MESSAGE_HEADER)
     if isinstance(package, StatusPackage):
         _status(message, package)
-        _trace(header, package.trace, None)
+        _trace(header, package, None)
     else:
         _document(message, package)
-        _trace(header, package.trace, package.business)
+        _trace(header, package, package.business)
         if package.manifest is not None:
             _manifest(etree.SubElement(envelope, names.BODY), package.manifest)
         if package.attachments:
@@ -137,7 +137,9 @@ def _staff(parent: Element, staff: StaffInfo | None) -> None:
         return
     element = _add(parent, "StaffInfo")
     _optional(element, "Department", staff.department)
+    _optional(element, "DepartmentId", staff.department_id)
     _optional(element, "Staff", staff.staff)
+    _optional(element, "StaffId", staff.staff_id)
     _optional(element, "Mobile", staff.mobile)
     _optional(element, "Email", staff.email)
 
@@ -163,6 +165,8 @@ def _document(message: Element, package: DocumentPackage) -> None:
     for response in package.response_for:
         _response_for(message, response)
     _optional(message, "SteeringType", package.steering_type)
+    _texts(message, "ResponseForTask", "TaskCode", package.response_for_task)
+    _optional(message, "ApplicationType", package.application_type)
     _texts(message, "ToPlaces", "Place", package.to_places)
 
 
@@ -199,7 +203,9 @@ def _other_info(message: Element, info: OtherInfo | None) -> None:
     _optional(element, "TyperNotation", info.typer_notation)
     _optional(element, "PromulgationAmount", info.promulgation_amount)
     _optional(element, "PageAmount", info.page_amount)
+    _optional(element, "ReplyFors", info.reply_fors)
     _optional(element, "Direction", info.direction)
+    _optional(element, "ReferenceCodes", info.reference_codes)
     _texts(element, "Appendixes", "Appendix", info.appendixes)
 
 
@@ -212,10 +218,20 @@ def _status(message: Element, package: StatusPackage) -> None:
     _add(message, "Timestamp", package.timestamp)
 
 
-def _trace(header: Element, trace: Sequence[TraceHeader], business: Business | None) -> None:
-    if not trace and business is None:
+def _trace(
+    header: Element, package: DocumentPackage | StatusPackage, business: Business | None
+) -> None:
+    trace: Sequence[TraceHeader] = package.trace
+    extras = (package.trace_paper, package.trace_list_id, package.trace_list_version)
+    if not trace and business is None and extras == (None, None, None):
         return
     element = etree.SubElement(header, names.TRACE_HEADER_LIST)
+    if package.trace_list_id is not None:
+        element.set("id", package.trace_list_id)
+    if package.trace_list_version is not None:
+        element.set("version", package.trace_list_version)
+    # Paper first, where the official library writes it (and the XSD wants it).
+    _optional(element, "Paper", package.trace_paper)
     for hop in trace:
         hop_element = _add(element, "TraceHeader")
         _add(hop_element, "OrganId", hop.organ_id)
@@ -273,6 +289,8 @@ def _attachments(root: Element, attachments: Iterable[Attachment]) -> None:
         _add(attachment_element, "ContentId", attachment.content_id)
         _add(attachment_element, "AttachmentName", attachment.attachment_name)
         _optional(attachment_element, "Description", attachment.description)
+        _optional(attachment_element, "FieldName", attachment.field_name)
+        _optional(attachment_element, "MimeType", attachment.mime_type)
         _optional(attachment_element, "ContentType", attachment.content_type)
         _add(attachment_element, "ContentTransferEncoded", attachment.encoded)
 

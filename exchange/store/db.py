@@ -8,6 +8,7 @@ caller decides the transaction (the worker: one per message).
 from __future__ import annotations
 
 from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -55,3 +56,28 @@ async def connect(settings: Settings | None = None, *, dsn: str | None = None) -
     """One connection to ``settings.database_url`` (or ``dsn``), for commands and tools."""
     settings = settings or Settings()
     return await asyncpg.connect(dsn or settings.database_url)
+
+
+def database_address(url: str) -> str:
+    """Where ``url`` points, for a log line: ``host:port database D``, never the password."""
+    parts = urlsplit(url)
+    # PostgreSQL's default database is the user's name.
+    database = unquote(parts.path[1:]) or parts.username or "postgres"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432} database {database}"
+
+
+def is_database_unreachable(error: BaseException) -> bool:
+    """Whether connecting failed because the database is not there yet, not because it refused.
+
+    Not there yet: no server listening, the server still starting, out of
+    connection slots, or the database not created yet. A wrong password
+    or an unknown role is an answer: trying again would not change it.
+    """
+    return isinstance(
+        error,
+        OSError
+        | TimeoutError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.InvalidCatalogNameError,
+    )

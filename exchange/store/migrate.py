@@ -22,6 +22,7 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 
+from exchange.installation import BrokenInstallation
 from exchange.store.db import Connection
 
 # Session-level advisory lock key of the migration run. Any constant works as
@@ -73,10 +74,26 @@ class Migration:
 def load_migrations(folder: Traversable | None = None) -> list[Migration]:
     """Every migration in ``folder`` (default: those shipped with the package), in order.
 
-    Raises :class:`MigrationError` for a misnamed file or two files with one number.
+    Raises :class:`MigrationError` for a misnamed file or two files with one
+    number, and :class:`~exchange.installation.BrokenInstallation` when the
+    shipped migrations are missing or unreadable.
     """
     if folder is None:
-        folder = resources.files("exchange.store") / "migrations"
+        shipped = resources.files("exchange.store") / "migrations"
+        try:
+            migrations = _load(shipped)
+        except OSError as error:
+            raise BrokenInstallation(
+                f"cannot read the migrations in {shipped} ({error.strerror or error}); "
+                "reinstall lienthong"
+            ) from None
+        if not migrations:
+            raise BrokenInstallation(f"no migrations in {shipped}; reinstall lienthong")
+        return migrations
+    return _load(folder)
+
+
+def _load(folder: Traversable) -> list[Migration]:
     found: dict[int, Migration] = {}
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):

@@ -538,105 +538,6 @@ _STATE_FIELDS = (
 )
 
 
-# The document, then the message and its new state with an m_ prefix.
-_DELIVERED_COLUMNS = ", ".join(
-    [
-        _columns(_DOCUMENT_FIELDS, "doc"),
-        *(f"m.{name} AS m_{name}" for name in _MESSAGE_FIELDS),
-        *(f"state.{name} AS m_{name}" for name in _STATE_FIELDS),
-    ]
-)
-# deliver_document's statement, built once: $1 to $11 as _INSERT_DOCUMENT,
-# $12 the recipient, $13 to $15 the receipt kind, the outcome and the kind,
-# $16 the message's warnings (its reason_detail).
-_DELIVER_DOCUMENT = f"""
-        WITH new_doc AS (
-            {_INSERT_DOCUMENT}
-        ), doc AS (
-            SELECT true AS created, {_DOCUMENT_COLUMNS} FROM new_doc
-            UNION ALL
-            SELECT false AS created, {_DOCUMENT_COLUMNS} FROM documents
-            WHERE sender = $1 AND document_id = $2 AND NOT EXISTS (SELECT FROM new_doc)
-        ), new_delivery AS (
-            INSERT INTO deliveries (document_pk, recipient, message_pk)
-            SELECT id, $12, $11 FROM doc WHERE sha256 = $3
-            ON CONFLICT (document_pk, recipient) DO NOTHING
-            RETURNING id
-        ), delivery AS (
-            SELECT id FROM new_delivery
-            UNION ALL
-            SELECT d.id FROM deliveries d JOIN doc ON doc.id = d.document_pk
-            WHERE doc.sha256 = $3 AND d.recipient = $12 AND NOT EXISTS (SELECT FROM new_delivery)
-        ), receipt AS (
-            INSERT INTO events (delivery_pk, message_pk, kind, code, at)
-            SELECT id, $11, $13, $14, now() FROM delivery
-            ON CONFLICT (message_pk, delivery_pk, kind) DO NOTHING
-        ), state AS (
-            UPDATE message_state s SET
-                outcome = $14,
-                reason_code = NULL,
-                reason_detail = $16,
-                kind = $15,
-                sender = $1,
-                document_pk = doc.id,
-                document_id = $2,
-                published_at = CASE WHEN s.outcome IS DISTINCT FROM $14 THEN NULL
-                                    ELSE s.published_at END,
-                updated_at = now()
-            FROM doc
-            WHERE s.message_pk = $11 AND EXISTS (SELECT FROM delivery)
-            RETURNING s.message_pk, {_columns(_STATE_FIELDS, "s")}
-        )
-        SELECT doc.created, {_DELIVERED_COLUMNS}
-        FROM doc
-        LEFT JOIN state ON true
-        LEFT JOIN messages m ON m.id = state.message_pk
-        """  # noqa: S608 (constant column lists, no input)
-
-
-async def deliver_document(
-    conn: Connection,
-    *,
-    message_pk: int,
-    recipient: AgencyCode,
-    document: NewDocument,
-    warnings: str | None = None,
-) -> tuple[StoredDocument, Message | None] | None:
-    """Record a document message's delivery in one round trip: the worker's usual case.
-
-    Does what :func:`upsert_document`, :func:`create_delivery`,
-    :func:`append_event` (the receipt ``delivered``) and :func:`set_outcome`
-    (``delivered``) do one after the other, in one statement. Returns the
-    stored document and the message's new record; the record is ``None``
-    when the document id is taken by other bytes (``conflict``), and then
-    nothing was written. Returns ``None`` when this statement's snapshot
-    could not see a row a concurrent transaction committed while the
-    statement waited for it: the caller then takes the step-by-step path,
-    which reads it (every insert here is idempotent).
-    """
-    row = await conn.fetchrow(
-        _DELIVER_DOCUMENT,
-        *_document_values(document),
-        message_pk,
-        str(recipient),
-        EventKind.RECEIPT.value,
-        TransportOutcome.DELIVERED.value,
-        MessageKind.DOCUMENT.value,
-        warnings,
-    )
-    if row is None:
-        return None  # the document is invisible to this statement
-    stored = Document.from_row({name: row[name] for name in _DOCUMENT_FIELDS})
-    conflict = stored.sha256 != document.sha256
-    found = StoredDocument(stored, bool(row["created"]), conflict=conflict)
-    if conflict:
-        return found, None
-    if row["m_id"] is None:
-        return None  # the delivery is invisible to this statement
-    fields = _MESSAGE_FIELDS + _STATE_FIELDS
-    return found, Message.from_row({name: row[f"m_{name}"] for name in fields})
-
-
 # record_delivered_documents' statement. $1 to $17 are arrays, one element
 # per message: $1 its number in the call, $2 to $6 the message as
 # record_message stores it (dedup key, AMQP message id, routing key, broker
@@ -646,14 +547,15 @@ async def deliver_document(
 # (the reason_detail of a delivered message). $18 the outbox flags to set,
 # $19 to $21 the receipt kind, the outcome and the kind.
 #
-# A message is inserted only when no document of its sender holds its
-# DocumentId with other bytes; its state says delivered only when the
-# document and the delivery are in the statement's sight. The caller passes
-# no two messages with the same dedup key, nor with the same document and
-# recipient; several messages of one document (to several recipients) are
-# the usual case: the first of them is the document's first message.
+# Only the first copy of a message (its dedup key), and of a document to a
+# recipient, is taken: a second copy in one call (a re-publish racing its
+# first copy) gets no row. A message is inserted only when no document of
+# its sender holds its DocumentId with other bytes; its state says
+# delivered only when the document and the delivery are in the statement's
+# sight. Several messages of one document (to several recipients) are the
+# usual case: the first of them is the document's first message.
 _RECORD_DELIVERED_DOCUMENTS = f"""
-        WITH input AS (
+        WITH given AS (
             SELECT * FROM unnest(
                 $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
@@ -661,6 +563,17 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             ) AS i(n, dedup_key, amqp_message_id, routing_key, broker_user, body,
                    recipient, sender, document_id, sha256, code_number, code_notation,
                    subject, promulgation_date, due_date, doc_type, priority, warnings)
+        ), ranked AS (
+            SELECT given.*,
+                   row_number() OVER (PARTITION BY dedup_key ORDER BY n) AS copy_of_message,
+                   row_number() OVER (PARTITION BY sender, document_id, recipient ORDER BY n)
+                       AS copy_of_delivery
+            FROM given
+        ), input AS (
+            SELECT n, dedup_key, amqp_message_id, routing_key, broker_user, body,
+                   recipient, sender, document_id, sha256, code_number, code_notation,
+                   subject, promulgation_date, due_date, doc_type, priority, warnings
+            FROM ranked WHERE copy_of_message = 1 AND copy_of_delivery = 1
         ), {_MARK_PUBLISHED.format(pks="$18").strip()}, before AS (
             SELECT i.n, d.id, d.sha256
             FROM input i JOIN documents d ON d.sender = i.sender AND d.document_id = i.document_id
@@ -742,33 +655,27 @@ async def record_delivered_documents(
 ) -> list[Message | None]:
     """Record new document messages and their deliveries in one statement: the worker's usual case.
 
-    What :func:`record_message` then :func:`deliver_document` do for each
-    message, for messages that passed every check and whose recipients are
-    registered; ``published`` are outbox flags set in the same statement
-    (:func:`mark_published_many`). Returns, in the order of ``messages``,
-    each message's record: decided (``delivered``), or undecided when a row
-    a concurrent transaction committed was out of the statement's sight
-    (the caller decides it as any recorded message); or ``None``, having
-    written nothing for it, when the message was recorded before (a
-    redelivery, a re-publish) or its sender already holds the DocumentId
-    with other bytes: the caller takes the general path, which knows what
-    to say. No two messages may have the same dedup key, nor the same
-    document and recipient (:class:`ValueError`).
+    What :func:`record_message` then the general path's delivery
+    (:func:`upsert_document`, :func:`create_delivery`, :func:`append_event`,
+    :func:`set_outcome`) do for each message, for messages that passed every
+    check and whose recipients are registered; ``published`` are outbox
+    flags set in the same statement (:func:`mark_published_many`). Returns,
+    in the order of ``messages``, each message's record: decided
+    (``delivered``), or undecided when a row a concurrent transaction
+    committed was out of the statement's sight (the caller decides it as any
+    recorded message); or ``None``, having written nothing for it, when the
+    message was recorded before (a redelivery, a re-publish), its sender
+    already holds the DocumentId with other bytes, or it is a second copy in
+    ``messages`` of an earlier one's dedup key or of its document and
+    recipient: the caller takes the general path, which knows what to say.
 
     Run outside a transaction, the statement is one: it commits alone.
     """
-    keys = [message.dedup_key for message in messages]
-    routes = [
-        (message.document.sender, message.document.document_id, message.recipient)
-        for message in messages
-    ]
-    if len(set(keys)) < len(keys) or len(set(routes)) < len(routes):
-        raise ValueError("the same message, or the same document to the same recipient, twice")
     documents = [message.document for message in messages]
     rows = await conn.fetch(
         _RECORD_DELIVERED_DOCUMENTS,
         list(range(len(messages))),
-        keys,
+        [message.dedup_key for message in messages],
         [message.amqp_message_id for message in messages],
         [message.routing_key for message in messages],
         [message.broker_user for message in messages],
@@ -793,14 +700,6 @@ async def record_delivered_documents(
     recorded: list[Message | None] = [None] * len(messages)
     for row in rows:
         recorded[row["n"]] = Message.from_row(row)
-    return recorded
-
-
-async def record_delivered_document(
-    conn: Connection, message: NewDocumentMessage
-) -> Message | None:
-    """:func:`record_delivered_documents` for one message."""
-    (recorded,) = await record_delivered_documents(conn, [message])
     return recorded
 
 

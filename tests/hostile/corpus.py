@@ -1076,8 +1076,8 @@ CASES: list[Case] = [
     Case(
         "original_wrapped_in_attachments",
         wrapped_in_attachments,
-        Reason.MISSING_FIELD,
-        mentions="Wrapper",
+        Reason.SCHEMA_INVALID,
+        mentions="element Wrapper is not allowed here",
     ),
     # -- who sends to whom
     Case(

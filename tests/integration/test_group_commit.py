@@ -1,4 +1,4 @@
-"""The worker's group commit: messages handled at once share one transaction, safely.
+"""The ledger's group commit: messages handled at once share one transaction, safely.
 
 Against a real PostgreSQL (this test's own database): writes submitted
 together land in fewer transactions than there are writes; nobody hears
@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from exchange.ledger import GroupCommit
 from exchange.store.db import Connection, Pool
-from exchange.worker import GroupCommit
 
 pytestmark = pytest.mark.services
 
@@ -160,13 +160,13 @@ async def test_several_groups_are_written_at_once_and_in_their_order(db_pool: Po
     assert all(ns == sorted(ns) for ns in by_tx.values()), by_tx
 
 
-# -- the usual messages in one statement, and the outbox flags ---------------------
+# -- the fast path: messages in one statement, and the outbox flags ---------------------
 
 
-async def _insert_usual(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
-    """A stand-in for the worker's one statement: inserts the even numbers, leaves the odd.
+async def _insert_even(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
+    """A stand-in for the ledger's one statement: inserts the even numbers, leaves the odd.
 
-    Flags go to a table of their own; one statement, as in the worker.
+    Flags go to a table of their own; one statement, as in the ledger.
     """
     rows = await conn.fetch(
         """
@@ -188,13 +188,13 @@ async def _probe_flags(pool: Pool) -> None:
         await conn.execute("CREATE TABLE group_flags (pk int PRIMARY KEY)")
 
 
-async def test_usual_messages_and_flags_share_one_statement_and_the_rest_runs_its_writes(
+async def test_fast_path_messages_and_flags_share_one_statement_and_the_rest_runs_its_writes(
     db_pool: Pool,
 ) -> None:
     await _probe_flags(db_pool)
-    group = GroupCommit(db_pool, usual=_insert_usual)
+    group = GroupCommit(db_pool, fast_path=_insert_even)
     results = await asyncio.gather(
-        *(group.run(_insert(n), usual=n) for n in range(20)),
+        *(group.run(_insert(n), fast=n) for n in range(20)),
         *(group.mark(pk) for pk in range(100, 110)),
     )
     txs = results[:20]
@@ -212,16 +212,16 @@ async def test_usual_messages_and_flags_share_one_statement_and_the_rest_runs_it
     assert flags == list(range(100, 110))
 
 
-async def test_messages_without_a_usual_value_never_go_to_the_statement(db_pool: Pool) -> None:
+async def test_messages_without_a_fast_path_value_never_go_to_the_statement(db_pool: Pool) -> None:
     await _probe_flags(db_pool)
     taken: list[int] = []
 
-    async def usual(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
+    async def fast_path(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
         taken.extend(numbers)
-        return await _insert_usual(conn, numbers, flags)
+        return await _insert_even(conn, numbers, flags)
 
-    group = GroupCommit(db_pool, usual=usual)
-    await asyncio.gather(*(group.run(_insert(n), usual=n if n < 4 else None) for n in range(8)))
+    group = GroupCommit(db_pool, fast_path=fast_path)
+    await asyncio.gather(*(group.run(_insert(n), fast=n if n < 4 else None) for n in range(8)))
     assert sorted(taken) == [0, 1, 2, 3]
 
 
@@ -230,14 +230,14 @@ async def test_a_failing_statement_leaves_every_message_to_its_own_writes(db_poo
     await _probe_flags(db_pool)
 
     async def broken(conn: Connection, numbers: list[int], flags: list[int]) -> list[int | None]:
-        # One statement in the worker; a transaction here, so that it fails as a whole.
+        # One statement in the ledger; a transaction here, so that it fails as a whole.
         async with conn.transaction():
             await conn.execute("INSERT INTO group_flags (pk) VALUES (999)")
             await conn.execute("SELECT 1/0")
         return []
 
-    group = GroupCommit(db_pool, usual=broken)
-    txs = await asyncio.gather(*(group.run(_insert(n), usual=n) for n in range(6)), group.mark(7))
+    group = GroupCommit(db_pool, fast_path=broken)
+    txs = await asyncio.gather(*(group.run(_insert(n), fast=n) for n in range(6)), group.mark(7))
     async with db_pool.acquire() as conn:
         assert [r["n"] for r in await conn.fetch("SELECT n FROM group_probe ORDER BY n")] == list(
             range(6)

@@ -33,7 +33,12 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
-from exchange.broker.connection import XML_CONTENT_TYPE, ConfirmingPublisher, connect
+from exchange.broker.connection import (
+    XML_CONTENT_TYPE,
+    ConfirmingPublisher,
+    broker_user_of,
+    connect,
+)
 from exchange.broker.headers import MESSAGE as HEADER_MESSAGE
 from exchange.broker.topology import (
     PARKED_QUEUE,
@@ -46,7 +51,6 @@ from exchange.broker.topology import (
 from exchange.reasons import Reason
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
 from exchange.registry import url_for_user
-from exchange.worker import broker_user_of
 from tests.exchange_fixtures import ExchangeUnderTest, isolated_exchange, wait_for
 from tests.hostile.corpus import (
     AGENCIES,

@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.broker.connection import ConfirmingPublisher, connect
+from exchange.broker.connection import ConfirmingPublisher, broker_user_of, connect
 from exchange.broker.topology import (
     PARKED_QUEUE,
     PARKING_EXCHANGE,
@@ -49,7 +49,7 @@ from exchange.replay import (
 )
 from exchange.status import TransportOutcome
 from exchange.store import queries
-from exchange.worker import Origin, broker_user_of
+from exchange.worker import Origin
 from tests.exchange_fixtures import ExchangeUnderTest
 
 pytestmark = pytest.mark.services

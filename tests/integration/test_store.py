@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
+from exchange.ledger import deliver_document
 from exchange.reasons import Reason
 from exchange.settings import Settings
 from exchange.status import (
@@ -480,14 +481,14 @@ def _new_document(
 
 
 @pytest.mark.services
-async def test_document_delivered_in_one_statement_is_what_the_steps_record(
+async def test_document_delivered_by_the_general_path_has_its_delivery_and_receipt(
     directory: Connection,
 ) -> None:
     body = b"<edXML>document 15</edXML>"
     documents: list[int] = []
     for recipient in (HOME_AFFAIRS, PHU_THO):
         message, _ = await _receive(directory, body, recipient)
-        delivered = await queries.deliver_document(
+        delivered = await deliver_document(
             directory, message_pk=message.pk, recipient=recipient, document=_new_document(body)
         )
         assert delivered is not None
@@ -517,12 +518,12 @@ async def test_document_delivered_in_one_statement_is_what_the_steps_record(
 async def test_document_id_taken_by_other_bytes_writes_nothing(directory: Connection) -> None:
     first = b"<edXML>document 15</edXML>"
     message, _ = await _receive(directory, first)
-    await queries.deliver_document(
+    await deliver_document(
         directory, message_pk=message.pk, recipient=HOME_AFFAIRS, document=_new_document(first)
     )
     other = b"<edXML>document 15, changed</edXML>"
     again, _ = await _receive(directory, other, PHU_THO)
-    delivered = await queries.deliver_document(
+    delivered = await deliver_document(
         directory, message_pk=again.pk, recipient=PHU_THO, document=_new_document(other)
     )
     assert delivered is not None
@@ -551,27 +552,30 @@ async def _two_connections(
 
 
 @pytest.mark.services
-async def test_document_committed_meanwhile_is_left_to_the_step_by_step_path(
+async def test_document_committed_meanwhile_is_found_and_delivered_by_the_general_path(
     database_url: str,
 ) -> None:
-    """The statement waited for another transaction's document and cannot see it."""
+    """The general path waits for another transaction's document, then reads and delivers it."""
     async with _two_connections(database_url) as (first, second):
         body = b"<edXML>document 15</edXML>"
         mine, _ = await _receive(second, body, PHU_THO)
         async with first.transaction():
             theirs, _ = await _receive(first, body)
-            await queries.deliver_document(
+            await deliver_document(
                 first, message_pk=theirs.pk, recipient=HOME_AFFAIRS, document=_new_document(body)
             )
             racing = asyncio.create_task(
-                queries.deliver_document(
+                deliver_document(
                     second, message_pk=mine.pk, recipient=PHU_THO, document=_new_document(body)
                 )
             )
             await asyncio.sleep(0.2)
             assert not racing.done()
-        assert await racing is None
-        assert await second.fetchval("SELECT count(*) FROM deliveries") == 1
+        stored, record = await racing
+        assert not stored.created and not stored.conflict
+        assert record is not None and record.outcome is TransportOutcome.DELIVERED
+        assert await second.fetchval("SELECT count(*) FROM documents") == 1
+        assert await second.fetchval("SELECT count(*) FROM deliveries") == 2
 
 
 OTHER_DOCUMENT_ID = "000.00.00.G22,2024/05/06,16/VPCP"
@@ -592,8 +596,11 @@ def _document_message(body: bytes, recipient: AgencyCode = HOME_AFFAIRS) -> NewD
 async def _record_delivered(
     conn: Connection, body: bytes, recipient: AgencyCode = HOME_AFFAIRS
 ) -> Message | None:
-    """Record and deliver a document message in one statement, the way the worker does."""
-    return await queries.record_delivered_document(conn, _document_message(body, recipient))
+    """Record and deliver a document message on the ledger's fast path, alone in its group."""
+    (recorded,) = await queries.record_delivered_documents(
+        conn, [_document_message(body, recipient)]
+    )
+    return recorded
 
 
 async def _rows(conn: Connection) -> list[tuple[object, ...]]:
@@ -638,7 +645,7 @@ async def test_recorded_and_delivered_in_one_statement_is_what_the_steps_record(
                     assert record == await queries.get_message(conn, record.pk)
                 else:
                     message, _ = await _receive(conn, body, recipient)
-                    await queries.deliver_document(
+                    await deliver_document(
                         conn,
                         message_pk=message.pk,
                         recipient=recipient,
@@ -701,7 +708,7 @@ async def test_a_group_of_messages_is_recorded_and_delivered_in_one_statement(
     """Copies of one document to several recipients, another document, and earlier flags."""
     before = _document_message(b"<edXML>document 14</edXML>")
     before = replace(before, document=_new_document(before.body, "000.00.00.G22,2024/05/06,14"))
-    earlier = await queries.record_delivered_document(directory, before)
+    (earlier,) = await queries.record_delivered_documents(directory, [before])
     assert earlier is not None and earlier.published_at is None
     body = b"<edXML>document 15</edXML>"
     other = b"<edXML>document 16</edXML>"
@@ -744,10 +751,20 @@ async def test_a_document_id_used_twice_in_one_group_delivers_the_first_bytes_on
 
 
 async def test_one_statement_takes_no_message_twice(directory: Connection) -> None:
+    """A second copy, of the message or of its document to its recipient, is left alone.
+
+    It gets no record (the general path then finds the first copy's), and
+    nothing is written for it.
+    """
     message = _document_message(b"<edXML>document 15</edXML>")
-    with pytest.raises(ValueError, match="twice"):
-        await queries.record_delivered_documents(directory, [message, message])
-    assert await directory.fetchval("SELECT count(*) FROM messages") == 0
+    resent = replace(message, dedup_key=dedup_key(str(HOME_AFFAIRS), b"another copy"))
+    first, again, same_delivery = await queries.record_delivered_documents(
+        directory, [message, message, resent]
+    )
+    assert first is not None and first.outcome is TransportOutcome.DELIVERED
+    assert again is None and same_delivery is None
+    assert await directory.fetchval("SELECT count(*) FROM messages") == 1
+    assert await directory.fetchval("SELECT count(*) FROM deliveries") == 1
 
 
 async def test_unknown_document_type_is_refused_by_the_database(directory: Connection) -> None:
@@ -996,15 +1013,15 @@ async def test_a_pooled_connection_given_back_mid_transaction_is_rolled_back(
 async def test_a_delivered_documents_warnings_are_recorded_by_both_paths(
     directory: Connection,
 ) -> None:
-    """What the reader let pass is the delivered message's detail, whichever statement wrote it."""
+    """What the reader let pass is the delivered message's detail, whichever path wrote it."""
     warning = "ResponseFor/PromulgationDate: '2024/04/31' is not a day of the calendar"
     body = b"<edXML>document 15</edXML>"
-    grouped = await queries.record_delivered_document(
-        directory, replace(_document_message(body, HOME_AFFAIRS), warnings=warning)
+    (grouped,) = await queries.record_delivered_documents(
+        directory, [replace(_document_message(body, HOME_AFFAIRS), warnings=warning)]
     )
     assert grouped is not None and grouped.outcome is TransportOutcome.DELIVERED
     message, _ = await _receive(directory, body, PHU_THO)
-    delivered = await queries.deliver_document(
+    delivered = await deliver_document(
         directory,
         message_pk=message.pk,
         recipient=PHU_THO,
@@ -1017,11 +1034,14 @@ async def test_a_delivered_documents_warnings_are_recorded_by_both_paths(
         stored = await queries.get_message(directory, record.pk)
         assert stored is not None and stored.reason_detail == warning
     other = b"<edXML>document 16</edXML>"
-    plain = await queries.record_delivered_document(
+    (plain,) = await queries.record_delivered_documents(
         directory,
-        replace(
-            _document_message(other, PHU_THO), document=_new_document(other, OTHER_DOCUMENT_ID)
-        ),
+        [
+            replace(
+                _document_message(other, PHU_THO),
+                document=_new_document(other, OTHER_DOCUMENT_ID),
+            )
+        ],
     )
     assert plain is not None and plain.outcome is TransportOutcome.DELIVERED
     assert plain.reason_detail is None

@@ -122,9 +122,16 @@ def test_show_json_has_the_fields_of_a_document(
     assert shown["promulgation_date"] == "2015/09/30"
     assert shown["due_date"] == "2015/10/15"
     assert shown["trace"] == [{"organ_id": "000.00.00.G22", "timestamp": "2015/09/30 08:15:00"}]
-    # "UEsDBA==" is four bytes once decoded.
+    # "UEsDBA==" is four bytes once decoded: a zip's first bytes, no whole zip.
     assert shown["attachments"] == [
-        {"name": "a.doc", "content_type": "application/zip", "size": 4, "description": "QĐ"}
+        {
+            "name": "a.doc",
+            "content_type": "application/zip",
+            "size": 4,
+            "description": "QĐ",
+            "zipped": True,
+            "original_size": None,
+        }
     ]
     assert shown["warnings"] == []
 
@@ -180,3 +187,34 @@ def test_show_gives_an_unreadable_package_the_reason_validate_gives(
     assert first["ok"] is True and second["ok"] is False
     assert second["reason_code"] == "REJECTED_BAD_DATE"
     assert any("2015/02/30" in problem for problem in second["problems"])
+
+
+def test_show_gives_the_unzipped_size_of_a_file_the_library_zipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library zips a .txt and labels it application/zip; a reader gets the file inside."""
+    import io
+    import zipfile
+
+    original = "Nội dung công văn\n".encode() * 500
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("cong-van.txt", original)
+    zipped = buffer.getvalue()
+    root = etree.fromstring(VALID_DOCUMENT.encode())
+    for name in ("AttachmentName",):
+        for element in root.iter(f"{{{names.EDXML_NS}}}{name}"):
+            element.text = "cong-van.txt"
+    encoded = root.find(f".//{{{names.EDXML_NS}}}ContentTransferEncoded")
+    assert encoded is not None
+    encoded.text = base64.b64encode(zipped).decode()
+    path = tmp_path / "zipped.edxml"
+    path.write_bytes(etree.tostring(root))
+
+    code, out, _ = run(capsys, "show", "--json", str(path))
+    assert code == 0, out
+    (attached,) = json.loads(out)[0]["attachments"]
+    assert attached["zipped"] is True
+    assert (attached["size"], attached["original_size"]) == (len(zipped), len(original))
+    code, out, _ = run(capsys, "show", str(path))
+    assert f"zipped: {len(original) / 1024:.1f} KiB unzipped" in out

@@ -192,7 +192,7 @@ def test_written_complete_document_passes_the_schema_check(package: DocumentPack
 
 
 @ROUNDTRIP
-@given(complete_status_packages)
+@given(complete_status_packages())
 def test_written_complete_status_passes_the_schema_check(package: StatusPackage) -> None:
     check_schema(parse(write_package(package)))
 

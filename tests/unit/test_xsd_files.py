@@ -22,7 +22,8 @@ from exchange.edxml.names import EDXML_NS
 from exchange.status import BusinessDocType, Priority, StatusCode, SteeringType
 
 XS = "http://www.w3.org/2001/XMLSchema"
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "schemas"
 EDXML_XSDS = ("edxml-common.xsd", "edxml-document.xsd", "edxml-status.xsd")
 ALL_XSDS = (*EDXML_XSDS, "xmldsig-signature.xsd")
 
@@ -57,7 +58,9 @@ def simple_type(common: xmlschema.XMLSchema10, name: str) -> xmlschema.validator
 
 
 def test_the_check_reads_the_schemas_of_this_repository() -> None:
+    # The top-level schemas/ is a link to the package's data: one copy.
     assert schema_dir().resolve() == SCHEMAS.resolve()
+    assert schema_dir().resolve() == (REPO / "exchange" / "schemas").resolve()
 
 
 def test_schema_dir_can_be_moved_by_the_environment(

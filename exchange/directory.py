@@ -1,0 +1,70 @@
+"""The registered agencies as a worker sees them: a cache of the directory table."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from exchange.agency import AgencyCode, InvalidAgencyCode
+from exchange.broker import headers as h
+from exchange.store import queries
+from exchange.store.db import Pool
+
+# A directory miss (an agency registered after this worker started) reloads
+# the directory, but not more often than this, so a flood of messages from
+# an unknown broker user cannot turn into a flood of queries.
+DIRECTORY_RELOAD_MIN_S = 1.0
+# Registrations change rarely; a periodic reload picks up removals and
+# renamed broker users without a restart.
+DIRECTORY_MAX_AGE_S = 30.0
+
+
+class Directory:
+    """The registered agencies, cached: broker user to agency, and who exists."""
+
+    def __init__(self, pool: Pool, gateway_users: frozenset[str] = frozenset()) -> None:
+        """A directory read from ``pool`` on first use; ``gateway_users`` may act for agencies."""
+        self._pool = pool
+        self._gateway_users = gateway_users
+        self._by_user: dict[str, AgencyCode] = {}
+        self._codes: frozenset[AgencyCode] = frozenset()
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _reload(self, *, at_most_every: float) -> None:
+        async with self._lock:
+            if time.monotonic() - self._loaded_at < at_most_every:
+                return
+            async with self._pool.acquire() as conn:
+                agencies = await queries.list_agencies(conn)
+            self._by_user = {a.broker_user: a.code for a in agencies}
+            self._codes = frozenset(a.code for a in agencies)
+            self._loaded_at = time.monotonic()
+
+    async def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at > DIRECTORY_MAX_AGE_S:
+            await self._reload(at_most_every=DIRECTORY_MAX_AGE_S)
+
+    async def agency_of_user(self, user: str | None) -> AgencyCode | None:
+        """The agency a broker user publishes for, or ``None``."""
+        if not user:
+            return None
+        await self._fresh()
+        acting = h.acting_for(user)
+        if acting is not None and acting[0] in self._gateway_users:
+            # A gateway's user acting for a registered agency publishes for it.
+            try:
+                agency = AgencyCode.parse(acting[1])
+            except InvalidAgencyCode:
+                return None
+            return agency if await self.is_registered(agency) else None
+        if user not in self._by_user:
+            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
+        return self._by_user.get(user)
+
+    async def is_registered(self, code: AgencyCode) -> bool:
+        """Whether ``code`` is a registered agency."""
+        await self._fresh()
+        if code not in self._codes:
+            await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
+        return code in self._codes
