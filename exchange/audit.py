@@ -2,7 +2,7 @@
 
 Two checks an operator runs (``lienthong audit``), and the crash tests end with:
 
-* :func:`audit` reconciles the database with the broker (issue 4, point 7).
+* :func:`audit` reconciles the database with the broker.
   Every received message must be settled (delivered, rejected or parked, and
   its effects published) or still be on its way in a queue: the work queue,
   a retry queue, the parked queue. The broker cannot say *which* messages a
@@ -11,7 +11,7 @@ Two checks an operator runs (``lienthong audit``), and the crash tests end with:
   the queues hold, when the parked queue and the parked rows disagree, or
   when deliveries and their messages tell different stories.
 * :func:`verify_chains` recomputes the hash chains of ``messages``,
-  ``documents`` and ``events`` (issue 4, point 8; migration 0002) and names
+  ``documents`` and ``events`` (migration 0002) and names
   the first row changed or deleted behind the exchange's back.
 
 Counts are exact when no worker is running: the broker reports messages

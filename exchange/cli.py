@@ -1384,6 +1384,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
     from exchange.bench import add_commands as add_bench_commands
+    from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands
 
@@ -1391,6 +1392,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_commands(commands, services)
     add_audit_commands(commands, services)
     add_bench_commands(commands, services)
+    add_gateway_commands(commands, options)
     return parser
 
 

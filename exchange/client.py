@@ -13,7 +13,7 @@ comes back, the inbox and status streams subscribe again, and an item
 handed over before the restart can still be acknowledged (its ack is lost
 with the connection, the redelivery is dropped).
 
-Any AMQP 0-9-1 client can do the same with the names in the README; this
+Any AMQP 0-9-1 client can do the same with the names in docs/architecture.md; this
 module only makes it convenient.
 """
 

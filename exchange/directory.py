@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from exchange.agency import AgencyCode
+from exchange.agency import AgencyCode, InvalidAgencyCode
+from exchange.broker import headers as h
 from exchange.pki import SigningRights
 from exchange.store import queries
 from exchange.store.db import Pool
@@ -22,9 +23,10 @@ DIRECTORY_MAX_AGE_S = 30.0
 class Directory:
     """The registered agencies, cached: broker user to agency, who exists, who signs with what."""
 
-    def __init__(self, pool: Pool) -> None:
-        """A directory read from ``pool`` on first use."""
+    def __init__(self, pool: Pool, gateway_users: frozenset[str] = frozenset()) -> None:
+        """A directory read from ``pool`` on first use; ``gateway_users`` may act for agencies."""
         self._pool = pool
+        self._gateway_users = gateway_users
         self._by_user: dict[str, AgencyCode] = {}
         self._codes: frozenset[AgencyCode] = frozenset()
         self._rights = SigningRights()
@@ -58,6 +60,14 @@ class Directory:
         if not user:
             return None
         await self._fresh()
+        acting = h.acting_for(user)
+        if acting is not None and acting[0] in self._gateway_users:
+            # A gateway's user acting for a registered agency publishes for it.
+            try:
+                agency = AgencyCode.parse(acting[1])
+            except InvalidAgencyCode:
+                return None
+            return agency if await self.is_registered(agency) else None
         if user not in self._by_user:
             await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
         return self._by_user.get(user)

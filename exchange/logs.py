@@ -36,6 +36,12 @@ FIELDS = (
     "attempt",
     "tier",
     "service",  # RabbitMQ or PostgreSQL, while a starting worker waits for it
+    # the gateway's requests (exchange/gateway)
+    "operation",
+    "system",
+    "agency",
+    "error_code",
+    "doc_id",
 )
 
 # A log line's text is for people; past this it is an accident (an error

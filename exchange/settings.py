@@ -150,3 +150,28 @@ class Settings(ParserLimits):
     # (started together, the worker is often up first), trying again with a
     # log line each time; then it exits with status 2. 0: fail at once.
     startup_wait: float = Field(60.0, ge=0)
+
+    # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
+    # Where the VXP adapter protocol is served, and under which path (the SDK
+    # appends /sendEdoc, /getEdoc, ... to the endpoint it is configured with).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8280, ge=0, le=65535)
+    gateway_base_path: str = "/XrdAdapter/adapter"
+    # CA certificates the gateway checks signatures against before replying;
+    # unset: LIENTHONG_TRUST.
+    gateway_trust: Path | None = None
+    # Directory of agency keys (CODE.key.pem, CODE.cert.pem) the gateway signs
+    # unsigned packages with, for the agency that sends them; unset: it signs
+    # nothing and refuses unsigned packages.
+    gateway_keys: Path | None = None
+    # TLS: both set, or neither.
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
+    # How long an item handed out by getReceivedEdocList is kept off the other
+    # pollers' lists; unconfirmed, it is listed again afterwards.
+    gateway_lease_s: float = Field(300.0, gt=0)
+    # Items one getReceivedEdocList or getSentEdocList returns at most.
+    gateway_list_limit: int = Field(500, ge=1)
+    # Broker users of gateways, read by the workers: only their messages may
+    # name, in a header, the agency they publish for.
+    gateway_users: list[str] = Field(default_factory=list)

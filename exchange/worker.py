@@ -130,9 +130,24 @@ class Origin:
     published_at: datetime | None = None
 
     @classmethod
-    def of(cls, message: AbstractIncomingMessage, trusted_users: frozenset[str]) -> Origin:
-        """The origin of a message as the worker received it."""
+    def of(
+        cls,
+        message: AbstractIncomingMessage,
+        trusted_users: frozenset[str],
+        gateway_users: frozenset[str] = frozenset(),
+    ) -> Origin:
+        """The origin of a message as the worker received it.
+
+        A gateway's user publishes for the agency its header names
+        (``x-lienthong-agency``): the publisher is then that user acting for
+        that agency (:func:`exchange.broker.headers.on_behalf`), believed
+        from ``gateway_users`` only.
+        """
         headers = message.headers or {}
+        user = message.user_id
+        agency = _text(headers.get(h.AGENCY))
+        if user in gateway_users and agency:
+            user = h.on_behalf(user, agency)
         # The AMQP timestamp has whole seconds; the client adds the publish
         # time to the microsecond. Only latency figures use it, so it is
         # taken from anyone.
@@ -141,11 +156,11 @@ class Origin:
         if published_at is not None and published_at.tzinfo is None:
             published_at = published_at.replace(tzinfo=UTC)
         if message.user_id not in trusted_users:
-            return cls(message.routing_key or "", message.user_id, published_at=published_at)
+            return cls(message.routing_key or "", user, published_at=published_at)
         attempts = headers.get(h.ATTEMPTS, 0)
         return cls(
             routing_key=_text(headers.get(h.RECIPIENT)) or message.routing_key or "",
-            broker_user=_text(headers.get(h.ORIGINAL_USER)) or message.user_id,
+            broker_user=_text(headers.get(h.ORIGINAL_USER)) or user,
             attempts=attempts if isinstance(attempts, int) else 0,
             replay=headers.get(h.REPLAY) is not None,
             published_at=published_at,
@@ -237,7 +252,8 @@ class Worker:
         self.pool = pool
         self.connection = connection
         self.prefetch = prefetch or settings.prefetch
-        self.directory = Directory(pool)
+        self.gateway_users = frozenset(settings.gateway_users)
+        self.directory = Directory(pool, self.gateway_users)
         self.own_user = broker_user_of(settings.amqp_url)
         # Broker users of the exchange itself (workers, the replay tool):
         # only messages they published may carry the original sender, the
@@ -322,7 +338,7 @@ class Worker:
         fault of the message: it goes back to the work queue, for a worker
         that can judge it, and this worker stops.
         """
-        origin = Origin.of(message, self.trusted_users)
+        origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
         try:
             if message.redelivered or _deliveries(message):

@@ -14,6 +14,13 @@ missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v xmlsec1 >/dev/null 2>&1 || missing+=(xmlsec1)
+# The national axis SDK (../shared/clients/vxp) for the gateway's java tests:
+# its dependencies from Debian, found in /usr/share/java by the tests.
+for jar in httpclient:libhttpclient-java httpcore:libhttpcore-java httpmime:libhttpmime-java \
+           gson:libgoogle-gson-java commons-codec:libcommons-codec-java guava:libguava-java \
+           commons-logging:libcommons-logging-java; do
+  [ -f "/usr/share/java/${jar%%:*}.jar" ] || missing+=("${jar#*:}")
+done
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Prometheus (server and promtool): the alert rule tests and the real scrape
 # test run their own server on a free port; the package's service is unused.

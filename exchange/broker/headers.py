@@ -24,3 +24,23 @@ REPLAY = "x-lienthong-replay"
 # The publish time to the microsecond (the AMQP timestamp has whole seconds);
 # set by the client, used only for latency figures.
 PUBLISHED_AT = "x-lienthong-published-at"
+
+# -- the agency a gateway publishes for -----------------------------------------
+# Set by `lienthong gateway` on what it publishes; the worker believes it only
+# from the broker users in LIENTHONG_GATEWAY_USERS.
+AGENCY = "x-lienthong-agency"
+# A gateway's broker user acting for an agency is recorded as one publisher,
+# "<user> for <agency code>", so that the record, retries and replays carry
+# both without another column.
+_ON_BEHALF = " for "
+
+
+def on_behalf(user: str, agency: str) -> str:
+    """The publisher a gateway's broker user acting for ``agency`` is recorded as."""
+    return f"{user}{_ON_BEHALF}{agency}"
+
+
+def acting_for(publisher: str) -> tuple[str, str] | None:
+    """``(gateway user, agency)`` of a publisher written by :func:`on_behalf`, else ``None``."""
+    user, found, agency = publisher.rpartition(_ON_BEHALF)
+    return (user, agency) if found and user and agency else None

@@ -5,7 +5,7 @@ is described here by frozen dataclasses, so it can be read, printed, diffed,
 declared (:func:`exchange.broker.connection.declare`) and exported as a
 RabbitMQ definitions file (:func:`to_definitions`) from the same objects.
 The names are the public contract that any AMQP client in any language relies
-on; they are documented in the README and must not change lightly.
+on; they are documented in docs/architecture.md and must not change lightly.
 
 Message flow::
 

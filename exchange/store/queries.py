@@ -1076,7 +1076,7 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
     return view
 
 
-# -- replays (the replay tool, issue 4 point 3) ---------------------------------
+# -- replays (the replay tool) ---------------------------------
 #
 # Added by the replay tool (exchange/replay.py); kept apart so the rest of the
 # file can change without touching it. The rows of `replays` and
@@ -1283,7 +1283,7 @@ async def replays_of_message(
     return history
 
 
-# -- audit and tamper evidence (exchange/audit.py, issue 4 points 7 and 8) ------
+# -- audit and tamper evidence (exchange/audit.py) ------
 #
 # Added by the audit; kept apart so the rest of the file can change without
 # touching it. Read-only: the audit never changes the record. The hash chains

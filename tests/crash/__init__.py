@@ -1,4 +1,4 @@
-"""Crash-safety harness (issue 4, points 4 and 5), shared by the tests that kill things.
+"""Crash-safety harness, shared by the tests that kill things.
 
 * :mod:`tests.crash.supervisor`: runs ``lienthong worker`` subprocesses with a
   given environment (fault injection included), restarts the ones that died

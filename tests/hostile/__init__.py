@@ -1,4 +1,4 @@
-"""The hostile input corpus (issue 4, point 6): packages the exchange must refuse.
+"""The hostile input corpus: packages the exchange must refuse.
 
 :mod:`tests.hostile.corpus` builds every case from data (one line per case)
 and the agencies' real credentials; ``tests/integration/test_hostile_corpus.py``

@@ -1,4 +1,4 @@
-"""The audit (issue 4, point 7): the record reconciled with the broker's queues.
+"""The audit: the record reconciled with the broker's queues.
 
 First the reconciliation alone, as a pure function of counts and rows; then
 against a real run of the exchange (its own vhost and database), where the

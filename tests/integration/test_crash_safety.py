@@ -1,4 +1,4 @@
-"""Crash safety (issue 4, point 4), with real processes, a real broker and a real database.
+"""Crash safety, with real processes, a real broker and a real database.
 
 Each test runs ``lienthong worker`` subprocesses under a supervisor
 (:mod:`tests.crash.supervisor`) while the agencies' systems

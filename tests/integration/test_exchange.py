@@ -1,4 +1,4 @@
-"""The exchange end to end, on the real RabbitMQ and PostgreSQL (issue 3, point 10).
+"""The exchange end to end, on the real RabbitMQ and PostgreSQL.
 
 Agencies publish through their own broker users, workers run in-process
 (:meth:`exchange.demo.LocalExchange.workers`), and every outcome is read

@@ -3,7 +3,7 @@
 Agency software may be written in any language with any AMQP 0-9-1 library.
 These tests play such a system with pika (a synchronous Python client that
 shares nothing with :mod:`exchange.client`) and with Debian's amqp-tools.
-Every broker name below is a string literal from the README on purpose:
+Every broker name below is a string literal from docs/architecture.md on purpose:
 importing the constants would prove nothing about the published contract.
 Signing is the only thing taken from lienthong, since any agency signs
 with its own tools.

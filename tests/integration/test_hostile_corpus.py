@@ -1,4 +1,4 @@
-"""The hostile input corpus through the real worker (issue 4, point 6).
+"""The hostile input corpus through the real worker.
 
 One run for the whole module (the run is the expensive part): a fresh vhost
 and database, four agencies registered with their own broker users, two

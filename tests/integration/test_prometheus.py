@@ -394,7 +394,7 @@ def test_dashboard_is_provisionable_and_queries_only_known_metrics() -> None:
                     name in declared or name.startswith("rabbitmq_detailed_queue_") or name == "up"
                 ), f"{panel['title']}: {name} is exported by nobody"
     titles = {panel["title"] for panel in panels}
-    # What operators asked to see (issue 5, point 6).
+    # What operators asked to see.
     for wanted in (
         "Messages by kind and outcome",
         "End-to-end latency (sender publish to inbox)",

@@ -1,4 +1,4 @@
-"""The replay tool against the real RabbitMQ and PostgreSQL (issue 4, point 3).
+"""The replay tool against the real RabbitMQ and PostgreSQL.
 
 Each test stands up an exchange of its own (``tests.exchange_fixtures``),
 makes messages refused or parked the way production does, and replays them

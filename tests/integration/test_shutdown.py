@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 4, point 5), with real worker processes under load.
+"""Graceful shutdown, with real worker processes under load.
 
 SIGTERM makes a worker stop consuming, finish every message it was handed
 (acknowledged once its effects are confirmed) or give it back, and exit 0.

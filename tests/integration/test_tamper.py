@@ -1,4 +1,4 @@
-"""Tamper evidence (issue 4, point 8): append-only history, hash-chained in the database.
+"""Tamper evidence: append-only history, hash-chained in the database.
 
 The history tables (``messages``, ``documents``, ``events``) refuse UPDATE,
 DELETE and TRUNCATE; every row carries its chain position and hash,

@@ -468,7 +468,7 @@ def verified(
 
 
 def test_the_library_writes_what_real_senders_send(built: dict[str, Path]) -> None:
-    # The shapes issue 11 is about: proof that the library still writes them.
+    # The shapes real senders write: proof that the library still writes them.
     new = built["new"].read_bytes()
     assert b"\r\n" in new and b"\n" not in new.replace(b"\r\n", b"")
     assert new.index(b"<edXML:Bussiness>") < new.index(b"<edXML:TraceHeader>")

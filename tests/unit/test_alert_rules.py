@@ -37,8 +37,8 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = REPO / "docs" / "runbooks"
 
-# What the exchange's operators asked to be alerted about (issue 5, point 4),
-# and the one alert a broker outage comes down to (issue 17, point 5).
+# What the exchange's operators asked to be alerted about,
+# and the one alert a broker outage comes down to.
 REQUIRED_ALERTS = {
     "LienthongParkedMessages",
     "LienthongWorkQueueWithoutConsumers",
