@@ -96,13 +96,14 @@ REASON_CODES: dict[Reason, str] = {
     Reason.UNKNOWN_DOCUMENT: "323",
     Reason.ILLEGAL_TRANSITION: "324",
     Reason.DUPLICATE_DOCUMENT: "325",
-    Reason.CERT_REVOKED: "326",
-    Reason.CRL_STALE: "327",
-    Reason.CERT_NOT_REGISTERED: "328",
-    Reason.KEY_TOO_WEAK: "329",
-    Reason.CERT_IS_CA: "330",
-    Reason.CA_CANNOT_SIGN: "331",
-    Reason.CERT_ALGORITHM: "332",
+    # 330 is NO_KEY_TO_SIGN; the revocation, registry and key policy reasons are 34x.
+    Reason.CERT_REVOKED: "340",
+    Reason.CRL_STALE: "341",
+    Reason.CERT_NOT_REGISTERED: "342",
+    Reason.KEY_TOO_WEAK: "343",
+    Reason.CERT_IS_CA: "344",
+    Reason.CA_CANNOT_SIGN: "345",
+    Reason.CERT_ALGORITHM: "346",
 }
 
 
