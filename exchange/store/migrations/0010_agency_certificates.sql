@@ -23,9 +23,9 @@ CREATE TABLE agency_certificates (
     PRIMARY KEY (agency, sha256)
 );
 
--- The one certificate an agency could have before: the first PEM block of
--- the column (a file given to `agency add --cert` may carry the chain after
--- it), its fingerprint the SHA-256 of the block's base64 decoded.
+-- agencies.certificate_pem (one certificate per agency) moves here: the
+-- first PEM block of the column (a file given to `agency add --cert` may
+-- carry the chain after it), named by the SHA-256 of the block's DER.
 INSERT INTO agency_certificates (agency, sha256, certificate_pem)
 SELECT a.code,
        encode(sha256(decode(regexp_replace(block[1], '\s', '', 'g'), 'base64')), 'hex'),
