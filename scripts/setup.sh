@@ -22,6 +22,8 @@ for jar in httpclient:libhttpclient-java httpcore:libhttpcore-java httpmime:libh
   [ -f "/usr/share/java/${jar%%:*}.jar" ] || missing+=("${jar#*:}")
 done
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# openssl: the tests make a SHA-1-signed certificate, which `cryptography` refuses to.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Prometheus (server and promtool): the alert rule tests and the real scrape
 # test run their own server on a free port; the package's service is unused.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
