@@ -1268,6 +1268,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of this process's Prometheus endpoint (default LIENTHONG_METRICS_PORT "
         "or 9108; one port per worker process; 0: none)",
     )
+    worker.add_argument(
+        "--metrics-host",
+        help="address the Prometheus endpoint binds to (default LIENTHONG_METRICS_HOST "
+        "or 127.0.0.1; 0.0.0.0: every interface)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     document_options = argparse.ArgumentParser(add_help=False)

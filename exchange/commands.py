@@ -44,7 +44,7 @@ class CommandError(Exception):
 # -- settings -------------------------------------------------------------------
 
 # Options of the commands that map to a setting of the same name.
-_OVERRIDDEN = ("amqp_url", "database_url", "rabbitmq_api_url", "trust")
+_OVERRIDDEN = ("amqp_url", "database_url", "rabbitmq_api_url", "trust", "metrics_host")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -310,7 +310,13 @@ def _settings_error(error: Any) -> str:
     """A pydantic validation error of the settings, as the setting and what is wrong."""
     problems = []
     for item in error.errors():
-        name = "_".join(str(part) for part in item.get("loc", ())) or "?"
+        if not item.get("loc"):
+            # A rule over several settings (Settings' model validator) names
+            # the setting in its own message.
+            message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(message)
+            continue
+        name = "_".join(str(part) for part in item.get("loc", ()))
         value = item.get("input")
         shown = f" = {value!r}" if isinstance(value, str | int | float) else ""
         problems.append(f"LIENTHONG_{name.upper()}{shown}: {item.get('msg', 'invalid')}")

@@ -188,11 +188,12 @@ def version() -> str:
     return __version__
 
 
-def serve(port: int, address: str = "0.0.0.0") -> Callable[[], None]:  # noqa: S104
+def serve(port: int, address: str = "127.0.0.1") -> Callable[[], None]:
     """Serve every metric on ``http://address:port/metrics``; returns the function that stops it.
 
-    All interfaces by default: Prometheus scrapes from another host. The
-    metrics hold counts and codes, never a document or a credential.
+    Loopback by default (``LIENTHONG_METRICS_HOST``): the metrics hold counts
+    and codes, never a document or a credential, but name agencies and
+    reveal traffic; another address is an operator's choice.
     """
     BUILD.info({"version": version(), "python": sys.version.split()[0]})
     try:

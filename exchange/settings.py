@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -144,6 +146,10 @@ class Settings(ParserLimits):
     # --metrics-port``); several processes on one host need one port each.
     # 0: no endpoint.
     metrics_port: int = Field(9108, ge=0, le=65535)
+    # Address the worker's Prometheus endpoint binds to: loopback, so that
+    # only a scraper on the same host (or a proxy) reads it; "0.0.0.0" for a
+    # Prometheus on another host, behind a firewall.
+    metrics_host: str = "127.0.0.1"
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
     # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer
@@ -175,3 +181,73 @@ class Settings(ParserLimits):
     # Broker users of gateways, read by the workers: only their messages may
     # name, in a header, the agency they publish for.
     gateway_users: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _refuse_clear_text_off_the_host(self) -> Self:
+        """Refuse credentials or documents sent in clear to another host (see docs/security.md)."""
+        problem = transport_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+# Database roles that are superusers on a stock PostgreSQL; a URL cannot say
+# more about the role than its name.
+SUPERUSER_ROLES = frozenset({"postgres"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine: ``localhost``, a loopback address, or a socket path."""
+    if not host or host.startswith("/") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_problem(settings: Settings) -> str | None:
+    """What is unsafe in how ``settings`` reach RabbitMQ and PostgreSQL, or ``None``.
+
+    Off this host, AMQP must be ``amqps://``; the database URL must carry
+    ``sslmode=verify-full`` and must not log in as the superuser without a
+    password (or client certificate); the management API must be HTTPS and
+    not ``guest``. On loopback everything is allowed (development).
+    """
+    amqp = urlsplit(settings.amqp_url)
+    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+        return (
+            f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
+            "documents in clear; use amqps:// off this host"
+        )
+    database = urlsplit(settings.database_url)
+    query = parse_qs(database.query)
+    # libpq also takes the host from ?host=; a socket path there is local.
+    host = database.hostname or next(iter(query.get("host", [])), None)
+    if not is_loopback(host):
+        if query.get("sslmode") != ["verify-full"]:
+            return (
+                f"LIENTHONG_DATABASE_URL: the database at {host} needs sslmode=verify-full "
+                "(TLS with the server's certificate and host name checked)"
+            )
+        user = unquote(database.username or "") or next(iter(query.get("user", [])), "")
+        password = database.password or query.get("password") or query.get("sslcert")
+        if (not user or user in SUPERUSER_ROLES) and not password:
+            return (
+                f"LIENTHONG_DATABASE_URL: logging in to {host} as superuser "
+                f"{user or '(unnamed)'!r} without a password is refused; use a role of "
+                "the exchange with a password or a client certificate"
+            )
+    api = urlsplit(settings.rabbitmq_api_url)
+    if api.hostname and not is_loopback(api.hostname):
+        if api.scheme != "https":
+            return (
+                f"LIENTHONG_RABBITMQ_API_URL: the management API at {api.hostname} must be "
+                "reached over https:// (its credentials create broker users)"
+            )
+        if unquote(api.username or "guest") == "guest":
+            return (
+                f"LIENTHONG_RABBITMQ_API_URL: the management API at {api.hostname} must be "
+                "reached with its own credentials, never guest"
+            )
+    return None

@@ -828,7 +828,7 @@ async def run_workers(
     async with contextlib.AsyncExitStack() as opened:  # closed in reverse order
         # First: a port already taken fails the start before anything else.
         if metrics_port:
-            opened.callback(metrics.serve(metrics_port))
+            opened.callback(metrics.serve(metrics_port, settings.metrics_host))
         pool = await open_when_ready(
             "PostgreSQL",
             database_address(settings.database_url),

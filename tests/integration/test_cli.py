@@ -362,10 +362,10 @@ def _cases() -> list[tuple[str, Callable[[Place], list[str]], dict[str, str], st
                 "statuses",
                 *AS_AGENCY,
                 "--amqp-url",
-                "amqp://guest:guest@no-such-host.invalid:5672/",
+                "amqps://guest:guest@no-such-host.invalid:5671/",
             ],
             {},
-            "RabbitMQ at amqp://guest@no-such-host.invalid:5672/: unknown host name",
+            "RabbitMQ at amqps://guest@no-such-host.invalid:5671/: unknown host name",
         ),
         (
             "PostgreSQL unknown database",

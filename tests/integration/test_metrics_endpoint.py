@@ -265,7 +265,7 @@ def test_a_second_worker_on_a_taken_metrics_port_refuses_to_start_and_says_why(
 ) -> None:
     create_ca(tmp_path)
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # the worker binds every interface
+        taken.bind(("127.0.0.1", 0))  # the worker binds loopback (LIENTHONG_METRICS_HOST)
         taken.listen()
         port = taken.getsockname()[1]
 
@@ -279,7 +279,7 @@ def test_a_second_worker_on_a_taken_metrics_port_refuses_to_start_and_says_why(
         )
 
     assert result.returncode == 2, result.stderr
-    assert f"cannot serve metrics on 0.0.0.0:{port}" in result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "--metrics-port" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -70,7 +70,9 @@ def test_an_address_never_shows_the_password() -> None:
 def test_a_wrong_postgresql_password_names_the_server_the_user_and_the_option() -> None:
     # The shared test server trusts every local connection, so a wrong
     # password cannot be produced for real there; the error asyncpg raises is.
-    settings = Settings(database_url="postgresql://clerk:wrong@db.example:5432/lienthong")
+    settings = Settings(
+        database_url="postgresql://clerk:wrong@db.example:5432/lienthong?sslmode=verify-full"
+    )
     line = describe_error(asyncpg.InvalidPasswordError("password authentication failed"), settings)
     assert line == (
         "PostgreSQL at postgresql://clerk@db.example:5432/lienthong: authentication failed "
@@ -79,10 +81,10 @@ def test_a_wrong_postgresql_password_names_the_server_the_user_and_the_option() 
 
 
 def test_a_management_api_refusal_of_the_login_is_authentication() -> None:
-    settings = Settings(rabbitmq_api_url="http://admin:wrong@mq.example:15672")
+    settings = Settings(rabbitmq_api_url="https://admin:wrong@mq.example:15672")
     error = BrokerAdminError("GET", "/overview", 401, "Not_Authorized")
     line = describe_error(error, settings)
-    assert line.startswith("the RabbitMQ management API at http://admin@mq.example:15672: ")
+    assert line.startswith("the RabbitMQ management API at https://admin@mq.example:15672: ")
     assert "authentication failed for user admin (HTTP 401)" in line
     assert "wrong" not in line
 
@@ -101,15 +103,15 @@ def test_secret_settings_are_read_from_their_file(
     for name in ("AMQP_URL", "DATABASE_URL", "RABBITMQ_API_URL"):
         monkeypatch.delenv(f"LIENTHONG_{name}", raising=False)
         secret = tmp_path / name
-        secret.write_text(f"scheme://user:pw-{name}@host/\n")
+        secret.write_text(f"scheme://user:pw-{name}@localhost/\n")
         monkeypatch.setenv(f"LIENTHONG_{name}_FILE", str(secret))
     settings = Settings()
-    assert settings.amqp_url == "scheme://user:pw-AMQP_URL@host/"
-    assert settings.database_url == "scheme://user:pw-DATABASE_URL@host/"
-    assert settings.rabbitmq_api_url == "scheme://user:pw-RABBITMQ_API_URL@host/"
+    assert settings.amqp_url == "scheme://user:pw-AMQP_URL@localhost/"
+    assert settings.database_url == "scheme://user:pw-DATABASE_URL@localhost/"
+    assert settings.rabbitmq_api_url == "scheme://user:pw-RABBITMQ_API_URL@localhost/"
     # The command's own option still wins.
-    args = argparse.Namespace(amqp_url="amqp://given@host/")
-    assert settings_from_args(args).amqp_url == "amqp://given@host/"
+    args = argparse.Namespace(amqp_url="amqp://given@localhost/")
+    assert settings_from_args(args).amqp_url == "amqp://given@localhost/"
 
 
 def test_a_secret_set_twice_or_in_a_missing_file_is_refused(
