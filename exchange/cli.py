@@ -438,6 +438,7 @@ def agency_json(agency: Agency) -> dict[str, Any]:
         "certificate": certificate,
         "certificates": certificates,
         "allow_sha1": agency.allow_sha1,
+        "disabled_at": None if agency.disabled_at is None else agency.disabled_at.isoformat(),
     }
 
 
@@ -452,6 +453,7 @@ def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
                 "queues": [inbox_queue(agency.code), status_queue(agency.code)],
                 "broker_user": registration.broker_user,
                 "password": registration.password,
+                "replaced_user": registration.replaced_user,
             }
         )
         return
@@ -464,6 +466,8 @@ def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
     if registration.password is not None:
         print(f"  broker user: {registration.broker_user}")
         print(f"  broker password: {registration.password}  (shown once; keep it safe)")
+    if registration.replaced_user is not None:
+        print(f"  former broker user {registration.replaced_user}: deleted")
 
 
 def cmd_agency_add(args: argparse.Namespace) -> int:
@@ -487,6 +491,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
                 broker_user=args.broker_user,
                 password=password,
                 provision_user=not args.no_broker_user,
+                rotate_password=args.rotate_password,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
@@ -519,8 +524,9 @@ def cmd_agency_set(args: argparse.Namespace) -> int:
                 certificates=certificates,
                 allow_sha1=args.allow_sha1,
                 subscriptions=subscriptions,
+                broker_user=args.broker_user,
                 password=password,
-                new_password=args.new_password,
+                rotate_password=args.rotate_password,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
@@ -569,12 +575,49 @@ def cmd_agency_show(args: argparse.Namespace) -> int:
                 else ()
             ),
             ("sha-1", "accepted" if shown["allow_sha1"] else "refused"),
+            ("disabled", shown["disabled_at"] or "no"),
         ]
         for name, value in fields:
             print(f"{name + ':':<15}{value}")
         return EXIT_OK
 
     return run(show())
+
+
+def cmd_agency_disable(args: argparse.Namespace) -> int:
+    """Take an agency's access away; its registration and history stay."""
+    from exchange.registry import disable_agency
+
+    return _switch_agency(args, disable_agency, "disabled")
+
+
+def cmd_agency_enable(args: argparse.Namespace) -> int:
+    """Give a disabled agency its access back."""
+    from exchange.registry import enable_agency
+
+    return _switch_agency(args, enable_agency, "enabled")
+
+
+def _switch_agency(args: argparse.Namespace, switch: Any, verb: str) -> int:
+    from exchange.registry import RegistrationError
+
+    code = _agency_code(args.code)
+    settings = settings_from_args(args)
+
+    async def change() -> int:
+        try:
+            agency = await switch(settings, code)
+        except RegistrationError as error:
+            raise CommandError(str(error)) from None
+        if args.json:
+            print_json(agency_json(agency))
+            return EXIT_OK
+        print(f"{verb} {agency.code} {agency.name} (broker user {agency.broker_user})")
+        if agency.disabled:
+            print("  its broker user has no permissions; workers refuse what it publishes")
+        return EXIT_OK
+
+    return run(change())
 
 
 def cmd_agency_cert_add(args: argparse.Namespace) -> int:
@@ -642,6 +685,8 @@ def cmd_agency_list(args: argparse.Namespace) -> int:
                 registered.add(agency.parent)
             subscribed = ", ".join(agency.subscriptions)
             extra = f"  [subscribes {subscribed}]" if subscribed else ""
+            if agency.disabled:
+                extra += "  [disabled]"
             print(f"{indent}{agency.code}  {agency.name}{extra}")
         print(f"{len(agencies)} agencies")
         return EXIT_OK
@@ -651,6 +696,7 @@ def cmd_agency_list(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run workers until interrupted (SIGINT or SIGTERM)."""
+    from exchange.directory import TrustedUserError
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
@@ -672,7 +718,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         try:
             processed = await run_workers(settings, count=args.count, metrics_port=port)
-        except (MetricsEndpointError, StartupError) as error:
+        except (MetricsEndpointError, StartupError, TrustedUserError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK
@@ -1198,6 +1244,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the broker user alone (managed elsewhere)",
     )
+    add.add_argument(
+        "--rotate-password",
+        action="store_true",
+        help="the broker user lienthong made exists already (an earlier registration): "
+        "give it a new password (printed once; --password-stdin gives one)",
+    )
     add.set_defaults(handler=cmd_agency_add)
     change = agency_commands.add_parser(
         "set",
@@ -1231,11 +1283,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-subscriptions", action="store_true", help="remove every subscription"
     )
     change.add_argument(
-        "--new-password",
+        "--broker-user",
+        help="move it to this new RabbitMQ user (password printed once, or --password-stdin); "
+        "the old user is deleted",
+    )
+    change.add_argument(
+        "--rotate-password",
         action="store_true",
-        help="generate a new broker password (printed once); --password-stdin gives one",
+        help="give its broker user a new password (printed once); --password-stdin gives one",
     )
     change.set_defaults(handler=cmd_agency_set)
+    for action, verb, handler in (
+        ("disable", "take its access away; registration and history stay", cmd_agency_disable),
+        ("enable", "give a disabled agency its access back", cmd_agency_enable),
+    ):
+        switch = agency_commands.add_parser(action, parents=[services, as_json], help=verb)
+        switch.add_argument("code", help="agency code")
+        switch.set_defaults(handler=handler)
     show = agency_commands.add_parser(
         "show", parents=[database, as_json], help="one agency's registration"
     )

@@ -124,7 +124,7 @@ class LocalExchange:
                 name=name,
                 certificate_pem=credential.cert_pem.decode(),
                 subscriptions=subscriptions,
-                new_password=True,
+                rotate_password=True,
             )
         local = LocalAgency(agency, name, credential, registration.amqp_url)
         self.agencies[agency] = local

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
 from exchange.pki import SigningRights
 from exchange.store import queries
 from exchange.store.db import Pool
+from exchange.store.records import Agency
 
 # A directory miss (an agency registered after this worker started) reloads
 # the directory, but not more often than this, so a flood of messages from
@@ -18,6 +20,27 @@ DIRECTORY_RELOAD_MIN_S = 1.0
 # Registrations change rarely; a periodic reload picks up removals and
 # renamed broker users without a restart.
 DIRECTORY_MAX_AGE_S = 30.0
+
+
+class TrustedUserError(RuntimeError):
+    """An agency's broker user is one of the exchange's own; the message says which."""
+
+
+def refuse_trusted_users(agencies: Iterable[Agency], trusted: frozenset[str]) -> None:
+    """:class:`TrustedUserError` if an agency maps to a broker user of the exchange itself.
+
+    Such an agency would publish with the rights of a worker or a gateway
+    (an original sender in headers, acting for any agency), and the
+    exchange's own messages would count as the agency's.
+    """
+    for agency in agencies:
+        if agency.broker_user in trusted:
+            raise TrustedUserError(
+                f"agency {agency.code} has broker user {agency.broker_user!r}, which is the "
+                "exchange's own (LIENTHONG_AMQP_URL, LIENTHONG_EXCHANGE_USERS, "
+                "LIENTHONG_GATEWAY_USERS or the management API's); give the agency a user "
+                f"of its own: lienthong agency set {agency.code} --broker-user NAME"
+            )
 
 
 class Directory:
@@ -29,6 +52,7 @@ class Directory:
         self._gateway_users = gateway_users
         self._by_user: dict[str, AgencyCode] = {}
         self._codes: frozenset[AgencyCode] = frozenset()
+        self._disabled: frozenset[AgencyCode] = frozenset()
         self._rights = SigningRights()
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -42,6 +66,7 @@ class Directory:
                 certificates, sha1_agencies = await queries.signing_rights(conn)
             self._by_user = {a.broker_user: a.code for a in agencies}
             self._codes = frozenset(a.code for a in agencies)
+            self._disabled = frozenset(a.code for a in agencies if a.disabled)
             if (certificates, sha1_agencies) != (
                 self._rights.certificates,
                 self._rights.sha1_agencies,
@@ -78,6 +103,11 @@ class Directory:
         if code not in self._codes:
             await self._reload(at_most_every=DIRECTORY_RELOAD_MIN_S)
         return code in self._codes
+
+    async def is_disabled(self, code: AgencyCode) -> bool:
+        """Whether ``code`` is disabled (``agency disable``): what it publishes is refused."""
+        await self._fresh()
+        return code in self._disabled
 
     async def signing_rights(self) -> SigningRights:
         """Which certificates each agency may sign with, and who may use SHA-1.

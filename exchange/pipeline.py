@@ -79,6 +79,8 @@ class Envelope:
     # The agency behind the AMQP user_id that RabbitMQ validated, looked up in
     # the directory by the shell; None when the user is no registered agency.
     publisher: AgencyCode | None
+    # Whether the directory marks the publisher disabled (`agency disable`).
+    publisher_disabled: bool = False
 
     @cached_property
     def sha256(self) -> str:
@@ -224,6 +226,12 @@ def inspect(
     whom. ``timings`` as for :func:`examine`.
     """
     recipient = recipient_of(envelope.routing_key)
+    if envelope.publisher_disabled:
+        raise Rejection.of(
+            Reason.SENDER_DISABLED,
+            f"the message was published for {envelope.publisher}, which is disabled",
+            "user_id",
+        )
     if examined is None:
         examined = examine(envelope.body, context, timings)
     else:

@@ -152,6 +152,10 @@ class Reason(Enum):
         "Cơ quan gửi ghi trong gói tin không trùng với cơ quan đã ký số hoặc tài khoản gửi.",
         "the sender named in the package is not the agency that signed or published it",
     )
+    SENDER_DISABLED = (
+        "Cơ quan gửi đã bị tạm ngừng trên trục liên thông; hãy liên hệ đơn vị vận hành trục.",
+        "the sending agency is disabled on the exchange (`lienthong agency disable`)",
+    )
     NOT_ADDRESSED = (
         "Cơ quan nhận không có trong danh sách nơi nhận (To) của văn bản.",
         "the recipient in the routing key is not among the package's To",

@@ -1,10 +1,17 @@
 """Setting up the exchange: its schema and core topology, and each agency on it.
 
-Setting up the exchange, and each agency on it.
-
 :func:`prepare` brings the database schema and the core broker topology up
 to date. :func:`register_agency` registers an agency (directory row, broker
-user, queues) and :func:`change_agency` changes a registration.
+user, queues), :func:`change_agency` changes a registration, and
+:func:`disable_agency` / :func:`enable_agency` take its access away and
+give it back.
+
+An agency's broker user is never one of the exchange's own
+(:attr:`Settings.trusted_broker_users`), and lienthong only touches broker
+users it made (tagged :data:`~exchange.broker.admin.AGENCY_USER_TAG`): a
+user that exists without the tag is refused, and one with it (left by an
+earlier registration) gets a new password only when asked to
+(``rotate_password``).
 
 Registering, and changing a registration, is all or nothing: the directory
 row is written in a transaction that commits after the broker steps, and a
@@ -28,10 +35,11 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
 
 from exchange.agency import AgencyCode
-from exchange.broker.admin import BrokerAdmin
+from exchange.broker.admin import AGENCY_USER_TAG, BrokerAdmin
 from exchange.broker.connection import connect, declare
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
+    agency_permissions,
     agency_topology,
     core_topology,
     inbox_queue,
@@ -69,6 +77,8 @@ class Registration:
     broker_user: str
     password: str | None  # None when the broker user was left as it was
     amqp_url: str
+    # The broker user the agency had before, deleted (agency set --broker-user).
+    replaced_user: str | None = None
 
 
 async def prepare(settings: Settings) -> None:
@@ -129,6 +139,35 @@ def _check_certificate(code: AgencyCode, certificate_pem: str) -> tuple[str, str
 
 def _check_certificates(code: AgencyCode, pems: Sequence[str]) -> list[tuple[str, str]]:
     return [_check_certificate(code, pem) for pem in pems]
+
+
+def _refuse_trusted_user(settings: Settings, user: str) -> None:
+    """Refuse a broker user of the exchange itself as an agency's."""
+    if user in settings.trusted_broker_users:
+        raise RegistrationError(
+            f"broker user {user!r} is the exchange's own (LIENTHONG_AMQP_URL, "
+            "LIENTHONG_EXCHANGE_USERS, LIENTHONG_GATEWAY_USERS or the management API's); "
+            "an agency needs a user of its own (--broker-user)"
+        )
+
+
+async def _refuse_foreign_user(admin: BrokerAdmin, user: str, *, rotate_password: bool) -> bool:
+    """Whether ``user`` exists; refuse one lienthong did not make, or one to reset unasked."""
+    tags = await admin.user_tags(user)
+    if tags is None:
+        return False
+    if AGENCY_USER_TAG not in tags:
+        raise RegistrationError(
+            f"broker user {user!r} exists and lienthong did not create it (it lacks the tag "
+            f"{AGENCY_USER_TAG}); choose another --broker-user, or --no-broker-user to "
+            "leave the broker to whoever manages that user"
+        )
+    if not rotate_password:
+        raise RegistrationError(
+            f"broker user {user!r} exists already (left by an earlier registration); "
+            "--rotate-password gives it a new password, which whoever holds the old one loses"
+        )
+    return True
 
 
 def _patterns(subscriptions: Sequence[str]) -> list[str]:
@@ -229,6 +268,7 @@ async def register_agency(
     broker_user: str | None = None,
     password: str | None = None,
     provision_user: bool = True,
+    rotate_password: bool = False,
 ) -> Registration:
     """Register a new agency: directory row, broker user, queues; all of them or none.
 
@@ -242,12 +282,18 @@ async def register_agency(
     the way removes the user and the queues this call created.
     :class:`AgencyExistsError` when the code is registered already
     (:func:`change_agency` changes a registration).
+
+    :class:`RegistrationError` for a broker user of the exchange itself, one
+    that exists without lienthong's tag, or one with the tag (left by an
+    earlier registration) unless ``rotate_password``: its password is reset
+    only when asked.
     """
     registered = _check_certificates(
         code, [*([certificate_pem] if certificate_pem else []), *certificates]
     )
     patterns = _patterns(subscriptions)
     user = broker_user or str(code)
+    _refuse_trusted_user(settings, user)
     admin = BrokerAdmin(settings.rabbitmq_api_url) if provision_user else None
     secret = None
     async with _all_or_nothing(settings) as (conn, undo):
@@ -265,15 +311,18 @@ async def register_agency(
             raise AgencyExistsError(str(error)) from None
         except queries.AgencyConflictError as error:
             raise RegistrationError(str(error)) from None
+        existed = False
         if admin is not None:
-            existed = await admin.user_exists(user)
+            existed = await _refuse_foreign_user(admin, user, rotate_password=rotate_password)
+        await _declare_queues(settings, code, patterns, undo)
+        if admin is not None:
+            # Last: a password reset cannot be undone.
             secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            if not existed:
+                undo.add(f"broker user {user}", lambda: admin.delete_user(user))
             await admin.provision_agency_user(
                 code, secret, vhost=vhost_of(settings.amqp_url), user=user
             )
-            if not existed:
-                undo.add(f"broker user {user}", lambda: admin.delete_user(user))
-        await _declare_queues(settings, code, patterns, undo)
     url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
     return Registration(agency, user, secret, url)
 
@@ -287,8 +336,9 @@ async def change_agency(
     certificates: Sequence[str] | None = None,
     allow_sha1: bool | None = None,
     subscriptions: Sequence[str] | None = None,
+    broker_user: str | None = None,
     password: str | None = None,
-    new_password: bool = False,
+    rotate_password: bool = False,
 ) -> Registration:
     """Change what is given of a registered agency; what is not given stays as it is.
 
@@ -296,8 +346,11 @@ async def change_agency(
     certificate (:func:`add_certificate` adds one, for a rollover).
 
     ``subscriptions`` replaces the subscription list (and the inbox's
-    bindings); ``password`` (or a generated one with ``new_password``) is
-    the broker user's new password. All or nothing, as :func:`register_agency`.
+    bindings). ``rotate_password`` gives the broker user a new password
+    (``password``, or a generated one). ``broker_user`` moves the agency to
+    a new broker user (refused as :func:`register_agency` refuses one; its
+    password is ``password`` or generated) and deletes the old one once the
+    directory names the new. All or nothing, as :func:`register_agency`.
     """
     replacing = None
     if certificate_pem is not None or certificates is not None:
@@ -305,32 +358,116 @@ async def change_agency(
             code, [*([certificate_pem] if certificate_pem else []), *(certificates or ())]
         )
     patterns = None if subscriptions is None else _patterns(subscriptions)
+    if password is not None and not rotate_password and broker_user is None:
+        raise RegistrationError(
+            "a password is given, but neither a new broker user nor --rotate-password"
+        )
     secret = None
+    replaced = None
+    vhost = vhost_of(settings.amqp_url)
     async with _all_or_nothing(settings) as (conn, undo):
         before = await queries.get_agency(conn, code)
         if before is None:
             raise RegistrationError(
                 f"agency {code} is not registered; `lienthong agency add {code}` registers it"
             )
-        agency = await queries.update_agency(
-            conn,
-            code,
-            name=name,
-            certificates=replacing,
-            allow_sha1=allow_sha1,
-            subscriptions=patterns,
-        )
+        moving = broker_user is not None and broker_user != before.broker_user
+        if moving:
+            assert broker_user is not None
+            _refuse_trusted_user(settings, broker_user)
+            if before.disabled:
+                raise RegistrationError(
+                    f"agency {code} is disabled; `lienthong agency enable {code}` first"
+                )
+        try:
+            agency = await queries.update_agency(
+                conn,
+                code,
+                name=name,
+                certificates=replacing,
+                allow_sha1=allow_sha1,
+                subscriptions=patterns,
+                broker_user=broker_user if moving else None,
+            )
+        except queries.AgencyConflictError as error:
+            raise RegistrationError(str(error)) from None
         if patterns is not None:
             await _rebind(settings, code, before.subscriptions, patterns, undo)
-        if password is not None or new_password:
+        admin = BrokerAdmin(settings.rabbitmq_api_url)
+        if moving:
+            assert broker_user is not None
+            await _refuse_foreign_user(admin, broker_user, rotate_password=False)
             secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
-            admin = BrokerAdmin(settings.rabbitmq_api_url)
-            await admin.provision_agency_user(
-                code, secret, vhost=vhost_of(settings.amqp_url), user=before.broker_user
-            )
+            new_user = broker_user
+            undo.add(f"broker user {new_user}", lambda: admin.delete_user(new_user))
+            await admin.provision_agency_user(code, secret, vhost=vhost, user=new_user)
+            replaced = before.broker_user
+        elif rotate_password:
+            _refuse_trusted_user(settings, before.broker_user)
+            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            if before.disabled:
+                # A new password, not the access `agency enable` gives back.
+                await admin.create_user(before.broker_user, secret, tags=AGENCY_USER_TAG)
+            else:
+                await admin.provision_agency_user(
+                    code, secret, vhost=vhost, user=before.broker_user
+                )
+    if replaced is not None and replaced not in settings.trusted_broker_users:
+        # After the commit: the directory no longer names it, and deleting a
+        # user (which closes its connections) cannot be undone.
+        await BrokerAdmin(settings.rabbitmq_api_url).delete_user(replaced)
     user = agency.broker_user
     url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
-    return Registration(agency, user, secret, url)
+    return Registration(agency, user, secret, url, replaced)
+
+
+async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
+    """Take ``code``'s access away, keeping its registration and history.
+
+    The directory marks it disabled (the workers refuse what it publishes,
+    ``REJECTED_SENDER_DISABLED``, from their next directory reload); its
+    broker user loses every permission and its open connections are closed.
+    The user, its password, the queues and every record naming the agency
+    stay: :func:`enable_agency` gives the access back.
+    """
+    vhost = vhost_of(settings.amqp_url)
+    async with _all_or_nothing(settings) as (conn, undo):
+        try:
+            agency = await queries.set_agency_disabled(conn, code, True)
+        except queries.AgencyNotFoundError as error:
+            raise RegistrationError(str(error)) from None
+        user = agency.broker_user
+        if user not in settings.trusted_broker_users:
+            admin = BrokerAdmin(settings.rabbitmq_api_url)
+            had = await admin.get_permissions(vhost, user)
+            if had is not None:
+                undo.add(f"permissions of {user}", lambda: admin.set_permissions(vhost, user, had))
+                await admin.clear_permissions(vhost, user)
+            await admin.close_connections(user, reason=f"agency {code} disabled")
+    return agency
+
+
+async def enable_agency(settings: Settings, code: AgencyCode) -> Agency:
+    """Give a disabled agency its access back: its broker user's permissions, the directory's mark.
+
+    Its broker user keeps the password it had; the user must still exist.
+    """
+    async with _all_or_nothing(settings) as (conn, _undo):
+        try:
+            agency = await queries.set_agency_disabled(conn, code, False)
+        except queries.AgencyNotFoundError as error:
+            raise RegistrationError(str(error)) from None
+        user = agency.broker_user
+        _refuse_trusted_user(settings, user)
+        admin = BrokerAdmin(settings.rabbitmq_api_url)
+        if not await admin.user_exists(user):
+            raise RegistrationError(
+                f"broker user {user!r} of agency {code} no longer exists; "
+                f"`lienthong agency set {code} --broker-user NAME` gives it a new one"
+            )
+        # Last step: nothing after it can fail and leave it behind.
+        await admin.set_permissions(vhost_of(settings.amqp_url), user, agency_permissions(code))
+    return agency
 
 
 async def add_certificate(settings: Settings, code: AgencyCode, certificate_pem: str) -> Agency:

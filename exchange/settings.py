@@ -182,6 +182,23 @@ class Settings(ParserLimits):
     # name, in a header, the agency they publish for.
     gateway_users: list[str] = Field(default_factory=list)
 
+    @property
+    def trusted_broker_users(self) -> frozenset[str]:
+        """The broker users of the exchange itself, never an agency's.
+
+        The workers' (``amqp_url``), ``exchange_users``, ``gateway_users``, and
+        the management API's: each may do what no agency may (carry an
+        original sender, act for agencies, create users).
+        """
+        return frozenset(
+            {
+                url_user(self.amqp_url),
+                url_user(self.rabbitmq_api_url),
+                *self.exchange_users,
+                *self.gateway_users,
+            }
+        )
+
     @model_validator(mode="after")
     def _refuse_clear_text_off_the_host(self) -> Self:
         """Refuse credentials or documents sent in clear to another host (see docs/security.md)."""
@@ -194,6 +211,11 @@ class Settings(ParserLimits):
 # Database roles that are superusers on a stock PostgreSQL; a URL cannot say
 # more about the role than its name.
 SUPERUSER_ROLES = frozenset({"postgres"})
+
+
+def url_user(url: str) -> str:
+    """The user an AMQP or management API URL logs in as (RabbitMQ's ``guest`` when none)."""
+    return unquote(urlsplit(url).username or "guest")
 
 
 def is_loopback(host: str | None) -> bool:

@@ -53,7 +53,7 @@ from exchange.broker.connection import (
 )
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
 from exchange.checks.schema import check_schema_files
-from exchange.directory import Directory
+from exchange.directory import Directory, refuse_trusted_users
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
@@ -63,6 +63,7 @@ from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
 from exchange.status import TransportOutcome
+from exchange.store import queries
 from exchange.store.db import Pool, create_pool, database_address, is_database_unreachable
 from exchange.store.migrate import load_migrations
 from exchange.store.records import Message
@@ -412,10 +413,11 @@ class Worker:
     async def process(self, arrival: Arrival) -> Message:
         """Inspect, decide and record, publish, mark: one message; returns its record."""
         publisher = await self.directory.agency_of_user(arrival.broker_user)
+        disabled = publisher is not None and await self.directory.is_disabled(publisher)
         rights = await self.directory.signing_rights()
         if self.inspector.context.rights is not rights:
             self.inspector.use(rights=rights)
-        envelope = Envelope(arrival.body, arrival.routing_key, publisher)
+        envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
         inspected = await self._inspect(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")
@@ -803,7 +805,10 @@ async def run_workers(
     Before anything else the shipped files are loaded (a worker without its
     schemas could judge no package: :func:`check_installation`).
     PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
-    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. A worker
+    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. An
+    agency whose broker user is one of the exchange's own
+    (``settings.trusted_broker_users``) stops the start with
+    :class:`~exchange.directory.TrustedUserError`. A worker
     that meets a fatal error while it runs stops, and it is raised here.
     """
     if settings.trust is None:
@@ -841,6 +846,8 @@ async def run_workers(
         if pool is None:
             return 0
         opened.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            refuse_trusted_users(await queries.list_agencies(conn), settings.trusted_broker_users)
         connection = await open_when_ready(
             "RabbitMQ",
             broker_address(settings.amqp_url),

@@ -35,6 +35,12 @@ API_TIMEOUT_S = 30.0
 # Permissions of an operator or test user that may do everything in a vhost.
 FULL_ACCESS = Permissions(configure=".*", write=".*", read=".*")
 
+# The tag lienthong puts on every broker user it creates for an agency. A
+# RabbitMQ tag other than administrator/monitoring/management/policymaker
+# grants nothing; it marks the user as lienthong's, so that `agency add`
+# never takes over (and resets the password of) a user someone else made.
+AGENCY_USER_TAG = "lienthong-agency"
+
 
 class BrokerAdminError(RuntimeError):
     """The management API refused or failed a call; the message says which and why."""
@@ -126,12 +132,16 @@ class BrokerAdmin:
 
     # -- transport --------------------------------------------------------------
 
-    def _request_blocking(self, method: str, path: str, body: Any = None) -> Any:
+    def _request_blocking(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         url = self._base + path
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (http(s) checked)
         request.add_header("Authorization", self._authorization)
         request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
                 payload = response.read()
@@ -149,9 +159,11 @@ class BrokerAdmin:
             ) from None
         return json.loads(payload) if payload else None
 
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None
+    ) -> Any:
         """Call the API (``path`` below ``/api``) and return the decoded JSON answer."""
-        return await asyncio.to_thread(self._request_blocking, method, path, body)
+        return await asyncio.to_thread(self._request_blocking, method, path, body, headers)
 
     async def _delete(self, path: str) -> bool:
         """DELETE ``path``; ``False`` when there was nothing to delete."""
@@ -194,6 +206,18 @@ class BrokerAdmin:
         await self.request("PUT", f"/users/{_quote(name)}", {"password": password, "tags": tags})
         log.info("broker user %s created or updated", name)  # never the password
 
+    async def user_tags(self, name: str) -> list[str] | None:
+        """The tags of the user ``name``; ``None`` when the broker has no such user."""
+        try:
+            answer = await self.request("GET", f"/users/{_quote(name)}")
+        except BrokerAdminError as error:
+            if error.status == 404:
+                return None
+            raise
+        tags = answer.get("tags", [])
+        # RabbitMQ 3.x answers a comma-separated string, 4.x a list.
+        return [t for t in tags.split(",") if t] if isinstance(tags, str) else list(tags)
+
     async def user_exists(self, name: str) -> bool:
         """Whether the broker has a user ``name``."""
         try:
@@ -224,6 +248,35 @@ class BrokerAdmin:
         )
         log.info("permissions of %s in vhost %s set to %s", user, vhost, permissions)
 
+    async def clear_permissions(self, vhost: str, user: str) -> bool:
+        """Take every permission of ``user`` in ``vhost`` away; ``False`` if it had none."""
+        cleared = await self._delete(f"/permissions/{_quote(vhost)}/{_quote(user)}")
+        if cleared:
+            log.info("permissions of %s in vhost %s removed", user, vhost)
+        return cleared
+
+    async def close_connections(self, user: str, *, reason: str) -> int:
+        """Close every open connection of ``user``; returns how many were closed.
+
+        Taking permissions away does not end a connection, and a channel keeps
+        what it was allowed to do, so access is revoked only once they close.
+        """
+        answer = await self.request("GET", "/connections?columns=name,user")
+        closed = 0
+        for connection in answer:
+            if connection.get("user") != user:
+                continue
+            path = f"/connections/{_quote(connection['name'])}"
+            try:
+                await self.request("DELETE", path, headers={"X-Reason": reason})
+            except BrokerAdminError as error:
+                if error.status != 404:  # closed meanwhile
+                    raise
+            closed += 1
+        if closed:
+            log.info("closed %d connection(s) of broker user %s", closed, user)
+        return closed
+
     async def get_permissions(self, vhost: str, user: str) -> Permissions | None:
         """The permissions of ``user`` in ``vhost``; ``None`` when it has none."""
         try:
@@ -241,12 +294,13 @@ class BrokerAdmin:
 
         The user (by default named after the code) may publish to
         ``lienthong.submit`` and consume ``lienthong.inbox.<code>`` and
-        ``lienthong.status.<code>``, nothing else. Running it again changes the
-        password and resets the permissions.
+        ``lienthong.status.<code>``, nothing else. It carries
+        :data:`AGENCY_USER_TAG`. Running it again changes the password and
+        resets the permissions.
         """
         name = user or str(code)
         permissions = agency_permissions(code)
-        await self.create_user(name, password)
+        await self.create_user(name, password, tags=AGENCY_USER_TAG)
         await self.set_permissions(vhost, name, permissions)
         return AgencyUser(name, vhost, permissions)
 

@@ -33,6 +33,7 @@ from aio_pika.abc import (
 )
 
 from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
+from exchange.settings import url_user
 
 # Seconds between two attempts of a robust connection to reconnect: short
 # enough that a broker restart costs a few seconds of traffic, long enough not
@@ -64,7 +65,7 @@ _INEQUIVALENT = re.compile(
 
 def broker_user_of(amqp_url: str) -> str:
     """The broker user an AMQP URL logs in as."""
-    return unquote(urlsplit(amqp_url).username or "guest")
+    return url_user(amqp_url)
 
 
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:

@@ -104,6 +104,7 @@ REASON_CODES: dict[Reason, str] = {
     Reason.CERT_IS_CA: "344",
     Reason.CA_CANNOT_SIGN: "345",
     Reason.CERT_ALGORITHM: "346",
+    Reason.SENDER_DISABLED: "347",
 }
 
 

@@ -107,6 +107,7 @@ _AGENCY_COLUMNS = _columns(
         "subscriptions",
         "registered_at",
         "allow_sha1",
+        "disabled_at",
     )
 )
 
@@ -194,33 +195,63 @@ async def update_agency(
     certificates: Iterable[tuple[str, str]] | None = None,
     allow_sha1: bool | None = None,
     subscriptions: Iterable[str] | None = None,
+    broker_user: str | None = None,
 ) -> Agency:
     """Change what is given (not ``None``) of a registered agency; the rest stays.
 
     ``certificates`` (``(sha256, pem)`` pairs) replaces every registered
     certificate. Raises :class:`AgencyNotFoundError` when the code is not
-    registered.
+    registered and :class:`AgencyConflictError` when ``broker_user``
+    already identifies another agency.
     """
-    row = await conn.fetchrow(
-        f"""
-        UPDATE agencies SET
-            name = coalesce($2, name),
-            allow_sha1 = coalesce($3, allow_sha1),
-            subscriptions = coalesce($4, subscriptions)
-        WHERE code = $1
-        RETURNING {_AGENCY_COLUMNS}
-        """,  # noqa: S608 (a constant column list, no input)
-        str(code),
-        name,
-        allow_sha1,
-        None if subscriptions is None else list(subscriptions),
-    )
+    try:
+        row = await conn.fetchrow(
+            f"""
+            UPDATE agencies SET
+                name = coalesce($2, name),
+                allow_sha1 = coalesce($3, allow_sha1),
+                subscriptions = coalesce($4, subscriptions),
+                broker_user = coalesce($5, broker_user)
+            WHERE code = $1
+            RETURNING {_AGENCY_COLUMNS}
+            """,  # noqa: S608 (a constant column list, no input)
+            str(code),
+            name,
+            allow_sha1,
+            None if subscriptions is None else list(subscriptions),
+            broker_user,
+        )
+    except asyncpg.UniqueViolationError as error:
+        raise AgencyConflictError(
+            f"broker user {broker_user!r} already identifies another agency; "
+            "each agency needs its own broker user"
+        ) from error
     if row is None:
         raise AgencyNotFoundError(f"agency {code} is not registered")
     if certificates is not None:
         await conn.execute("DELETE FROM agency_certificates WHERE agency = $1", str(code))
         for sha256, pem in certificates:
             await add_agency_certificate(conn, code, sha256, pem)
+    return await _agency(conn, row)
+
+
+async def set_agency_disabled(conn: Connection, code: AgencyCode, disabled: bool) -> Agency:
+    """Disable ``code`` (from now) or enable it; :class:`AgencyNotFoundError` if not registered.
+
+    Disabling an agency disabled already keeps the time it was first disabled.
+    """
+    row = await conn.fetchrow(
+        f"""
+        UPDATE agencies SET
+            disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END
+        WHERE code = $1
+        RETURNING {_AGENCY_COLUMNS}
+        """,  # noqa: S608 (a constant column list, no input)
+        str(code),
+        disabled,
+    )
+    if row is None:
+        raise AgencyNotFoundError(f"agency {code} is not registered")
     return await _agency(conn, row)
 
 

@@ -61,6 +61,13 @@ class Agency:
     certificates: tuple[str, ...] = ()
     # Whether its SHA-1 signatures are accepted (legacy software).
     allow_sha1: bool = False
+    # When `agency disable` took its access away; None: enabled.
+    disabled_at: datetime | None = None
+
+    @property
+    def disabled(self) -> bool:
+        """Whether the agency is disabled (its messages are refused, its user has no access)."""
+        return self.disabled_at is not None
 
     @property
     def certificate_pem(self) -> str | None:
@@ -80,6 +87,7 @@ class Agency:
             registered_at=row["registered_at"],
             certificates=certificates,
             allow_sha1=row["allow_sha1"],
+            disabled_at=row["disabled_at"],
         )
 
 

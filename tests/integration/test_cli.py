@@ -694,7 +694,7 @@ def test_a_change_that_fails_half_way_leaves_the_agency_as_it_was(
     assert added.status == 0, added.err
     before = _row(place, CODE)
     line = lienthong(
-        "agency", "set", CODE, "--name", "Khác", "--subscribe", "*.*.*.H44", "--new-password",
+        "agency", "set", CODE, "--name", "Khác", "--subscribe", "*.*.*.H44", "--rotate-password",
         *place.services, "--rabbitmq-api-url", "http://guest:guest@127.0.0.1:1",
     ).one_line_error()  # fmt: skip
     assert "management API" in line
