@@ -360,7 +360,8 @@ async def change_agency(
     patterns = None if subscriptions is None else _patterns(subscriptions)
     if password is not None and not rotate_password and broker_user is None:
         raise RegistrationError(
-            "a password is given, but neither a new broker user nor --rotate-password"
+            "a password is given, but nothing to give it to: add --rotate-password (or a new "
+            "--broker-user)"
         )
     secret = None
     replaced = None

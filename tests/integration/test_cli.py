@@ -666,7 +666,12 @@ def test_an_agency_is_added_once_then_changed_only_in_what_is_given(
     assert _inbox_keys(broker_admin, place, CODE) == {CODE, "*.*.*.H44"}
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("second-password\n"))
-    assert lienthong("agency", "set", CODE, "--password-stdin", *place.services).status == 0
+    assert (
+        lienthong(
+            "agency", "set", CODE, "--rotate-password", "--password-stdin", *place.services
+        ).status
+        == 0
+    )
     assert _logs_in(place, user, "second-password")
     assert not _logs_in(place, user, "first-password")
 
