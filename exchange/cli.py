@@ -586,38 +586,43 @@ def cmd_agency_show(args: argparse.Namespace) -> int:
 
 def cmd_agency_disable(args: argparse.Namespace) -> int:
     """Take an agency's access away; its registration and history stay."""
-    from exchange.registry import disable_agency
-
-    return _switch_agency(args, disable_agency, "disabled")
-
-
-def cmd_agency_enable(args: argparse.Namespace) -> int:
-    """Give a disabled agency its access back."""
-    from exchange.registry import enable_agency
-
-    return _switch_agency(args, enable_agency, "enabled")
-
-
-def _switch_agency(args: argparse.Namespace, switch: Any, verb: str) -> int:
-    from exchange.registry import RegistrationError
+    from exchange.registry import RegistrationError, disable_agency
 
     code = _agency_code(args.code)
     settings = settings_from_args(args)
 
-    async def change() -> int:
+    async def disable() -> int:
         try:
-            agency = await switch(settings, code)
+            agency = await disable_agency(settings, code)
         except RegistrationError as error:
             raise CommandError(str(error)) from None
         if args.json:
             print_json(agency_json(agency))
             return EXIT_OK
-        print(f"{verb} {agency.code} {agency.name} (broker user {agency.broker_user})")
-        if agency.disabled:
-            print("  its broker user has no permissions; workers refuse what it publishes")
+        print(f"disabled {agency.code} {agency.name}")
+        print(f"  broker user {agency.broker_user}: no access; workers refuse what it publishes")
         return EXIT_OK
 
-    return run(change())
+    return run(disable())
+
+
+def cmd_agency_enable(args: argparse.Namespace) -> int:
+    """Give a disabled agency its access back, with a new broker password."""
+    from exchange.registry import RegistrationError, enable_agency
+
+    code = _agency_code(args.code)
+    password = _password(args)
+    settings = settings_from_args(args)
+
+    async def enable() -> int:
+        try:
+            registration = await enable_agency(settings, code, password=password)
+        except RegistrationError as error:
+            raise CommandError(str(error)) from None
+        _print_registration(registration, "enabled", args.json)
+        return EXIT_OK
+
+    return run(enable())
 
 
 def cmd_agency_cert_add(args: argparse.Namespace) -> int:
@@ -1293,13 +1298,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="give its broker user a new password (printed once); --password-stdin gives one",
     )
     change.set_defaults(handler=cmd_agency_set)
-    for action, verb, handler in (
-        ("disable", "take its access away; registration and history stay", cmd_agency_disable),
-        ("enable", "give a disabled agency its access back", cmd_agency_enable),
-    ):
-        switch = agency_commands.add_parser(action, parents=[services, as_json], help=verb)
-        switch.add_argument("code", help="agency code")
-        switch.set_defaults(handler=handler)
+    disable = agency_commands.add_parser(
+        "disable",
+        parents=[services, as_json],
+        help="take its access away (broker user deleted); registration and history stay",
+    )
+    disable.add_argument("code", help="agency code")
+    disable.set_defaults(handler=cmd_agency_disable)
+    enable = agency_commands.add_parser(
+        "enable",
+        parents=[services, password, as_json],
+        help="give a disabled agency its access back (new broker password, printed once)",
+    )
+    enable.add_argument("code", help="agency code")
+    enable.set_defaults(handler=cmd_agency_enable)
     show = agency_commands.add_parser(
         "show", parents=[database, as_json], help="one agency's registration"
     )

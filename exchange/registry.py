@@ -426,10 +426,12 @@ async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
     """Take ``code``'s access away, keeping its registration and history.
 
     The directory marks it disabled (the workers refuse what it publishes,
-    ``REJECTED_SENDER_DISABLED``, from their next directory reload); its
-    broker user loses every permission and its open connections are closed.
-    The user, its password, the queues and every record naming the agency
-    stay: :func:`enable_agency` gives the access back.
+    ``REJECTED_SENDER_DISABLED``, from their next directory reload). Its
+    broker user, when lienthong made it, is deleted: RabbitMQ then closes
+    its connections at once, where taking permissions away would leave open
+    channels working. A user managed elsewhere loses its permissions in the
+    vhost and its connections are closed. The queues and every record naming
+    the agency stay; :func:`enable_agency` gives the access back.
     """
     vhost = vhost_of(settings.amqp_url)
     async with _all_or_nothing(settings) as (conn, undo):
@@ -438,22 +440,36 @@ async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
         except queries.AgencyNotFoundError as error:
             raise RegistrationError(str(error)) from None
         user = agency.broker_user
-        if user not in settings.trusted_broker_users:
-            admin = BrokerAdmin(settings.rabbitmq_api_url)
-            had = await admin.get_permissions(vhost, user)
-            if had is not None:
-                undo.add(f"permissions of {user}", lambda: admin.set_permissions(vhost, user, had))
-                await admin.clear_permissions(vhost, user)
-            await admin.close_connections(user, reason=f"agency {code} disabled")
+        if user in settings.trusted_broker_users:
+            return agency  # never the exchange's own user; the workers refuse it anyway
+        admin = BrokerAdmin(settings.rabbitmq_api_url)
+        tags = await admin.user_tags(user)
+        if tags is None:
+            return agency
+        if AGENCY_USER_TAG in tags:
+            # Last step: a deleted user cannot be brought back with its password.
+            await admin.delete_user(user)
+            return agency
+        had = await admin.get_permissions(vhost, user)
+        if had is not None:
+            undo.add(f"permissions of {user}", lambda: admin.set_permissions(vhost, user, had))
+            await admin.clear_permissions(vhost, user)
+        await admin.close_connections(user, reason=f"agency {code} disabled")
     return agency
 
 
-async def enable_agency(settings: Settings, code: AgencyCode) -> Agency:
-    """Give a disabled agency its access back: its broker user's permissions, the directory's mark.
+async def enable_agency(
+    settings: Settings, code: AgencyCode, *, password: str | None = None
+) -> Registration:
+    """Give a disabled agency its access back; its broker user gets a new password.
 
-    Its broker user keeps the password it had; the user must still exist.
+    The user :func:`disable_agency` deleted is made again, with ``password``
+    or a generated one (in the result: the agency's software needs it). A
+    user managed elsewhere gets its permissions back and keeps its password.
     """
-    async with _all_or_nothing(settings) as (conn, _undo):
+    vhost = vhost_of(settings.amqp_url)
+    secret = None
+    async with _all_or_nothing(settings) as (conn, undo):
         try:
             agency = await queries.set_agency_disabled(conn, code, False)
         except queries.AgencyNotFoundError as error:
@@ -461,14 +477,16 @@ async def enable_agency(settings: Settings, code: AgencyCode) -> Agency:
         user = agency.broker_user
         _refuse_trusted_user(settings, user)
         admin = BrokerAdmin(settings.rabbitmq_api_url)
-        if not await admin.user_exists(user):
-            raise RegistrationError(
-                f"broker user {user!r} of agency {code} no longer exists; "
-                f"`lienthong agency set {code} --broker-user NAME` gives it a new one"
-            )
-        # Last step: nothing after it can fail and leave it behind.
-        await admin.set_permissions(vhost_of(settings.amqp_url), user, agency_permissions(code))
-    return agency
+        tags = await admin.user_tags(user)
+        if tags is None or AGENCY_USER_TAG in tags:
+            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            if tags is None:
+                undo.add(f"broker user {user}", lambda: admin.delete_user(user))
+            await admin.provision_agency_user(code, secret, vhost=vhost, user=user)
+        else:
+            await admin.set_permissions(vhost, user, agency_permissions(code))
+    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
+    return Registration(agency, user, secret, url)
 
 
 async def add_certificate(settings: Settings, code: AgencyCode, certificate_pem: str) -> Agency:
