@@ -39,7 +39,7 @@ from exchange.broker.connection import ConfirmingPublisher, connect, is_connecte
 from exchange.broker.topology import SUBMIT_EXCHANGE
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.failures import Failure, classify
-from exchange.gateway import auth
+from exchange.gateway import auth, measure
 from exchange.gateway.auth import Headers
 from exchange.gateway.mover import MailboxMover, new_doc_id
 from exchange.gateway.protocol import (
@@ -72,7 +72,7 @@ MAX_SMALL_BODY_BYTES = 64 * 1024
 # sendEdoc's body is the package and the CRLF the SDK writes after it.
 _CRLF = 2
 
-Observer = Callable[[str, str, float, str | None], None]
+Observer = measure.Observer
 """Called after each answer: operation, outcome (ErrorCode's code, "0" for OK), seconds, system."""
 
 # What a mailbox item's state says to the clerk (status_desc).
@@ -115,8 +115,12 @@ class Gateway:
     publisher: ConfirmingPublisher | None = None
     mover: MailboxMover | None = None
     mover_refresh_s: float | None = None
+    # Count and time every answer and compute the mailbox figures
+    # (exchange/gateway/measure.py) for the process's metrics endpoint.
+    measured: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _mover_task: asyncio.Task[None] | None = None
+    _figures_task: asyncio.Task[None] | None = None
     _credentials: dict[AgencyCode, Credential] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,6 +129,8 @@ class Gateway:
         )
         # The broker user the gateway publishes as (RabbitMQ checks user_id).
         self.own_user = unquote(urlsplit(self.settings.amqp_url).username or "guest")
+        if self.measured:
+            self.observers.append(measure.observer(OPERATIONS))
 
     # -- lifetime -------------------------------------------------------------
 
@@ -137,12 +143,14 @@ class Gateway:
         self.mover = MailboxMover(self.pool, self.connection, **kwargs)
         self._stop.clear()
         self._mover_task = asyncio.create_task(self.mover.run(self._stop))
+        if self.measured:
+            self._figures_task = asyncio.create_task(measure.keep_refreshed(self.pool, self._stop))
 
     async def close(self) -> None:
         """Stop the mover (messages being inserted are finished), then close everything."""
         self._stop.set()
-        if self._mover_task is not None:
-            await asyncio.gather(self._mover_task, return_exceptions=True)
+        tasks = [t for t in (self._mover_task, self._figures_task) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.close()

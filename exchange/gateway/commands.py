@@ -7,6 +7,7 @@ Added to the command line by :func:`add_commands` (called from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
@@ -55,6 +56,15 @@ def add_commands(
     )
     gateway.add_argument("--tls-cert", help="TLS certificate, PEM (LIENTHONG_GATEWAY_TLS_CERT)")
     gateway.add_argument("--tls-key", help="TLS private key, PEM (LIENTHONG_GATEWAY_TLS_KEY)")
+    gateway.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of the Prometheus endpoint (LIENTHONG_GATEWAY_METRICS_PORT, 9128; 0: none)",
+    )
+    gateway.add_argument(
+        "--metrics-host",
+        help="address of the Prometheus endpoint (LIENTHONG_GATEWAY_METRICS_HOST, 127.0.0.1)",
+    )
     gateway.set_defaults(handler=_command(_serve))
 
     system = commands.add_parser("system", help="systems that connect through the gateway")
@@ -132,7 +142,7 @@ def gateway_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """The settings with the command's options over them."""
     overrides: dict[str, Any] = {
         f"gateway_{name}": value
-        for name in ("host", "port", "base_path")
+        for name in ("host", "port", "base_path", "metrics_port", "metrics_host")
         if (value := getattr(args, name, None)) is not None
     }
     for name in ("trust", "keys", "tls_cert", "tls_key"):
@@ -144,6 +154,7 @@ def gateway_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from exchange import metrics
     from exchange.gateway.app import Gateway, GatewayServer, create_app
     from exchange.logs import configure_logging
     from exchange.pki import TrustStore
@@ -167,7 +178,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # The gateway's tables may be newer than the database (migration 0009).
     async with await create_pool(settings) as pool:
         await migrate(pool)
-    gateway = Gateway(settings, trust=trust, keys_dir=keys)
+    port = settings.gateway_metrics_port
+    gateway = Gateway(settings, trust=trust, keys_dir=keys, measured=port != 0)
     config = uvicorn.Config(
         create_app(gateway),
         host=settings.gateway_host,
@@ -182,7 +194,19 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=30,
     )
     server = GatewayServer(config)
-    await server.serve()
+    with contextlib.ExitStack() as opened:
+        if port:
+            try:
+                stop = metrics.serve(
+                    port,
+                    settings.gateway_metrics_host,
+                    hint="give each gateway process a port of its own with --metrics-port "
+                    "(or LIENTHONG_GATEWAY_METRICS_PORT), or 0 for none",
+                )
+                opened.callback(stop)
+            except metrics.MetricsEndpointError as error:
+                raise CommandError(str(error)) from None
+        await server.serve()
     if not server.started:
         raise CommandError(
             f"the gateway could not listen on {settings.gateway_host}:{settings.gateway_port}"

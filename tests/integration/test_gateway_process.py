@@ -125,7 +125,7 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
     code, out, _ = await _lienthong(exchange, "system", "add", "SYS-A", "--agency", G22)
     assert code == 0, out
     secret = out.split("secret (shown once): ")[1].split()[0]
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     assert exchange.settings.trust is not None
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -134,6 +134,8 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
         "gateway",
         "--port",
         str(port),
+        "--metrics-port",
+        str(metrics_port),
         "--trust",
         str(exchange.settings.trust),
         "--keys",
@@ -176,6 +178,13 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
                 headers=headers,
             )
             assert response.json()["ErrorCode"] == "0", response.text
+            # The process's metrics, on loopback: the request just answered.
+            scraped = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert (
+                'lienthong_gateway_requests_total{operation="sendEdoc",outcome="0"} 1.0'
+                in scraped.text
+            )
+            assert "lienthong_gateway_request_seconds_bucket" in scraped.text
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(60):
             _, err = await process.communicate()
