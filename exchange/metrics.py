@@ -1,9 +1,11 @@
 """Every Prometheus metric of the exchange, declared once, and the endpoint that serves them.
 
 Labels stay bounded: kinds, outcomes, reason codes, stages, retry tiers,
-certificate states, agency levels (1 to 4) and agency groups (the letter
-families of QCVN 102:2016) are small fixed sets; never an agency code or a
-document id (there are thousands of agencies and millions of documents).
+certificate states, agency levels (1 to 4), agency groups (the letter
+families of QCVN 102:2016), the gateway's operations (one outside the
+protocol counts as ``unknown``) and message types are small fixed sets;
+never an agency code, a system id or a document id (there are thousands of
+agencies and millions of documents).
 Per-queue figures (an inbox per agency) come from RabbitMQ's own Prometheus
 plugin, not from here.
 
@@ -11,7 +13,9 @@ Several worker processes on one host: each process serves its own endpoint
 on its own port (``--metrics-port``: 9108, 9109, ...) and Prometheus scrapes
 each as a target; totals are ``sum()`` over the targets. No shared
 multiprocess directory, so a dead process never leaves stale gauges behind
-and ``up`` tells which process is down (deploy/prometheus/README.md).
+and ``up`` tells which process is down (deploy/prometheus/README.md). A
+gateway process serves its own the same way (``lienthong gateway
+--metrics-port``, 9128), on loopback unless ``--metrics-host`` says otherwise.
 """
 
 from __future__ import annotations
