@@ -200,6 +200,32 @@ async def _declare_queues(
         await connection.close()
 
 
+@dataclass(frozen=True)
+class GatewayUser:
+    """A gateway's broker user as provisioned: its name, its new password, its login."""
+
+    name: str
+    password: str
+    amqp_url: str
+
+
+async def provision_gateway_user(
+    settings: Settings, name: str, *, password: str | None = None
+) -> GatewayUser:
+    """Create (or reset) the broker user gateways publish and consume as.
+
+    The permissions are :func:`exchange.broker.topology.gateway_permissions`
+    in the vhost of ``settings.amqp_url``; a password is generated when none
+    is given. Running it again gives the user a new password. The workers
+    believe this user's agency header once it is in their
+    ``LIENTHONG_GATEWAY_USERS``.
+    """
+    admin = BrokerAdmin(settings.rabbitmq_api_url)
+    secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+    await admin.provision_gateway_user(name, secret, vhost=vhost_of(settings.amqp_url))
+    return GatewayUser(name, secret, url_for_user(settings.amqp_url, name, secret))
+
+
 async def register_agency(
     settings: Settings,
     code: AgencyCode,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from exchange.broker.topology import GATEWAY_USER
 from exchange.commands import (
     EXIT_OK,
     CommandError,
@@ -66,6 +67,22 @@ def add_commands(
         help="address of the Prometheus endpoint (LIENTHONG_GATEWAY_METRICS_HOST, 127.0.0.1)",
     )
     gateway.set_defaults(handler=_command(_serve))
+
+    user = commands.add_parser(
+        "gateway-user",
+        parents=[options.amqp, options.management],
+        help="create the gateway's broker user with its permissions; prints its password once",
+    )
+    user.add_argument(
+        "name", nargs="?", default=GATEWAY_USER, help=f"the user's name (default {GATEWAY_USER})"
+    )
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (default: generated)",
+    )
+    user.add_argument("--json", action="store_true")
+    user.set_defaults(handler=_command(_gateway_user))
 
     system = commands.add_parser("system", help="systems that connect through the gateway")
     actions = system.add_subparsers(dest="system_command", required=True, metavar="ACTION")
@@ -211,6 +228,28 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(
             f"the gateway could not listen on {settings.gateway_host}:{settings.gateway_port}"
         )
+    return EXIT_OK
+
+
+# -- lienthong gateway-user -------------------------------------------------------------
+
+
+async def _gateway_user(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.registry import provision_gateway_user
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CommandError("--password-stdin: no password on standard input")
+    user = await provision_gateway_user(settings, args.name, password=password)
+    if args.json:
+        print_json({"user": user.name, "password": user.password, "amqp_url": user.amqp_url})
+        return EXIT_OK
+    print(f"broker user {user.name}: publishes to lienthong.submit, reads every agency's queues")
+    print(f"password (shown once): {user.password}")
+    print(f"the gateway's LIENTHONG_AMQP_URL: {user.amqp_url}")
+    print(f'every worker\'s LIENTHONG_GATEWAY_USERS must list it: ["{user.name}"]')
     return EXIT_OK
 
 
