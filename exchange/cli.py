@@ -901,9 +901,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def demo() -> int:
-        table = await run_demo(settings, Path(args.keys), workers=args.workers)
+        table = await run_demo(
+            settings, Path(args.keys), workers=args.workers, via_gateway=args.via_gateway
+        )
         print()
-        print("What every sender sees (from its own status queue):")
+        mailbox = ", or its mailbox on the gateway" if args.via_gateway else ""
+        print(f"What every sender sees (from its own status queue{mailbox}):")
         print(table)
         return EXIT_OK
 
@@ -1223,6 +1226,11 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.DIRECTORY,
     )
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
+    demo.add_argument(
+        "--via-gateway",
+        action="store_true",
+        help="the district of Phú Thọ and its commune connect through the gateway (axis protocol)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     completion = commands.add_parser(

@@ -220,6 +220,32 @@ class _SeenIds:
         return bool(message_id) and message_id in self._ids
 
 
+def status_report(
+    document: DocumentPackage,
+    reporter: Organization,
+    code: StatusCode,
+    description: str | None = None,
+    *,
+    staff: StaffInfo | None = None,
+    at: datetime | None = None,
+) -> StatusPackage:
+    """The unsigned status package ``reporter`` sends back about a received ``document``."""
+    response_for = ResponseFor(
+        organ_id=document.sender.organ_id,
+        code=f"{document.code.code_number}/{document.code.code_notation}",
+        promulgation_date=document.promulgation.promulgation_date,
+        document_id=document_id_of(document),
+    )
+    return new_status(
+        sender=reporter,
+        response_for=response_for,
+        status_code=code,
+        description=description,
+        staff=staff,
+        at=at,
+    )
+
+
 class AgencyClient:
     """One agency's connection to the exchange.
 
@@ -324,20 +350,7 @@ class AgencyClient:
         at: datetime | None = None,
     ) -> str:
         """Report a business status (01 to 06, 15, 16) of a received document to its sender."""
-        response_for = ResponseFor(
-            organ_id=document.sender.organ_id,
-            code=f"{document.code.code_number}/{document.code.code_notation}",
-            promulgation_date=document.promulgation.promulgation_date,
-            document_id=document_id_of(document),
-        )
-        package = new_status(
-            sender=self.organization,
-            response_for=response_for,
-            status_code=code,
-            description=description,
-            staff=staff,
-            at=at,
-        )
+        package = status_report(document, self.organization, code, description, staff=staff, at=at)
         (message_id,) = await self.submit(self.sign(package), [document.sender.organ_id])
         return message_id
 

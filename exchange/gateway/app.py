@@ -201,7 +201,13 @@ class Gateway:
             outcome = failed.code
             result = refusal(failed, **always)
             log.exception(
-                "%s failed", operation, extra={"operation": operation, "system": system_id}
+                "%s failed",
+                operation,
+                extra={
+                    "operation": operation,
+                    "system": system_id,
+                    "agency": headers.param("from"),
+                },
             )
         elapsed = time.perf_counter() - started
         for observe in self.observers:

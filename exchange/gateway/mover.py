@@ -95,7 +95,12 @@ class MailboxMover:
                 try:
                     self._consumers[agency] = await self._start(agency)
                 except Exception as error:
-                    log.warning("cannot consume the queues of %s: %s", agency, error)
+                    log.warning(
+                        "cannot consume the queues of %s: %s",
+                        agency,
+                        error,
+                        extra={"agency": str(agency)},
+                    )
             for agency in set(self._consumers) - served:
                 await self._stop(self._consumers.pop(agency))
 

@@ -512,3 +512,28 @@ async def test_a_system_silent_for_days_sets_the_longest_silence(gw: GatewayUnde
     await measure.refresh(gw.gateway.pool)
     silence = REGISTRY.get_sample_value("lienthong_gateway_longest_silence_seconds")
     assert silence is not None and silence < 2 * 86400
+
+
+async def test_json_log_lines_carry_the_system_and_the_agency(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency], caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from exchange.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="exchange.gateway")
+    package = unsigned_document(agencies, [H26])
+    assert (await gw.send("SYS-A", G22, package))["ErrorCode"] == "0"
+    altered = package.replace("thử".encode(), "sửa".encode())
+    hash_file = sdk_hash(hashlib.sha256(package).digest())
+    assert (await gw.send("SYS-A", G22, altered, hash_file=hash_file))["ErrorCode"] == "204"
+    lines = [
+        json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "exchange.gateway" and getattr(record, "operation", None) == "sendEdoc"
+    ]
+    accepted, refused = lines
+    assert (accepted["system"], accepted["agency"]) == ("SYS-A", G22)
+    assert accepted["doc_id"] and accepted["document_id"]
+    assert (refused["system"], refused["agency"], refused["error_code"]) == ("SYS-A", G22, "204")
