@@ -1233,7 +1233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
-    from exchange.bench import add_commands as add_bench_commands
+    from exchange.benchmark.commands import add_commands as add_bench_commands
     from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands

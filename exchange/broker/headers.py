@@ -8,6 +8,8 @@ only from the exchange's own broker users, never from an agency.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # -- on everything the worker publishes ---------------------------------------
 MESSAGE = "x-lienthong-message"  # the exchange's id of the received message
 KIND = "x-lienthong-kind"  # document, status or receipt
@@ -44,3 +46,15 @@ def acting_for(publisher: str) -> tuple[str, str] | None:
     """``(gateway user, agency)`` of a publisher written by :func:`on_behalf`, else ``None``."""
     user, found, agency = publisher.rpartition(_ON_BEHALF)
     return (user, agency) if found and user and agency else None
+
+
+def text(headers: Mapping[str, object] | None, name: str) -> str:
+    """The header ``name`` as text: ``""`` when absent or not text.
+
+    AMQP carries a header string as bytes or as str depending on the
+    publisher's library; both are read as UTF-8.
+    """
+    value = (headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
