@@ -560,6 +560,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
+    from exchange.report import refresh_metrics
     from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
@@ -577,7 +578,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         try:
-            processed = await run_workers(settings, count=args.count, metrics_port=port)
+            processed = await run_workers(
+                settings,
+                count=args.count,
+                metrics_port=port,
+                refresh_figures=refresh_metrics,
+            )
         except (MetricsEndpointError, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")

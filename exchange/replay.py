@@ -74,12 +74,6 @@ from exchange.store.db import Connection
 from exchange.store.db import connect as connect_database
 from exchange.store.records import Message, ReplayItemRecord, ReplayRecord
 
-# One replay at a time: two operators replaying overlapping sets would
-# publish the same message twice, and both would wait on the same decisions.
-# The first eight bytes of SHA-256("lienthong.replay"), as a signed 64-bit integer.
-REPLAY_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"lienthong.replay").digest()[:8], "big", signed=True
-)
 # How long `run --yes` waits for the new decisions. A message takes
 # milliseconds; one that hits a transient failure again goes through the retry
 # tiers (1 s, 10 s, 1 min, 10 min) and is reported as still pending.
@@ -920,7 +914,7 @@ async def run_replay(
     trusted = trusted_users(settings)
     broker_user = broker_user_of(settings.amqp_url)
     async with _database(settings) as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK_KEY):
+        if not await queries.try_replay_lock(conn):
             raise ReplayError(
                 "another replay is running; wait for it to finish (see `lienthong replay history`)"
             )
@@ -982,7 +976,7 @@ async def run_replay(
         await queries.finish_replay(
             conn, replay_pk, complete=summary.complete, result=summary.as_dict()
         )
-        await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK_KEY)
+        await queries.release_replay_lock(conn)
     return ReplayRun(replay_pk, entries, decisions, summary)
 
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from exchange import metrics, report
+from exchange import metrics
 from exchange.broker import headers as h
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
@@ -588,15 +588,23 @@ class Worker:
         return True
 
 
+RefreshFigures = Callable[[Pool], Awaitable[None]]
+
+
 async def watch(
-    workers: list[Worker], connection: AbstractRobustConnection, pool: Pool, stop: asyncio.Event
+    workers: list[Worker],
+    connection: AbstractRobustConnection,
+    pool: Pool,
+    stop: asyncio.Event,
+    refresh_figures: RefreshFigures | None = None,
 ) -> None:
     """Keep the gauges of real state current until ``stop``: the watchdog.
 
     Every :data:`WATCH_INTERVAL_S`: broker connected or not, consumers this
     process really has, database pool usage; every
-    :data:`DIRECTORY_FIGURES_INTERVAL_S`: the directory figures of
-    :func:`exchange.report.refresh_metrics`.
+    :data:`DIRECTORY_FIGURES_INTERVAL_S`: ``refresh_figures`` (the
+    directory figures, :func:`exchange.report.refresh_metrics` for
+    ``lienthong worker``).
     """
     figures_due = 0.0
     while not stop.is_set():
@@ -610,9 +618,9 @@ async def watch(
             metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
             metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
             metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
-            if time.monotonic() >= figures_due:
+            if refresh_figures is not None and time.monotonic() >= figures_due:
                 figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
-                await report.refresh_metrics(pool)
+                await refresh_figures(pool)
         except Exception as error:
             log.warning("watchdog: %s", error)
         with contextlib.suppress(TimeoutError):
@@ -699,11 +707,14 @@ async def run_workers(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[Worker]], Awaitable[None]] | None = None,
     metrics_port: int | None = None,
+    refresh_figures: RefreshFigures | None = None,
 ) -> int:
     """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM).
 
     With ``metrics_port``, the process serves its metrics on that port
-    (:func:`exchange.metrics.serve`) while the workers run.
+    (:func:`exchange.metrics.serve`) while the workers run. The watchdog
+    calls ``refresh_figures`` with the database pool every
+    :data:`DIRECTORY_FIGURES_INTERVAL_S` (:func:`watch`).
 
     Before anything else the shipped files are loaded (a worker without its
     schemas could judge no package: :func:`check_installation`).
@@ -755,7 +766,7 @@ async def run_workers(
         workers = [
             Worker(settings, trust=trust, pool=pool, connection=connection) for _ in range(count)
         ]
-        watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
+        watchdog = asyncio.create_task(watch(workers, connection, pool, stop, refresh_figures))
         try:
             runs = [asyncio.create_task(w.run(stop)) for w in workers]
             if on_ready is not None:

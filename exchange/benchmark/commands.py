@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -148,21 +147,14 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark; print the table or the JSON; progress goes to stderr."""
     from exchange.benchmark.harness import drop_run, run_bench, table
-    from exchange.commands import EXIT_OK, CommandError, run
+    from exchange.commands import EXIT_OK, CommandError, run, settings_from_args
 
-    if args.amqp_url or args.database_url or args.rabbitmq_api_url:
-        # The bench makes its own vhost and database on these servers.
-        for name, env in (
-            ("amqp_url", "LIENTHONG_AMQP_URL"),
-            ("database_url", "LIENTHONG_DATABASE_URL"),
-            ("rabbitmq_api_url", "LIENTHONG_RABBITMQ_API_URL"),
-        ):
-            if getattr(args, name):
-                os.environ[env] = getattr(args, name)
+    # The bench makes its own vhost and database on these servers.
+    settings = settings_from_args(args)
     if args.drop:
 
         async def drop() -> int:
-            for line in await drop_run(args.drop):
+            for line in await drop_run(args.drop, settings):
                 print(f"deleted {line}")
             return EXIT_OK
 
@@ -179,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
     async def bench() -> int:
-        result = await run_bench(config, progress)
+        result = await run_bench(config, settings, progress)
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else table(result))
         return EXIT_OK
 

@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from exchange.benchmark.config import (
@@ -65,6 +65,9 @@ from exchange.benchmark.workload import (
     warm,
 )
 from exchange.broker import headers as header
+
+if TYPE_CHECKING:
+    from exchange.settings import Settings
 
 
 class MemorySampler:
@@ -550,17 +553,19 @@ async def _verify_only(messages: list[Planned], certs: dict[str, str], key_type:
     return sum(done) / elapsed
 
 
-async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Run every phase of the benchmark and return its figures (see the module's docstring)."""
-    import asyncpg
+async def run_bench(
+    config: BenchConfig, base: Settings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run every phase of the benchmark and return its figures (see :mod:`exchange.benchmark`).
 
+    ``base`` names the servers: the run makes its vhost and database on them.
+    """
     from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
     from exchange.demo import LocalExchange
     from exchange.pki import KeyType
-    from exchange.settings import Settings
+    from exchange.store.db import create_database
 
     key_type = KeyType(config.key_type)
-    base = Settings()
     token = uuid.uuid4().hex[:8]
     vhost = f"lienthong-bench-{token}"
     database = f"lienthong_bench_{token}"
@@ -578,11 +583,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
     publishers: Publishers | None = None
     try:
         await admin.create_vhost(vhost, description="lienthong bench (deleted after the run)")
-        server = await asyncpg.connect(base.database_url)
-        try:
-            await server.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await server.close()
+        await create_database(base.database_url, database)
         progress(f"vhost {vhost}, database {database}, files in {work_dir}")
         await admin.set_permissions(vhost, admin.user, FULL_ACCESS)
         settings = base.model_copy(
@@ -798,7 +799,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         if not config.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
             try:
-                await drop_run(token)
+                await drop_run(token, base)
             except Exception as error:  # the broker or the database is away: say what to run
                 progress(
                     f"could not delete this run's vhost, users or database ({error}); "
@@ -806,20 +807,17 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
                 )
 
 
-async def drop_run(token: str) -> list[str]:
+async def drop_run(token: str, base: Settings) -> list[str]:
     """Delete what a run left: its vhost, broker users and database; says what went.
 
     For a ``--keep`` run, and for one whose own cleanup failed (it prints
     its token).
     """
-    import asyncpg
-
     from exchange.broker.admin import BrokerAdmin
-    from exchange.settings import Settings
+    from exchange.store.db import drop_database
 
     if not token.isalnum():
         raise ValueError(f"not a bench run's token: {token!r}")
-    base = Settings()
     admin = BrokerAdmin.from_settings(base)
     gone = []
     users = await admin.request("GET", "/users")
@@ -828,14 +826,9 @@ async def drop_run(token: str) -> list[str]:
             gone.append(f"broker user {user['name']}")
     if await admin.delete_vhost(f"lienthong-bench-{token}"):
         gone.append(f"vhost lienthong-bench-{token}")
-    server = await asyncpg.connect(base.database_url)
-    try:
-        database = f"lienthong_bench_{token}"
-        if await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await server.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
-            gone.append(f"database {database}")
-    finally:
-        await server.close()
+    database = f"lienthong_bench_{token}"
+    if await drop_database(base.database_url, database):
+        gone.append(f"database {database}")
     return gone
 
 

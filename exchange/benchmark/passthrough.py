@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from exchange import aio
     from exchange.settings import Settings
 
-    aio.run(passthrough(Settings().amqp_url, args.prefetch))
+    # A process of its own: its settings are the environment the harness gave it.
+    settings = Settings()
+    aio.run(passthrough(settings.amqp_url, args.prefetch))
     return 0
 
 

@@ -158,7 +158,7 @@ class Gateway:
             return False
         try:
             async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                await queries.ping(conn)
         except Exception:
             return False
         return True

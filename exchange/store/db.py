@@ -81,3 +81,27 @@ def is_database_unreachable(error: BaseException) -> bool:
         | asyncpg.TooManyConnectionsError
         | asyncpg.InvalidCatalogNameError,
     )
+
+
+async def create_database(server_url: str, name: str) -> None:
+    """Create the database ``name`` on the server of ``server_url`` (``lienthong bench``'s own)."""
+    server = await asyncpg.connect(server_url)
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await server.close()
+
+
+async def drop_database(server_url: str, name: str) -> bool:
+    """Drop the database ``name`` on the server of ``server_url``, its sessions ended first.
+
+    Returns whether it existed.
+    """
+    server = await asyncpg.connect(server_url)
+    try:
+        if not await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        return True
+    finally:
+        await server.close()

@@ -35,7 +35,6 @@ from exchange.pki import Credential, TrustStore, create_ca, issue_agency_certifi
 from exchange.registry import register_agency
 from exchange.replay import (
     PUBLISH_WINDOW,
-    REPLAY_LOCK_KEY,
     Action,
     Filters,
     Progress,
@@ -421,7 +420,7 @@ async def test_a_large_filtered_set_is_published_in_windows_with_progress_and_al
 
 async def test_a_second_replay_waits_its_turn(exchange: ExchangeUnderTest) -> None:
     async with exchange.db() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_lock($1)", queries.REPLAY_LOCK_KEY)
         with pytest.raises(ReplayError, match="another replay is running"):
             await run_replay(exchange.settings, Selection(all=True), wait=0)
     assert await exchange.fetchval("SELECT count(*) FROM replays") == 0
