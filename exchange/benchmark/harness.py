@@ -224,8 +224,8 @@ class Observer:
     @staticmethod
     def _key(message: Any) -> tuple[str, str]:
         return (
-            header.text(message.headers, header.DOCUMENT_ID),
-            header.text(message.headers, header.RECIPIENT),
+            header.text(message.headers, header.DOCUMENT_ID) or "",
+            header.text(message.headers, header.RECIPIENT) or "",
         )
 
     async def _on_inbox(self, message: Any) -> None:

@@ -43,8 +43,8 @@ async def passthrough(amqp_url: str, prefetch: int) -> int:
     async def move(message: Any) -> None:
         nonlocal moved
         headers = message.headers or {}
-        document_id = header.text(headers, BENCH_DOCUMENT_ID)
-        sender = header.text(headers, BENCH_SENDER)
+        document_id = header.text(headers, BENCH_DOCUMENT_ID) or ""
+        sender = header.text(headers, BENCH_SENDER) or ""
         recipient = message.routing_key or ""
         labels = {
             header.DOCUMENT_ID: document_id,

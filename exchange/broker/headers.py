@@ -48,13 +48,14 @@ def acting_for(publisher: str) -> tuple[str, str] | None:
     return (user, agency) if found and user and agency else None
 
 
-def text(headers: Mapping[str, object] | None, name: str) -> str:
-    """The header ``name`` as text: ``""`` when absent or not text.
-
-    AMQP carries a header string as bytes or as str depending on the
-    publisher's library; both are read as UTF-8.
-    """
-    value = (headers or {}).get(name)
+def decode(value: object) -> str | None:
+    """A header value as text: AMQP carries a string as bytes or as str, depending on the
+    publisher's library; both are read as UTF-8. ``None`` for anything else."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) else None
+
+
+def text(headers: Mapping[str, object] | None, name: str) -> str | None:
+    """The header ``name`` as text (:func:`decode`); ``None`` when absent or not text."""
+    return decode((headers or {}).get(name))

@@ -22,6 +22,7 @@ import pytest
 
 from exchange.agency import AgencyCode
 from exchange.broker.connection import ConfirmingPublisher, broker_user_of, connect
+from exchange.broker.origin import Origin
 from exchange.broker.topology import (
     PARKED_QUEUE,
     PARKING_EXCHANGE,
@@ -48,7 +49,6 @@ from exchange.replay import (
 )
 from exchange.status import TransportOutcome
 from exchange.store import queries
-from exchange.worker import Origin
 from tests.exchange_fixtures import ExchangeUnderTest
 
 pytestmark = pytest.mark.services
@@ -113,7 +113,7 @@ async def park_as_the_worker_does(
             PARKING_EXCHANGE,
             recipient,
             body,
-            headers=origin.headers(attempts=4, failure=Failure.DATABASE),
+            headers=origin.headers(attempts=4, failure=Failure.DATABASE.code),
             user_id=broker_user_of(exchange.settings.amqp_url),
         )
     finally:
