@@ -177,7 +177,7 @@ async def _database_exists(name: str) -> bool:
 
 
 def _management_api() -> BrokerAdmin:
-    admin = BrokerAdmin.from_settings()
+    admin = BrokerAdmin.from_settings(Settings())
     try:
         asyncio.run(admin.overview())
     except BrokerAdminError as error:
