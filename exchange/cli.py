@@ -560,6 +560,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
+    from exchange.report import refresh_metrics
     from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
@@ -577,7 +578,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         try:
-            processed = await run_workers(settings, count=args.count, metrics_port=port)
+            processed = await run_workers(
+                settings,
+                count=args.count,
+                metrics_port=port,
+                refresh_figures=refresh_metrics,
+            )
         except (MetricsEndpointError, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
@@ -1241,7 +1247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
-    from exchange.bench import add_commands as add_bench_commands
+    from exchange.benchmark.commands import add_commands as add_bench_commands
     from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands

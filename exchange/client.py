@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from types import TracebackType
-from urllib.parse import unquote, urlsplit
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -44,6 +43,7 @@ from exchange.broker import headers as h
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
+    broker_user_of,
     connect,
     is_broker_away,
     is_connected,
@@ -124,13 +124,6 @@ async def _stop_consuming(messages: AbstractQueueIterator) -> None:
         log.info("consumer of %r stopped with its channel (%s)", messages, error)
 
 
-def _header(message: AbstractIncomingMessage, name: str) -> str | None:
-    value = (message.headers or {}).get(name)
-    if isinstance(value, bytes):
-        return value.decode()
-    return None if value is None else str(value)
-
-
 @dataclass
 class Item:
     """One message from an agency's queue; ``ack`` it once handled."""
@@ -141,7 +134,7 @@ class Item:
     @property
     def message_id(self) -> str:
         """Stable across redeliveries: the exchange's id of the message."""
-        return self.message.message_id or _header(self.message, h.MESSAGE) or ""
+        return self.message.message_id or h.text(self.message.headers, h.MESSAGE) or ""
 
     @property
     def body(self) -> bytes:
@@ -151,12 +144,12 @@ class Item:
     @property
     def sender(self) -> str | None:
         """The authenticated sender's agency code."""
-        return _header(self.message, h.SENDER)
+        return h.text(self.message.headers, h.SENDER)
 
     @property
     def document_id(self) -> str | None:
         """The DocumentId the exchange recorded for this item."""
-        return _header(self.message, h.DOCUMENT_ID)
+        return h.text(self.message.headers, h.DOCUMENT_ID)
 
     async def ack(self) -> None:
         """Tell the exchange this item is handled; it will not come again."""
@@ -267,7 +260,7 @@ class AgencyClient:
         self.amqp_url = amqp_url
         self.credential = credential
         self.organization = organization or Organization(organ_id=self.agency)
-        self.broker_user = unquote(urlsplit(amqp_url).username or "guest")
+        self.broker_user = broker_user_of(amqp_url)
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmingPublisher | None = None
         # The channel the inbox and status consumers are on: the client's own,
@@ -427,7 +420,7 @@ class AgencyClient:
                 return
             try:
                 async for message in messages:
-                    message_id = message.message_id or _header(message, h.MESSAGE) or ""
+                    message_id = message.message_id or h.text(message.headers, h.MESSAGE) or ""
                     if message_id in seen:
                         # A redelivery of something already handled.
                         await _settle(message, ack=True)

@@ -52,6 +52,7 @@ from exchange.registry import (
     provision_gateway_user,
     register_agency,
 )
+from exchange.report import refresh_metrics
 from exchange.settings import Settings
 from exchange.status import MessageKind, StatusCode, TransportOutcome, life_order
 from exchange.worker import run_workers
@@ -163,7 +164,13 @@ class LocalExchange:
             ready.set()
 
         task = asyncio.create_task(
-            run_workers(self.settings, count=count, stop=stop, on_ready=started)
+            run_workers(
+                self.settings,
+                count=count,
+                stop=stop,
+                on_ready=started,
+                refresh_figures=refresh_metrics,
+            )
         )
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

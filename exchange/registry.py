@@ -24,12 +24,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
-from exchange.broker.connection import connect, declare
+from exchange.broker.connection import connect, declare, queue_counts
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
     agency_topology,
@@ -164,15 +163,7 @@ async def _all_or_nothing(settings: Settings) -> AsyncIterator[tuple[Connection,
 
 
 async def _queue_exists(connection: AbstractRobustConnection, name: str) -> bool:
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return False
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return True
+    return await queue_counts(connection, name) is not None
 
 
 async def _declare_queues(

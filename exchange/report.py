@@ -44,6 +44,7 @@ from exchange.commands import (
 )
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.status import StatusCode
+from exchange.store import queries
 
 if TYPE_CHECKING:
     from exchange.broker.admin import BrokerAdmin
@@ -250,33 +251,11 @@ class GatewaySummary:
     oldest_unconfirmed: datetime | None
 
 
-_DIRECTORY = """
-SELECT a.code, a.certificate_pem,
-       EXISTS (SELECT 1 FROM documents d
-               WHERE d.sender = a.code AND d.created_at >= $1 AND d.created_at < $2) AS sent,
-       EXISTS (SELECT 1 FROM deliveries v
-               WHERE v.recipient = a.code
-                 AND v.delivered_at >= $1 AND v.delivered_at < $2) AS received,
-       EXISTS (SELECT 1 FROM gateway_system_agencies g
-               JOIN gateway_systems s ON s.system_id = g.system_id
-               WHERE g.agency = a.code AND s.enabled) AS via_gateway
-FROM agencies a
-"""
-
-_OVERDUE_WHERE = """
-FROM deliveries v JOIN documents d ON d.id = v.document_pk
-WHERE d.due_date < $1
-  AND v.delivered_at IS NOT NULL
-  AND NOT v.withdrawn
-  AND NOT (coalesce(v.state, '') = ANY($2::text[]))
-"""
-
-
 async def directory_figures(
     conn: Connection, since: datetime, until: datetime
 ) -> tuple[list[AgencyActivity], list[str | None]]:
     """Each agency's activity in ``[since, until)``, and every agency's certificate (PEM)."""
-    rows = await conn.fetch(_DIRECTORY, since, until)
+    rows = await queries.agency_activity(conn, since, until)
     activities = [
         AgencyActivity(
             AgencyCode.parse(row["code"]), row["sent"], row["received"], row["via_gateway"]
@@ -288,22 +267,12 @@ async def directory_figures(
 
 async def count_overdue(conn: Connection, today: date) -> int:
     """Deliveries of documents due before ``today`` whose recipient has not answered."""
-    count: int = await conn.fetchval(
-        "SELECT count(*) " + _OVERDUE_WHERE, today, list(ANSWERED_STATES)
-    )
-    return count
+    return await queries.count_overdue_deliveries(conn, today, ANSWERED_STATES)
 
 
 async def list_overdue(conn: Connection, today: date, limit: int) -> list[OverdueDelivery]:
     """The first ``limit`` overdue deliveries, longest overdue first."""
-    rows = await conn.fetch(
-        "SELECT d.document_id, d.sender, v.recipient, d.due_date, v.state "
-        + _OVERDUE_WHERE
-        + " ORDER BY d.due_date, d.document_id, v.recipient LIMIT $3",
-        today,
-        list(ANSWERED_STATES),
-        limit,
-    )
+    rows = await queries.list_overdue_deliveries(conn, today, ANSWERED_STATES, limit)
     return [
         OverdueDelivery(
             row["document_id"], row["sender"], row["recipient"], row["due_date"], row["state"]

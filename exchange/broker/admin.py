@@ -112,9 +112,9 @@ class BrokerAdmin:
         self._timeout = timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> BrokerAdmin:
-        """The client for ``LIENTHONG_RABBITMQ_API_URL``."""
-        return cls((settings or Settings()).rabbitmq_api_url)
+    def from_settings(cls, settings: Settings) -> BrokerAdmin:
+        """The client for ``settings.rabbitmq_api_url`` (``LIENTHONG_RABBITMQ_API_URL``)."""
+        return cls(settings.rabbitmq_api_url)
 
     def __repr__(self) -> str:
         return f"BrokerAdmin({self._base!r}, user={self._user!r})"

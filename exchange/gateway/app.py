@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import uvicorn
 from aio_pika.abc import AbstractRobustConnection
@@ -35,7 +34,12 @@ from starlette.routing import Route
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
 from exchange.broker import headers as h
-from exchange.broker.connection import ConfirmingPublisher, connect, is_connected
+from exchange.broker.connection import (
+    ConfirmingPublisher,
+    broker_user_of,
+    connect,
+    is_connected,
+)
 from exchange.broker.topology import SUBMIT_EXCHANGE
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.failures import Failure, classify
@@ -128,7 +132,7 @@ class Gateway:
             trust=self.trust, limits=self.settings, allow_sha1=self.settings.allow_sha1
         )
         # The broker user the gateway publishes as (RabbitMQ checks user_id).
-        self.own_user = unquote(urlsplit(self.settings.amqp_url).username or "guest")
+        self.own_user = broker_user_of(self.settings.amqp_url)
         if self.measured:
             self.observers.append(measure.observer(OPERATIONS))
 
@@ -166,7 +170,7 @@ class Gateway:
             return False
         try:
             async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                await queries.ping(conn)
         except Exception:
             return False
         return True

@@ -19,17 +19,11 @@ import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.bench import (
-    BenchConfig,
-    RssSample,
-    Tracker,
-    add_commands,
-    agency_codes,
-    config_of,
-    percentile,
-    rss_trend,
-    targets,
-)
+from exchange.benchmark.commands import add_commands, config_of
+from exchange.benchmark.config import BenchConfig
+from exchange.benchmark.harness import Tracker, targets
+from exchange.benchmark.processes import RssSample, percentile, rss_trend
+from exchange.benchmark.workload import agency_codes
 from exchange.broker.admin import BrokerAdmin, BrokerAdminError
 from exchange.settings import Settings
 
@@ -183,7 +177,7 @@ async def _database_exists(name: str) -> bool:
 
 
 def _management_api() -> BrokerAdmin:
-    admin = BrokerAdmin.from_settings()
+    admin = BrokerAdmin.from_settings(Settings())
     try:
         asyncio.run(admin.overview())
     except BrokerAdminError as error:
