@@ -77,6 +77,19 @@ def add_commands(
         ),
     )
     command.add_argument(
+        "--gateway-messages",
+        type=int,
+        metavar="N",
+        help="packages sent through the gateway's sendEdoc as fast as answered (1000; 100 with "
+        "--quick)",
+    )
+    command.add_argument(
+        "--gateway-round-trips",
+        type=int,
+        metavar="N",
+        help="packages timed from sendEdoc to getEdoc at a fixed load (300; 50 with --quick)",
+    )
+    command.add_argument(
         "--sample-every",
         type=float,
         default=5.0,
@@ -102,7 +115,14 @@ def add_commands(
 def config_of(args: argparse.Namespace) -> BenchConfig:
     """The configuration the options ask for (``--quick`` sets smaller defaults)."""
     defaults: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("agencies", "messages", "latency_messages", "backlog"):
+    for name in (
+        "agencies",
+        "messages",
+        "latency_messages",
+        "backlog",
+        "gateway_messages",
+        "gateway_round_trips",
+    ):
         if getattr(args, name) is not None:
             defaults[name] = getattr(args, name)
     if defaults.get("agencies", 2) < 2:
@@ -125,6 +145,9 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
         raise ValueError("--duration needs --rate (the offered load, docs/s) and a positive time")
     if "latency" in phases and "sustained" not in phases and not args.rate:
         raise ValueError("the latency run without the sustained run needs --rate")
+    for name in ("gateway_messages", "gateway_round_trips"):
+        if "gateway" in phases and defaults.get(name, getattr(BenchConfig, name)) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: at least 1")
     if "backlog" in phases and defaults.get("backlog", BenchConfig.backlog) < 1:
         raise ValueError("--backlog: at least 1 message")
     if args.sample_every <= 0:

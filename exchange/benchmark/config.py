@@ -43,12 +43,17 @@ class BenchConfig:
     rate: float | None = None  # docs/s for the latency run; None: half the sustained
     prefetch: int | None = None  # the workers' prefetch; None: their default
     keep: bool = False  # leave the vhost, database and keys for inspection
-    phases: tuple[str, ...] = ("verify", "passthrough", "sustained", "latency")
+    phases: tuple[str, ...] = ("verify", "passthrough", "sustained", "latency", "gateway")
     backlog: int = 100_000  # messages of the backlog run
     # The sustained run at ``rate`` for this many seconds instead of
     # ``messages`` as fast as confirmed (a long run, to watch memory).
     duration: float | None = None
     sample_every: float = 5.0  # seconds between two samples of each worker's VmRSS
+    # The gateway phase (exchange/benchmark/gateway.py): packages through
+    # sendEdoc as fast as answered, then at a fixed load for the round trip
+    # to getEdoc (``rate``, or half the sendEdoc throughput).
+    gateway_messages: int = 1000
+    gateway_round_trips: int = 300
 
     @property
     def sustained_messages(self) -> int:
@@ -58,10 +63,18 @@ class BenchConfig:
         return self.messages
 
 
-# In the order they run. The backlog comes last: it needs the work queue to
+# In the order they run. The gateway phase uses the workers of the sustained
+# and latency runs. The backlog comes last: it needs the work queue to
 # itself with no worker running, and a drained queue before it.
-PHASES = ("verify", "passthrough", "sustained", "latency", "backlog")
-QUICK = {"agencies": 6, "messages": 300, "latency_messages": 150, "backlog": 1000}
+PHASES = ("verify", "passthrough", "sustained", "latency", "gateway", "backlog")
+QUICK = {
+    "agencies": 6,
+    "messages": 300,
+    "latency_messages": 150,
+    "backlog": 1000,
+    "gateway_messages": 100,
+    "gateway_round_trips": 50,
+}
 # The growth of a worker's memory is counted from its first sample after this
 # share of a run's messages was done: imports, caches, pools and buffers fill
 # up in the first messages, and that is not a leak.

@@ -67,6 +67,9 @@ from exchange.benchmark.workload import (
 from exchange.broker import headers as header
 
 if TYPE_CHECKING:
+    from exchange.demo import LocalExchange
+    from exchange.pki import KeyType
+    from exchange.registry import GatewayUser
     from exchange.settings import Settings
 
 
@@ -534,6 +537,64 @@ async def _sign_all(
     return list(results), elapsed
 
 
+@dataclass(frozen=True)
+class GatewayPlan:
+    """The gateway phase's agencies, broker user and signed packages."""
+
+    sender: str
+    recipient: str
+    user: GatewayUser
+    throughput: list[bytes]
+    round_trip: list[bytes]
+
+
+async def _prepare_gateway(
+    config: BenchConfig,
+    local: LocalExchange,
+    token: str,
+    key_type: KeyType,
+    codes: list[str],
+    attachment: int,
+    progress: Callable[[str], None],
+) -> GatewayPlan:
+    """Two more agencies behind the gateway, its broker user, their packages signed."""
+    from exchange.agency import AgencyCode
+    from exchange.benchmark.gateway import gateway_user
+    from exchange.registry import provision_gateway_user
+
+    sender_code, recipient_code = agency_codes(len(codes) + 2)[len(codes) :]
+    for code in (sender_code, recipient_code):
+        await local.register(
+            code, f"Cơ quan {code}", broker_user=f"b{token}-{code}", key_type=key_type
+        )
+    user = await provision_gateway_user(local.settings, gateway_user(token))
+    sender = local.agencies[AgencyCode.parse(sender_code)]
+    recipient = local.agencies[AgencyCode.parse(recipient_code)]
+    count = config.gateway_messages + config.gateway_round_trips
+    jobs = [
+        SignJob(
+            n,
+            f"GW-{token}",
+            party(sender),
+            (party(recipient),),
+            attachment,
+            sender.credential.key_pem,
+            tuple(sender.credential.cert_chain_pem),
+        )
+        for n in range(1, count + 1)
+    ]
+    progress(f"gateway: {sender_code} sends to {recipient_code}; signing {count} packages")
+    signed, _ = await _sign_all(jobs, progress)
+    bodies = [body for _, body in signed]
+    return GatewayPlan(
+        sender_code,
+        recipient_code,
+        user,
+        bodies[: config.gateway_messages],
+        bodies[config.gateway_messages :],
+    )
+
+
 async def _verify_only(messages: list[Planned], certs: dict[str, str], key_type: str) -> float:
     """Bare verifications per second of ``messages`` on a pool of one process per core."""
     cores = os.cpu_count() or 1
@@ -672,6 +733,11 @@ async def run_bench(
         # The limits are measured on --messages of them (all but in a --duration run).
         limits_set = sustained_set[: config.messages]
         result["package_bytes"] = round(statistics.mean(len(p.body) for p in planned))
+        gateway_plan = None
+        if "gateway" in phases:
+            gateway_plan = await _prepare_gateway(
+                config, local, token, key_type, codes, attachment, progress
+            )
 
         if "verify" in phases:
             # Limit 1: bare verification on every core.
@@ -681,7 +747,8 @@ async def run_bench(
             result["verify_only_per_s"] = round(verify_rate, 1)
             progress(f"verify only: {verify_rate:.0f} packages/s on {os.cpu_count()} processes")
 
-        observer = Observer(settings.amqp_url, [str(c) for c in local.agencies])
+        # The AMQP agencies' queues only: the gateway's mover empties its agencies'.
+        observer = Observer(settings.amqp_url, codes)
         await observer.start()
         urls = {str(a.code): a.amqp_url for a in agencies}
         publishers = Publishers(
@@ -710,9 +777,12 @@ async def run_bench(
 
         # The real pipeline: sustained, then at a fixed load, then a backlog.
         extra = {"prefetch": str(config.prefetch)} if config.prefetch else {}
+        if gateway_plan is not None:
+            # The workers believe the agency the gateway's user names.
+            extra["gateway_users"] = json.dumps([gateway_plan.user.name])
         worker_env = child_env(settings, **extra)
         workers = [worker_command()] * config.workers
-        if phases & {"sustained", "latency"}:
+        if phases & {"sustained", "latency", "gateway"}:
             children = await start_children(workers, worker_env, log_dir, READY_TEXT)
             progress("worker pids: " + " ".join(str(child.pid) for child in children))
         if "sustained" in phases:
@@ -758,6 +828,21 @@ async def run_bench(
             )
             result["latency_ms"] = latency_figures(tracker, rate, wall)
             result.setdefault("workers", [child.figures(wall) for child in children])
+        if gateway_plan is not None:
+            from exchange.benchmark.gateway import run_gateway_phase
+
+            result["gateway"] = await run_gateway_phase(
+                settings,
+                gateway_plan.user.amqp_url,
+                local.keys_dir,
+                log_dir,
+                gateway_plan.sender,
+                gateway_plan.recipient,
+                gateway_plan.throughput,
+                gateway_plan.round_trip,
+                None,
+                progress,
+            )
         for figures, child in zip(result.get("workers", []), children, strict=True):
             memory = memory_kb(child.pid)
             figures["peak_rss_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
@@ -891,6 +976,8 @@ def table(result: dict[str, Any]) -> str:
         runs.append(f"{result.get('sustained_messages', c['messages'])} messages sustained")
     if "latency" in phases:
         runs.append(f"{c['latency_messages']} at fixed load")
+    if "gateway" in phases:
+        runs.append(f"{c['gateway_messages']} + {c['gateway_round_trips']} through the gateway")
     if "backlog" in phases:
         runs.append(f"a backlog of {c['backlog']}")
     lines = [
@@ -929,6 +1016,21 @@ def table(result: dict[str, Any]) -> str:
             f"latency at {lat['offered_docs_per_s']:.0f} docs/s offered: p50 {lat['p50']:.0f} ms, "
             f"p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms"
         )
+    if "gateway" in result:
+        g = result["gateway"]
+        trip = g["round_trip_ms"]
+        process = g["gateway_process"]
+        lines += [
+            f"{'gateway: sendEdoc (checks before the reply)':<44}"
+            f"{g['send_edoc_docs_per_s']:>10.0f} docs/s  ({g['messages']} packages, "
+            f"{g['send_concurrency']} requests at once; the gateway process "
+            f"{process['cpu_percent']:.0f} % of one CPU)",
+            f"{'gateway: sendEdoc to getEdoc (whole path)':<44}"
+            f"{g['through_docs_per_s']:>10.0f} docs/s",
+            f"gateway round trip sendEdoc -> getEdoc at {trip['offered_docs_per_s']:.0f} docs/s "
+            f"offered: p50 {trip['p50']:.0f} ms, p95 {trip['p95']:.0f} ms, "
+            f"p99 {trip['p99']:.0f} ms, max {trip['max']:.0f} ms",
+        ]
     if "workers" in result:
         lines += ["", "workers over the sustained run:", *_worker_lines(result["workers"])]
     if "backlog" in result:

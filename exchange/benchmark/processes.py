@@ -240,11 +240,16 @@ def child_env(settings: Any, **extra: str) -> dict[str, str]:
     return env
 
 
-def worker_command() -> list[str]:
-    """``lienthong worker`` of the running interpreter's environment."""
+def lienthong_command(*args: str) -> list[str]:
+    """``lienthong ARGS...`` of the running interpreter's environment."""
     script = Path(sys.executable).with_name("lienthong")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "exchange"]
-    return [*base, "worker", "--metrics-port", "0"]
+    return [*base, *args]
+
+
+def worker_command() -> list[str]:
+    """``lienthong worker`` of the running interpreter's environment."""
+    return lienthong_command("worker", "--metrics-port", "0")
 
 
 def passthrough_command(prefetch: int) -> list[str]:
