@@ -69,6 +69,9 @@ DEMO_AGENCIES: tuple[tuple[str, str], ...] = (
 # With --via-gateway: the agencies whose QLVB reaches the exchange through the
 # gateway (the axis SDK's protocol), one system each.
 GATEWAY_AGENCIES = ("000.00.24.H44", "000.46.24.H44")
+# The demo gateway's broker user: not the production default (GATEWAY_USER),
+# whose password the demo would otherwise reset on a shared broker.
+DEMO_GATEWAY_USER = f"{GATEWAY_USER}-demo"
 
 
 @dataclass
@@ -296,7 +299,7 @@ MAILBOX_POLL_S = 0.3
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    exchange: LocalExchange, agencies: Sequence[LocalAgency], *, user_name: str = GATEWAY_USER
+    exchange: LocalExchange, agencies: Sequence[LocalAgency], *, user_name: str = DEMO_GATEWAY_USER
 ) -> AsyncIterator[dict[AgencyCode, VxpClient]]:
     """The gateway on a port of 127.0.0.1, one system per agency; yields each agency's QLVB.
 
@@ -359,7 +362,7 @@ async def run_demo(
     *,
     workers: int = 2,
     via_gateway: bool = False,
-    gateway_user: str = GATEWAY_USER,
+    gateway_user: str = DEMO_GATEWAY_USER,
 ) -> str:
     """Run the whole demo and return the table every sender would see.
 
