@@ -305,30 +305,20 @@ async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]
     management API, whose statistics lag a few seconds.
     """
     import aio_pika
-    import aiormq
+
+    from exchange.broker.connection import queue_counts
 
     counts: list[QueueCount] = []
     notes: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url)
     try:
-        channel = await connection.channel()
         for name in AUDITED_QUEUES:
-            try:
-                declared = await channel.declare_queue(name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            found = await queue_counts(connection, name)
+            if found is None:
                 counts.append(QueueCount(name, exists=False))
-                # The broker closes a channel on a failed passive declare.
-                channel = await connection.channel()
-                continue
-            result = declared.declaration_result
-            counts.append(
-                QueueCount(
-                    name,
-                    exists=True,
-                    ready=int(result.message_count or 0),
-                    consumers=int(result.consumer_count or 0),
-                )
-            )
+            else:
+                ready, consumers = found
+                counts.append(QueueCount(name, exists=True, ready=ready, consumers=consumers))
     finally:
         await connection.close()
     if any(queue.consumers for queue in counts):

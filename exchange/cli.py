@@ -654,6 +654,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
+    from exchange.report import refresh_metrics
     from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
@@ -671,7 +672,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         try:
-            processed = await run_workers(settings, count=args.count, metrics_port=port)
+            processed = await run_workers(
+                settings,
+                count=args.count,
+                metrics_port=port,
+                refresh_figures=refresh_metrics,
+            )
         except (MetricsEndpointError, StartupError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
@@ -995,9 +1001,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def demo() -> int:
-        table = await run_demo(settings, Path(args.keys), workers=args.workers)
+        table = await run_demo(
+            settings, Path(args.keys), workers=args.workers, via_gateway=args.via_gateway
+        )
         print()
-        print("What every sender sees (from its own status queue):")
+        mailbox = ", or its mailbox on the gateway" if args.via_gateway else ""
+        print(f"What every sender sees (from its own status queue{mailbox}):")
         print(table)
         return EXIT_OK
 
@@ -1373,6 +1382,11 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.DIRECTORY,
     )
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
+    demo.add_argument(
+        "--via-gateway",
+        action="store_true",
+        help="the district of Phú Thọ and its commune connect through the gateway (axis protocol)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     completion = commands.add_parser(
@@ -1383,7 +1397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
-    from exchange.bench import add_commands as add_bench_commands
+    from exchange.benchmark.commands import add_commands as add_bench_commands
     from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands

@@ -239,12 +239,12 @@ def _network_cause(error: BaseException) -> str | None:
 
 
 def _rabbitmq(error: BaseException, url: str | None) -> str:
-    import aiormq.exceptions
+    from exchange.broker.connection import broker_user_of, is_refused_login
 
     where = f"{RABBITMQ} at {address_of(url)}" if url else RABBITMQ
     option = "--amqp-url or LIENTHONG_AMQP_URL"
-    if isinstance(error, aiormq.exceptions.ProbableAuthenticationError):
-        user = _user_of(url) if url else "(given)"
+    if is_refused_login(error):
+        user = broker_user_of(url) if url else "(given)"
         return (
             f"{where}: authentication failed for user {user} (ACCESS_REFUSED); "
             f"check the user and password in {option}"

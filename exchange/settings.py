@@ -175,3 +175,8 @@ class Settings(ParserLimits):
     # Broker users of gateways, read by the workers: only their messages may
     # name, in a header, the agency they publish for.
     gateway_users: list[str] = Field(default_factory=list)
+    # The gateway process's Prometheus endpoint (``lienthong gateway
+    # --metrics-port``; 0: none), on loopback unless told otherwise: put a
+    # Prometheus or a proxy on the host, or give the address it scrapes.
+    gateway_metrics_port: int = Field(9128, ge=0, le=65535)
+    gateway_metrics_host: str = "127.0.0.1"

@@ -35,22 +35,22 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from exchange import metrics, report
-from exchange.broker import headers as h
+from exchange import metrics
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
     broker_address,
     broker_user_of,
     connect_quietly,
+    has_consumer,
     is_broker_unreachable,
     settle,
 )
+from exchange.broker.origin import Origin
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
 from exchange.checks.schema import check_schema_files
 from exchange.directory import Directory
@@ -94,104 +94,21 @@ STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
 
 
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
 def _deliveries(message: AbstractIncomingMessage) -> int:
     """How many times the broker handed this message out before (quorum queues count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)
     return count if isinstance(count, int) else 0
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a message really comes from, whichever way it reached the work queue.
-
-    Straight from an agency, the broker's ``user_id`` and routing key say it.
-    Back from a retry queue or sent by the replay tool, the exchange's own
-    user published it, and headers carry the original values; those headers
-    are believed only then, never from an agency.
-    """
-
-    routing_key: str
-    broker_user: str | None
-    attempts: int = 0
-    replay: bool = False
-    published_at: datetime | None = None
-
-    @classmethod
-    def of(
-        cls,
-        message: AbstractIncomingMessage,
-        trusted_users: frozenset[str],
-        gateway_users: frozenset[str] = frozenset(),
-    ) -> Origin:
-        """The origin of a message as the worker received it.
-
-        A gateway's user publishes for the agency its header names
-        (``x-lienthong-agency``): the publisher is then that user acting for
-        that agency (:func:`exchange.broker.headers.on_behalf`), believed
-        from ``gateway_users`` only.
-        """
-        headers = message.headers or {}
-        user = message.user_id
-        agency = _text(headers.get(h.AGENCY))
-        if user in gateway_users and agency:
-            user = h.on_behalf(user, agency)
-        # The AMQP timestamp has whole seconds; the client adds the publish
-        # time to the microsecond. Only latency figures use it, so it is
-        # taken from anyone.
-        stamped = _text(headers.get(h.PUBLISHED_AT))
-        published_at = _parse_time(stamped) if stamped else message.timestamp
-        if published_at is not None and published_at.tzinfo is None:
-            published_at = published_at.replace(tzinfo=UTC)
-        if message.user_id not in trusted_users:
-            return cls(message.routing_key or "", user, published_at=published_at)
-        attempts = headers.get(h.ATTEMPTS, 0)
-        return cls(
-            routing_key=_text(headers.get(h.RECIPIENT)) or message.routing_key or "",
-            broker_user=_text(headers.get(h.ORIGINAL_USER)) or user,
-            attempts=attempts if isinstance(attempts, int) else 0,
-            replay=headers.get(h.REPLAY) is not None,
-            published_at=published_at,
-        )
-
-    def arrival(self, message: AbstractIncomingMessage) -> Arrival:
-        """The message as the ledger records it, under this origin."""
-        return Arrival(
-            message.body,
-            self.routing_key,
-            self.broker_user,
-            message.message_id,
-            replay=self.replay,
-        )
-
-    def headers(self, *, attempts: int, failure: Failure) -> dict[str, Any]:
-        """Headers that carry this origin through a retry queue or the parked queue."""
-        headers: dict[str, Any] = {
-            h.RECIPIENT: self.routing_key,
-            h.ATTEMPTS: attempts,
-            h.FAILURE: failure.code,
-        }
-        if self.broker_user:
-            headers[h.ORIGINAL_USER] = self.broker_user
-        if self.replay:
-            # A replay that meets a transient failure is still a replay when
-            # it comes back from the retry queue.
-            headers[h.REPLAY] = "retried"
-        if self.published_at is not None:
-            headers[h.PUBLISHED_AT] = self.published_at.isoformat()
-        return headers
+def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
+    """The message as the ledger records it, under its origin."""
+    return Arrival(
+        message.body,
+        origin.routing_key,
+        origin.broker_user,
+        message.message_id,
+        replay=origin.replay,
+    )
 
 
 @dataclass(frozen=True)
@@ -312,15 +229,9 @@ class Worker:
         reconnection did not restore, no longer counts.
         """
         channel, tag = self._channel, self._consumer_tag
-        if channel is None or tag is None or channel.is_closed:
+        if channel is None or tag is None:
             return False
-        try:
-            underlay = await channel.get_underlay_channel()
-        except aiormq.exceptions.ChannelInvalidStateError:
-            return False
-        # aiormq's channel drops a consumer's tag when the broker cancels it.
-        consumers = underlay.consumers if isinstance(underlay, aiormq.Channel) else {}
-        return not underlay.is_closed and tag in consumers
+        return await has_consumer(channel, tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self.handle(message))
@@ -376,7 +287,7 @@ class Worker:
     async def _handle(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
-        arrival = origin.arrival(message)
+        arrival = arrival_of(message, origin)
         if redelivered:
             try:
                 starts = await self.ledger.count_start(arrival)
@@ -526,7 +437,7 @@ class Worker:
             tier.routing_key,
             message.body,
             message_id=message.message_id,
-            headers=origin.headers(attempts=origin.attempts + 1, failure=failure),
+            headers=origin.headers(attempts=origin.attempts + 1, failure=failure.code),
             content_type=message.content_type or XML_CONTENT_TYPE,
             user_id=self.own_user,
         )
@@ -556,7 +467,7 @@ class Worker:
             origin.routing_key,
             message.body,
             message_id=message.message_id,
-            headers=origin.headers(attempts=origin.attempts, failure=failure),
+            headers=origin.headers(attempts=origin.attempts, failure=failure.code),
             content_type=message.content_type or XML_CONTENT_TYPE,
             user_id=self.own_user,
         )
@@ -566,7 +477,7 @@ class Worker:
         # that have no row, and the replay tool takes them from the queue.
         try:
             decided = await self.ledger.park(
-                origin.arrival(message), failure, detail, attempts=origin.attempts
+                arrival_of(message, origin), failure, detail, attempts=origin.attempts
             )
             if decided is not None:
                 await self._publish(decided.owed)
@@ -595,15 +506,23 @@ class Worker:
         return True
 
 
+RefreshFigures = Callable[[Pool], Awaitable[None]]
+
+
 async def watch(
-    workers: list[Worker], connection: AbstractRobustConnection, pool: Pool, stop: asyncio.Event
+    workers: list[Worker],
+    connection: AbstractRobustConnection,
+    pool: Pool,
+    stop: asyncio.Event,
+    refresh_figures: RefreshFigures | None = None,
 ) -> None:
     """Keep the gauges of real state current until ``stop``: the watchdog.
 
     Every :data:`WATCH_INTERVAL_S`: broker connected or not, consumers this
     process really has, database pool usage; every
-    :data:`DIRECTORY_FIGURES_INTERVAL_S`: the directory figures of
-    :func:`exchange.report.refresh_metrics`.
+    :data:`DIRECTORY_FIGURES_INTERVAL_S`: ``refresh_figures`` (the
+    directory figures, :func:`exchange.report.refresh_metrics` for
+    ``lienthong worker``).
     """
     figures_due = 0.0
     while not stop.is_set():
@@ -617,9 +536,9 @@ async def watch(
             metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
             metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
             metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
-            if time.monotonic() >= figures_due:
+            if refresh_figures is not None and time.monotonic() >= figures_due:
                 figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
-                await report.refresh_metrics(pool)
+                await refresh_figures(pool)
         except Exception as error:
             log.warning("watchdog: %s", error)
         with contextlib.suppress(TimeoutError):
@@ -790,11 +709,14 @@ async def run_workers(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[Worker]], Awaitable[None]] | None = None,
     metrics_port: int | None = None,
+    refresh_figures: RefreshFigures | None = None,
 ) -> int:
     """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM).
 
     With ``metrics_port``, the process serves its metrics on that port
-    (:func:`exchange.metrics.serve`) while the workers run.
+    (:func:`exchange.metrics.serve`) while the workers run. The watchdog
+    calls ``refresh_figures`` with the database pool every
+    :data:`DIRECTORY_FIGURES_INTERVAL_S` (:func:`watch`).
 
     The trust anchors and revocation lists are reloaded every
     ``settings.crl_reload_s`` seconds (the lists) and on SIGHUP (both, and
@@ -858,7 +780,7 @@ async def run_workers(
             for _ in range(count)
         ]
         observe_revocations(revocations)
-        watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
+        watchdog = asyncio.create_task(watch(workers, connection, pool, stop, refresh_figures))
         keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
         opened.callback(keeper.cancel)
         try:

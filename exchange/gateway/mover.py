@@ -95,7 +95,12 @@ class MailboxMover:
                 try:
                     self._consumers[agency] = await self._start(agency)
                 except Exception as error:
-                    log.warning("cannot consume the queues of %s: %s", agency, error)
+                    log.warning(
+                        "cannot consume the queues of %s: %s",
+                        agency,
+                        error,
+                        extra={"agency": str(agency)},
+                    )
             for agency in set(self._consumers) - served:
                 await self._stop(self._consumers.pop(agency))
 
@@ -164,8 +169,8 @@ class MailboxMover:
         message: AbstractIncomingMessage,
     ) -> None:
         headers = message.headers or {}
-        kind = _text(headers.get(h.KIND)) or ("document" if message_type == EDOC else "status")
-        sender, recipient = _text(headers.get(h.SENDER)), _text(headers.get(h.RECIPIENT))
+        kind = h.text(headers, h.KIND) or ("document" if message_type == EDOC else "status")
+        sender, recipient = h.text(headers, h.SENDER), h.text(headers, h.RECIPIENT)
         if kind == "receipt":
             # A receipt is the exchange's word about a message this agency
             # sent to `recipient`: listed as coming from there, to this agency.
@@ -179,7 +184,7 @@ class MailboxMover:
             kind=kind,
             sender=sender,
             recipient=recipient,
-            document_id=_text(headers.get(h.DOCUMENT_ID)),
+            document_id=h.text(headers, h.DOCUMENT_ID),
             content_type=message.content_type,
             body=message.body,
         )
@@ -202,9 +207,3 @@ class MailboxMover:
             # A channel lost before the ack: the broker redelivers, the insert is a no-op.
             await settle(message, ack=True)
         self.moved += 1
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return None if value is None else str(value)
