@@ -136,6 +136,9 @@ class Settings(ParserLimits):
     # --metrics-port``); several processes on one host need one port each.
     # 0: no endpoint.
     metrics_port: int = Field(9108, ge=0, le=65535)
+    # A directory holding every XSD of exchange/schemas/ (a schema under
+    # test); unset: the package's own.
+    schema_dir: Path | None = None
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
     # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer

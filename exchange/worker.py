@@ -51,7 +51,7 @@ from exchange.broker.connection import (
 )
 from exchange.broker.origin import Origin
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
-from exchange.checks.schema import check_schema_files
+from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
@@ -638,6 +638,7 @@ async def run_workers(
             "no trust anchors: set LIENTHONG_TRUST (or --trust) to the CA certificate(s)"
         )
     trust = TrustStore.load(settings.trust)
+    use_schema_dir(settings.schema_dir)
     check_installation()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

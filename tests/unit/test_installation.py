@@ -20,10 +20,12 @@ from exchange.checks.schema import (
     check_schema_files,
     load_schema,
     schema_dir,
+    use_schema_dir,
 )
 from exchange.failures import classify, is_fatal
 from exchange.installation import BrokenInstallation, data_dir
 from exchange.receipts import receipt_json_schema, schema_path
+from exchange.settings import Settings
 from exchange.store.migrate import load_migrations
 from tests.packages import document_package
 
@@ -100,8 +102,12 @@ def test_the_environment_moves_the_schema_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(SCHEMA_DIR_VARIABLE, str(tmp_path))
-    with pytest.raises(BrokenInstallation, match=re.escape(str(tmp_path))):
-        check_schema_files()
+    use_schema_dir(Settings().schema_dir)
+    try:
+        with pytest.raises(BrokenInstallation, match=re.escape(str(tmp_path))):
+            check_schema_files()
+    finally:
+        use_schema_dir(None)
 
 
 def test_a_broken_installation_is_fatal_never_a_transient_failure() -> None:
@@ -139,8 +145,11 @@ def test_a_command_without_its_schemas_says_so_in_one_line_and_exits_2(
 
     # In a thread of its own, as in a new process: each thread compiles the
     # XSDs once, and this one must not have them yet.
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        status = thread.submit(cli.main, ["validate", str(package)]).result()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            status = thread.submit(cli.main, ["validate", str(package)]).result()
+    finally:
+        use_schema_dir(None)  # main() took the folder from the settings
 
     captured = capsys.readouterr()
     assert status == cli.EXIT_ERROR
