@@ -837,9 +837,7 @@ CASES: list[Case] = [
     Case(
         "missing_to", letter_with(remove("MessageHeader/To")), Reason.MISSING_FIELD, mentions="To"
     ),
-    Case(
-        "missing_subject", letter_with(remove(SUBJECT)), Reason.MISSING_FIELD, mentions="Subject"
-    ),
+    Case("missing_subject", letter_with(remove(SUBJECT)), Reason.MISSING_FIELD, mentions="Subject"),
     Case(
         "missing_code",
         letter_with(remove("MessageHeader/Code")),
