@@ -148,11 +148,8 @@ DIRECTORY_REFRESHED = Gauge(
     "When this worker process last computed the directory figures (Unix time).",
 )
 
-# The stages, named once (labels of STAGE_SECONDS).
-STAGE_PARSE = "parse"
-STAGE_VALIDATE = "validate"
-STAGE_VERIFY = "verify"
-STAGE_READ = "read"
+# The stages the worker and the ledger time (labels of STAGE_SECONDS); the
+# checking stages are named by pipeline.inspect's timings.
 STAGE_PERSIST = "persist"
 STAGE_PUBLISH = "publish"
 
