@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from exchange import aio
+from exchange import event_loop
 from exchange.edxml.model import VIETNAM_TIME
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def run(coroutine: Coroutine[Any, Any, int]) -> int:
 
     ``main()`` turns whatever escapes into one line (:func:`describe_error`).
     """
-    return aio.run(coroutine)
+    return event_loop.run(coroutine)
 
 
 @dataclass(frozen=True)

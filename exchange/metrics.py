@@ -149,7 +149,7 @@ DIRECTORY_REFRESHED = Gauge(
 )
 
 # The stages the worker and the ledger time (labels of STAGE_SECONDS); the
-# checking stages are named by pipeline.inspect's timings.
+# checking stages are named by pipeline.check_message's timings.
 STAGE_PERSIST = "persist"
 STAGE_PUBLISH = "publish"
 

@@ -120,7 +120,7 @@ class Settings(ParserLimits):
     # while a group is written start the next one at once.
     group_commits: int = Field(3, ge=1)
     # Package bytes, in MiB, whose examination a worker remembers
-    # (pipeline.Inspector): the same package sent to many recipients is
+    # (pipeline.CheckCache): the same package sent to many recipients is
     # parsed, validated and verified once per worker process, not once per
     # recipient. What is held is the parsed package, 1 to 2 times its bytes
     # (measured: 2.0 for 10 KB packages, 1.1 for 100 KB). 0: off.

@@ -56,7 +56,7 @@ from exchange.directory import Directory
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
-from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
+from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.pki import TrustStore
 from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
@@ -158,7 +158,7 @@ class Worker:
     ) -> None:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
-        self.inspector = Inspector(
+        self.check_cache = CheckCache(
             CheckContext(trust=trust, limits=settings, allow_sha1=settings.allow_sha1),
             max_bytes=settings.check_memory_mb * 2**20,
         )
@@ -230,14 +230,14 @@ class Worker:
         return await has_consumer(channel, tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle(message))
+        task = asyncio.create_task(self.handle_delivery(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle_delivery(self, message: AbstractIncomingMessage) -> None:
         """Process one message to its end: acked once its effects are confirmed.
 
-        A permanent problem ends as a rejection (inside :meth:`process`); a
+        A permanent problem ends as a rejection (inside :meth:`decide_and_publish`); a
         transient one sends the message to a retry queue, or parks it after
         the last retry; only if even that fails does it go back to the work
         queue (and a broker that keeps failing will park it by its delivery
@@ -252,9 +252,9 @@ class Worker:
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
                 async with self._redelivered_lane:
-                    await self._handle(message, origin, redelivered=True)
+                    await self._settle_delivery(message, origin, redelivered=True)
             else:
-                await self._handle(message, origin, redelivered=False)
+                await self._settle_delivery(message, origin, redelivered=False)
         except Exception as error:
             if is_fatal(error):
                 await self._give_back_and_stop(message, error)
@@ -280,7 +280,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await settle(message, ack=False)
 
-    async def _handle(
+    async def _settle_delivery(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
         arrival = arrival_of(message, origin)
@@ -304,7 +304,7 @@ class Worker:
                 return
         self.faults.maybe_kill("after_receive")
         try:
-            record = await self.process(arrival)
+            record = await self.decide_and_publish(arrival)
         except Exception as error:  # anything not a Rejection is transient, or fatal
             if is_fatal(error):
                 raise
@@ -316,11 +316,11 @@ class Worker:
         self.processed += 1
         self._observe(record, origin)
 
-    async def process(self, arrival: Arrival) -> Message:
+    async def decide_and_publish(self, arrival: Arrival) -> Message:
         """Inspect, decide and record, publish, mark: one message; returns its record."""
         publisher = await self.directory.agency_of_user(arrival.broker_user)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher)
-        inspected = await self._inspect(envelope)
+        inspected = await self._check(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")
         record = decided.record
@@ -351,15 +351,15 @@ class Worker:
         )
         return record
 
-    async def _inspect(self, envelope: Envelope) -> Inspected | Rejection:
+    async def _check(self, envelope: Envelope) -> CheckedMessage | Rejection:
         """The pure checks, off the event loop, unless the same bytes were examined moments ago."""
         timings: dict[str, float] = {}
-        inspected: Inspected | Rejection
+        inspected: CheckedMessage | Rejection
         try:
-            recalled = self.inspector.recall(envelope)
+            recalled = self.check_cache.recall(envelope)
             if recalled is None:
                 inspected = await asyncio.get_running_loop().run_in_executor(
-                    None, self.inspector.inspect, envelope, timings
+                    None, self.check_cache.check, envelope, timings
                 )
             else:
                 inspected = recalled

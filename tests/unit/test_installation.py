@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import exchange
-from exchange import aio, cli, metrics
+from exchange import cli, event_loop, metrics
 from exchange.checks.schema import (
     SCHEMA_DIR_VARIABLE,
     PackageKind,
@@ -126,14 +126,14 @@ def test_without_uvloop_the_standard_asyncio_loop_runs(monkeypatch: pytest.Monke
     # As on Windows, where uvloop is not installed: importing it fails.
     monkeypatch.setitem(sys.modules, "uvloop", None)
     try:
-        fallback = importlib.reload(aio)
+        fallback = importlib.reload(event_loop)
         assert fallback.LOOP == "asyncio"
         assert fallback.run(loop_class()).startswith("asyncio")
     finally:
         monkeypatch.undo()
-        importlib.reload(aio)
-    assert aio.LOOP == "uvloop"
-    assert aio.run(loop_class()).startswith("uvloop")
+        importlib.reload(event_loop)
+    assert event_loop.LOOP == "uvloop"
+    assert event_loop.run(loop_class()).startswith("uvloop")
 
 
 def test_a_command_without_its_schemas_says_so_in_one_line_and_exits_2(

@@ -33,7 +33,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "exchange.metrics",
         "exchange.logs",
         "exchange.installation",
-        "exchange.aio",
+        "exchange.event_loop",
     ),
     # the formats and the adapters: edXML, certificates, RabbitMQ, PostgreSQL
     2: ("exchange.edxml", "exchange.pki", "exchange.broker", "exchange.store"),
