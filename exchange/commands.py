@@ -1,7 +1,7 @@
 """What every ``lienthong`` command shares: exit statuses, errors, settings, JSON, times.
 
 :mod:`exchange.cli` and the operator tools (:mod:`exchange.replay`,
-:mod:`exchange.report`, :mod:`exchange.audit`, :mod:`exchange.bench`) all
+:mod:`exchange.report`, :mod:`exchange.audit`, :mod:`exchange.benchmark`) all
 build their commands from these pieces, so a failure reads the same whatever
 command met it: one line, ``lienthong: <what failed and what to do>``, exit
 status 2 (:func:`describe_error` turns any exception into that line).
