@@ -49,7 +49,7 @@ from exchange.broker.connection import (
     is_broker_unreachable,
     settle,
 )
-from exchange.broker.origin import Origin
+from exchange.broker.origin import Origin, delivery_count
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
 from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory
@@ -91,12 +91,6 @@ DIRECTORY_FIGURES_INTERVAL_S = 60.0
 # seconds, and one that stays down is not asked many times a second.
 STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
-
-
-def _deliveries(message: AbstractIncomingMessage) -> int:
-    """How many times the broker handed this message out before (quorum queues count)."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) else 0
 
 
 def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
@@ -248,7 +242,7 @@ class Worker:
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
         try:
-            if message.redelivered or _deliveries(message):
+            if message.redelivered or delivery_count(message):
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
                 async with self._redelivered_lane:
