@@ -14,7 +14,7 @@ made with :mod:`exchange.pki` in a temporary directory, it times:
 * ``validate``: :func:`~exchange.edxml.safexml.parse` then
   :func:`~exchange.checks.schema.check_schema`;
 * ``verify``: :func:`~exchange.checks.signature.verify` from the bytes;
-* ``whole``: :func:`exchange.pipeline.inspect`, everything the worker runs
+* ``whole``: :func:`exchange.pipeline.check_message`, everything the worker runs
   on a message before it asks the database (parse, schema, signature,
   reading the signed package, authorisation);
 * ``bare``: ``signxml.XMLVerifier().verify`` of the same bytes with the
@@ -59,7 +59,7 @@ from exchange.checks.signature import sign, verify
 from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse
 from exchange.edxml.writer import write_package
-from exchange.pipeline import CheckContext, Envelope, inspect
+from exchange.pipeline import CheckContext, Envelope, check_message
 from exchange.pki import KeyType, TrustStore, create_ca, issue_agency_certificate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def operations(case: Case) -> dict[str, Callable[[], object]]:
         "read": lambda: read_package(data, limits),
         "validate": lambda: check_schema(parse(data, limits)),
         "verify": lambda: verify(data, trust, limits=limits),
-        "whole": lambda: inspect(Envelope(data, str(RECIPIENT), SENDER), context),
+        "whole": lambda: check_message(Envelope(data, str(RECIPIENT), SENDER), context),
         "bare": lambda: XMLVerifier().verify(data, x509_cert=cert_pem, expect_config=bare_config),
     }
 

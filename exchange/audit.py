@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -650,7 +649,7 @@ def add_commands(
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit or the chain verification and print the report."""
-    from exchange.commands import EXIT_OK, EXIT_REFUSED, run, settings_from_args
+    from exchange.commands import EXIT_OK, EXIT_REFUSED, print_json, run, settings_from_args
 
     settings = settings_from_args(args)
 
@@ -659,7 +658,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             await verify_chains(settings) if args.verify_chain else await audit(settings)
         )
         if args.json:
-            print(json.dumps(report.to_json(), ensure_ascii=False, indent=2, default=str))
+            print_json(report.to_json())
         else:
             for line in report.lines():
                 print(line)

@@ -1464,9 +1464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Whatever stops a command becomes one line on stderr, ``lienthong: ...``,
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
+    from exchange.checks.schema import use_schema_dir
+
     args = build_parser().parse_args(argv)
     _log_warnings(debug=args.debug)
     try:
+        use_schema_dir(settings_from_args(args).schema_dir)
         return int(args.handler(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

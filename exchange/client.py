@@ -39,7 +39,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
@@ -134,7 +134,7 @@ class Item:
     @property
     def message_id(self) -> str:
         """Stable across redeliveries: the exchange's id of the message."""
-        return self.message.message_id or h.text(self.message.headers, h.MESSAGE) or ""
+        return self.message.message_id or header.text(self.message.headers, header.MESSAGE) or ""
 
     @property
     def body(self) -> bytes:
@@ -144,12 +144,12 @@ class Item:
     @property
     def sender(self) -> str | None:
         """The authenticated sender's agency code."""
-        return h.text(self.message.headers, h.SENDER)
+        return header.text(self.message.headers, header.SENDER)
 
     @property
     def document_id(self) -> str | None:
         """The DocumentId the exchange recorded for this item."""
-        return h.text(self.message.headers, h.DOCUMENT_ID)
+        return header.text(self.message.headers, header.DOCUMENT_ID)
 
     async def ack(self) -> None:
         """Tell the exchange this item is handled; it will not come again."""
@@ -317,7 +317,7 @@ class AgencyClient:
                     user_id=self.broker_user,
                     # To the microsecond, for the exchange's latency figures
                     # (the AMQP timestamp has whole seconds).
-                    headers={h.PUBLISHED_AT: datetime.now(UTC).isoformat()},
+                    headers={header.PUBLISHED_AT: datetime.now(UTC).isoformat()},
                 )
             )
         return ids
@@ -420,7 +420,9 @@ class AgencyClient:
                 return
             try:
                 async for message in messages:
-                    message_id = message.message_id or h.text(message.headers, h.MESSAGE) or ""
+                    message_id = (
+                        message.message_id or header.text(message.headers, header.MESSAGE) or ""
+                    )
                     if message_id in seen:
                         # A redelivery of something already handled.
                         await _settle(message, ack=True)

@@ -209,11 +209,8 @@ GATEWAY_FIGURES_REFRESHED = Gauge(
     "When this gateway process last computed the mailbox and system figures (Unix time).",
 )
 
-# The stages, named once (labels of STAGE_SECONDS).
-STAGE_PARSE = "parse"
-STAGE_VALIDATE = "validate"
-STAGE_VERIFY = "verify"
-STAGE_READ = "read"
+# The stages the worker and the ledger time (labels of STAGE_SECONDS); the
+# checking stages are named by pipeline.check_message's timings.
 STAGE_PERSIST = "persist"
 STAGE_PUBLISH = "publish"
 

@@ -9,7 +9,7 @@ an operator replays it through the normal pipeline:
 * ``list`` and ``show`` read the record (``--queue`` peeks at the parked queue);
 * ``run`` publishes the stored bytes to ``lienthong.work`` again, as the
   exchange's own broker user, with the headers a worker believes only from
-  that user (:data:`~exchange.worker.h.REPLAY`, the original routing
+  that user (:data:`~exchange.worker.header.REPLAY`, the original routing
   key and broker user), so the worker decides the message again. It is a
   dry run unless ``--yes``; with ``--yes`` it records the replay, publishes
   with confirms, takes the parked copies off ``lienthong.parked`` once their
@@ -44,7 +44,7 @@ from typing import IO, Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
@@ -383,9 +383,9 @@ def parked_origin(
 
 def replay_headers(entry: Entry, replay_pk: int) -> dict[str, Any]:
     """The headers that make a worker decide ``entry`` again, as its original publisher sent it."""
-    headers: dict[str, Any] = {h.REPLAY: replay_pk, h.RECIPIENT: entry.recipient}
+    headers: dict[str, Any] = {header.REPLAY: replay_pk, header.RECIPIENT: entry.recipient}
     if entry.broker_user:
-        headers[h.ORIGINAL_USER] = entry.broker_user
+        headers[header.ORIGINAL_USER] = entry.broker_user
     return headers
 
 

@@ -59,7 +59,6 @@ CERTIFICATE_WARNING = timedelta(days=30)
 # How many overdue deliveries the report lists (it always gives the total).
 DEFAULT_OVERDUE_LIMIT = 100
 
-LEVELS = (1, 2, 3, 4)
 LEVEL_NAMES = {
     1: "ministries, provinces, central bodies",
     2: "departments, districts",

@@ -128,7 +128,7 @@ class Settings(ParserLimits):
     # while a group is written start the next one at once.
     group_commits: int = Field(3, ge=1)
     # Package bytes, in MiB, whose examination a worker remembers
-    # (pipeline.Inspector): the same package sent to many recipients is
+    # (pipeline.CheckCache): the same package sent to many recipients is
     # parsed, validated and verified once per worker process, not once per
     # recipient. What is held is the parsed package, 1 to 2 times its bytes
     # (measured: 2.0 for 10 KB packages, 1.1 for 100 KB). 0: off.
@@ -144,6 +144,9 @@ class Settings(ParserLimits):
     # --metrics-port``); several processes on one host need one port each.
     # 0: no endpoint.
     metrics_port: int = Field(9108, ge=0, le=65535)
+    # A directory holding every XSD of exchange/schemas/ (a schema under
+    # test); unset: the package's own.
+    schema_dir: Path | None = None
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
     # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer

@@ -50,14 +50,14 @@ from exchange.broker.connection import (
     is_broker_unreachable,
     settle,
 )
-from exchange.broker.origin import Origin
+from exchange.broker.origin import Origin, delivery_count
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
-from exchange.checks.schema import check_schema_files
+from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
-from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
+from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.pki import Revocations, TrustStore
 from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
@@ -92,12 +92,6 @@ DIRECTORY_FIGURES_INTERVAL_S = 60.0
 # seconds, and one that stays down is not asked many times a second.
 STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
-
-
-def _deliveries(message: AbstractIncomingMessage) -> int:
-    """How many times the broker handed this message out before (quorum queues count)."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) else 0
 
 
 def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
@@ -161,8 +155,8 @@ class Worker:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
         # SHA-1 and the signing certificates are allowed per agency, by the
-        # directory (process() hands its SigningRights to the checks).
-        self.inspector = Inspector(
+        # directory (decide_and_publish() hands its SigningRights to the checks).
+        self.check_cache = CheckCache(
             CheckContext(trust=trust, limits=settings, revocations=revocations),
             max_bytes=settings.check_memory_mb * 2**20,
         )
@@ -234,14 +228,14 @@ class Worker:
         return await has_consumer(channel, tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle(message))
+        task = asyncio.create_task(self.handle_delivery(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle_delivery(self, message: AbstractIncomingMessage) -> None:
         """Process one message to its end: acked once its effects are confirmed.
 
-        A permanent problem ends as a rejection (inside :meth:`process`); a
+        A permanent problem ends as a rejection (inside :meth:`decide_and_publish`); a
         transient one sends the message to a retry queue, or parks it after
         the last retry; only if even that fails does it go back to the work
         queue (and a broker that keeps failing will park it by its delivery
@@ -252,13 +246,13 @@ class Worker:
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
         try:
-            if message.redelivered or _deliveries(message):
+            if message.redelivered or delivery_count(message):
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
                 async with self._redelivered_lane:
-                    await self._handle(message, origin, redelivered=True)
+                    await self._settle_delivery(message, origin, redelivered=True)
             else:
-                await self._handle(message, origin, redelivered=False)
+                await self._settle_delivery(message, origin, redelivered=False)
         except Exception as error:
             if is_fatal(error):
                 await self._give_back_and_stop(message, error)
@@ -284,7 +278,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await settle(message, ack=False)
 
-    async def _handle(
+    async def _settle_delivery(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
         arrival = arrival_of(message, origin)
@@ -308,7 +302,7 @@ class Worker:
                 return
         self.faults.maybe_kill("after_receive")
         try:
-            record = await self.process(arrival)
+            record = await self.decide_and_publish(arrival)
         except Exception as error:  # anything not a Rejection is transient, or fatal
             if is_fatal(error):
                 raise
@@ -320,14 +314,14 @@ class Worker:
         self.processed += 1
         self._observe(record, origin)
 
-    async def process(self, arrival: Arrival) -> Message:
+    async def decide_and_publish(self, arrival: Arrival) -> Message:
         """Inspect, decide and record, publish, mark: one message; returns its record."""
         publisher = await self.directory.agency_of_user(arrival.broker_user)
         rights = await self.directory.signing_rights()
-        if self.inspector.context.rights is not rights:
-            self.inspector.use(rights=rights)
+        if self.check_cache.context.rights is not rights:
+            self.check_cache.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher)
-        inspected = await self._inspect(envelope)
+        inspected = await self._check(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")
         record = decided.record
@@ -358,15 +352,15 @@ class Worker:
         )
         return record
 
-    async def _inspect(self, envelope: Envelope) -> Inspected | Rejection:
+    async def _check(self, envelope: Envelope) -> CheckedMessage | Rejection:
         """The pure checks, off the event loop, unless the same bytes were examined moments ago."""
         timings: dict[str, float] = {}
-        inspected: Inspected | Rejection
+        inspected: CheckedMessage | Rejection
         try:
-            recalled = self.inspector.recall(envelope)
+            recalled = self.check_cache.recall(envelope)
             if recalled is None:
                 inspected = await asyncio.get_running_loop().run_in_executor(
-                    None, self.inspector.inspect, envelope, timings
+                    None, self.check_cache.check, envelope, timings
                 )
             else:
                 inspected = recalled
@@ -670,7 +664,7 @@ class TrustKeeper:
             log.error("could not reload the trust anchors or revocation lists: %s", error)
             return False
         for worker in self.workers:
-            worker.inspector.use(trust=store, revocations=revocations)
+            worker.check_cache.use(trust=store, revocations=revocations)
             if trust:
                 await worker.directory.reload()
         observe_revocations(revocations)
@@ -734,6 +728,7 @@ async def run_workers(
         )
     trust = TrustStore.load(settings.trust)
     revocations = load_revocations(settings)
+    use_schema_dir(settings.schema_dir)
     check_installation()
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -170,7 +169,7 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark; print the table or the JSON; progress goes to stderr."""
     from exchange.benchmark.harness import drop_run, run_bench, table
-    from exchange.commands import EXIT_OK, CommandError, run, settings_from_args
+    from exchange.commands import EXIT_OK, CommandError, print_json, run, settings_from_args
 
     # The bench makes its own vhost and database on these servers.
     settings = settings_from_args(args)
@@ -195,7 +194,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     async def bench() -> int:
         result = await run_bench(config, settings, progress)
-        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else table(result))
+        if args.json:
+            print_json(result)
+        else:
+            print(table(result))
         return EXIT_OK
 
     return run(bench())

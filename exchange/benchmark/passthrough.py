@@ -95,12 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exchange.benchmark.passthrough")
     parser.add_argument("--prefetch", type=int, default=32)
     args = parser.parse_args(argv)
-    from exchange import aio
+    from exchange import event_loop
     from exchange.settings import Settings
 
     # A process of its own: its settings are the environment the harness gave it.
     settings = Settings()
-    aio.run(passthrough(settings.amqp_url, args.prefetch))
+    event_loop.run(passthrough(settings.amqp_url, args.prefetch))
     return 0
 
 

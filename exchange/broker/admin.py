@@ -282,11 +282,6 @@ class BrokerAdmin:
             key=lambda stats: stats.name,
         )
 
-    async def list_exchanges(self, vhost: str) -> list[dict[str, Any]]:
-        """Every exchange of ``vhost`` as the API reports it (built-in ones included)."""
-        answer: list[dict[str, Any]] = await self.request("GET", f"/exchanges/{_quote(vhost)}")
-        return answer
-
     async def list_bindings(self, vhost: str) -> list[dict[str, Any]]:
         """Every binding of ``vhost`` (including each queue's default-exchange binding)."""
         answer: list[dict[str, Any]] = await self.request("GET", f"/bindings/{_quote(vhost)}")

@@ -22,9 +22,17 @@ from aio_pika.abc import AbstractIncomingMessage
 from exchange.broker import headers as header
 from exchange.broker.topology import WORK_QUEUE
 
+# Quorum queues count a message's earlier deliveries in this header.
+DELIVERY_COUNT = "x-delivery-count"
 # x-death, the broker's record of dead-lettering (RabbitMQ's own names).
 X_DEATH = "x-death"
 DELIVERY_LIMIT = "delivery_limit"
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the broker handed this message out before (quorum queues count)."""
+    count = (message.headers or {}).get(DELIVERY_COUNT, 0)
+    return count if isinstance(count, int) else 0
 
 
 def _parse_time(text: str) -> datetime | None:

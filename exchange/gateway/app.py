@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import (
     ConfirmingPublisher,
     broker_user_of,
@@ -312,7 +312,7 @@ class Gateway:
                         str(recipient),
                         prepared.body,
                         message_id=store.submission_message_id(doc_id, recipient),
-                        headers={h.AGENCY: str(sender)},
+                        headers={header.AGENCY: str(sender)},
                         user_id=self.own_user,
                     )
                     for recipient in prepared.recipients

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import settle
 from exchange.broker.topology import inbox_queue, status_queue
 from exchange.gateway.submit import EDOC, STATUS
@@ -169,8 +169,13 @@ class MailboxMover:
         message: AbstractIncomingMessage,
     ) -> None:
         headers = message.headers or {}
-        kind = h.text(headers, h.KIND) or ("document" if message_type == EDOC else "status")
-        sender, recipient = h.text(headers, h.SENDER), h.text(headers, h.RECIPIENT)
+        kind = header.text(headers, header.KIND) or (
+            "document" if message_type == EDOC else "status"
+        )
+        sender, recipient = (
+            header.text(headers, header.SENDER),
+            header.text(headers, header.RECIPIENT),
+        )
         if kind == "receipt":
             # A receipt is the exchange's word about a message this agency
             # sent to `recipient`: listed as coming from there, to this agency.
@@ -184,7 +189,7 @@ class MailboxMover:
             kind=kind,
             sender=sender,
             recipient=recipient,
-            document_id=h.text(headers, h.DOCUMENT_ID),
+            document_id=header.text(headers, header.DOCUMENT_ID),
             content_type=message.content_type,
             body=message.body,
         )

@@ -1257,15 +1257,6 @@ async def get_replay(conn: Connection, replay_pk: int) -> ReplayRecord | None:
     return None if row is None else ReplayRecord.from_row(row)
 
 
-async def list_replay_items(conn: Connection, replay_pk: int) -> list[ReplayItemRecord]:
-    """What one replay did with each message, in the order it recorded them."""
-    rows = await conn.fetch(
-        "SELECT * FROM replay_items WHERE replay_pk = $1 ORDER BY message_pk NULLS LAST, dedup_key",
-        replay_pk,
-    )
-    return [ReplayItemRecord.from_row(row) for row in rows]
-
-
 async def replays_of_message(
     conn: Connection, message: Message
 ) -> list[tuple[ReplayRecord, ReplayItemRecord]]:

@@ -20,7 +20,7 @@ import aio_pika
 import httpx
 import pytest
 
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.writer import write_package
 from exchange.gateway.auth import sign_request
@@ -210,7 +210,7 @@ async def test_two_gateways_and_a_redelivery_put_each_message_once_in_the_mailbo
                 message = aio_pika.Message(
                     f"<document {number}/>".encode(),
                     message_id=f"lienthong:{number}",
-                    headers={h.KIND: "document", h.SENDER: G22, h.RECIPIENT: H26},
+                    headers={header.KIND: "document", header.SENDER: G22, header.RECIPIENT: H26},
                 )
                 await deliver.publish(message, H26)
                 if number % 2 == 0:  # the same message again, as after a worker's crash

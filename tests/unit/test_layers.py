@@ -33,7 +33,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "exchange.metrics",
         "exchange.logs",
         "exchange.installation",
-        "exchange.aio",
+        "exchange.event_loop",
     ),
     # the formats and the adapters: edXML, certificates, RabbitMQ, PostgreSQL
     2: ("exchange.edxml", "exchange.pki", "exchange.broker", "exchange.store"),
@@ -52,16 +52,16 @@ FLOORS: dict[int, tuple[str, ...]] = {
     5: ("exchange.ledger", "exchange.gateway"),
     # the worker's shell
     6: ("exchange.worker",),
-    # the operator tools and the command line
+    # the operator tools and the demo
     7: (
         "exchange.replay",
         "exchange.report",
         "exchange.audit",
         "exchange.benchmark",
         "exchange.demo",
-        "exchange.cli",
-        "exchange.__main__",
     ),
+    # the command line, which offers them all; no tool imports it
+    8: ("exchange.cli", "exchange.__main__"),
 }
 
 
