@@ -875,17 +875,21 @@ def cmd_statuses(args: argparse.Namespace) -> int:
                 if args.json:
                     print_json(line, lines=True)
                 else:
-                    print(_status_line(line), flush=True)
+                    print(_status_line(line, args.lang), flush=True)
                 await item.ack()
         return EXIT_OK
 
     return run(drain())
 
 
-def _status_line(item: dict[str, Any]) -> str:
+def _status_line(item: dict[str, Any], language: str = "vi") -> str:
     if item["type"] == "receipt":
-        why = f" {item['reason_code']}: {item['reason']}" if item["reason_code"] else ""
-        return f"receipt {item['document_id']} -> {item['recipient']}: {item['outcome']}{why}"
+        reason = item["reason"] if language == "vi" else item["reason_en"]
+        why = f" {item['reason_code']}: {reason}" if item["reason_code"] else ""
+        warned = "".join(f"; warning: {warning}" for warning in item.get("warnings") or ())
+        return (
+            f"receipt {item['document_id']} -> {item['recipient']}: {item['outcome']}{why}{warned}"
+        )
     return (
         f"status  {item['document_id']} at {item['from']}: {item['status_code']} "
         f"{item['description'] or ''}"
@@ -1347,7 +1351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     statuses = commands.add_parser(
         "statuses",
-        parents=[agency_side, following, as_json],
+        parents=[agency_side, following, as_json, language],
         help="print receipts and statuses, and acknowledge them",
     )
     statuses.add_argument(
