@@ -14,7 +14,7 @@ made with :mod:`exchange.pki` in a temporary directory, it times:
 * ``validate``: :func:`~exchange.edxml.safexml.parse` then
   :func:`~exchange.checks.schema.check_schema`;
 * ``verify``: :func:`~exchange.checks.signature.verify` from the bytes;
-* ``whole``: :func:`exchange.pipeline.inspect`, everything the worker runs
+* ``whole``: :func:`exchange.pipeline.check_message`, everything the worker runs
   on a message before it asks the database (parse, schema, signature,
   reading the signed package, authorisation);
 * ``bare``: ``signxml.XMLVerifier().verify`` of the same bytes with the
@@ -37,7 +37,6 @@ import gc
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -54,13 +53,13 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from exchange.agency import AgencyCode
+from exchange.benchmark.workload import document_package
 from exchange.checks.schema import check_schema
 from exchange.checks.signature import sign, verify
-from exchange.edxml.model import Attachment, Code, DocumentType, Organization, SignerInfo
 from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse
-from exchange.edxml.writer import new_document, write_package
-from exchange.pipeline import CheckContext, Envelope, inspect
+from exchange.edxml.writer import write_package
+from exchange.pipeline import CheckContext, Envelope, check_message
 from exchange.pki import KeyType, TrustStore, create_ca, issue_agency_certificate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,24 +114,14 @@ def make_signer(key_type: KeyType, directory: Path) -> Signer:
 
 def small_document(attachment_bytes: int) -> bytes:
     """An unsigned document package with one attachment of ``attachment_bytes`` bytes."""
-    # Incompressible, as a zipped file is, and the same on every run.
-    content = random.Random(102).randbytes(attachment_bytes)
-    document = new_document(
-        sender=Organization(organ_id=SENDER, organ_name="Văn phòng Chính phủ"),
-        recipients=[Organization(organ_id=RECIPIENT, organ_name="UBND Tỉnh Nghệ An")],
-        code=Code(code_number="7816", code_notation="VPCP-TTĐT"),
-        subject="V/v kết nối, liên thông phần mềm quản lý văn bản",
+    package = document_package(
+        (str(SENDER), "Văn phòng Chính phủ"),
+        [(str(RECIPIENT), "UBND Tỉnh Nghệ An")],
+        attachment_bytes=attachment_bytes,
+        number=102,
         promulgation_date=date(2018, 9, 28),
-        place="Hà Nội",
-        document_type=DocumentType(type="1", type_detail="0", type_name="Công văn"),
-        signer=SignerInfo(competence="TM.", position="Chánh Văn phòng", full_name="Nguyễn Văn A"),
-        attachments=[
-            Attachment.from_bytes(
-                content, "quyet-dinh.zip", content_type="application/zip", content_id="cid:209"
-            )
-        ],
     )
-    return write_package(document)
+    return write_package(package)
 
 
 def small_case(signer: Signer) -> Case:
@@ -163,7 +152,7 @@ def operations(case: Case) -> dict[str, Callable[[], object]]:
         "read": lambda: read_package(data, limits),
         "validate": lambda: check_schema(parse(data, limits)),
         "verify": lambda: verify(data, trust, limits=limits),
-        "whole": lambda: inspect(Envelope(data, str(RECIPIENT), SENDER), context),
+        "whole": lambda: check_message(Envelope(data, str(RECIPIENT), SENDER), context),
         "bare": lambda: XMLVerifier().verify(data, x509_cert=cert_pem, expect_config=bare_config),
     }
 

@@ -30,7 +30,7 @@ for each, one call per round, interleaved as in ``bench/cost.py``:
   URI="" leaves unsigned): the like-for-like figure;
 * ``verify``: the product's :func:`exchange.checks.signature.verify`
   (trust store, edXML placement, algorithms, then signxml);
-* ``whole``: :func:`exchange.pipeline.inspect`, every check the worker runs
+* ``whole``: :func:`exchange.pipeline.check_message`, every check the worker runs
   before the database (``cost.operations``'s ``whole``).
 
 Before timing, every verifier must accept each package and refuse four

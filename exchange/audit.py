@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -305,30 +304,20 @@ async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]
     management API, whose statistics lag a few seconds.
     """
     import aio_pika
-    import aiormq
+
+    from exchange.broker.connection import queue_counts
 
     counts: list[QueueCount] = []
     notes: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url)
     try:
-        channel = await connection.channel()
         for name in AUDITED_QUEUES:
-            try:
-                declared = await channel.declare_queue(name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            found = await queue_counts(connection, name)
+            if found is None:
                 counts.append(QueueCount(name, exists=False))
-                # The broker closes a channel on a failed passive declare.
-                channel = await connection.channel()
-                continue
-            result = declared.declaration_result
-            counts.append(
-                QueueCount(
-                    name,
-                    exists=True,
-                    ready=int(result.message_count or 0),
-                    consumers=int(result.consumer_count or 0),
-                )
-            )
+            else:
+                ready, consumers = found
+                counts.append(QueueCount(name, exists=True, ready=ready, consumers=consumers))
     finally:
         await connection.close()
     if any(queue.consumers for queue in counts):
@@ -660,7 +649,7 @@ def add_commands(
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit or the chain verification and print the report."""
-    from exchange.commands import EXIT_OK, EXIT_REFUSED, run, settings_from_args
+    from exchange.commands import EXIT_OK, EXIT_REFUSED, print_json, run, settings_from_args
 
     settings = settings_from_args(args)
 
@@ -669,7 +658,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             await verify_chains(settings) if args.verify_chain else await audit(settings)
         )
         if args.json:
-            print(json.dumps(report.to_json(), ensure_ascii=False, indent=2, default=str))
+            print_json(report.to_json())
         else:
             for line in report.lines():
                 print(line)

@@ -705,6 +705,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
+    from exchange.report import refresh_metrics
     from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
@@ -722,7 +723,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         try:
-            processed = await run_workers(settings, count=args.count, metrics_port=port)
+            processed = await run_workers(
+                settings,
+                count=args.count,
+                metrics_port=port,
+                refresh_figures=refresh_metrics,
+            )
         except (MetricsEndpointError, StartupError, TrustedUserError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
@@ -920,17 +926,21 @@ def cmd_statuses(args: argparse.Namespace) -> int:
                 if args.json:
                     print_json(line, lines=True)
                 else:
-                    print(_status_line(line), flush=True)
+                    print(_status_line(line, args.lang), flush=True)
                 await item.ack()
         return EXIT_OK
 
     return run(drain())
 
 
-def _status_line(item: dict[str, Any]) -> str:
+def _status_line(item: dict[str, Any], language: str = "vi") -> str:
     if item["type"] == "receipt":
-        why = f" {item['reason_code']}: {item['reason']}" if item["reason_code"] else ""
-        return f"receipt {item['document_id']} -> {item['recipient']}: {item['outcome']}{why}"
+        reason = item["reason"] if language == "vi" else item["reason_en"]
+        why = f" {item['reason_code']}: {reason}" if item["reason_code"] else ""
+        warned = "".join(f"; warning: {warning}" for warning in item.get("warnings") or ())
+        return (
+            f"receipt {item['document_id']} -> {item['recipient']}: {item['outcome']}{why}{warned}"
+        )
     return (
         f"status  {item['document_id']} at {item['from']}: {item['status_code']} "
         f"{item['description'] or ''}"
@@ -1046,9 +1056,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def demo() -> int:
-        table = await run_demo(settings, Path(args.keys), workers=args.workers)
+        table = await run_demo(
+            settings, Path(args.keys), workers=args.workers, via_gateway=args.via_gateway
+        )
         print()
-        print("What every sender sees (from its own status queue):")
+        mailbox = ", or its mailbox on the gateway" if args.via_gateway else ""
+        print(f"What every sender sees (from its own status queue{mailbox}):")
         print(table)
         return EXIT_OK
 
@@ -1419,7 +1432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     statuses = commands.add_parser(
         "statuses",
-        parents=[agency_side, following, as_json],
+        parents=[agency_side, following, as_json, language],
         help="print receipts and statuses, and acknowledge them",
     )
     statuses.add_argument(
@@ -1454,6 +1467,11 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.DIRECTORY,
     )
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
+    demo.add_argument(
+        "--via-gateway",
+        action="store_true",
+        help="the district of Phú Thọ and its commune connect through the gateway (axis protocol)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     completion = commands.add_parser(
@@ -1464,7 +1482,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Operator tools that live in their own modules add their own commands.
     from exchange.audit import add_commands as add_audit_commands
-    from exchange.bench import add_commands as add_bench_commands
+    from exchange.benchmark.commands import add_commands as add_bench_commands
     from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands
@@ -1531,9 +1549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Whatever stops a command becomes one line on stderr, ``lienthong: ...``,
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
+    from exchange.checks.schema import use_schema_dir
+
     args = build_parser().parse_args(argv)
     _log_warnings(debug=args.debug)
     try:
+        use_schema_dir(settings_from_args(args).schema_dir)
         return int(args.handler(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

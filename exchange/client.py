@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from types import TracebackType
-from urllib.parse import unquote, urlsplit
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -40,10 +39,11 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
+    broker_user_of,
     connect,
     is_broker_away,
     is_connected,
@@ -124,13 +124,6 @@ async def _stop_consuming(messages: AbstractQueueIterator) -> None:
         log.info("consumer of %r stopped with its channel (%s)", messages, error)
 
 
-def _header(message: AbstractIncomingMessage, name: str) -> str | None:
-    value = (message.headers or {}).get(name)
-    if isinstance(value, bytes):
-        return value.decode()
-    return None if value is None else str(value)
-
-
 @dataclass
 class Item:
     """One message from an agency's queue; ``ack`` it once handled."""
@@ -141,7 +134,7 @@ class Item:
     @property
     def message_id(self) -> str:
         """Stable across redeliveries: the exchange's id of the message."""
-        return self.message.message_id or _header(self.message, h.MESSAGE) or ""
+        return self.message.message_id or header.text(self.message.headers, header.MESSAGE) or ""
 
     @property
     def body(self) -> bytes:
@@ -151,12 +144,12 @@ class Item:
     @property
     def sender(self) -> str | None:
         """The authenticated sender's agency code."""
-        return _header(self.message, h.SENDER)
+        return header.text(self.message.headers, header.SENDER)
 
     @property
     def document_id(self) -> str | None:
         """The DocumentId the exchange recorded for this item."""
-        return _header(self.message, h.DOCUMENT_ID)
+        return header.text(self.message.headers, header.DOCUMENT_ID)
 
     async def ack(self) -> None:
         """Tell the exchange this item is handled; it will not come again."""
@@ -220,6 +213,32 @@ class _SeenIds:
         return bool(message_id) and message_id in self._ids
 
 
+def status_report(
+    document: DocumentPackage,
+    reporter: Organization,
+    code: StatusCode,
+    description: str | None = None,
+    *,
+    staff: StaffInfo | None = None,
+    at: datetime | None = None,
+) -> StatusPackage:
+    """The unsigned status package ``reporter`` sends back about a received ``document``."""
+    response_for = ResponseFor(
+        organ_id=document.sender.organ_id,
+        code=f"{document.code.code_number}/{document.code.code_notation}",
+        promulgation_date=document.promulgation.promulgation_date,
+        document_id=document_id_of(document),
+    )
+    return new_status(
+        sender=reporter,
+        response_for=response_for,
+        status_code=code,
+        description=description,
+        staff=staff,
+        at=at,
+    )
+
+
 class AgencyClient:
     """One agency's connection to the exchange.
 
@@ -241,7 +260,7 @@ class AgencyClient:
         self.amqp_url = amqp_url
         self.credential = credential
         self.organization = organization or Organization(organ_id=self.agency)
-        self.broker_user = unquote(urlsplit(amqp_url).username or "guest")
+        self.broker_user = broker_user_of(amqp_url)
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmingPublisher | None = None
         # The channel the inbox and status consumers are on: the client's own,
@@ -298,7 +317,7 @@ class AgencyClient:
                     user_id=self.broker_user,
                     # To the microsecond, for the exchange's latency figures
                     # (the AMQP timestamp has whole seconds).
-                    headers={h.PUBLISHED_AT: datetime.now(UTC).isoformat()},
+                    headers={header.PUBLISHED_AT: datetime.now(UTC).isoformat()},
                 )
             )
         return ids
@@ -324,20 +343,7 @@ class AgencyClient:
         at: datetime | None = None,
     ) -> str:
         """Report a business status (01 to 06, 15, 16) of a received document to its sender."""
-        response_for = ResponseFor(
-            organ_id=document.sender.organ_id,
-            code=f"{document.code.code_number}/{document.code.code_notation}",
-            promulgation_date=document.promulgation.promulgation_date,
-            document_id=document_id_of(document),
-        )
-        package = new_status(
-            sender=self.organization,
-            response_for=response_for,
-            status_code=code,
-            description=description,
-            staff=staff,
-            at=at,
-        )
+        package = status_report(document, self.organization, code, description, staff=staff, at=at)
         (message_id,) = await self.submit(self.sign(package), [document.sender.organ_id])
         return message_id
 
@@ -414,7 +420,9 @@ class AgencyClient:
                 return
             try:
                 async for message in messages:
-                    message_id = message.message_id or _header(message, h.MESSAGE) or ""
+                    message_id = (
+                        message.message_id or header.text(message.headers, header.MESSAGE) or ""
+                    )
                     if message_id in seen:
                         # A redelivery of something already handled.
                         await _settle(message, ack=True)

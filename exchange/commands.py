@@ -1,7 +1,7 @@
 """What every ``lienthong`` command shares: exit statuses, errors, settings, JSON, times.
 
 :mod:`exchange.cli` and the operator tools (:mod:`exchange.replay`,
-:mod:`exchange.report`, :mod:`exchange.audit`, :mod:`exchange.bench`) all
+:mod:`exchange.report`, :mod:`exchange.audit`, :mod:`exchange.benchmark`) all
 build their commands from these pieces, so a failure reads the same whatever
 command met it: one line, ``lienthong: <what failed and what to do>``, exit
 status 2 (:func:`describe_error` turns any exception into that line).
@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from exchange import aio
+from exchange import event_loop
 from exchange.edxml.model import VIETNAM_TIME
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def run(coroutine: Coroutine[Any, Any, int]) -> int:
 
     ``main()`` turns whatever escapes into one line (:func:`describe_error`).
     """
-    return aio.run(coroutine)
+    return event_loop.run(coroutine)
 
 
 @dataclass(frozen=True)
@@ -239,12 +239,12 @@ def _network_cause(error: BaseException) -> str | None:
 
 
 def _rabbitmq(error: BaseException, url: str | None) -> str:
-    import aiormq.exceptions
+    from exchange.broker.connection import broker_user_of, is_refused_login
 
     where = f"{RABBITMQ} at {address_of(url)}" if url else RABBITMQ
     option = "--amqp-url or LIENTHONG_AMQP_URL"
-    if isinstance(error, aiormq.exceptions.ProbableAuthenticationError):
-        user = _user_of(url) if url else "(given)"
+    if is_refused_login(error):
+        user = broker_user_of(url) if url else "(given)"
         return (
             f"{where}: authentication failed for user {user} (ACCESS_REFUSED); "
             f"check the user and password in {option}"

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.pki import SigningRights
 from exchange.store import queries
 from exchange.store.db import Pool
@@ -85,7 +85,7 @@ class Directory:
         if not user:
             return None
         await self._fresh()
-        acting = h.acting_for(user)
+        acting = header.acting_for(user)
         if acting is not None and acting[0] in self._gateway_users:
             # A gateway's user acting for a registered agency publishes for it.
             try:

@@ -24,9 +24,8 @@ from __future__ import annotations
 from enum import Enum
 
 import asyncpg
-from aiormq.exceptions import AMQPError
 
-from exchange.broker.connection import PublishError
+from exchange.broker.connection import BrokerError, PublishError
 from exchange.installation import BrokenInstallation
 
 
@@ -76,8 +75,8 @@ class Failure(Enum):
 # little and some bugs are races, then parked for a person to look at.
 TRANSIENT_FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
     ((asyncpg.PostgresError, asyncpg.InterfaceError), Failure.DATABASE),
-    ((PublishError, AMQPError, TimeoutError), Failure.BROKER),
-    # The broker's socket errors arrive wrapped in AMQPError (above); a bare
+    ((PublishError, BrokerError, TimeoutError), Failure.BROKER),
+    # The broker's socket errors arrive wrapped in BrokerError (above); a bare
     # OSError is asyncpg failing to (re)connect to the database.
     ((OSError,), Failure.DATABASE),
 )

@@ -1,6 +1,6 @@
 """The ledger: what the exchange decides for each message, recorded for good.
 
-It takes what inspection returned (:class:`~exchange.pipeline.Inspected`
+It takes what inspection returned (:class:`~exchange.pipeline.CheckedMessage`
 or a :class:`~exchange.reasons.Rejection`), looks up the facts that live in
 the database, asks the pure decisions of :mod:`exchange.pipeline`, records
 the outcome in PostgreSQL, and returns the decided message with the
@@ -37,12 +37,12 @@ from typing import Any, TypeVar
 
 from exchange import metrics
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.topology import DELIVER_EXCHANGE, STATUS_EXCHANGE
 from exchange.directory import Directory
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
 from exchange.failures import Failure
-from exchange.pipeline import Envelope, Inspected, decide_document, decide_status
+from exchange.pipeline import CheckedMessage, Envelope, decide_document, decide_status
 from exchange.reasons import Reason, Rejection, with_problems
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
 from exchange.status import MessageKind, StatusCode, TransportOutcome
@@ -123,15 +123,15 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
     """
     effects = []
     headers: dict[str, Any] = {
-        h.MESSAGE: message.pk,
-        h.KIND: message.kind.value,
-        h.RECIPIENT: recipient,
-        h.SHA256: message.sha256,
+        header.MESSAGE: message.pk,
+        header.KIND: message.kind.value,
+        header.RECIPIENT: recipient,
+        header.SHA256: message.sha256,
     }
     if message.document_id:
-        headers[h.DOCUMENT_ID] = message.document_id
+        headers[header.DOCUMENT_ID] = message.document_id
     if message.sender is not None:
-        headers[h.SENDER] = str(message.sender)
+        headers[header.SENDER] = str(message.sender)
     if message.outcome is TransportOutcome.DELIVERED:
         exchange = DELIVER_EXCHANGE if message.kind is MessageKind.DOCUMENT else STATUS_EXCHANGE
         effects.append(
@@ -147,7 +147,7 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
                 str(message.sender),
                 receipt.to_bytes(),
                 f"lienthong:{message.pk}:receipt:{receipt.outcome.value}",
-                {**headers, h.KIND: "receipt"},
+                {**headers, header.KIND: "receipt"},
                 RECEIPT_CONTENT_TYPE,
             )
         )
@@ -208,7 +208,7 @@ class Ledger:
         )
 
     async def decide(
-        self, arrival: Arrival, envelope: Envelope, inspected: Inspected | Rejection
+        self, arrival: Arrival, envelope: Envelope, inspected: CheckedMessage | Rejection
     ) -> Decided:
         """Record the decision on one message (once committed) and what it owes.
 
@@ -221,7 +221,7 @@ class Ledger:
         # connection inside the transaction can exhaust the pool (and, while
         # the transaction holds a lock other writers wait for, stall them all).
         registered = (
-            isinstance(inspected, Inspected)
+            isinstance(inspected, CheckedMessage)
             and inspected.kind is MessageKind.DOCUMENT
             and await self.directory.is_registered(inspected.recipient)
         )
@@ -229,7 +229,7 @@ class Ledger:
         # (only a document that passed its checks has a registered recipient).
         new_document = None
         if registered:
-            assert isinstance(inspected, Inspected)
+            assert isinstance(inspected, CheckedMessage)
             new_document = NewDocumentMessage(
                 dedup_key=arrival.dedup_key,
                 amqp_message_id=arrival.amqp_message_id,
@@ -320,7 +320,7 @@ async def _record_and_decide(
     conn: Connection,
     arrival: Arrival,
     envelope: Envelope,
-    inspected: Inspected | Rejection,
+    inspected: CheckedMessage | Rejection,
     registered: bool,
 ) -> Message:
     """Record the message once, by its dedup key, then decide it unless decided before."""
@@ -346,7 +346,7 @@ async def _decide(
     conn: Connection,
     record: Message,
     envelope: Envelope,
-    inspected: Inspected | Rejection,
+    inspected: CheckedMessage | Rejection,
     recipient_registered: bool,
 ) -> Message:
     """Record the outcome of a message not decided before (in the caller's transaction)."""
@@ -379,7 +379,7 @@ async def _accept_document(
     conn: Connection,
     record: Message,
     envelope: Envelope,
-    inspected: Inspected,
+    inspected: CheckedMessage,
     registered: bool,
 ) -> Message:
     # Everything refusable before the first write: a document row written
@@ -443,7 +443,7 @@ async def deliver_document(
     return stored, record
 
 
-async def _accept_status(conn: Connection, record: Message, inspected: Inspected) -> Message:
+async def _accept_status(conn: Connection, record: Message, inspected: CheckedMessage) -> Message:
     package = inspected.package
     assert isinstance(package, StatusPackage) and inspected.ref is not None
     ref = inspected.ref
@@ -497,12 +497,12 @@ async def _record_new_documents(
     return [record if record is not None and record.decided else None for record in recorded]
 
 
-def _warnings(inspected: Inspected) -> str | None:
+def _warnings(inspected: CheckedMessage) -> str | None:
     """The package's warnings as a delivered message records them: one a line."""
     return "\n".join(inspected.package.warnings) or None
 
 
-def _new_document(inspected: Inspected, sha256: str) -> NewDocument:
+def _new_document(inspected: CheckedMessage, sha256: str) -> NewDocument:
     """The document row a document message that passed its checks brings."""
     package = inspected.package
     assert isinstance(package, DocumentPackage)
@@ -525,7 +525,7 @@ def _as_aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=VIETNAM_TIME)
 
 
-def _lock_order(inspected: Inspected | Rejection) -> str:
+def _lock_order(inspected: CheckedMessage | Rejection) -> str:
     """The key of the rows a message's writes lock: its document (see GroupCommit)."""
     if isinstance(inspected, Rejection):
         return ""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -48,8 +47,8 @@ FIELDS = (
 # quoting a whole input), cut so that no package ends up in the log.
 MAX_MESSAGE_CHARS = 2000
 
-# LIENTHONG_LOG_FORMAT: json, text, or auto (json unless the output is a terminal).
-FORMAT_ENV = "LIENTHONG_LOG_FORMAT"
+# Settings.log_format (LIENTHONG_LOG_FORMAT): json, text, or auto (json unless
+# the output is a terminal).
 FORMATS = ("auto", "json", "text")
 
 
@@ -110,12 +109,12 @@ class TextFormatter(logging.Formatter):
 
 
 def chosen_format(requested: str | None, stream: TextIO) -> str:
-    """``json`` or ``text``: as requested, else LIENTHONG_LOG_FORMAT, else by the stream.
+    """``json`` or ``text``: as requested (``Settings.log_format``), else by the stream.
 
     ``auto`` (the default) writes JSON unless the stream is a terminal: a
     service manager, a container runtime or a pipe gets JSON, a person gets text.
     """
-    choice = (requested or os.environ.get(FORMAT_ENV) or "auto").lower()
+    choice = (requested or "auto").lower()
     if choice not in FORMATS:
         raise ValueError(f"log format {choice!r} is not one of {', '.join(FORMATS)}")
     if choice == "auto":

@@ -1,9 +1,11 @@
 """Every Prometheus metric of the exchange, declared once, and the endpoint that serves them.
 
 Labels stay bounded: kinds, outcomes, reason codes, stages, retry tiers,
-certificate states, agency levels (1 to 4) and agency groups (the letter
-families of QCVN 102:2016) are small fixed sets; never an agency code or a
-document id (there are thousands of agencies and millions of documents).
+certificate states, agency levels (1 to 4), agency groups (the letter
+families of QCVN 102:2016), the gateway's operations (one outside the
+protocol counts as ``unknown``) and message types are small fixed sets;
+never an agency code, a system id or a document id (there are thousands of
+agencies and millions of documents).
 Per-queue figures (an inbox per agency) come from RabbitMQ's own Prometheus
 plugin, not from here.
 
@@ -11,7 +13,9 @@ Several worker processes on one host: each process serves its own endpoint
 on its own port (``--metrics-port``: 9108, 9109, ...) and Prometheus scrapes
 each as a target; totals are ``sum()`` over the targets. No shared
 multiprocess directory, so a dead process never leaves stale gauges behind
-and ``up`` tells which process is down (deploy/prometheus/README.md).
+and ``up`` tells which process is down (deploy/prometheus/README.md). A
+gateway process serves its own the same way (``lienthong gateway
+--metrics-port``, 9128), on loopback unless ``--metrics-host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -167,11 +171,46 @@ TRUST_RELOADS = Counter(
     ["outcome"],
 )
 
-# The stages, named once (labels of STAGE_SECONDS).
-STAGE_PARSE = "parse"
-STAGE_VALIDATE = "validate"
-STAGE_VERIFY = "verify"
-STAGE_READ = "read"
+# -- the gateway (exchange/gateway), one endpoint per gateway process ---------------
+
+# A gateway request runs from milliseconds (a list) to seconds (checking and
+# signing a large package); past 120 s it is answered 901 (REQUEST_TIMEOUT_S).
+GATEWAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+GATEWAY_REQUESTS = Counter(
+    "lienthong_gateway_requests_total",
+    "Requests the gateway answered, by operation (an unknown one counts as unknown) and "
+    "outcome (the ErrorCode of the reply, 0 for OK).",
+    ["operation", "outcome"],
+)
+GATEWAY_REQUEST_SECONDS = Histogram(
+    "lienthong_gateway_request_seconds",
+    "Time from a request's arrival to its reply, by operation.",
+    ["operation"],
+    buckets=GATEWAY_BUCKETS,
+)
+GATEWAY_MAILBOX_ITEMS = Gauge(
+    "lienthong_gateway_mailbox_items",
+    "Mailbox items no system has confirmed (done) yet, by the agency's level (1 to 4) and "
+    "message type (edoc, status); the same figure on every gateway process.",
+    ["level", "message_type"],
+)
+GATEWAY_OLDEST_UNCONFIRMED_AGE = Gauge(
+    "lienthong_gateway_oldest_unconfirmed_age_seconds",
+    "How long the oldest mailbox item not confirmed has waited (0 when none waits).",
+)
+GATEWAY_LONGEST_SILENCE = Gauge(
+    "lienthong_gateway_longest_silence_seconds",
+    "How long the enabled system heard from least recently has not called the gateway "
+    "(since its registration if it never did; 0 without enabled systems).",
+)
+GATEWAY_FIGURES_REFRESHED = Gauge(
+    "lienthong_gateway_figures_timestamp_seconds",
+    "When this gateway process last computed the mailbox and system figures (Unix time).",
+)
+
+# The stages the worker and the ledger time (labels of STAGE_SECONDS); the
+# checking stages are named by pipeline.check_message's timings.
 STAGE_PERSIST = "persist"
 STAGE_PUBLISH = "publish"
 
@@ -188,20 +227,30 @@ def version() -> str:
     return __version__
 
 
-def serve(port: int, address: str = "127.0.0.1") -> Callable[[], None]:
+WORKER_PORT_HINT = (
+    "give each worker process a port of its own with --metrics-port (or LIENTHONG_METRICS_PORT)"
+)
+
+
+def serve(
+    port: int,
+    address: str = "127.0.0.1",
+    *,
+    hint: str = WORKER_PORT_HINT,
+) -> Callable[[], None]:
     """Serve every metric on ``http://address:port/metrics``; returns the function that stops it.
 
-    Loopback by default (``LIENTHONG_METRICS_HOST``): the metrics hold counts
-    and codes, never a document or a credential, but name agencies and
-    reveal traffic; another address is an operator's choice.
+    Loopback by default (``LIENTHONG_METRICS_HOST``, ``LIENTHONG_GATEWAY_METRICS_HOST``):
+    the metrics hold counts and codes, never a document or a credential, but
+    name agencies and reveal traffic; another address is an operator's choice.
+    ``hint`` ends the error when the port is taken: what to do about it.
     """
     BUILD.info({"version": version(), "python": sys.version.split()[0]})
     try:
         server, thread = start_http_server(port, address)
     except OSError as error:
         raise MetricsEndpointError(
-            f"cannot serve metrics on {address}:{port} ({error.strerror}); give each worker "
-            "process a port of its own with --metrics-port (or LIENTHONG_METRICS_PORT)"
+            f"cannot serve metrics on {address}:{port} ({error.strerror}); {hint}"
         ) from None
 
     def stop() -> None:

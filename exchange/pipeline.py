@@ -1,6 +1,6 @@
 """The decision on one message, as pure functions: bytes and facts in, a verdict out.
 
-:func:`inspect` runs every check that needs nothing but the message and the
+:func:`check_message` runs every check that needs nothing but the message and the
 configuration: safe parse, schema, signature, reading the package from what
 the signature covers, identity and addressing. The worker then looks up the
 facts that live in the database (is the recipient registered, was the document
@@ -47,7 +47,7 @@ from exchange.status import (
 )
 
 # How long an examination of a package's bytes is reused for other copies of
-# the same package (Inspector): a burst to every recipient arrives within
+# the same package (CheckCache): a burst to every recipient arrives within
 # seconds, and a verdict reused is never older than this.
 REMEMBER_S = 60.0
 
@@ -89,7 +89,7 @@ class Envelope:
 
 
 @dataclass(frozen=True)
-class Inspected:
+class CheckedMessage:
     """A message that passed every check that needs no database.
 
     ``package`` is read from the signed content only, never from bytes the
@@ -111,13 +111,13 @@ class Inspected:
 
 
 @dataclass(frozen=True)
-class Examined:
+class CheckedBytes:
     """What a package's bytes prove by themselves, whoever published them to whomever.
 
     The outcome of the checks that read nothing but the bytes and the
     configuration: parse, schema, signature, the package read from what the
     signature covers, its attachments. A directive to every province is the
-    same bytes published once per recipient; :class:`Inspector` examines
+    same bytes published once per recipient; :class:`CheckCache` examines
     them once.
     """
 
@@ -136,9 +136,9 @@ class Examined:
     uses_sha1: bool = False
 
 
-def examine(
+def check_bytes(
     body: bytes, context: CheckContext, timings: dict[str, float] | None = None
-) -> Examined:
+) -> CheckedBytes:
     """The checks of the bytes alone, in order; raises :class:`Rejection` on the first failure.
 
     When ``timings`` is given, the seconds spent in each stage are added to
@@ -174,7 +174,7 @@ def examine(
                     attachment.check()
             except Rejection as rejection:
                 bad_attachment = rejection
-    examined = Examined(
+    examined = CheckedBytes(
         package,
         verified.agency,
         verified.certificate.not_valid_after_utc,
@@ -187,7 +187,7 @@ def examine(
     return examined
 
 
-def check_standing(examined: Examined, context: CheckContext) -> None:
+def check_standing(examined: CheckedBytes, context: CheckContext) -> None:
     """What may change while an examination is remembered: revocation, registration, SHA-1.
 
     Cheap (dictionary look-ups), so run on every message, also when the
@@ -211,19 +211,19 @@ def check_standing(examined: Examined, context: CheckContext) -> None:
         )
 
 
-def inspect(
+def check_message(
     envelope: Envelope,
     context: CheckContext,
     timings: dict[str, float] | None = None,
     *,
-    examined: Examined | None = None,
-) -> Inspected:
+    checked_bytes: CheckedBytes | None = None,
+) -> CheckedMessage:
     """Every database-free check, in order; raises :class:`Rejection` on the first failure.
 
-    The routing key first, then :func:`examine` of the bytes (unless
-    ``examined`` says what they prove already: then :func:`check_standing`
+    The routing key first, then :func:`check_bytes` of the bytes (unless
+    ``checked_bytes`` says what the bytes prove already: then :func:`check_standing`
     alone, with the context of now), then who published the package to
-    whom. ``timings`` as for :func:`examine`.
+    whom. ``timings`` as for :func:`check_bytes`.
     """
     recipient = recipient_of(envelope.routing_key)
     if envelope.publisher_disabled:
@@ -232,23 +232,25 @@ def inspect(
             f"the message was published for {envelope.publisher}, which is disabled",
             "user_id",
         )
-    if examined is None:
-        examined = examine(envelope.body, context, timings)
+    if checked_bytes is None:
+        checked_bytes = check_bytes(envelope.body, context, timings)
     else:
-        check_standing(examined, context)
-    package = examined.package
-    sender = authorise_sender(package, signer=examined.signer, publisher=envelope.publisher)
+        check_standing(checked_bytes, context)
+    package = checked_bytes.package
+    sender = authorise_sender(package, signer=checked_bytes.signer, publisher=envelope.publisher)
     authorise_route(package, recipient)
     if isinstance(package, DocumentPackage):
-        if examined.bad_attachment is not None:
-            raise examined.bad_attachment
-        return Inspected(MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package))
+        if checked_bytes.bad_attachment is not None:
+            raise checked_bytes.bad_attachment
+        return CheckedMessage(
+            MessageKind.DOCUMENT, package, sender, recipient, document_id_of(package)
+        )
     ref = document_ref(package)
-    return Inspected(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
+    return CheckedMessage(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
 
 
-class Inspector:
-    """:func:`inspect` that remembers, for a while, what the bytes of recent packages proved.
+class CheckCache:
+    """:func:`check_message` that remembers, for a while, what the bytes of recent packages proved.
 
     The same package sent to sixty recipients is one message per recipient
     with the same bytes; parsing, validating and verifying it sixty times
@@ -271,10 +273,10 @@ class Inspector:
     ) -> None:
         self.context = context
         self._max_bytes = max_bytes
-        self._remember = timedelta(seconds=remember_s)
+        self._remember_for = timedelta(seconds=remember_s)
         self._lock = threading.Lock()
         # sha256 -> (examination, forgotten at, body size), least recently used first
-        self._memory: OrderedDict[str, tuple[Examined, datetime, int]] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[CheckedBytes, datetime, int]] = OrderedDict()
         self._bytes = 0
 
     def use(
@@ -309,8 +311,8 @@ class Inspector:
         """Package bytes whose examination is remembered now."""
         return self._bytes
 
-    def recall(self, envelope: Envelope) -> Inspected | None:
-        """The inspection of a package examined before, or ``None`` if it must be examined.
+    def recall(self, envelope: Envelope) -> CheckedMessage | None:
+        """The inspection of a package checked before, or ``None`` if it must be checked.
 
         Raises :class:`Rejection` when the envelope's own checks fail.
         """
@@ -321,31 +323,31 @@ class Inspector:
             remembered = self._memory.get(envelope.sha256)
             if remembered is None:
                 return None
-            examined, forgotten_at, size = remembered
+            checked, forgotten_at, size = remembered
             if now >= forgotten_at:
                 del self._memory[envelope.sha256]
                 self._bytes -= size
                 return None
             self._memory.move_to_end(envelope.sha256)
-        return inspect(envelope, self.context, examined=examined)
+        return check_message(envelope, self.context, checked_bytes=checked)
 
-    def inspect(self, envelope: Envelope, timings: dict[str, float] | None = None) -> Inspected:
-        """Every database-free check (:func:`inspect`); remembers what the bytes proved."""
+    def check(self, envelope: Envelope, timings: dict[str, float] | None = None) -> CheckedMessage:
+        """Every database-free check (:func:`check_message`); remembers what the bytes proved."""
         recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
-        examined = examine(envelope.body, self.context, timings)
-        self._remember_examined(envelope, examined)
-        return inspect(envelope, self.context, examined=examined)
+        checked = check_bytes(envelope.body, self.context, timings)
+        self._remember(envelope, checked)
+        return check_message(envelope, self.context, checked_bytes=checked)
 
-    def _remember_examined(self, envelope: Envelope, examined: Examined) -> None:
+    def _remember(self, envelope: Envelope, checked: CheckedBytes) -> None:
         size = len(envelope.body)
         if size > self._max_bytes:
             return
-        forgotten_at = min(self._now() + self._remember, examined.signer_not_after)
+        forgotten_at = min(self._now() + self._remember_for, checked.signer_not_after)
         with self._lock:
             previous = self._memory.pop(envelope.sha256, None)
             if previous is not None:
                 self._bytes -= previous[2]
-            self._memory[envelope.sha256] = (examined, forgotten_at, size)
+            self._memory[envelope.sha256] = (checked, forgotten_at, size)
             self._bytes += size
             while self._bytes > self._max_bytes:
                 _, (_, _, dropped) = self._memory.popitem(last=False)
@@ -377,7 +379,11 @@ class _Stopwatch:
 
 
 def decide_document(
-    inspected: Inspected, *, recipient_registered: bool, existing_sha256: str | None, sha256: str
+    inspected: CheckedMessage,
+    *,
+    recipient_registered: bool,
+    existing_sha256: str | None,
+    sha256: str,
 ) -> None:
     """Refuse a document the directory or the record forbids.
 
@@ -401,7 +407,7 @@ def decide_document(
 
 
 def decide_status(
-    inspected: Inspected, history: list[tuple[datetime, StatusCode]] | None
+    inspected: CheckedMessage, history: list[tuple[datetime, StatusCode]] | None
 ) -> DeliveryState:
     """The delivery's state with this status added, or a :class:`Rejection`.
 

@@ -10,14 +10,13 @@ read receipts.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from exchange.installation import data_dir
-from exchange.reasons import Rejection
 from exchange.status import MessageKind, TransportOutcome
 
 RECEIPT_CONTENT_TYPE = "application/vnd.lienthong.receipt+json"
@@ -62,35 +61,6 @@ class Receipt(BaseModel):
     )
     sha256: str = Field(description="SHA-256 of the package bytes, hex.")
     at: datetime = Field(description="When the exchange decided, UTC.")
-
-    @classmethod
-    def rejected(
-        cls,
-        rejection: Rejection,
-        *,
-        message_id: str,
-        recipient: str,
-        sha256: str,
-        kind: MessageKind = MessageKind.UNKNOWN,
-        sender: str | None = None,
-        document_id: str | None = None,
-        at: datetime | None = None,
-    ) -> Receipt:
-        """The receipt telling a sender why its message was refused."""
-        return cls(
-            message_id=message_id,
-            document_id=document_id,
-            kind=kind,
-            sender=sender,
-            recipient=recipient,
-            outcome=TransportOutcome.REJECTED,
-            reason_code=rejection.code,
-            reason=rejection.explain("vi"),
-            reason_en=rejection.explain("en"),
-            problems=[str(p) for p in rejection.problems],
-            sha256=sha256,
-            at=at or datetime.now(UTC),
-        )
 
     def to_bytes(self) -> bytes:
         """The JSON body published on the status queue."""

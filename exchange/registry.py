@@ -31,12 +31,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import AGENCY_USER_TAG, BrokerAdmin
-from exchange.broker.connection import connect, declare
+from exchange.broker.connection import connect, declare, queue_counts
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
     agency_permissions,
@@ -220,15 +219,7 @@ async def _all_or_nothing(settings: Settings) -> AsyncIterator[tuple[Connection,
 
 
 async def _queue_exists(connection: AbstractRobustConnection, name: str) -> bool:
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return False
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return True
+    return await queue_counts(connection, name) is not None
 
 
 async def _declare_queues(
@@ -254,6 +245,32 @@ async def _declare_queues(
         await declare(channel, topology)
     finally:
         await connection.close()
+
+
+@dataclass(frozen=True)
+class GatewayUser:
+    """A gateway's broker user as provisioned: its name, its new password, its login."""
+
+    name: str
+    password: str
+    amqp_url: str
+
+
+async def provision_gateway_user(
+    settings: Settings, name: str, *, password: str | None = None
+) -> GatewayUser:
+    """Create (or reset) the broker user gateways publish and consume as.
+
+    The permissions are :func:`exchange.broker.topology.gateway_permissions`
+    in the vhost of ``settings.amqp_url``; a password is generated when none
+    is given. Running it again gives the user a new password. The workers
+    believe this user's agency header once it is in their
+    ``LIENTHONG_GATEWAY_USERS``.
+    """
+    admin = BrokerAdmin(settings.rabbitmq_api_url)
+    secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+    await admin.provision_gateway_user(name, secret, vhost=vhost_of(settings.amqp_url))
+    return GatewayUser(name, secret, url_for_user(settings.amqp_url, name, secret))
 
 
 async def register_agency(

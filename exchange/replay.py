@@ -9,7 +9,7 @@ an operator replays it through the normal pipeline:
 * ``list`` and ``show`` read the record (``--queue`` peeks at the parked queue);
 * ``run`` publishes the stored bytes to ``lienthong.work`` again, as the
   exchange's own broker user, with the headers a worker believes only from
-  that user (:data:`~exchange.worker.h.REPLAY`, the original routing
+  that user (:data:`~exchange.worker.header.REPLAY`, the original routing
   key and broker user), so the worker decides the message again. It is a
   dry run unless ``--yes``; with ``--yes`` it records the replay, publishes
   with confirms, takes the parked copies off ``lienthong.parked`` once their
@@ -44,7 +44,7 @@ from typing import IO, Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
@@ -52,6 +52,7 @@ from exchange.broker.connection import (
     broker_user_of,
     connect,
 )
+from exchange.broker.origin import dead_letter
 from exchange.broker.topology import DEFAULT_EXCHANGE, PARKED_QUEUE, WORK_QUEUE
 from exchange.commands import (
     EXIT_OK,
@@ -74,12 +75,6 @@ from exchange.store.db import Connection
 from exchange.store.db import connect as connect_database
 from exchange.store.records import Message, ReplayItemRecord, ReplayRecord
 
-# One replay at a time: two operators replaying overlapping sets would
-# publish the same message twice, and both would wait on the same decisions.
-# The first eight bytes of SHA-256("lienthong.replay"), as a signed 64-bit integer.
-REPLAY_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"lienthong.replay").digest()[:8], "big", signed=True
-)
 # How long `run --yes` waits for the new decisions. A message takes
 # milliseconds; one that hits a transient failure again goes through the retry
 # tiers (1 s, 10 s, 1 min, 10 min) and is reported as still pending.
@@ -97,10 +92,6 @@ DEFAULT_LIST_LIMIT = 1000
 # only for sets large enough for progress to matter.
 PLAIN_PROGRESS_MIN = 20
 BAR_WIDTH = 30
-
-# x-death, the broker's record of dead-lettering (RabbitMQ's own names).
-X_DEATH = "x-death"
-DELIVERY_LIMIT = "delivery_limit"
 
 
 class ReplayError(ValueError):
@@ -358,15 +349,9 @@ def entry_of(message: Message, source: Source = Source.DATABASE) -> Entry:
     )
 
 
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
 @dataclass(frozen=True)
 class ParkedOrigin:
-    """Where a message in ``lienthong.parked`` came from, read from its properties and headers."""
+    """Where a message in ``lienthong.parked`` came from, and the reason it is parked."""
 
     routing_key: str | None
     broker_user: str | None
@@ -385,45 +370,22 @@ def parked_origin(
 ) -> ParkedOrigin:
     """The original routing key and broker user of a parked message, and why it is parked.
 
-    A worker parks with ``x-recipient`` and ``x-lienthong-user`` headers,
-    believed (as the worker believes them) only when the message's
-    ``user_id`` is one of the exchange's own users. The broker dead-letters
-    a poison message from the work queue as it was published: ``user_id``
-    is the agency's, validated by RabbitMQ, and the routing key is the
-    recipient, also in its ``x-death`` record. A routing key of the work
-    queue itself means the recipient is lost: ``routing_key`` is then None.
+    Decoded by :func:`exchange.broker.origin.dead_letter`; the reason is the
+    parked code of the worker's failure, else poison when the broker
+    dead-lettered it after too many deliveries, else an internal error.
     """
-    headers = headers or {}
-    deaths = headers.get(X_DEATH)
-    death: Mapping[str, Any] = {}
-    if isinstance(deaths, list) and deaths:
-        from_work = [
-            d for d in deaths if isinstance(d, Mapping) and _text(d.get("queue")) == WORK_QUEUE
-        ]
-        death = from_work[0] if from_work else deaths[0] if isinstance(deaths[0], Mapping) else {}
-    keys = death.get("routing-keys")
-    death_key = _text(keys[0]) if isinstance(keys, list) and keys else None
-    trusted = user_id is not None and user_id in trusted_users
-    candidates = [death_key, routing_key]
-    user = user_id
-    reason = None
-    if trusted:
-        candidates.insert(0, _text(headers.get(h.RECIPIENT)))
-        user = _text(headers.get(h.ORIGINAL_USER)) or user_id
-        failure = Failure.from_code(_text(headers.get(h.FAILURE)) or "")
-        reason = None if failure is None else failure.parked_code
-    recipient = next((key for key in candidates if key and key != WORK_QUEUE), None)
-    if reason is None:
-        dead_lettered = death and _text(death.get("reason")) == DELIVERY_LIMIT
-        reason = (Failure.POISON if dead_lettered else Failure.INTERNAL).parked_code
-    return ParkedOrigin(recipient, user, reason)
+    letter = dead_letter(routing_key, user_id, headers, trusted_users)
+    failure = Failure.from_code(letter.failure or "")
+    if failure is None:
+        failure = Failure.POISON if letter.delivery_limit else Failure.INTERNAL
+    return ParkedOrigin(letter.routing_key, letter.broker_user, failure.parked_code)
 
 
 def replay_headers(entry: Entry, replay_pk: int) -> dict[str, Any]:
     """The headers that make a worker decide ``entry`` again, as its original publisher sent it."""
-    headers: dict[str, Any] = {h.REPLAY: replay_pk, h.RECIPIENT: entry.recipient}
+    headers: dict[str, Any] = {header.REPLAY: replay_pk, header.RECIPIENT: entry.recipient}
     if entry.broker_user:
-        headers[h.ORIGINAL_USER] = entry.broker_user
+        headers[header.ORIGINAL_USER] = entry.broker_user
     return headers
 
 
@@ -920,7 +882,7 @@ async def run_replay(
     trusted = trusted_users(settings)
     broker_user = broker_user_of(settings.amqp_url)
     async with _database(settings) as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK_KEY):
+        if not await queries.try_replay_lock(conn):
             raise ReplayError(
                 "another replay is running; wait for it to finish (see `lienthong replay history`)"
             )
@@ -982,7 +944,7 @@ async def run_replay(
         await queries.finish_replay(
             conn, replay_pk, complete=summary.complete, result=summary.as_dict()
         )
-        await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK_KEY)
+        await queries.release_replay_lock(conn)
     return ReplayRun(replay_pk, entries, decisions, summary)
 
 

@@ -10,7 +10,10 @@ otherwise):
   from RabbitMQ's management API);
 * the statuses not reported in time: deliveries of documents past their
   DueDate whose recipient has not reported 06 (done) nor returned them (02);
-* the state of the agencies' signing certificates.
+* the state of the agencies' signing certificates;
+* the gateway (``lienthong gateway``): how many agencies connect through it
+  (per level and group, beside registered and connected), its systems, and
+  what waits in its mailbox.
 
 The same counts are exported as metrics by every worker
 (:func:`refresh_metrics`, called by the worker's watchdog every minute), so
@@ -41,6 +44,7 @@ from exchange.commands import (
 )
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.status import StatusCode
+from exchange.store import queries
 
 if TYPE_CHECKING:
     from exchange.broker.admin import BrokerAdmin
@@ -55,7 +59,6 @@ CERTIFICATE_WARNING = timedelta(days=30)
 # How many overdue deliveries the report lists (it always gives the total).
 DEFAULT_OVERDUE_LIMIT = 100
 
-LEVELS = (1, 2, 3, 4)
 LEVEL_NAMES = {
     1: "ministries, provinces, central bodies",
     2: "departments, districts",
@@ -96,6 +99,8 @@ class AgencyActivity:
     code: AgencyCode
     sent: bool
     received: bool
+    # Some enabled gateway system acts for it (it connects over the axis protocol).
+    via_gateway: bool = False
 
     @property
     def connected(self) -> bool:
@@ -109,9 +114,15 @@ class Tally:
 
     registered: int = 0
     connected: int = 0
+    # Of the registered, those an enabled gateway system acts for.
+    via_gateway: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(self.registered + other.registered, self.connected + other.connected)
+        return Tally(
+            self.registered + other.registered,
+            self.connected + other.connected,
+            self.via_gateway + other.via_gateway,
+        )
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,9 @@ def tally(activities: Iterable[AgencyActivity]) -> Connectivity:
     cells: dict[tuple[int, AgencyGroup], Tally] = {}
     for activity in activities:
         key = (activity.code.level, activity.code.group)
-        cells[key] = cells.get(key, Tally()) + Tally(1, int(activity.connected))
+        cells[key] = cells.get(key, Tally()) + Tally(
+            1, int(activity.connected), int(activity.via_gateway)
+        )
     by_level: dict[int, Tally] = {}
     by_group: dict[AgencyGroup, Tally] = {}
     for (level, group), cell in cells.items():
@@ -221,58 +234,44 @@ class Report:
     # Why the inbox backlog is missing (the management API did not answer).
     inboxes_unavailable: str | None = None
     activities: list[AgencyActivity] = field(default_factory=list)
+    gateway: GatewaySummary | None = None
 
 
-_DIRECTORY = """
-SELECT a.code,
-       (SELECT c.certificate_pem FROM agency_certificates c WHERE c.agency = a.code
-        ORDER BY c.registered_at DESC LIMIT 1) AS certificate_pem,
-       EXISTS (SELECT 1 FROM documents d
-               WHERE d.sender = a.code AND d.created_at >= $1 AND d.created_at < $2) AS sent,
-       EXISTS (SELECT 1 FROM deliveries v
-               WHERE v.recipient = a.code
-                 AND v.delivered_at >= $1 AND v.delivered_at < $2) AS received
-FROM agencies a
-"""
+@dataclass(frozen=True)
+class GatewaySummary:
+    """The gateway's systems and mailbox, as the report shows them."""
 
-_OVERDUE_WHERE = """
-FROM deliveries v JOIN documents d ON d.id = v.document_pk
-WHERE d.due_date < $1
-  AND v.delivered_at IS NOT NULL
-  AND NOT v.withdrawn
-  AND NOT (coalesce(v.state, '') = ANY($2::text[]))
-"""
+    systems_enabled: int
+    systems_disabled: int
+    # Enabled systems with no request for a day (LienthongGatewaySystemSilent).
+    systems_silent: int
+    # Mailbox items not confirmed, and when the oldest of them arrived.
+    unconfirmed: int
+    oldest_unconfirmed: datetime | None
 
 
 async def directory_figures(
     conn: Connection, since: datetime, until: datetime
 ) -> tuple[list[AgencyActivity], list[str | None]]:
     """Each agency's activity in ``[since, until)``, and every agency's certificate (PEM)."""
-    rows = await conn.fetch(_DIRECTORY, since, until)
+    rows = await queries.agency_activity(conn, since, until)
     activities = [
-        AgencyActivity(AgencyCode.parse(row["code"]), row["sent"], row["received"]) for row in rows
+        AgencyActivity(
+            AgencyCode.parse(row["code"]), row["sent"], row["received"], row["via_gateway"]
+        )
+        for row in rows
     ]
     return activities, [row["certificate_pem"] for row in rows]
 
 
 async def count_overdue(conn: Connection, today: date) -> int:
     """Deliveries of documents due before ``today`` whose recipient has not answered."""
-    count: int = await conn.fetchval(
-        "SELECT count(*) " + _OVERDUE_WHERE, today, list(ANSWERED_STATES)
-    )
-    return count
+    return await queries.count_overdue_deliveries(conn, today, ANSWERED_STATES)
 
 
 async def list_overdue(conn: Connection, today: date, limit: int) -> list[OverdueDelivery]:
     """The first ``limit`` overdue deliveries, longest overdue first."""
-    rows = await conn.fetch(
-        "SELECT d.document_id, d.sender, v.recipient, d.due_date, v.state "
-        + _OVERDUE_WHERE
-        + " ORDER BY d.due_date, d.document_id, v.recipient LIMIT $3",
-        today,
-        list(ANSWERED_STATES),
-        limit,
-    )
+    rows = await queries.list_overdue_deliveries(conn, today, ANSWERED_STATES, limit)
     return [
         OverdueDelivery(
             row["document_id"], row["sender"], row["recipient"], row["due_date"], row["state"]
@@ -290,6 +289,27 @@ async def inbox_backlog(admin: BrokerAdmin, vhost: str) -> list[InboxBacklog]:
         if q.name.startswith(INBOX_QUEUE_PREFIX)
     ]
     return sorted(inboxes, key=lambda inbox: (-inbox.messages, inbox.queue))
+
+
+# An enabled system silent this long is counted as silent (the alert's threshold).
+SILENT_AFTER = timedelta(days=1)
+
+
+async def gateway_summary(conn: Connection, now: datetime) -> GatewaySummary:
+    """The gateway's systems (enabled, disabled, silent for a day) and unconfirmed mail."""
+    from exchange.store import gateway as store
+
+    systems = await store.list_systems(conn)
+    enabled = [s for s in systems if s.enabled]
+    silent = [s for s in enabled if (s.last_seen_at or s.created_at) < now - SILENT_AFTER]
+    depths = await store.mailbox_depths(conn)
+    return GatewaySummary(
+        systems_enabled=len(enabled),
+        systems_disabled=len(systems) - len(enabled),
+        systems_silent=len(silent),
+        unconfirmed=sum(depths.values()),
+        oldest_unconfirmed=await store.oldest_unconfirmed(conn),
+    )
 
 
 def today_in_vietnam(now: datetime) -> date:
@@ -317,6 +337,7 @@ async def build_report(
         activities, pems = await directory_figures(conn, since, until)
         overdue_total = await count_overdue(conn, today)
         overdue = await list_overdue(conn, today, overdue_limit)
+        gateway = await gateway_summary(conn, until)
     finally:
         await conn.close()
     inboxes: list[InboxBacklog] | None = None
@@ -336,6 +357,7 @@ async def build_report(
         inboxes=inboxes,
         inboxes_unavailable=unavailable,
         activities=activities,
+        gateway=gateway,
     )
 
 
@@ -377,7 +399,11 @@ async def refresh_metrics(pool: Pool, *, period: timedelta = DEFAULT_PERIOD) -> 
 
 
 def _tally_json(cell: Tally) -> dict[str, int]:
-    return {"registered": cell.registered, "connected": cell.connected}
+    return {
+        "registered": cell.registered,
+        "connected": cell.connected,
+        "via_gateway": cell.via_gateway,
+    }
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -429,6 +455,18 @@ def report_json(report: Report) -> dict[str, Any]:
             **report.certificates.counts,
             "earliest_expiry": None if earliest is None else earliest.isoformat(),
         },
+        "gateway": None if report.gateway is None else _gateway_json(report.gateway),
+    }
+
+
+def _gateway_json(gateway: GatewaySummary) -> dict[str, Any]:
+    oldest = gateway.oldest_unconfirmed
+    return {
+        "systems_enabled": gateway.systems_enabled,
+        "systems_disabled": gateway.systems_disabled,
+        "systems_silent": gateway.systems_silent,
+        "unconfirmed": gateway.unconfirmed,
+        "oldest_unconfirmed": None if oldest is None else oldest.isoformat(),
     }
 
 
@@ -439,20 +477,21 @@ def format_report(report: Report) -> str:
     until = report.until.astimezone(VIETNAM_TIME).strftime(local)
     lines = [
         f"Connectivity from {since} to {until} (Vietnam time)",
-        "connected = sent and received at least one document in the period",
+        "connected = sent and received at least one document in the period; "
+        "gateway = connects through the gateway",
         "",
-        f"{'by level':<48} {'registered':>10} {'connected':>10}",
+        f"{'by level':<48} {'registered':>10} {'connected':>10} {'gateway':>8}",
     ]
     connectivity = report.connectivity
     for level, cell in connectivity.by_level.items():
         name = f"  {level}  {LEVEL_NAMES[level]}"
-        lines.append(f"{name:<48} {cell.registered:>10} {cell.connected:>10}")
+        lines.append(_tally_line(name, cell))
     lines.append(f"{'by group':<48}")
     for group, cell in connectivity.by_group.items():
         name = f"  {group.value}  {GROUP_NAMES[group]}"
-        lines.append(f"{name:<48} {cell.registered:>10} {cell.connected:>10}")
+        lines.append(_tally_line(name, cell))
     total = connectivity.total
-    lines.append(f"{'total':<48} {total.registered:>10} {total.connected:>10}")
+    lines.append(_tally_line("total", total))
     lines.append("")
     if report.inboxes is None:
         lines.append(f"Inbox backlog: unavailable ({report.inboxes_unavailable})")
@@ -485,7 +524,26 @@ def format_report(report: Report) -> str:
         + ", ".join(f"{counts[state]} {state}" for state in metrics.CERTIFICATE_STATES)
         + ("" if earliest is None else f"; the first expires {earliest:%Y-%m-%d}")
     )
+    if report.gateway is not None:
+        lines.append("")
+        lines.append(_gateway_line(report.gateway, local))
     return "\n".join(lines)
+
+
+def _tally_line(name: str, cell: Tally) -> str:
+    return f"{name:<48} {cell.registered:>10} {cell.connected:>10} {cell.via_gateway:>8}"
+
+
+def _gateway_line(gateway: GatewaySummary, local: str) -> str:
+    oldest = gateway.oldest_unconfirmed
+    since = (
+        "" if oldest is None else f", the oldest since {oldest.astimezone(VIETNAM_TIME):{local}}"
+    )
+    return (
+        f"Gateway: {gateway.systems_enabled} systems enabled "
+        f"({gateway.systems_silent} silent for a day), {gateway.systems_disabled} disabled; "
+        f"mailbox: {gateway.unconfirmed} items not confirmed{since}"
+    )
 
 
 # -- the command ------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Settings(ParserLimits):
     # while a group is written start the next one at once.
     group_commits: int = Field(3, ge=1)
     # Package bytes, in MiB, whose examination a worker remembers
-    # (pipeline.Inspector): the same package sent to many recipients is
+    # (pipeline.CheckCache): the same package sent to many recipients is
     # parsed, validated and verified once per worker process, not once per
     # recipient. What is held is the parsed package, 1 to 2 times its bytes
     # (measured: 2.0 for 10 KB packages, 1.1 for 100 KB). 0: off.
@@ -150,6 +150,9 @@ class Settings(ParserLimits):
     # only a scraper on the same host (or a proxy) reads it; "0.0.0.0" for a
     # Prometheus on another host, behind a firewall.
     metrics_host: str = "127.0.0.1"
+    # A directory holding every XSD of exchange/schemas/ (a schema under
+    # test); unset: the package's own.
+    schema_dir: Path | None = None
     # Logs: "json", "text", or "auto" (JSON unless stderr is a terminal).
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
     # Seconds a starting worker waits for RabbitMQ and PostgreSQL to answer
@@ -181,6 +184,11 @@ class Settings(ParserLimits):
     # Broker users of gateways, read by the workers: only their messages may
     # name, in a header, the agency they publish for.
     gateway_users: list[str] = Field(default_factory=list)
+    # The gateway process's Prometheus endpoint (``lienthong gateway
+    # --metrics-port``; 0: none), on loopback unless told otherwise: put a
+    # Prometheus or a proxy on the host, or give the address it scrapes.
+    gateway_metrics_port: int = Field(9128, ge=0, le=65535)
+    gateway_metrics_host: str = "127.0.0.1"
 
     @property
     def trusted_broker_users(self) -> frozenset[str]:

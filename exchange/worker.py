@@ -35,29 +35,29 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from exchange import metrics, report
-from exchange.broker import headers as h
+from exchange import metrics
 from exchange.broker.connection import (
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
     broker_address,
     broker_user_of,
     connect_quietly,
+    has_consumer,
     is_broker_unreachable,
     settle,
 )
+from exchange.broker.origin import Origin, delivery_count
 from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
-from exchange.checks.schema import check_schema_files
+from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory, refuse_trusted_users
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
-from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
+from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.pki import Revocations, TrustStore
 from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
@@ -95,104 +95,15 @@ STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
 
 
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
-def _deliveries(message: AbstractIncomingMessage) -> int:
-    """How many times the broker handed this message out before (quorum queues count)."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) else 0
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a message really comes from, whichever way it reached the work queue.
-
-    Straight from an agency, the broker's ``user_id`` and routing key say it.
-    Back from a retry queue or sent by the replay tool, the exchange's own
-    user published it, and headers carry the original values; those headers
-    are believed only then, never from an agency.
-    """
-
-    routing_key: str
-    broker_user: str | None
-    attempts: int = 0
-    replay: bool = False
-    published_at: datetime | None = None
-
-    @classmethod
-    def of(
-        cls,
-        message: AbstractIncomingMessage,
-        trusted_users: frozenset[str],
-        gateway_users: frozenset[str] = frozenset(),
-    ) -> Origin:
-        """The origin of a message as the worker received it.
-
-        A gateway's user publishes for the agency its header names
-        (``x-lienthong-agency``): the publisher is then that user acting for
-        that agency (:func:`exchange.broker.headers.on_behalf`), believed
-        from ``gateway_users`` only.
-        """
-        headers = message.headers or {}
-        user = message.user_id
-        agency = _text(headers.get(h.AGENCY))
-        if user in gateway_users and agency:
-            user = h.on_behalf(user, agency)
-        # The AMQP timestamp has whole seconds; the client adds the publish
-        # time to the microsecond. Only latency figures use it, so it is
-        # taken from anyone.
-        stamped = _text(headers.get(h.PUBLISHED_AT))
-        published_at = _parse_time(stamped) if stamped else message.timestamp
-        if published_at is not None and published_at.tzinfo is None:
-            published_at = published_at.replace(tzinfo=UTC)
-        if message.user_id not in trusted_users:
-            return cls(message.routing_key or "", user, published_at=published_at)
-        attempts = headers.get(h.ATTEMPTS, 0)
-        return cls(
-            routing_key=_text(headers.get(h.RECIPIENT)) or message.routing_key or "",
-            broker_user=_text(headers.get(h.ORIGINAL_USER)) or user,
-            attempts=attempts if isinstance(attempts, int) else 0,
-            replay=headers.get(h.REPLAY) is not None,
-            published_at=published_at,
-        )
-
-    def arrival(self, message: AbstractIncomingMessage) -> Arrival:
-        """The message as the ledger records it, under this origin."""
-        return Arrival(
-            message.body,
-            self.routing_key,
-            self.broker_user,
-            message.message_id,
-            replay=self.replay,
-        )
-
-    def headers(self, *, attempts: int, failure: Failure) -> dict[str, Any]:
-        """Headers that carry this origin through a retry queue or the parked queue."""
-        headers: dict[str, Any] = {
-            h.RECIPIENT: self.routing_key,
-            h.ATTEMPTS: attempts,
-            h.FAILURE: failure.code,
-        }
-        if self.broker_user:
-            headers[h.ORIGINAL_USER] = self.broker_user
-        if self.replay:
-            # A replay that meets a transient failure is still a replay when
-            # it comes back from the retry queue.
-            headers[h.REPLAY] = "retried"
-        if self.published_at is not None:
-            headers[h.PUBLISHED_AT] = self.published_at.isoformat()
-        return headers
+def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
+    """The message as the ledger records it, under its origin."""
+    return Arrival(
+        message.body,
+        origin.routing_key,
+        origin.broker_user,
+        message.message_id,
+        replay=origin.replay,
+    )
 
 
 @dataclass(frozen=True)
@@ -245,8 +156,8 @@ class Worker:
         """A worker over an open broker connection and database pool."""
         self.settings = settings
         # SHA-1 and the signing certificates are allowed per agency, by the
-        # directory (process() hands its SigningRights to the checks).
-        self.inspector = Inspector(
+        # directory (decide_and_publish() hands its SigningRights to the checks).
+        self.check_cache = CheckCache(
             CheckContext(trust=trust, limits=settings, revocations=revocations),
             max_bytes=settings.check_memory_mb * 2**20,
         )
@@ -313,25 +224,19 @@ class Worker:
         reconnection did not restore, no longer counts.
         """
         channel, tag = self._channel, self._consumer_tag
-        if channel is None or tag is None or channel.is_closed:
+        if channel is None or tag is None:
             return False
-        try:
-            underlay = await channel.get_underlay_channel()
-        except aiormq.exceptions.ChannelInvalidStateError:
-            return False
-        # aiormq's channel drops a consumer's tag when the broker cancels it.
-        consumers = underlay.consumers if isinstance(underlay, aiormq.Channel) else {}
-        return not underlay.is_closed and tag in consumers
+        return await has_consumer(channel, tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle(message))
+        task = asyncio.create_task(self.handle_delivery(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle_delivery(self, message: AbstractIncomingMessage) -> None:
         """Process one message to its end: acked once its effects are confirmed.
 
-        A permanent problem ends as a rejection (inside :meth:`process`); a
+        A permanent problem ends as a rejection (inside :meth:`decide_and_publish`); a
         transient one sends the message to a retry queue, or parks it after
         the last retry; only if even that fails does it go back to the work
         queue (and a broker that keeps failing will park it by its delivery
@@ -342,13 +247,13 @@ class Worker:
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
         metrics.IN_FLIGHT.inc()
         try:
-            if message.redelivered or _deliveries(message):
+            if message.redelivered or delivery_count(message):
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
                 async with self._redelivered_lane:
-                    await self._handle(message, origin, redelivered=True)
+                    await self._settle_delivery(message, origin, redelivered=True)
             else:
-                await self._handle(message, origin, redelivered=False)
+                await self._settle_delivery(message, origin, redelivered=False)
         except Exception as error:
             if is_fatal(error):
                 await self._give_back_and_stop(message, error)
@@ -374,10 +279,10 @@ class Worker:
         with contextlib.suppress(Exception):
             await settle(message, ack=False)
 
-    async def _handle(
+    async def _settle_delivery(
         self, message: AbstractIncomingMessage, origin: Origin, *, redelivered: bool
     ) -> None:
-        arrival = origin.arrival(message)
+        arrival = arrival_of(message, origin)
         if redelivered:
             try:
                 starts = await self.ledger.count_start(arrival)
@@ -398,7 +303,7 @@ class Worker:
                 return
         self.faults.maybe_kill("after_receive")
         try:
-            record = await self.process(arrival)
+            record = await self.decide_and_publish(arrival)
         except Exception as error:  # anything not a Rejection is transient, or fatal
             if is_fatal(error):
                 raise
@@ -410,15 +315,15 @@ class Worker:
         self.processed += 1
         self._observe(record, origin)
 
-    async def process(self, arrival: Arrival) -> Message:
+    async def decide_and_publish(self, arrival: Arrival) -> Message:
         """Inspect, decide and record, publish, mark: one message; returns its record."""
         publisher = await self.directory.agency_of_user(arrival.broker_user)
         disabled = publisher is not None and await self.directory.is_disabled(publisher)
         rights = await self.directory.signing_rights()
-        if self.inspector.context.rights is not rights:
-            self.inspector.use(rights=rights)
+        if self.check_cache.context.rights is not rights:
+            self.check_cache.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
-        inspected = await self._inspect(envelope)
+        inspected = await self._check(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")
         record = decided.record
@@ -449,15 +354,15 @@ class Worker:
         )
         return record
 
-    async def _inspect(self, envelope: Envelope) -> Inspected | Rejection:
+    async def _check(self, envelope: Envelope) -> CheckedMessage | Rejection:
         """The pure checks, off the event loop, unless the same bytes were examined moments ago."""
         timings: dict[str, float] = {}
-        inspected: Inspected | Rejection
+        inspected: CheckedMessage | Rejection
         try:
-            recalled = self.inspector.recall(envelope)
+            recalled = self.check_cache.recall(envelope)
             if recalled is None:
                 inspected = await asyncio.get_running_loop().run_in_executor(
-                    None, self.inspector.inspect, envelope, timings
+                    None, self.check_cache.check, envelope, timings
                 )
             else:
                 inspected = recalled
@@ -528,7 +433,7 @@ class Worker:
             tier.routing_key,
             message.body,
             message_id=message.message_id,
-            headers=origin.headers(attempts=origin.attempts + 1, failure=failure),
+            headers=origin.headers(attempts=origin.attempts + 1, failure=failure.code),
             content_type=message.content_type or XML_CONTENT_TYPE,
             user_id=self.own_user,
         )
@@ -558,7 +463,7 @@ class Worker:
             origin.routing_key,
             message.body,
             message_id=message.message_id,
-            headers=origin.headers(attempts=origin.attempts, failure=failure),
+            headers=origin.headers(attempts=origin.attempts, failure=failure.code),
             content_type=message.content_type or XML_CONTENT_TYPE,
             user_id=self.own_user,
         )
@@ -568,7 +473,7 @@ class Worker:
         # that have no row, and the replay tool takes them from the queue.
         try:
             decided = await self.ledger.park(
-                origin.arrival(message), failure, detail, attempts=origin.attempts
+                arrival_of(message, origin), failure, detail, attempts=origin.attempts
             )
             if decided is not None:
                 await self._publish(decided.owed)
@@ -597,15 +502,23 @@ class Worker:
         return True
 
 
+RefreshFigures = Callable[[Pool], Awaitable[None]]
+
+
 async def watch(
-    workers: list[Worker], connection: AbstractRobustConnection, pool: Pool, stop: asyncio.Event
+    workers: list[Worker],
+    connection: AbstractRobustConnection,
+    pool: Pool,
+    stop: asyncio.Event,
+    refresh_figures: RefreshFigures | None = None,
 ) -> None:
     """Keep the gauges of real state current until ``stop``: the watchdog.
 
     Every :data:`WATCH_INTERVAL_S`: broker connected or not, consumers this
     process really has, database pool usage; every
-    :data:`DIRECTORY_FIGURES_INTERVAL_S`: the directory figures of
-    :func:`exchange.report.refresh_metrics`.
+    :data:`DIRECTORY_FIGURES_INTERVAL_S`: ``refresh_figures`` (the
+    directory figures, :func:`exchange.report.refresh_metrics` for
+    ``lienthong worker``).
     """
     figures_due = 0.0
     while not stop.is_set():
@@ -619,9 +532,9 @@ async def watch(
             metrics.DB_POOL_CONNECTIONS.labels("busy").set(pool.get_size() - idle)
             metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)
             metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
-            if time.monotonic() >= figures_due:
+            if refresh_figures is not None and time.monotonic() >= figures_due:
                 figures_due = time.monotonic() + DIRECTORY_FIGURES_INTERVAL_S
-                await report.refresh_metrics(pool)
+                await refresh_figures(pool)
         except Exception as error:
             log.warning("watchdog: %s", error)
         with contextlib.suppress(TimeoutError):
@@ -753,7 +666,7 @@ class TrustKeeper:
             log.error("could not reload the trust anchors or revocation lists: %s", error)
             return False
         for worker in self.workers:
-            worker.inspector.use(trust=store, revocations=revocations)
+            worker.check_cache.use(trust=store, revocations=revocations)
             if trust:
                 await worker.directory.reload()
         observe_revocations(revocations)
@@ -792,11 +705,14 @@ async def run_workers(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[Worker]], Awaitable[None]] | None = None,
     metrics_port: int | None = None,
+    refresh_figures: RefreshFigures | None = None,
 ) -> int:
     """Run ``count`` workers in this process until ``stop`` (or SIGINT/SIGTERM).
 
     With ``metrics_port``, the process serves its metrics on that port
-    (:func:`exchange.metrics.serve`) while the workers run.
+    (:func:`exchange.metrics.serve`) while the workers run. The watchdog
+    calls ``refresh_figures`` with the database pool every
+    :data:`DIRECTORY_FIGURES_INTERVAL_S` (:func:`watch`).
 
     The trust anchors and revocation lists are reloaded every
     ``settings.crl_reload_s`` seconds (the lists) and on SIGHUP (both, and
@@ -817,6 +733,7 @@ async def run_workers(
         )
     trust = TrustStore.load(settings.trust)
     revocations = load_revocations(settings)
+    use_schema_dir(settings.schema_dir)
     check_installation()
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()
@@ -865,7 +782,7 @@ async def run_workers(
             for _ in range(count)
         ]
         observe_revocations(revocations)
-        watchdog = asyncio.create_task(watch(workers, connection, pool, stop))
+        watchdog = asyncio.create_task(watch(workers, connection, pool, stop, refresh_figures))
         keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
         opened.callback(keeper.cancel)
         try:

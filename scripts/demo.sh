@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up this machine (services, .venv), prepare the exchange, and run the
 # four-level demo: documents moving between the Government Office, a
-# ministry, Hà Nội, a department, a district of Phú Thọ and a commune.
+# ministry, Hà Nội, a department, a district of Phú Thọ and a commune; the
+# district and the commune connect through the gateway (the axis SDK's
+# protocol), the others over AMQP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -22,4 +24,4 @@ curl -fsS -o /dev/null -X PUT -H 'content-type: application/json' \
 export LIENTHONG_AMQP_URL=${LIENTHONG_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/$vhost}
 rm -rf var/demo-keys
 .venv/bin/lienthong init
-exec .venv/bin/lienthong demo --keys var/demo-keys "$@"
+exec .venv/bin/lienthong demo --keys var/demo-keys --via-gateway "$@"

@@ -90,7 +90,7 @@ class ProvisionedAgency:
 @pytest.fixture(scope="session")
 def broker_admin() -> BrokerAdmin:
     """The management API client; skips the test when the API does not answer."""
-    admin = BrokerAdmin.from_settings()
+    admin = BrokerAdmin.from_settings(Settings())
     try:
         _run(admin.overview)
     except BrokerAdminError as error:

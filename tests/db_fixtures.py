@@ -196,7 +196,7 @@ def empty_database_url(postgres_url: str, _dropper: _BackgroundDropper) -> Itera
 @pytest.fixture
 async def db_pool(database_url: str) -> AsyncIterator[Pool]:
     """An asyncpg pool on this test's database."""
-    pool = await create_pool(dsn=database_url)
+    pool = await create_pool(Settings(), dsn=database_url)
     try:
         yield pool
     finally:

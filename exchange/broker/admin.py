@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exchange.agency import AgencyCode
-from exchange.broker.topology import Permissions, agency_permissions
+from exchange.broker.topology import Permissions, agency_permissions, gateway_permissions
 from exchange.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,9 @@ class BrokerAdmin:
         self._timeout = timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> BrokerAdmin:
-        """The client for ``LIENTHONG_RABBITMQ_API_URL``."""
-        return cls((settings or Settings()).rabbitmq_api_url)
+    def from_settings(cls, settings: Settings) -> BrokerAdmin:
+        """The client for ``settings.rabbitmq_api_url`` (``LIENTHONG_RABBITMQ_API_URL``)."""
+        return cls(settings.rabbitmq_api_url)
 
     def __repr__(self) -> str:
         return f"BrokerAdmin({self._base!r}, user={self._user!r})"
@@ -304,6 +304,14 @@ class BrokerAdmin:
         await self.set_permissions(vhost, name, permissions)
         return AgencyUser(name, vhost, permissions)
 
+    async def provision_gateway_user(self, name: str, password: str, *, vhost: str = "/") -> None:
+        """Create a gateway's broker user with the permissions of ``gateway_permissions()``.
+
+        Running it again changes the password and resets the permissions.
+        """
+        await self.create_user(name, password)
+        await self.set_permissions(vhost, name, gateway_permissions())
+
     # -- topology and statistics ----------------------------------------------------
 
     async def list_queues(self, vhost: str) -> list[QueueStats]:
@@ -327,11 +335,6 @@ class BrokerAdmin:
             ),
             key=lambda stats: stats.name,
         )
-
-    async def list_exchanges(self, vhost: str) -> list[dict[str, Any]]:
-        """Every exchange of ``vhost`` as the API reports it (built-in ones included)."""
-        answer: list[dict[str, Any]] = await self.request("GET", f"/exchanges/{_quote(vhost)}")
-        return answer
 
     async def list_bindings(self, vhost: str) -> list[dict[str, Any]]:
         """Every binding of ``vhost`` (including each queue's default-exchange binding)."""

@@ -194,6 +194,52 @@ def is_broker_away(error: BaseException) -> bool:
     return isinstance(error, aiormq.exceptions.AMQPError | ConnectionError | OSError | RuntimeError)
 
 
+# Every error of the AMQP connection and channels (the library's base class),
+# for the table of transient failures.
+BrokerError = aiormq.exceptions.AMQPError
+
+
+def is_refused_login(error: BaseException) -> bool:
+    """Whether the broker refused the user or its password (ACCESS_REFUSED at connection)."""
+    return isinstance(
+        error,
+        aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError,
+    )
+
+
+async def has_consumer(channel: AbstractChannel, tag: str) -> bool:
+    """Whether the consumer ``tag`` is registered on ``channel``, open, right now.
+
+    Read from the channel itself, not from what was asked for: the
+    library's channel drops a consumer's tag when the broker cancels it
+    (its queue deleted or lost), and a reconnection may not restore it.
+    """
+    if channel.is_closed:
+        return False
+    try:
+        underlay = await channel.get_underlay_channel()
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return False
+    consumers = underlay.consumers if isinstance(underlay, aiormq.Channel) else {}
+    return not underlay.is_closed and tag in consumers
+
+
+async def queue_counts(connection: AbstractConnection, name: str) -> tuple[int, int] | None:
+    """``(ready messages, consumers)`` of the queue ``name`` by a passive declare, exact and
+    current; ``None`` when there is no such queue. On a channel of its own, closed after
+    (the broker closes it anyway when the queue is missing)."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    result = declared.declaration_result
+    return int(result.message_count or 0), int(result.consumer_count or 0)
+
+
 def broker_address(url: str) -> str:
     """Where ``url`` points, for a log line: ``host:port vhost V``, never the password."""
     parts = urlsplit(url)
@@ -208,10 +254,7 @@ def is_broker_unreachable(error: BaseException) -> bool:
     handshake of a broker still starting, or a vhost not created yet. A
     refused login is an answer: trying again would not change it.
     """
-    if isinstance(
-        error,
-        aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError,
-    ):
+    if is_refused_login(error):
         return False
     # aiormq's connection errors are OSErrors.
     return isinstance(error, OSError | TimeoutError)

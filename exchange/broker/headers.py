@@ -8,6 +8,8 @@ only from the exchange's own broker users, never from an agency.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # -- on everything the worker publishes ---------------------------------------
 MESSAGE = "x-lienthong-message"  # the exchange's id of the received message
 KIND = "x-lienthong-kind"  # document, status or receipt
@@ -44,3 +46,16 @@ def acting_for(publisher: str) -> tuple[str, str] | None:
     """``(gateway user, agency)`` of a publisher written by :func:`on_behalf`, else ``None``."""
     user, found, agency = publisher.rpartition(_ON_BEHALF)
     return (user, agency) if found and user and agency else None
+
+
+def decode(value: object) -> str | None:
+    """A header value as text: AMQP carries a string as bytes or as str, depending on the
+    publisher's library; both are read as UTF-8. ``None`` for anything else."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def text(headers: Mapping[str, object] | None, name: str) -> str | None:
+    """The header ``name`` as text (:func:`decode`); ``None`` when absent or not text."""
+    return decode((headers or {}).get(name))

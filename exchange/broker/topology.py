@@ -432,6 +432,26 @@ def agency_permissions(code: AgencyCode) -> Permissions:
     )
 
 
+# The broker user `lienthong gateway-user` creates for the gateways.
+GATEWAY_USER = "lienthong-gateway"
+
+
+def gateway_permissions() -> Permissions:
+    """What a gateway's user may do: publish to submit, consume every agency's two queues.
+
+    The gateway publishes for the agencies its systems serve (the workers
+    believe its agency header because its user is in
+    ``LIENTHONG_GATEWAY_USERS``) and moves their inbox and status queues into
+    its mailbox; which agencies those are changes with the systems, so it may
+    read every agency's queues. It configures nothing.
+    """
+    return Permissions(
+        configure=NOTHING,
+        write=f"^{re.escape(SUBMIT_EXCHANGE)}$",
+        read=f"^{re.escape(PREFIX)}\\.(inbox|status)\\..+$",
+    )
+
+
 # -- definitions file -------------------------------------------------------------
 
 

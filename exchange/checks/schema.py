@@ -20,8 +20,9 @@ a group and names the expected element no better), so it is used only by the
 tests, to check the XSD files themselves.
 
 The XSDs are package data (``exchange/schemas/``, see
-:mod:`exchange.installation`), or sit in the directory named by the
-environment variable ``LIENTHONG_SCHEMA_DIR`` (a schema under test). A file
+:mod:`exchange.installation`), or sit in the directory of the setting
+``schema_dir`` (``LIENTHONG_SCHEMA_DIR``, a schema under test), which a
+process hands to :func:`use_schema_dir` when it starts. A file
 missing or broken there is :class:`~exchange.installation.BrokenInstallation`,
 never a rejection: no package is at fault. :func:`check_schema_files` loads
 them all, for a worker to refuse to start without them.
@@ -29,7 +30,6 @@ them all, for a worker to refuse to start without them.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import Counter
@@ -94,12 +94,25 @@ class PackageKind(Enum):
         return DOCUMENT_XSD if self is PackageKind.DOCUMENT else STATUS_XSD
 
 
+# The directory of Settings.schema_dir, given by the process at its start.
+_directory: Path | None = None
+
+
+def use_schema_dir(directory: Path | None) -> None:
+    """Take the XSDs from ``directory`` (``Settings.schema_dir``); ``None``: the package's.
+
+    Called once when a process starts, before any package is checked: each
+    thread compiles the XSDs on its first package and keeps them.
+    """
+    global _directory
+    _directory = directory
+    _schema_facts.cache_clear()
+
+
 def schema_dir() -> Path:
-    """Where the XSDs are: ``$LIENTHONG_SCHEMA_DIR``, else the package's ``schemas/``."""
-    override = os.environ.get(SCHEMA_DIR_VARIABLE)
-    if override:
-        return Path(override)
-    return data_dir("schemas")
+    """Where the XSDs are: ``Settings.schema_dir`` as given to :func:`use_schema_dir`, else the
+    package's ``schemas/``."""
+    return _directory or data_dir("schemas")
 
 
 def package_kind(root: etree._Element) -> PackageKind:

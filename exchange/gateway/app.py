@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import uvicorn
 from aio_pika.abc import AbstractRobustConnection
@@ -34,12 +33,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from exchange.agency import AgencyCode, InvalidAgencyCode
-from exchange.broker import headers as h
-from exchange.broker.connection import ConfirmingPublisher, connect, is_connected
+from exchange.broker import headers as header
+from exchange.broker.connection import (
+    ConfirmingPublisher,
+    broker_user_of,
+    connect,
+    is_connected,
+)
 from exchange.broker.topology import SUBMIT_EXCHANGE
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.failures import Failure, classify
-from exchange.gateway import auth
+from exchange.gateway import auth, measure
 from exchange.gateway.auth import Headers
 from exchange.gateway.mover import MailboxMover, new_doc_id
 from exchange.gateway.protocol import (
@@ -72,7 +76,7 @@ MAX_SMALL_BODY_BYTES = 64 * 1024
 # sendEdoc's body is the package and the CRLF the SDK writes after it.
 _CRLF = 2
 
-Observer = Callable[[str, str, float, str | None], None]
+Observer = measure.Observer
 """Called after each answer: operation, outcome (ErrorCode's code, "0" for OK), seconds, system."""
 
 # What a mailbox item's state says to the clerk (status_desc).
@@ -115,8 +119,12 @@ class Gateway:
     publisher: ConfirmingPublisher | None = None
     mover: MailboxMover | None = None
     mover_refresh_s: float | None = None
+    # Count and time every answer and compute the mailbox figures
+    # (exchange/gateway/measure.py) for the process's metrics endpoint.
+    measured: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _mover_task: asyncio.Task[None] | None = None
+    _figures_task: asyncio.Task[None] | None = None
     _credentials: dict[AgencyCode, Credential] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,7 +132,9 @@ class Gateway:
         # the gateway signs with SHA-256 and refuses SHA-1 from every system.
         self.context = CheckContext(trust=self.trust, limits=self.settings)
         # The broker user the gateway publishes as (RabbitMQ checks user_id).
-        self.own_user = unquote(urlsplit(self.settings.amqp_url).username or "guest")
+        self.own_user = broker_user_of(self.settings.amqp_url)
+        if self.measured:
+            self.observers.append(measure.observer(OPERATIONS))
 
     # -- lifetime -------------------------------------------------------------
 
@@ -137,12 +147,14 @@ class Gateway:
         self.mover = MailboxMover(self.pool, self.connection, **kwargs)
         self._stop.clear()
         self._mover_task = asyncio.create_task(self.mover.run(self._stop))
+        if self.measured:
+            self._figures_task = asyncio.create_task(measure.keep_refreshed(self.pool, self._stop))
 
     async def close(self) -> None:
         """Stop the mover (messages being inserted are finished), then close everything."""
         self._stop.set()
-        if self._mover_task is not None:
-            await asyncio.gather(self._mover_task, return_exceptions=True)
+        tasks = [t for t in (self._mover_task, self._figures_task) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.close()
@@ -158,7 +170,7 @@ class Gateway:
             return False
         try:
             async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                await queries.ping(conn)
         except Exception:
             return False
         return True
@@ -193,7 +205,13 @@ class Gateway:
             outcome = failed.code
             result = refusal(failed, **always)
             log.exception(
-                "%s failed", operation, extra={"operation": operation, "system": system_id}
+                "%s failed",
+                operation,
+                extra={
+                    "operation": operation,
+                    "system": system_id,
+                    "agency": headers.param("from"),
+                },
             )
         elapsed = time.perf_counter() - started
         for observe in self.observers:
@@ -294,7 +312,7 @@ class Gateway:
                         str(recipient),
                         prepared.body,
                         message_id=store.submission_message_id(doc_id, recipient),
-                        headers={h.AGENCY: str(sender)},
+                        headers={header.AGENCY: str(sender)},
                         user_id=self.own_user,
                     )
                     for recipient in prepared.recipients

@@ -7,12 +7,14 @@ Added to the command line by :func:`add_commands` (called from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from exchange.broker.topology import GATEWAY_USER
 from exchange.commands import (
     EXIT_OK,
     CommandError,
@@ -55,7 +57,32 @@ def add_commands(
     )
     gateway.add_argument("--tls-cert", help="TLS certificate, PEM (LIENTHONG_GATEWAY_TLS_CERT)")
     gateway.add_argument("--tls-key", help="TLS private key, PEM (LIENTHONG_GATEWAY_TLS_KEY)")
+    gateway.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of the Prometheus endpoint (LIENTHONG_GATEWAY_METRICS_PORT, 9128; 0: none)",
+    )
+    gateway.add_argument(
+        "--metrics-host",
+        help="address of the Prometheus endpoint (LIENTHONG_GATEWAY_METRICS_HOST, 127.0.0.1)",
+    )
     gateway.set_defaults(handler=_command(_serve))
+
+    user = commands.add_parser(
+        "gateway-user",
+        parents=[options.amqp, options.management],
+        help="create the gateway's broker user with its permissions; prints its password once",
+    )
+    user.add_argument(
+        "name", nargs="?", default=GATEWAY_USER, help=f"the user's name (default {GATEWAY_USER})"
+    )
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (default: generated)",
+    )
+    user.add_argument("--json", action="store_true")
+    user.set_defaults(handler=_command(_gateway_user))
 
     system = commands.add_parser("system", help="systems that connect through the gateway")
     actions = system.add_subparsers(dest="system_command", required=True, metavar="ACTION")
@@ -132,7 +159,7 @@ def gateway_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """The settings with the command's options over them."""
     overrides: dict[str, Any] = {
         f"gateway_{name}": value
-        for name in ("host", "port", "base_path")
+        for name in ("host", "port", "base_path", "metrics_port", "metrics_host")
         if (value := getattr(args, name, None)) is not None
     }
     for name in ("trust", "keys", "tls_cert", "tls_key"):
@@ -144,6 +171,7 @@ def gateway_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from exchange import metrics
     from exchange.gateway.app import Gateway, GatewayServer, create_app
     from exchange.logs import configure_logging
     from exchange.pki import TrustStore
@@ -167,7 +195,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # The gateway's tables may be newer than the database (migration 0009).
     async with await create_pool(settings) as pool:
         await migrate(pool)
-    gateway = Gateway(settings, trust=trust, keys_dir=keys)
+    port = settings.gateway_metrics_port
+    gateway = Gateway(settings, trust=trust, keys_dir=keys, measured=port != 0)
     config = uvicorn.Config(
         create_app(gateway),
         host=settings.gateway_host,
@@ -182,11 +211,45 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=30,
     )
     server = GatewayServer(config)
-    await server.serve()
+    with contextlib.ExitStack() as opened:
+        if port:
+            try:
+                stop = metrics.serve(
+                    port,
+                    settings.gateway_metrics_host,
+                    hint="give each gateway process a port of its own with --metrics-port "
+                    "(or LIENTHONG_GATEWAY_METRICS_PORT), or 0 for none",
+                )
+                opened.callback(stop)
+            except metrics.MetricsEndpointError as error:
+                raise CommandError(str(error)) from None
+        await server.serve()
     if not server.started:
         raise CommandError(
             f"the gateway could not listen on {settings.gateway_host}:{settings.gateway_port}"
         )
+    return EXIT_OK
+
+
+# -- lienthong gateway-user -------------------------------------------------------------
+
+
+async def _gateway_user(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.registry import provision_gateway_user
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CommandError("--password-stdin: no password on standard input")
+    user = await provision_gateway_user(settings, args.name, password=password)
+    if args.json:
+        print_json({"user": user.name, "password": user.password, "amqp_url": user.amqp_url})
+        return EXIT_OK
+    print(f"broker user {user.name}: publishes to lienthong.submit, reads every agency's queues")
+    print(f"password (shown once): {user.password}")
+    print(f"the gateway's LIENTHONG_AMQP_URL: {user.amqp_url}")
+    print(f'every worker\'s LIENTHONG_GATEWAY_USERS must list it: ["{user.name}"]')
     return EXIT_OK
 
 

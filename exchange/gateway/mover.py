@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.connection import settle
 from exchange.broker.topology import inbox_queue, status_queue
 from exchange.gateway.submit import EDOC, STATUS
@@ -95,7 +95,12 @@ class MailboxMover:
                 try:
                     self._consumers[agency] = await self._start(agency)
                 except Exception as error:
-                    log.warning("cannot consume the queues of %s: %s", agency, error)
+                    log.warning(
+                        "cannot consume the queues of %s: %s",
+                        agency,
+                        error,
+                        extra={"agency": str(agency)},
+                    )
             for agency in set(self._consumers) - served:
                 await self._stop(self._consumers.pop(agency))
 
@@ -164,8 +169,13 @@ class MailboxMover:
         message: AbstractIncomingMessage,
     ) -> None:
         headers = message.headers or {}
-        kind = _text(headers.get(h.KIND)) or ("document" if message_type == EDOC else "status")
-        sender, recipient = _text(headers.get(h.SENDER)), _text(headers.get(h.RECIPIENT))
+        kind = header.text(headers, header.KIND) or (
+            "document" if message_type == EDOC else "status"
+        )
+        sender, recipient = (
+            header.text(headers, header.SENDER),
+            header.text(headers, header.RECIPIENT),
+        )
         if kind == "receipt":
             # A receipt is the exchange's word about a message this agency
             # sent to `recipient`: listed as coming from there, to this agency.
@@ -179,7 +189,7 @@ class MailboxMover:
             kind=kind,
             sender=sender,
             recipient=recipient,
-            document_id=_text(headers.get(h.DOCUMENT_ID)),
+            document_id=header.text(headers, header.DOCUMENT_ID),
             content_type=message.content_type,
             body=message.body,
         )
@@ -202,9 +212,3 @@ class MailboxMover:
             # A channel lost before the ack: the broker redelivers, the insert is a no-op.
             await settle(message, ack=True)
         self.moved += 1
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return None if value is None else str(value)

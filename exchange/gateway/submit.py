@@ -5,7 +5,7 @@ signature: the transport authentication says who sends. The gateway then
 signs it with the sending agency's own key, as an X-Road security server
 signs for its members, and never re-signs a package that carries a real
 XML-DSig signature. The result goes through the worker's own database-free
-checks (:func:`exchange.pipeline.examine` and :func:`~exchange.pipeline.inspect`,
+checks (:func:`exchange.pipeline.check_bytes` and :func:`~exchange.pipeline.check_message`,
 once per recipient), so the clerk learns at once why a package is refused.
 Pure: keys and trust come from the caller.
 """
@@ -23,7 +23,7 @@ from exchange.edxml import safexml
 from exchange.edxml.model import DocumentPackage
 from exchange.edxml.names import DSIG_NS, DSIG_SIGNATURE
 from exchange.gateway.protocol import ErrorCode, GatewayError
-from exchange.pipeline import CheckContext, Envelope, Inspected, examine, inspect
+from exchange.pipeline import CheckContext, CheckedMessage, Envelope, check_bytes, check_message
 from exchange.pki import Credential
 
 EDOC = "edoc"
@@ -80,19 +80,20 @@ def prepare(
             raise GatewayError.of(ErrorCode.NO_KEY_TO_SIGN, str(sender))
         body = sign(root, credential.key_pem, credential.cert_chain_pem)
         signed_by_gateway = True
-    examined = examine(body, context)
-    package_type = EDOC if isinstance(examined.package, DocumentPackage) else STATUS
+    checked_bytes = check_bytes(body, context)
+    read = checked_bytes.package
+    package_type = EDOC if isinstance(read, DocumentPackage) else STATUS
     if package_type != message_type:
         raise GatewayError.of(
             ErrorCode.WRONG_MESSAGE_TYPE,
             f"messagetype={message_type} nhưng gói tin là gói {package_type}",
         )
-    if isinstance(examined.package, DocumentPackage):
-        recipients = tuple(dict.fromkeys(to.organ_id for to in examined.package.recipients))
+    if isinstance(read, DocumentPackage):
+        recipients = tuple(dict.fromkeys(to.organ_id for to in read.recipients))
     else:
-        recipients = (examined.package.response_for.organ_id,)
-    checked: list[Inspected] = [
-        inspect(Envelope(body, str(recipient), sender), context, examined=examined)
+        recipients = (read.response_for.organ_id,)
+    checked: list[CheckedMessage] = [
+        check_message(Envelope(body, str(recipient), sender), context, checked_bytes=checked_bytes)
         for recipient in recipients
     ]
     return Prepared(body, sender, checked[0].document_id, recipients, signed_by_gateway)

@@ -22,13 +22,12 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 """A pool of connections to the system of record."""
 
 
-async def create_pool(settings: Settings | None = None, *, dsn: str | None = None) -> Pool:
+async def create_pool(settings: Settings, *, dsn: str | None = None) -> Pool:
     """A pool of up to ``settings.db_pool_size`` connections to ``settings.database_url``.
 
     ``dsn`` overrides the URL (tests point it at their own database). Close
     the pool with ``await pool.close()`` or use it as ``async with``.
     """
-    settings = settings or Settings()
     # min_size=1: a worker that starts keeps one connection warm and opens
     # the others as concurrent messages need them.
     pool = await asyncpg.create_pool(
@@ -53,9 +52,12 @@ async def _nothing_to_reset(connection: asyncpg.Connection[asyncpg.Record]) -> N
 
 
 async def connect(settings: Settings | None = None, *, dsn: str | None = None) -> Connection:
-    """One connection to ``settings.database_url`` (or ``dsn``), for commands and tools."""
-    settings = settings or Settings()
-    return await asyncpg.connect(dsn or settings.database_url)
+    """One connection to ``dsn``, else ``settings.database_url``, for commands and tools."""
+    if dsn is None:
+        if settings is None:
+            raise TypeError("connect() needs the settings or a dsn")
+        dsn = settings.database_url
+    return await asyncpg.connect(dsn)
 
 
 def database_address(url: str) -> str:
@@ -81,3 +83,27 @@ def is_database_unreachable(error: BaseException) -> bool:
         | asyncpg.TooManyConnectionsError
         | asyncpg.InvalidCatalogNameError,
     )
+
+
+async def create_database(server_url: str, name: str) -> None:
+    """Create the database ``name`` on the server of ``server_url`` (``lienthong bench``'s own)."""
+    server = await asyncpg.connect(server_url)
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await server.close()
+
+
+async def drop_database(server_url: str, name: str) -> bool:
+    """Drop the database ``name`` on the server of ``server_url``, its sessions ended first.
+
+    Returns whether it existed.
+    """
+    server = await asyncpg.connect(server_url)
+    try:
+        if not await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        return True
+    finally:
+        await server.close()

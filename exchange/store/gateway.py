@@ -422,3 +422,15 @@ async def oldest_unconfirmed(conn: Connection) -> datetime | None:
         "SELECT min(received_at) FROM gateway_mailbox WHERE state <> 'done'"
     )
     return oldest
+
+
+async def least_recent_contact(conn: Connection) -> datetime | None:
+    """When the enabled system heard from least recently last called (or was registered).
+
+    ``None`` without enabled systems. A system that never called counts from
+    its registration, so a system registered and never connected is noticed.
+    """
+    moment: datetime | None = await conn.fetchval(
+        "SELECT min(coalesce(last_seen_at, created_at)) FROM gateway_systems WHERE enabled"
+    )
+    return moment

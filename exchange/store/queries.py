@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -1288,15 +1288,6 @@ async def get_replay(conn: Connection, replay_pk: int) -> ReplayRecord | None:
     return None if row is None else ReplayRecord.from_row(row)
 
 
-async def list_replay_items(conn: Connection, replay_pk: int) -> list[ReplayItemRecord]:
-    """What one replay did with each message, in the order it recorded them."""
-    rows = await conn.fetch(
-        "SELECT * FROM replay_items WHERE replay_pk = $1 ORDER BY message_pk NULLS LAST, dedup_key",
-        replay_pk,
-    )
-    return [ReplayItemRecord.from_row(row) for row in rows]
-
-
 async def replays_of_message(
     conn: Connection, message: Message
 ) -> list[tuple[ReplayRecord, ReplayItemRecord]]:
@@ -1478,3 +1469,89 @@ async def chain_links(
     )
     async for row in conn.cursor(query, prefetch=prefetch):
         yield ChainLink(row["id"], row["chain_seq"], row["chain_hash"], bytes(row["content"]))
+
+
+# -- the directory figures of ``lienthong report`` and the watchdog ---------------------
+
+_AGENCY_ACTIVITY = """
+SELECT a.code,
+       (SELECT c.certificate_pem FROM agency_certificates c WHERE c.agency = a.code
+        ORDER BY c.registered_at DESC LIMIT 1) AS certificate_pem,
+       EXISTS (SELECT 1 FROM documents d
+               WHERE d.sender = a.code AND d.created_at >= $1 AND d.created_at < $2) AS sent,
+       EXISTS (SELECT 1 FROM deliveries v
+               WHERE v.recipient = a.code
+                 AND v.delivered_at >= $1 AND v.delivered_at < $2) AS received,
+       EXISTS (SELECT 1 FROM gateway_system_agencies g
+               JOIN gateway_systems s ON s.system_id = g.system_id
+               WHERE g.agency = a.code AND s.enabled) AS via_gateway
+FROM agencies a
+"""
+
+_OVERDUE_WHERE = """
+FROM deliveries v JOIN documents d ON d.id = v.document_pk
+WHERE d.due_date < $1
+  AND v.delivered_at IS NOT NULL
+  AND NOT v.withdrawn
+  AND NOT (coalesce(v.state, '') = ANY($2::text[]))
+"""
+
+
+async def agency_activity(
+    conn: Connection, since: datetime, until: datetime
+) -> list[asyncpg.Record]:
+    """Every agency's ``code``, ``certificate_pem``, whether it ``sent`` and ``received``
+    a document in ``[since, until)``, and whether an enabled gateway system acts for it
+    (``via_gateway``)."""
+    return await conn.fetch(_AGENCY_ACTIVITY, since, until)
+
+
+async def count_overdue_deliveries(
+    conn: Connection, today: date, answered_states: Sequence[str]
+) -> int:
+    """Deliveries of documents due before ``today`` whose state is none of ``answered_states``."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) " + _OVERDUE_WHERE, today, list(answered_states)
+    )
+    return count
+
+
+async def list_overdue_deliveries(
+    conn: Connection, today: date, answered_states: Sequence[str], limit: int
+) -> list[asyncpg.Record]:
+    """The first ``limit`` overdue deliveries (``document_id``, ``sender``, ``recipient``,
+    ``due_date``, ``state``), longest overdue first."""
+    return await conn.fetch(
+        "SELECT d.document_id, d.sender, v.recipient, d.due_date, v.state "
+        + _OVERDUE_WHERE
+        + " ORDER BY d.due_date, d.document_id, v.recipient LIMIT $3",
+        today,
+        list(answered_states),
+        limit,
+    )
+
+
+# -- one replay at a time -----------------------------------------------------------------
+
+# One replay at a time: two operators replaying overlapping sets would
+# publish the same message twice, and both would wait on the same decisions.
+# The first eight bytes of SHA-256("lienthong.replay"), as a signed 64-bit integer.
+REPLAY_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"lienthong.replay").digest()[:8], "big", signed=True
+)
+
+
+async def try_replay_lock(conn: Connection) -> bool:
+    """Take the replay's session lock; ``False`` when another replay holds it."""
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK_KEY)
+    return taken
+
+
+async def release_replay_lock(conn: Connection) -> None:
+    """Give back the lock :func:`try_replay_lock` took."""
+    await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK_KEY)
+
+
+async def ping(conn: Connection) -> None:
+    """One round trip: raises if the database does not answer."""
+    await conn.fetchval("SELECT 1")

@@ -32,7 +32,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.admin import BrokerAdminError, QueueStats
 from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 from exchange.client import StatusItem
@@ -357,8 +357,8 @@ async def check_parked_queue(exchange: ExchangeUnderTest, decided: Decided) -> N
     held = set()
     for message in await drain(exchange.settings.amqp_url, PARKED_QUEUE):
         headers = message.headers or {}
-        recipient = headers.get(h.RECIPIENT) or message.routing_key or ""
-        user = headers.get(h.ORIGINAL_USER) or message.user_id
+        recipient = headers.get(header.RECIPIENT) or message.routing_key or ""
+        user = headers.get(header.ORIGINAL_USER) or message.user_id
         recipient = recipient.decode() if isinstance(recipient, bytes) else str(recipient)
         user = user.decode() if isinstance(user, bytes) else user
         held.add(dedup_key(recipient, message.body, user))

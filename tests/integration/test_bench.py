@@ -19,17 +19,11 @@ import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.bench import (
-    BenchConfig,
-    RssSample,
-    Tracker,
-    add_commands,
-    agency_codes,
-    config_of,
-    percentile,
-    rss_trend,
-    targets,
-)
+from exchange.benchmark.commands import add_commands, config_of
+from exchange.benchmark.config import BenchConfig
+from exchange.benchmark.harness import Tracker, targets
+from exchange.benchmark.processes import RssSample, percentile, rss_trend
+from exchange.benchmark.workload import agency_codes
 from exchange.broker.admin import BrokerAdmin, BrokerAdminError
 from exchange.settings import Settings
 
@@ -148,13 +142,16 @@ def test_quick_sets_small_defaults_that_options_override() -> None:
     assert quick.agencies < full.agencies
     chosen = config_of(_parser().parse_args(["bench", "--quick", "--messages", "7"]))
     assert chosen.messages == 7
+    assert quick.gateway_messages < full.gateway_messages
+    assert quick.gateway_round_trips < full.gateway_round_trips
 
 
 def test_the_options_choose_the_phases() -> None:
     def phases(*options: str) -> tuple[str, ...]:
         return config_of(_parser().parse_args(["bench", *options])).phases
 
-    assert phases() == ("verify", "passthrough", "sustained", "latency")
+    assert phases() == ("verify", "passthrough", "sustained", "latency", "gateway")
+    assert phases("--phases", "gateway,sustained") == ("sustained", "gateway")
     assert phases("--backlog", "100") == ("backlog",)
     assert phases("--duration", "600", "--rate", "50") == ("sustained",)
     assert phases("--backlog", "9", "--duration", "60", "--rate", "5") == ("sustained", "backlog")
@@ -183,7 +180,7 @@ async def _database_exists(name: str) -> bool:
 
 
 def _management_api() -> BrokerAdmin:
-    admin = BrokerAdmin.from_settings()
+    admin = BrokerAdmin.from_settings(Settings())
     try:
         asyncio.run(admin.overview())
     except BrokerAdminError as error:
@@ -220,6 +217,10 @@ def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
             "12",
             "--latency-messages",
             "6",
+            "--gateway-messages",
+            "8",
+            "--gateway-round-trips",
+            "4",
             "--workers",
             "1",
             "--json",
@@ -245,6 +246,18 @@ def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
     assert worker["peak_rss_mb"] >= worker["rss_mb_at_end"] > 0
     _assert_memory_sampled(worker)
     assert "backlog" not in result
+    # The gateway phase, next to the AMQP path: every package sent came out of
+    # the recipient's mailbox.
+    gateway = result["gateway"]
+    assert gateway["messages"] == 8
+    assert gateway["send_edoc_docs_per_s"] >= gateway["through_docs_per_s"] > 0
+    trip = gateway["round_trip_ms"]
+    assert trip["messages"] == 4
+    assert 0 < trip["p50"] <= trip["p95"] <= trip["p99"] <= trip["max"]
+    assert gateway["gateway_process"]["cpu_s"] > 0
+    token = result["vhost"].removeprefix("lienthong-bench-")
+    users = {user["name"] for user in asyncio.run(admin.request("GET", "/users"))}
+    assert f"b{token}-gateway" not in users
 
     vhosts = asyncio.run(admin.request("GET", "/vhosts"))
     assert result["vhost"] not in {v["name"] for v in vhosts}

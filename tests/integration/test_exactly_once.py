@@ -60,7 +60,7 @@ class Instrumented:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Wrap the worker's message handler and the outbox mark for this test."""
-        original_handle = Worker.handle
+        original_handle = Worker.handle_delivery
         original_mark = Worker._set_outbox_flag
 
         async def handle(worker: Worker, message: AbstractIncomingMessage) -> None:
@@ -76,7 +76,7 @@ class Instrumented:
                 raise ConnectionResetError("connection lost before the outbox flag was set")
             await original_mark(worker, message_pk)
 
-        monkeypatch.setattr(Worker, "handle", handle)
+        monkeypatch.setattr(Worker, "handle_delivery", handle)
         monkeypatch.setattr(Worker, "_set_outbox_flag", set_outbox_flag)
 
     async def wait_handled(self, exchange: ExchangeUnderTest, published: int) -> None:

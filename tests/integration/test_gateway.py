@@ -460,3 +460,80 @@ async def test_every_answer_is_reported_to_the_observers(gw: GatewayUnderTest) -
         ("getEdoc", "101", None),
     ]
     assert all(seconds >= 0 for _, _, seconds, _ in seen)
+
+
+async def test_the_mailbox_figures_follow_items_until_confirmed(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency]
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from exchange.gateway import measure
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert gw.gateway.pool is not None
+    await measure.refresh(gw.gateway.pool)
+    assert sample("lienthong_gateway_mailbox_items", level="1", message_type="edoc") == 0
+    assert sample("lienthong_gateway_oldest_unconfirmed_age_seconds") == 0
+    # SYS-A and SYS-B were registered moments ago and have called nothing yet.
+    silence = sample("lienthong_gateway_longest_silence_seconds")
+    assert silence is not None and 0 <= silence < 3600
+    assert (await gw.send("SYS-A", G22, unsigned_document(agencies, [H26])))["ErrorCode"] == "0"
+    (item,) = await gw.wait_received("SYS-B", 1)
+    async with gw.exchange.db() as conn:
+        await conn.execute("UPDATE gateway_mailbox SET received_at = now() - interval '8 days'")
+    await measure.refresh(gw.gateway.pool)
+    assert sample("lienthong_gateway_mailbox_items", level="1", message_type="edoc") == 1
+    age = sample("lienthong_gateway_oldest_unconfirmed_age_seconds")
+    assert age is not None and age >= 8 * 86400
+    await gw.confirm("SYS-B", item["docId"])
+    await measure.refresh(gw.gateway.pool)
+    assert sample("lienthong_gateway_mailbox_items", level="1", message_type="edoc") == 0
+
+
+async def test_a_system_silent_for_days_sets_the_longest_silence(gw: GatewayUnderTest) -> None:
+    from prometheus_client import REGISTRY
+
+    from exchange.gateway import measure
+
+    assert gw.gateway.pool is not None
+    async with gw.exchange.db() as conn:
+        await conn.execute(
+            "UPDATE gateway_systems SET last_seen_at = now() - interval '2 days',"
+            " created_at = now() - interval '3 days' WHERE system_id = 'SYS-A'"
+        )
+    await measure.refresh(gw.gateway.pool)
+    silence = REGISTRY.get_sample_value("lienthong_gateway_longest_silence_seconds")
+    assert silence is not None and 2 * 86400 <= silence < 2 * 86400 + 3600
+    # A disabled system is not expected to call.
+    async with gw.exchange.db() as conn:
+        await conn.execute("UPDATE gateway_systems SET enabled = false WHERE system_id = 'SYS-A'")
+    await measure.refresh(gw.gateway.pool)
+    silence = REGISTRY.get_sample_value("lienthong_gateway_longest_silence_seconds")
+    assert silence is not None and silence < 2 * 86400
+
+
+async def test_json_log_lines_carry_the_system_and_the_agency(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency], caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from exchange.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="exchange.gateway")
+    package = unsigned_document(agencies, [H26])
+    assert (await gw.send("SYS-A", G22, package))["ErrorCode"] == "0"
+    altered = package.replace("thử".encode(), "sửa".encode())
+    hash_file = sdk_hash(hashlib.sha256(package).digest())
+    assert (await gw.send("SYS-A", G22, altered, hash_file=hash_file))["ErrorCode"] == "204"
+    lines = [
+        json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "exchange.gateway" and getattr(record, "operation", None) == "sendEdoc"
+    ]
+    accepted, refused = lines
+    assert (accepted["system"], accepted["agency"]) == ("SYS-A", G22)
+    assert accepted["doc_id"] and accepted["document_id"]
+    assert (refused["system"], refused["agency"], refused["error_code"]) == ("SYS-A", G22, "204")

@@ -20,7 +20,7 @@ import aio_pika
 import httpx
 import pytest
 
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.writer import write_package
 from exchange.gateway.auth import sign_request
@@ -125,7 +125,7 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
     code, out, _ = await _lienthong(exchange, "system", "add", "SYS-A", "--agency", G22)
     assert code == 0, out
     secret = out.split("secret (shown once): ")[1].split()[0]
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     assert exchange.settings.trust is not None
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -134,6 +134,8 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
         "gateway",
         "--port",
         str(port),
+        "--metrics-port",
+        str(metrics_port),
         "--trust",
         str(exchange.settings.trust),
         "--keys",
@@ -176,6 +178,13 @@ async def test_the_gateway_serves_https_and_stops_on_sigterm(
                 headers=headers,
             )
             assert response.json()["ErrorCode"] == "0", response.text
+            # The process's metrics, on loopback: the request just answered.
+            scraped = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert (
+                'lienthong_gateway_requests_total{operation="sendEdoc",outcome="0"} 1.0'
+                in scraped.text
+            )
+            assert "lienthong_gateway_request_seconds_bucket" in scraped.text
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(60):
             _, err = await process.communicate()
@@ -201,7 +210,7 @@ async def test_two_gateways_and_a_redelivery_put_each_message_once_in_the_mailbo
                 message = aio_pika.Message(
                     f"<document {number}/>".encode(),
                     message_id=f"lienthong:{number}",
-                    headers={h.KIND: "document", h.SENDER: G22, h.RECIPIENT: H26},
+                    headers={header.KIND: "document", header.SENDER: G22, header.RECIPIENT: H26},
                 )
                 await deliver.publish(message, H26)
                 if number % 2 == 0:  # the same message again, as after a worker's crash
@@ -218,3 +227,36 @@ async def test_two_gateways_and_a_redelivery_put_each_message_once_in_the_mailbo
         items = await first.received("SYS-B")
         assert sorted(item["docId"] for item in items) == sorted({item["docId"] for item in items})
         assert len(items) == 10
+
+
+async def test_gateway_user_creates_the_broker_user_with_the_gateways_permissions(
+    exchange: ExchangeUnderTest,
+) -> None:
+    from exchange.broker.topology import gateway_permissions
+    from exchange.registry import vhost_of
+
+    name = f"gw-{os.getpid()}-{id(exchange) % 100000}"
+    try:
+        code, out, err = await _lienthong(exchange, "gateway-user", name, "--json")
+        assert code == 0, err
+        created = json.loads(out)
+        assert created["user"] == name and len(created["password"]) >= 16
+        vhost = vhost_of(exchange.settings.amqp_url)
+        assert await exchange.admin.get_permissions(vhost, name) == gateway_permissions()
+        # The login works, and may publish to lienthong.submit only.
+        connection = await aio_pika.connect(created["amqp_url"])
+        try:
+            channel = await connection.channel()
+            submit = await channel.get_exchange("lienthong.submit", ensure=False)
+            await submit.publish(aio_pika.Message(b"x", user_id=name), "000.00.00.G22")
+        finally:
+            await connection.close()
+        # Again, from standard input: a new password, the same permissions.
+        code, out, err = await _lienthong(
+            exchange, "gateway-user", name, "--password-stdin", stdin=b"p" * 32 + b"\n"
+        )
+        assert code == 0, err
+        assert "password (shown once): " + "p" * 32 in out
+        assert f'LIENTHONG_GATEWAY_USERS must list it: ["{name}"]' in out
+    finally:
+        await exchange.admin.delete_user(name)

@@ -1,6 +1,6 @@
 """The ledger on the real PostgreSQL, with no broker: decisions recorded, publications owed.
 
-Packages are really signed and inspected (:class:`exchange.pipeline.Inspector`);
+Packages are really signed and inspected (:class:`exchange.pipeline.CheckCache`);
 what the ledger returns is checked against what the database then holds.
 Nothing is published: the ledger only says what is owed.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.broker.topology import DELIVER_EXCHANGE, STATUS_EXCHANGE
 from exchange.checks.authorise import document_id_of
 from exchange.checks.signature import sign
@@ -32,7 +32,7 @@ from exchange.edxml.model import (
 from exchange.edxml.writer import new_document, new_status, write_package
 from exchange.failures import Failure
 from exchange.ledger import Arrival, Decided, Ledger
-from exchange.pipeline import CheckContext, Envelope, Inspected, Inspector
+from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.reasons import Reason, Rejection
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
@@ -57,7 +57,7 @@ class Desk:
         self.pki = pki
         self.directory = Directory(pool)
         self.ledger = Ledger(pool, self.directory, group_commits=2)
-        self.inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
+        self.check_cache = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
         self.credentials = {code: pki.agency(str(code)) for code in USERS}
 
     def organization(self, code: AgencyCode) -> Organization:
@@ -102,9 +102,9 @@ class Desk:
         """What the worker does with one message: inspect it, then hand it to the ledger."""
         arrival = Arrival(body, str(to), USERS[publisher], f"id-{to}-{len(body)}", replay=replay)
         envelope = Envelope(body, str(to), publisher)
-        inspected: Inspected | Rejection
+        inspected: CheckedMessage | Rejection
         try:
-            inspected = self.inspector.inspect(envelope)
+            inspected = self.check_cache.check(envelope)
         except Rejection as rejection:
             inspected = rejection
         return await self.ledger.decide(arrival, envelope, inspected)
@@ -120,7 +120,7 @@ async def desk(db_pool: Pool, tmp_path: Path) -> Desk:
 
 def _receipt(decided: Decided) -> dict[str, object]:
     receipt = decided.owed[-1]
-    assert receipt.exchange == STATUS_EXCHANGE and receipt.headers[h.KIND] == "receipt"
+    assert receipt.exchange == STATUS_EXCHANGE and receipt.headers[header.KIND] == "receipt"
     loaded: dict[str, object] = json.loads(receipt.body)
     return loaded
 

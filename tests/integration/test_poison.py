@@ -69,7 +69,8 @@ async def test_redelivered_message_below_the_limit_is_handled_normally(
     async with exchange.workers(1):
         await exchange.wait_settled(1)
     key = queries.dedup_key(RECIPIENT, package, exchange.broker_user_for(SENDER))
-    assert await exchange.fetchval(
-        "SELECT starts FROM processing_starts WHERE dedup_key = $1", key
-    ) == 1
+    assert (
+        await exchange.fetchval("SELECT starts FROM processing_starts WHERE dedup_key = $1", key)
+        == 1
+    )
     assert len(await exchange.inbox_of(recipient)) == 1

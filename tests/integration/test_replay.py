@@ -22,6 +22,7 @@ import pytest
 
 from exchange.agency import AgencyCode
 from exchange.broker.connection import ConfirmingPublisher, broker_user_of, connect
+from exchange.broker.origin import Origin
 from exchange.broker.topology import (
     PARKED_QUEUE,
     PARKING_EXCHANGE,
@@ -35,7 +36,6 @@ from exchange.pki import Credential, TrustStore, create_ca, issue_agency_certifi
 from exchange.registry import register_agency
 from exchange.replay import (
     PUBLISH_WINDOW,
-    REPLAY_LOCK_KEY,
     Action,
     Filters,
     Progress,
@@ -49,7 +49,6 @@ from exchange.replay import (
 )
 from exchange.status import TransportOutcome
 from exchange.store import queries
-from exchange.worker import Origin
 from tests.exchange_fixtures import ExchangeUnderTest
 
 pytestmark = pytest.mark.services
@@ -114,7 +113,7 @@ async def park_as_the_worker_does(
             PARKING_EXCHANGE,
             recipient,
             body,
-            headers=origin.headers(attempts=4, failure=Failure.DATABASE),
+            headers=origin.headers(attempts=4, failure=Failure.DATABASE.code),
             user_id=broker_user_of(exchange.settings.amqp_url),
         )
     finally:
@@ -421,7 +420,7 @@ async def test_a_large_filtered_set_is_published_in_windows_with_progress_and_al
 
 async def test_a_second_replay_waits_its_turn(exchange: ExchangeUnderTest) -> None:
     async with exchange.db() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_lock($1)", queries.REPLAY_LOCK_KEY)
         with pytest.raises(ReplayError, match="another replay is running"):
             await run_replay(exchange.settings, Selection(all=True), wait=0)
     assert await exchange.fetchval("SELECT count(*) FROM replays") == 0

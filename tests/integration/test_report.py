@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import REGISTRY
 
-from exchange.agency import AgencyGroup
+from exchange.agency import AgencyCode, AgencyGroup
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.model import VIETNAM_TIME, DocumentPackage
 from exchange.registry import vhost_of
@@ -30,6 +30,7 @@ from exchange.report import (
     refresh_metrics,
 )
 from exchange.status import StatusCode
+from exchange.store import gateway as gateway_store
 from exchange.store.db import create_pool
 from tests.exchange_fixtures import ExchangeUnderTest
 
@@ -93,16 +94,28 @@ async def test_report_counts_connected_agencies_inbox_backlogs_and_overdue_statu
             pytest.fail(f"inbox backlog {backlog}, expected {expected_backlog}")
         await asyncio.sleep(0.5)
 
+    # Hà Nội and Sơn Vi connect through the gateway: one enabled system acts
+    # for both; a disabled one for the ministry counts for nothing.
+    async with exchange.db() as conn:
+        await gateway_store.add_system(
+            conn, "SYS-HN", "s" * 32, [AgencyCode.parse(HANOI), AgencyCode.parse(SON_VI)]
+        )
+        await gateway_store.add_system(conn, "SYS-OLD", "s" * 32, [AgencyCode.parse(HOME_AFFAIRS)])
+        await gateway_store.set_enabled(conn, "SYS-OLD", False)
+
     report = await build_report(exchange.settings, started - timedelta(minutes=5))
 
     connectivity = report.connectivity
     # Connected: the office, the ministry and Hà Nội each sent and received.
-    assert connectivity.by_level == {1: Tally(3, 3), 2: Tally(1, 0), 3: Tally(1, 0)}
+    assert connectivity.by_level == {1: Tally(3, 3, 1), 2: Tally(1, 0), 3: Tally(1, 0, 1)}
     assert connectivity.by_group == {
         AgencyGroup.MINISTRY: Tally(2, 2),
-        AgencyGroup.PROVINCE: Tally(3, 1),
+        AgencyGroup.PROVINCE: Tally(3, 1, 2),
     }
-    assert connectivity.total == Tally(5, 3)
+    assert connectivity.total == Tally(5, 3, 2)
+    assert report.gateway is not None
+    assert (report.gateway.systems_enabled, report.gateway.systems_disabled) == (1, 1)
+    assert (report.gateway.systems_silent, report.gateway.unconfirmed) == (0, 0)
     assert report.inboxes is not None
     assert {i.agency: i.messages for i in report.inboxes} == {**expected_backlog, SON_VI: 0}
     assert report.inboxes[0].messages == 1  # most waiting first
@@ -116,7 +129,7 @@ async def test_report_counts_connected_agencies_inbox_backlogs_and_overdue_statu
 
     # A period that starts after everything happened: nobody connected.
     quiet = await build_report(exchange.settings, datetime.now(UTC))
-    assert quiet.connectivity.total == Tally(5, 0)
+    assert quiet.connectivity.total == Tally(5, 0, 2)
     assert quiet.overdue_total == 1  # overdue does not depend on the period
 
     # The command, with --json, as an operator runs it.
@@ -141,7 +154,8 @@ async def test_report_counts_connected_agencies_inbox_backlogs_and_overdue_statu
     capsys.readouterr()
     assert await asyncio.to_thread(args.handler, args) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["total"] == {"registered": 5, "connected": 3}
+    assert printed["total"] == {"registered": 5, "connected": 3, "via_gateway": 2}
+    assert printed["gateway"]["systems_enabled"] == 1
     assert {row["group"]: row["connected"] for row in printed["by_group"]} == {
         "ministry": 2,
         "province": 1,

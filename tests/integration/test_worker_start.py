@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.checks import schema
 from exchange.demo import demo_document
 from exchange.installation import BrokenInstallation
 from exchange.settings import Settings
@@ -293,7 +294,7 @@ async def test_a_worker_whose_schema_files_vanish_gives_the_message_back_and_sto
     async def started(_: object) -> None:
         # The files go once the worker runs: each executor thread compiles
         # the XSDs on its first message, and finds them gone.
-        monkeypatch.setenv("LIENTHONG_SCHEMA_DIR", str(tmp_path / "removed"))
+        monkeypatch.setattr(schema, "_directory", tmp_path / "removed")
         ready.set()
 
     stop = asyncio.Event()

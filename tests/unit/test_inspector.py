@@ -1,4 +1,4 @@
-"""The Inspector: the same package's bytes examined once, the envelope checked every time."""
+"""The CheckCache: the same package's bytes examined once, the envelope checked every time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from exchange.agency import AgencyCode
 from exchange.checks.signature import sign
-from exchange.pipeline import CheckContext, Envelope, Inspector
+from exchange.pipeline import CheckCache, CheckContext, Envelope
 from exchange.reasons import Reason, Rejection
 from tests.keys import TestPKI
 from tests.packages import document_package
@@ -21,19 +21,19 @@ CAO_BANG = "000.00.00.H14"
 
 
 class Counted:
-    """Counts the examinations an Inspector really runs (the expensive part)."""
+    """Counts the examinations an CheckCache really runs (the expensive part)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import exchange.pipeline as pipeline
 
         self.count = 0
-        real = pipeline.examine
+        real = pipeline.check_bytes
 
-        def counting(*args: object, **kwargs: object) -> pipeline.Examined:
+        def counting(*args: object, **kwargs: object) -> pipeline.CheckedBytes:
             self.count += 1
             return real(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(pipeline, "examine", counting)
+        monkeypatch.setattr(pipeline, "check_bytes", counting)
 
 
 @pytest.fixture
@@ -47,18 +47,18 @@ def signed(pki: TestPKI) -> bytes:
     return sign(document_package().encode("utf-8"), agency.key_pem, agency.cert_pem)
 
 
-def _inspect(inspector: Inspector, envelope: Envelope) -> object:
+def _inspect(inspector: CheckCache, envelope: Envelope) -> object:
     """What the worker does: recall, else examine."""
     recalled = inspector.recall(envelope)
-    return recalled if recalled is not None else inspector.inspect(envelope)
+    return recalled if recalled is not None else inspector.check(envelope)
 
 
 def test_copies_to_other_recipients_are_examined_once(
     pki: TestPKI, signed: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counted = Counted(monkeypatch)
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
-    first = inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
+    first = inspector.check(Envelope(signed, NGHE_AN, SENDER))
     second = inspector.recall(Envelope(signed, CAO_BANG, SENDER))
     assert counted.count == 1
     assert second is not None
@@ -74,8 +74,8 @@ def test_other_bytes_are_examined_again(
 ) -> None:
     """Only byte-identical packages share an examination: one byte more is another package."""
     counted = Counted(monkeypatch)
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
-    inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
+    inspector.check(Envelope(signed, NGHE_AN, SENDER))
     assert inspector.recall(Envelope(signed + b"\n", NGHE_AN, SENDER)) is None
     _inspect(inspector, Envelope(signed + b"\n", NGHE_AN, SENDER))
     assert counted.count == 2
@@ -83,8 +83,8 @@ def test_other_bytes_are_examined_again(
 
 def test_the_envelope_is_checked_on_every_recall(pki: TestPKI, signed: bytes) -> None:
     """A remembered package published by another agency, or to a stranger, is still refused."""
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
-    inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
+    inspector.check(Envelope(signed, NGHE_AN, SENDER))
     other = AgencyCode.parse("000.00.00.G09")
     with pytest.raises(Rejection) as impostor:
         inspector.recall(Envelope(signed, NGHE_AN, other))
@@ -98,10 +98,10 @@ def test_the_envelope_is_checked_on_every_recall(pki: TestPKI, signed: bytes) ->
 
 
 def test_refusals_are_not_remembered(pki: TestPKI, signed: bytes) -> None:
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
     tampered = signed.replace(b"Cac bo va co quan ngang bo", b"Cac bo va co quan ngang bx")
     with pytest.raises(Rejection):
-        inspector.inspect(Envelope(tampered, NGHE_AN, SENDER))
+        inspector.check(Envelope(tampered, NGHE_AN, SENDER))
     assert inspector.recall(Envelope(tampered, NGHE_AN, SENDER)) is None
     assert inspector.remembered_bytes == 0
 
@@ -109,8 +109,8 @@ def test_refusals_are_not_remembered(pki: TestPKI, signed: bytes) -> None:
 def test_an_examination_is_forgotten_after_its_time(pki: TestPKI, signed: bytes) -> None:
     start = datetime.now(UTC)
     context = CheckContext(trust=pki.trust, now=start)
-    inspector = Inspector(context, max_bytes=2**20, remember_s=60)
-    inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+    inspector = CheckCache(context, max_bytes=2**20, remember_s=60)
+    inspector.check(Envelope(signed, NGHE_AN, SENDER))
     inspector.context = CheckContext(trust=pki.trust, now=start + timedelta(seconds=59))
     assert inspector.recall(Envelope(signed, CAO_BANG, SENDER)) is not None
     inspector.context = CheckContext(trust=pki.trust, now=start + timedelta(seconds=60))
@@ -122,8 +122,8 @@ def test_nothing_is_reused_past_the_signing_certificate(pki: TestPKI, signed: by
     """A certificate that expires within the memory's time ends the reuse with it."""
     not_after = pki.agency(str(SENDER)).certificate.not_valid_after_utc
     context = CheckContext(trust=pki.trust, now=not_after - timedelta(seconds=10))
-    inspector = Inspector(context, max_bytes=2**20, remember_s=3600)
-    inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+    inspector = CheckCache(context, max_bytes=2**20, remember_s=3600)
+    inspector.check(Envelope(signed, NGHE_AN, SENDER))
     assert inspector.recall(Envelope(signed, CAO_BANG, SENDER)) is not None
     inspector.context = CheckContext(trust=pki.trust, now=not_after)
     assert inspector.recall(Envelope(signed, CAO_BANG, SENDER)) is None
@@ -139,19 +139,19 @@ def test_memory_is_bounded_in_bytes(pki: TestPKI) -> None:
         for n in range(4)
     ]
     size = max(len(p) for p in packages)
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2 * size + size // 2)
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2 * size + size // 2)
     for package in packages[:2]:
-        inspector.inspect(Envelope(package, NGHE_AN, SENDER))
+        inspector.check(Envelope(package, NGHE_AN, SENDER))
     assert inspector.recall(Envelope(packages[0], CAO_BANG, SENDER)) is not None  # now most recent
-    inspector.inspect(Envelope(packages[2], NGHE_AN, SENDER))
+    inspector.check(Envelope(packages[2], NGHE_AN, SENDER))
     assert inspector.remembered_bytes <= 2 * size + size // 2
     assert inspector.recall(Envelope(packages[1], CAO_BANG, SENDER)) is None  # the oldest went
     assert inspector.recall(Envelope(packages[0], CAO_BANG, SENDER)) is not None
-    tiny = Inspector(CheckContext(trust=pki.trust), max_bytes=size // 2)
-    tiny.inspect(Envelope(packages[3], NGHE_AN, SENDER))
+    tiny = CheckCache(CheckContext(trust=pki.trust), max_bytes=size // 2)
+    tiny.check(Envelope(packages[3], NGHE_AN, SENDER))
     assert tiny.remembered_bytes == 0
-    off = Inspector(CheckContext(trust=pki.trust), max_bytes=0)
-    off.inspect(Envelope(packages[3], NGHE_AN, SENDER))
+    off = CheckCache(CheckContext(trust=pki.trust), max_bytes=0)
+    off.check(Envelope(packages[3], NGHE_AN, SENDER))
     assert off.recall(Envelope(packages[3], CAO_BANG, SENDER)) is None
 
 
@@ -161,9 +161,9 @@ def test_a_bad_attachment_is_refused_after_the_envelope_checks(pki: TestPKI) -> 
     signed = sign(
         document_package(attachment="not base64!").encode(), agency.key_pem, agency.cert_pem
     )
-    inspector = Inspector(CheckContext(trust=pki.trust), max_bytes=2**20)
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
     with pytest.raises(Rejection) as first:
-        inspector.inspect(Envelope(signed, NGHE_AN, SENDER))
+        inspector.check(Envelope(signed, NGHE_AN, SENDER))
     assert first.value.reason is Reason.BAD_ATTACHMENT
     with pytest.raises(Rejection) as impostor:
         inspector.recall(Envelope(signed, NGHE_AN, AgencyCode.parse("000.00.00.G09")))

@@ -13,17 +13,19 @@ from pathlib import Path
 import pytest
 
 import exchange
-from exchange import aio, cli, metrics
+from exchange import cli, event_loop, metrics
 from exchange.checks.schema import (
     SCHEMA_DIR_VARIABLE,
     PackageKind,
     check_schema_files,
     load_schema,
     schema_dir,
+    use_schema_dir,
 )
 from exchange.failures import classify, is_fatal
 from exchange.installation import BrokenInstallation, data_dir
 from exchange.receipts import receipt_json_schema, schema_path
+from exchange.settings import Settings
 from exchange.store.migrate import load_migrations
 from tests.packages import document_package
 
@@ -100,8 +102,12 @@ def test_the_environment_moves_the_schema_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(SCHEMA_DIR_VARIABLE, str(tmp_path))
-    with pytest.raises(BrokenInstallation, match=re.escape(str(tmp_path))):
-        check_schema_files()
+    use_schema_dir(Settings().schema_dir)
+    try:
+        with pytest.raises(BrokenInstallation, match=re.escape(str(tmp_path))):
+            check_schema_files()
+    finally:
+        use_schema_dir(None)
 
 
 def test_a_broken_installation_is_fatal_never_a_transient_failure() -> None:
@@ -120,14 +126,14 @@ def test_without_uvloop_the_standard_asyncio_loop_runs(monkeypatch: pytest.Monke
     # As on Windows, where uvloop is not installed: importing it fails.
     monkeypatch.setitem(sys.modules, "uvloop", None)
     try:
-        fallback = importlib.reload(aio)
+        fallback = importlib.reload(event_loop)
         assert fallback.LOOP == "asyncio"
         assert fallback.run(loop_class()).startswith("asyncio")
     finally:
         monkeypatch.undo()
-        importlib.reload(aio)
-    assert aio.LOOP == "uvloop"
-    assert aio.run(loop_class()).startswith("uvloop")
+        importlib.reload(event_loop)
+    assert event_loop.LOOP == "uvloop"
+    assert event_loop.run(loop_class()).startswith("uvloop")
 
 
 def test_a_command_without_its_schemas_says_so_in_one_line_and_exits_2(
@@ -139,8 +145,11 @@ def test_a_command_without_its_schemas_says_so_in_one_line_and_exits_2(
 
     # In a thread of its own, as in a new process: each thread compiles the
     # XSDs once, and this one must not have them yet.
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        status = thread.submit(cli.main, ["validate", str(package)]).result()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            status = thread.submit(cli.main, ["validate", str(package)]).result()
+    finally:
+        use_schema_dir(None)  # main() took the folder from the settings
 
     captured = capsys.readouterr()
     assert status == cli.EXIT_ERROR

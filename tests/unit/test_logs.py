@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from exchange.logs import (
-    FORMAT_ENV,
     MAX_MESSAGE_CHARS,
     JsonFormatter,
     TextFormatter,
     chosen_format,
     configure_logging,
 )
+from exchange.settings import Settings
 
 DECISION = {
     "message_id": "3f2a9c1e-0d7b-4e55-9a51-8b6f0d2c4e11",
@@ -115,18 +115,20 @@ def test_text_line_is_readable_with_the_fields_after_the_message() -> None:
 
 
 def test_format_is_json_off_a_terminal_and_text_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(FORMAT_ENV, raising=False)
+    monkeypatch.delenv("LIENTHONG_LOG_FORMAT", raising=False)
 
+    assert chosen_format(Settings().log_format, io.StringIO()) == "json"
     assert chosen_format(None, io.StringIO()) == "json"
     assert chosen_format(None, Terminal()) == "text"
     assert chosen_format("auto", Terminal()) == "text"
 
 
 def test_environment_and_argument_override_the_guess(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(FORMAT_ENV, "json")
-    assert chosen_format(None, Terminal()) == "json"
-    monkeypatch.setenv(FORMAT_ENV, "text")
-    assert chosen_format(None, io.StringIO()) == "text"
+    # The environment is read once, into Settings.log_format.
+    monkeypatch.setenv("LIENTHONG_LOG_FORMAT", "json")
+    assert chosen_format(Settings().log_format, Terminal()) == "json"
+    monkeypatch.setenv("LIENTHONG_LOG_FORMAT", "text")
+    assert chosen_format(Settings().log_format, io.StringIO()) == "text"
     assert chosen_format("json", io.StringIO()) == "json"
 
 
@@ -137,7 +139,7 @@ def test_an_unknown_format_is_refused_with_the_choices() -> None:
 
 @pytest.mark.usefixtures("root_handlers")
 def test_configure_logging_twice_writes_each_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(FORMAT_ENV, raising=False)
+    monkeypatch.delenv("LIENTHONG_LOG_FORMAT", raising=False)
     stream = io.StringIO()
     configure_logging(stream=io.StringIO())
     configure_logging(stream=stream)

@@ -24,6 +24,7 @@ from exchange.agency import AgencyCode, AgencyGroup
 from exchange.report import (
     AgencyActivity,
     CertificateSummary,
+    GatewaySummary,
     InboxBacklog,
     OverdueDelivery,
     Report,
@@ -49,6 +50,8 @@ BOUNDED_LABELS = {
     "state",
     "level",
     "group",
+    "operation",  # the gateway's nine operations and "unknown" (exchange/gateway/measure.py)
+    "message_type",  # edoc, status
 }
 
 
@@ -108,6 +111,55 @@ def test_tally_counts_per_level_per_group_and_in_total() -> None:
     assert counts.by_group == {AgencyGroup.MINISTRY: Tally(2, 1), AgencyGroup.PROVINCE: Tally(4, 2)}
     assert counts.by_level_and_group[(2, AgencyGroup.PROVINCE)] == Tally(2, 1)
     assert counts.total == Tally(6, 3)
+
+
+def test_tally_counts_the_agencies_behind_the_gateway() -> None:
+    behind = [
+        AgencyActivity(AgencyCode.parse("000.00.00.H26"), True, True, via_gateway=True),
+        AgencyActivity(AgencyCode.parse("000.46.24.H44"), False, False, via_gateway=True),
+        activity("000.00.00.G22", sent=True, received=True),
+    ]
+    counts = tally(behind)
+
+    assert counts.by_level == {1: Tally(2, 2, 1), 3: Tally(1, 0, 1)}
+    assert counts.by_group[AgencyGroup.PROVINCE] == Tally(2, 1, 2)
+    assert counts.total == Tally(3, 2, 2)
+
+
+def test_the_report_says_how_the_gateways_systems_and_mailbox_stand() -> None:
+    report = Report(
+        since=NOW - timedelta(days=30),
+        until=NOW,
+        connectivity=tally(
+            [AgencyActivity(AgencyCode.parse("000.00.00.H26"), True, True, via_gateway=True)]
+        ),
+        certificates=certificate_summary([None], NOW),
+        overdue_total=0,
+        overdue=[],
+        gateway=GatewaySummary(
+            systems_enabled=3,
+            systems_disabled=1,
+            systems_silent=1,
+            unconfirmed=7,
+            oldest_unconfirmed=datetime(2025, 5, 20, 1, 0, tzinfo=UTC),
+        ),
+    )
+
+    text = format_report(report)
+    data = report_json(report)
+
+    assert re.search(r"total +1 +1 +1", text)
+    assert (
+        "Gateway: 3 systems enabled (1 silent for a day), 1 disabled; "
+        "mailbox: 7 items not confirmed, the oldest since 2025-05-20 08:00" in text
+    )
+    assert data["gateway"] == {
+        "systems_enabled": 3,
+        "systems_disabled": 1,
+        "systems_silent": 1,
+        "unconfirmed": 7,
+        "oldest_unconfirmed": "2025-05-20T01:00:00+00:00",
+    }
 
 
 def test_tally_of_an_empty_directory_is_zero() -> None:
@@ -238,12 +290,13 @@ def test_report_lists_levels_groups_inboxes_and_overdue_in_text_and_json() -> No
     assert "000.00.00.H26" not in text.split("inboxes")[1].split("Statuses")[0]
     assert "DOC-1  000.00.00.G22 -> 000.00.00.G09  due 2025-05-20  latest status 03" in text
     assert "... and 2 more" in text
-    assert data["total"] == {"registered": 6, "connected": 3}
+    assert data["total"] == {"registered": 6, "connected": 3, "via_gateway": 0}
     assert data["by_level"][0] == {
         "level": 1,
         "name": "ministries, provinces, central bodies",
         "registered": 3,
         "connected": 2,
+        "via_gateway": 0,
     }
     assert [g["group"] for g in data["by_group"]] == ["ministry", "province"]
     assert data["inboxes"][0]["messages"] == 5

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.broker import headers as h
+from exchange.broker import headers as header
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.replay import (
     Action,
@@ -225,9 +225,9 @@ def test_a_message_published_without_a_user_id_is_not_replayed() -> None:
 def test_replay_headers_carry_the_replay_the_recipient_and_the_original_user() -> None:
     entry = entry_of(message())
     assert replay_headers(entry, 42) == {
-        h.REPLAY: 42,
-        h.RECIPIENT: RECIPIENT,
-        h.ORIGINAL_USER: AGENCY_USER,
+        header.REPLAY: 42,
+        header.RECIPIENT: RECIPIENT,
+        header.ORIGINAL_USER: AGENCY_USER,
     }
 
 
@@ -245,10 +245,10 @@ def test_a_decision_counts_as_new_only_after_the_mark_and_once_its_effects_are_c
 
 def test_a_message_parked_by_a_worker_keeps_the_origin_its_headers_carry() -> None:
     headers: dict[str, Any] = {
-        h.RECIPIENT: RECIPIENT,
-        h.ORIGINAL_USER: AGENCY_USER,
-        h.FAILURE: "TRANSIENT_DATABASE",
-        h.ATTEMPTS: 4,
+        header.RECIPIENT: RECIPIENT,
+        header.ORIGINAL_USER: AGENCY_USER,
+        header.FAILURE: "TRANSIENT_DATABASE",
+        header.ATTEMPTS: 4,
     }
     origin = parked_origin("lienthong.work", WORKER, headers, frozenset({WORKER}))
     assert (origin.routing_key, origin.broker_user, origin.reason_code) == (
@@ -259,7 +259,7 @@ def test_a_message_parked_by_a_worker_keeps_the_origin_its_headers_carry() -> No
 
 
 def test_origin_headers_from_an_agency_are_not_believed() -> None:
-    forged = {h.RECIPIENT: "000.00.01.H26", h.ORIGINAL_USER: "someone-else"}
+    forged = {header.RECIPIENT: "000.00.01.H26", header.ORIGINAL_USER: "someone-else"}
     origin = parked_origin(RECIPIENT, AGENCY_USER, forged, frozenset({WORKER}))
     assert origin.routing_key == RECIPIENT
     assert origin.broker_user == AGENCY_USER

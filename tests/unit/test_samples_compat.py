@@ -19,7 +19,7 @@ from exchange.checks.signature import sign, verify
 from exchange.edxml.model import DocumentPackage
 from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse
-from exchange.pipeline import CheckContext, Envelope, inspect
+from exchange.pipeline import CheckContext, Envelope, check_message
 from exchange.reasons import Reason, Rejection
 from tests.keys import TestPKI
 
@@ -91,6 +91,8 @@ def test_sample_signed_for_real_passes_the_whole_check(
         recipient = package.recipients[0].organ_id
     else:
         recipient = package.response_for.organ_id
-    inspected = inspect(Envelope(signed, str(recipient), sender), CheckContext(trust=pki.trust))
+    inspected = check_message(
+        Envelope(signed, str(recipient), sender), CheckContext(trust=pki.trust)
+    )
     assert inspected.sender == sender
     assert inspected.package == package, "signing must not change what the package says"

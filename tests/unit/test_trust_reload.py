@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from exchange.pipeline import CheckContext, Inspector
+from exchange.pipeline import CheckCache, CheckContext
 from exchange.pki import empty_crl
 from exchange.settings import Settings
 from exchange.worker import TrustKeeper, load_revocations, observe_revocations
@@ -21,7 +21,7 @@ def _settings(pki: TestPKI, **changes: Any) -> Settings:
 
 
 def _worker(pki: TestPKI) -> Any:
-    return SimpleNamespace(inspector=Inspector(CheckContext(trust=pki.trust), max_bytes=0))
+    return SimpleNamespace(check_cache=CheckCache(CheckContext(trust=pki.trust), max_bytes=0))
 
 
 def test_revocation_lists_are_found_beside_the_trust_anchor(tmp_path: Path) -> None:
@@ -53,12 +53,12 @@ async def test_a_reload_hands_the_new_lists_to_every_worker_and_a_broken_file_ke
     keeper = TrustKeeper(_settings(pki), workers)
     empty_crl(pki.ca, tmp_path)
     assert await keeper.reload(trust=False)
-    held = [w.inspector.context.revocations for w in workers]
+    held = [w.check_cache.context.revocations for w in workers]
     assert all(r is not None and len(r) == 1 for r in held)
 
     failed = REGISTRY.get_sample_value("lienthong_trust_reloads_total", {"outcome": "failed"}) or 0
     (tmp_path / "garbage.crl").write_bytes(b"not a CRL")
     assert not await keeper.reload(trust=False)
-    assert [w.inspector.context.revocations for w in workers] == held
+    assert [w.check_cache.context.revocations for w in workers] == held
     after = REGISTRY.get_sample_value("lienthong_trust_reloads_total", {"outcome": "failed"})
     assert after == failed + 1

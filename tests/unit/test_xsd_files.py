@@ -17,8 +17,9 @@ from lxml import etree
 
 from exchange.agency import AgencyCode
 from exchange.checks import schema as schema_check
-from exchange.checks.schema import PackageKind, load_schema, schema_dir
+from exchange.checks.schema import PackageKind, load_schema, schema_dir, use_schema_dir
 from exchange.edxml.names import EDXML_NS
+from exchange.settings import Settings
 from exchange.status import BusinessDocType, Priority, StatusCode, SteeringType
 
 XS = "http://www.w3.org/2001/XMLSchema"
@@ -67,7 +68,11 @@ def test_schema_dir_can_be_moved_by_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("LIENTHONG_SCHEMA_DIR", str(tmp_path))
-    assert schema_dir() == tmp_path
+    use_schema_dir(Settings().schema_dir)
+    try:
+        assert schema_dir() == tmp_path
+    finally:
+        use_schema_dir(None)
 
 
 @pytest.fixture(scope="module")

@@ -1,41 +1,12 @@
-"""``lienthong bench``: the real pipeline under load, next to the limits measured in the same run.
+"""The run: publishers and fast consumers on the agencies' side, each phase, the figures.
 
-In a vhost and a database of its own (created at the start, deleted at the
-end, so it never touches a real exchange), the benchmark registers agencies
-on the four levels, signs every package before any clock starts, and runs:
-
-1. **verify only**: bare ``signxml`` verification of the same packages in a
-   process pool of as many processes as cores (the least a verifying
-   exchange must spend on this machine);
-2. **pass-through**: the same messages over the same queues, moved by
-   trivial consumers in as many processes as there are workers
-   (``lienthong.work`` to the recipient's inbox and a receipt to the
-   sender's status queue, with confirms and acks, no checks, no database);
-3. **sustained**: the same messages through real ``lienthong worker``
-   processes, published as fast as the broker confirms them; throughput is
-   messages over the time from the first publish to the last message
-   having both its inbox delivery and its receipt;
-4. **latency**: more messages at a fixed offered load (by default half the
-   sustained throughput), each timed from its publish to the later of its
-   delivery and its receipt;
-5. **backlog** (only when asked): messages published with no worker
-   running, so that they wait in ``lienthong.work``, then drained by
-   workers started afterwards; throughput is messages over the time from
-   the first worker ready to the last message done.
-
-``--phases`` chooses among them; ``--duration`` turns the sustained run into
-one at a fixed offered load for a given time (a long run, to watch memory).
-
-Fast consumers (guest in the bench vhost, no acks) read every inbox and
-status queue; every time is taken in this one process, so no clocks need to
-agree. CPU and peak memory of each worker process come from ``/proc``, and
-its resident memory is sampled every few seconds during the sustained run
-and the drain.
+:func:`run_bench` runs the phases (see :mod:`exchange.benchmark`);
+:func:`table` prints its figures; :func:`drop_run` deletes what a
+``--keep`` run left.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -44,334 +15,62 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-# Message headers the benchmark adds to what it publishes, read only by the
-# pass-through consumer (the real worker ignores them): the pass-through must
-# route and label like the worker without parsing the package.
-BENCH_DOCUMENT_ID = "x-bench-document-id"
-BENCH_SENDER = "x-bench-sender"
-KIND_HEADER = "x-lienthong-kind"  # exchange.broker.headers.KIND
+from exchange.benchmark.config import (
+    BENCH_DOCUMENT_ID,
+    BENCH_SENDER,
+    PASSTHROUGH_READY_TEXT,
+    PROGRESS_EVERY_S,
+    PUBLISH_WINDOW,
+    READY_TEXT,
+    SIZES,
+    STALL_TIMEOUT_S,
+    TARGET_DOCS_PER_S,
+    TARGET_P99_MS,
+    TARGET_PASSTHROUGH_RATIO,
+    WARM_UP_FRACTION,
+    BenchConfig,
+)
+from exchange.benchmark.processes import (
+    Child,
+    RssSample,
+    Usage,
+    child_env,
+    memory_kb,
+    passthrough_command,
+    percentile,
+    rss_trend,
+    start_children,
+    stop_children,
+    worker_command,
+)
+from exchange.benchmark.workload import (
+    Planned,
+    SignJob,
+    agency_codes,
+    party,
+    sign_job,
+    verify_chunk,
+    warm,
+)
+from exchange.broker import headers as header
 
-SIZES = {"5k": 5 * 1024, "100k": 100 * 1024, "1m": 1024 * 1024}
-READY_TEXT = "worker consuming lienthong.work"
-PASSTHROUGH_READY_TEXT = "passthrough consuming"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 60.0
-# Publishes awaiting their confirm at once, over every sender: enough to keep
-# the broker busy, few enough that one slow confirm does not hide a stall.
-PUBLISH_WINDOW = 256
-# A phase that makes no progress for this long has failed (a worker died,
-# a message was rejected and so never delivered).
-STALL_TIMEOUT_S = 60.0
-PROGRESS_EVERY_S = 2.0
-
-# The issue's targets on a two-core machine, for 5 KB RSA-2048 packages.
-TARGET_DOCS_PER_S = {"5k": 1000.0, "100k": 400.0, "1m": 50.0}
-TARGET_PASSTHROUGH_RATIO = 0.6
-TARGET_P99_MS = 100.0
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to run: the workload, the workers and the offered load."""
-
-    agencies: int = 24
-    size: str = "5k"
-    key_type: str = "rsa-2048"
-    workers: int = 2
-    messages: int = 5000  # sustained and pass-through runs
-    latency_messages: int = 2000  # the fixed-load run
-    recipients: int = 4  # messages per document (one per recipient)
-    rate: float | None = None  # docs/s for the latency run; None: half the sustained
-    prefetch: int | None = None  # the workers' prefetch; None: their default
-    keep: bool = False  # leave the vhost, database and keys for inspection
-    phases: tuple[str, ...] = ("verify", "passthrough", "sustained", "latency")
-    backlog: int = 100_000  # messages of the backlog run
-    # The sustained run at ``rate`` for this many seconds instead of
-    # ``messages`` as fast as confirmed (a long run, to watch memory).
-    duration: float | None = None
-    sample_every: float = 5.0  # seconds between two samples of each worker's VmRSS
-
-    @property
-    def sustained_messages(self) -> int:
-        """Messages of the sustained run: ``messages``, or ``rate`` x ``duration``."""
-        if self.duration is not None and self.rate is not None:
-            return max(1, round(self.rate * self.duration))
-        return self.messages
-
-
-# In the order they run. The backlog comes last: it needs the work queue to
-# itself with no worker running, and a drained queue before it.
-PHASES = ("verify", "passthrough", "sustained", "latency", "backlog")
-QUICK = {"agencies": 6, "messages": 300, "latency_messages": 150, "backlog": 1000}
-# The growth of a worker's memory is counted from its first sample after this
-# share of a run's messages was done: imports, caches, pools and buffers fill
-# up in the first messages, and that is not a leak.
-WARM_UP_FRACTION = 0.1
-
-
-# -- the workload ---------------------------------------------------------------------
-
-
-def agency_codes(count: int) -> list[str]:
-    """``count`` agency codes spread over the four levels, parents before children.
-
-    Level 1: ministries and provinces (``000.00.00.Xnn``); level 2 their
-    departments; level 3 and 4 below those, round robin over the levels.
-    """
-    letters = ("G", "H")
-    codes: list[str] = []
-    level1: list[str] = []
-    level2: list[str] = []
-    level3: list[str] = []
-    n = 0
-    while len(codes) < count:
-        n += 1
-        level = (n - 1) % 4 + 1
-        if level == 1 or not level1:
-            code = f"000.00.00.{letters[n % 2]}{10 + n % 90:02d}"
-            if code in level1:
-                code = f"000.00.00.K{n % 100:02d}"
-            level1.append(code)
-        elif level == 2 or not level2:
-            parent = level1[n % len(level1)]
-            code = f"000.00.{n % 100:02d}.{parent[-3:]}"
-            level2.append(code)
-        elif level == 3 or not level3:
-            parent = level2[n % len(level2)]
-            code = f"000.{n % 100:02d}.{parent[7:9]}.{parent[-3:]}"
-            level3.append(code)
-        else:
-            parent = level3[n % len(level3)]
-            code = f"{n % 1000:03d}.{parent[4:]}"
-        if code not in codes:
-            codes.append(code)
-    return codes
-
-
-@dataclass(frozen=True)
-class SignJob:
-    """Everything a pool process needs to build and sign one package."""
-
-    number: int
-    notation: str
-    sender: tuple[str, str]  # code, name
-    recipients: tuple[tuple[str, str], ...]
-    attachment_bytes: int
-    key_pem: bytes
-    chain_pem: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One signed message of the workload: one document to one recipient."""
-
-    sender: str
-    recipient: str
-    document_id: str
-    body: bytes
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """How both the inbox delivery and the receipt name this message."""
-        return (self.document_id, self.recipient)
-
-
-def sign_job(job: SignJob) -> tuple[str, bytes]:
-    """Build and sign one document package; returns its DocumentId and bytes (pool function)."""
-    from exchange.checks.authorise import document_id_of
-    from exchange.checks.signature import sign
-    from exchange.edxml.model import (
-        Attachment,
-        Code,
-        DocumentType,
-        Organization,
-        SignerInfo,
-    )
-    from exchange.edxml.writer import new_document, write_package
-
-    # Incompressible, as a zipped file is, and the same on every run.
-    content = random.Random(job.number).randbytes(max(1, job.attachment_bytes))  # noqa: S311
-    package = new_document(
-        sender=Organization(organ_id=job.sender[0], organ_name=job.sender[1]),
-        recipients=[Organization(organ_id=code, organ_name=name) for code, name in job.recipients],
-        code=Code(code_number=str(job.number), code_notation=job.notation),
-        subject=f"Thử nghiệm hiệu năng số {job.number}",
-        promulgation_date=date.today(),
-        place="Hà Nội",
-        document_type=DocumentType(type="1", type_detail="0", type_name="Công văn"),
-        signer=SignerInfo(competence="TM.", position="Chánh Văn phòng", full_name="Nguyễn Văn A"),
-        attachments=[
-            Attachment.from_bytes(
-                content, "tai-lieu.zip", content_type="application/zip", content_id="cid:1"
-            )
-        ],
-    )
-    signed = sign(write_package(package), job.key_pem, list(job.chain_pem))
-    return document_id_of(package), signed
-
-
-def _party(agency: Any) -> tuple[str, str]:
-    return (str(agency.code), agency.name)
-
-
-def verify_chunk(items: list[tuple[bytes, str, str]]) -> int:
-    """Bare signxml verification of ``(package, certificate PEM, key type)``s (pool function)."""
-    from signxml.algorithms import DigestAlgorithm, SignatureMethod
-    from signxml.verifier import SignatureConfiguration, XMLVerifier
-
-    methods = {"rsa": SignatureMethod.RSA_SHA256, "ecdsa": SignatureMethod.ECDSA_SHA256}
-    for data, cert_pem, key_type in items:
-        config = SignatureConfiguration(
-            signature_methods=frozenset({methods[key_type.split("-")[0]]}),
-            digest_algorithms=frozenset({DigestAlgorithm.SHA256}),
-        )
-        XMLVerifier().verify(data, x509_cert=cert_pem, expect_config=config)
-    return len(items)
-
-
-def _warm(_: int) -> int:
-    """Import what the pool functions need, before a clock starts (pool function)."""
-    import signxml.verifier  # noqa: F401
-
-    import exchange.checks.signature  # noqa: F401
-
-    return os.getpid()
-
-
-# -- measuring processes ----------------------------------------------------------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name (field 2) may hold spaces; count from its ')'.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """Peak and current resident memory of a process in KiB (``VmHWM``, ``VmRSS``)."""
-    found = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "VmRSS"):
-                found[name] = int(value.split()[0])
-    return found
-
-
-def machine_busy() -> tuple[float, float]:
-    """Busy and total jiffies of the whole machine (``/proc/stat``)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return float(sum(values) - idle), float(sum(values))
-
-
-def service_cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by RabbitMQ (``beam.smp``) and PostgreSQL processes, by service.
-
-    Every such process on the machine counts, the benchmark's or not: on a
-    machine running only the benchmark, that is the services' share.
-    """
-    names = {"beam.smp": "rabbitmq", "postgres": "postgresql"}
-    used = dict.fromkeys(names.values(), 0.0)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as comm:
-                service = names.get(comm.read().strip())
-            if service is not None:
-                used[service] += cpu_seconds(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return used
-
-
-class Usage:
-    """CPU of the machine, the services and this process from its creation to :meth:`figures`."""
-
-    def __init__(self) -> None:
-        """Start counting now."""
-        self.started = time.perf_counter()
-        self.busy, self.total = machine_busy()
-        self.services = service_cpu_seconds()
-        self.own = cpu_seconds(os.getpid())
-
-    def figures(self) -> dict[str, Any]:
-        """``machine_busy_percent`` (of all CPUs) and ``services_cpu_percent`` (of one CPU).
-
-        The agencies' side (publishers and consumers) runs in this process:
-        it is the ``load_generator``.
-        """
-        elapsed = time.perf_counter() - self.started
-        busy, total = machine_busy()
-        services = service_cpu_seconds()
-        own = cpu_seconds(os.getpid())
-        used = {name: services[name] - self.services[name] for name in services}
-        used["load_generator"] = own - self.own
-        return {
-            "machine_busy_percent": round(
-                100 * (busy - self.busy) / max(1.0, total - self.total), 1
-            ),
-            "services_cpu_percent": {
-                name: round(100 * seconds / elapsed, 1) for name, seconds in used.items()
-            },
-        }
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``values`` (``fraction`` in 0..1)."""
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
-@dataclass(frozen=True)
-class RssSample:
-    """One reading of a worker's resident memory during a run."""
-
-    seconds: float  # since the run started
-    mb: float
-    done: int  # messages of the run done by then
-
-
-def rss_trend(samples: Sequence[RssSample], warm_after: int) -> dict[str, float]:
-    """First, median, last and largest of ``samples``, and the growth after the warm-up.
-
-    The warm-up ends with the first sample taken once ``warm_after``
-    messages were done (the last sample if none was); the growth is from that
-    sample to the last one.
-    """
-    sizes = [sample.mb for sample in samples]
-    warm = next((s for s in samples if s.done >= warm_after), samples[-1])
-    return {
-        "first": round(sizes[0], 1),
-        "median": round(statistics.median(sizes), 1),
-        "last": round(sizes[-1], 1),
-        "max": round(max(sizes), 1),
-        "warm_up_s": round(warm.seconds, 1),
-        "at_warm_up": round(warm.mb, 1),
-        # From the rounded figures, so that it is exactly last - at_warm_up as printed.
-        "growth_after_warm_up": round(round(sizes[-1], 1) - round(warm.mb, 1), 1),
-    }
+if TYPE_CHECKING:
+    from exchange.demo import LocalExchange
+    from exchange.pki import KeyType
+    from exchange.registry import GatewayUser
+    from exchange.settings import Settings
 
 
 class MemorySampler:
@@ -430,201 +129,6 @@ class MemorySampler:
             "rss_trend_mb": rss_trend(samples, warm_after),
             "rss_samples": [[round(s.seconds, 1), round(s.mb, 1)] for s in samples],
         }
-
-
-# -- processes ------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A worker or pass-through subprocess and its log."""
-
-    process: asyncio.subprocess.Process
-    log: Path
-    cpu_at_start: float = 0.0
-    ready_at: float = 0.0  # ``time.perf_counter()`` when its log said it was ready
-
-    @property
-    def pid(self) -> int:
-        """Its process id."""
-        return self.process.pid
-
-    def figures(self, wall_s: float) -> dict[str, Any]:
-        """CPU used since :meth:`mark` and peak memory, while it still runs."""
-        used = cpu_seconds(self.pid) - self.cpu_at_start
-        memory = memory_kb(self.pid)
-        return {
-            "pid": self.pid,
-            "cpu_s": round(used, 2),
-            "cpu_percent": round(100 * used / wall_s, 1) if wall_s > 0 else 0.0,
-            "peak_rss_mb": round(memory.get("VmHWM", 0) / 1024, 1),
-            "rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
-        }
-
-    def mark(self) -> None:
-        """Start counting CPU from now."""
-        self.cpu_at_start = cpu_seconds(self.pid)
-
-
-async def start_children(
-    commands: list[list[str]], env: dict[str, str], log_dir: Path, ready_text: str
-) -> list[Child]:
-    """Start the subprocesses and wait until each logged ``ready_text``.
-
-    Each child's CPU is counted from the moment it is seen ready (its
-    ``ready_at``), so its start-up is not.
-    """
-    children = []
-    for number, command in enumerate(commands):
-        log = log_dir / f"{Path(command[0]).name}-{number}-{uuid.uuid4().hex[:6]}.log"
-        with open(log, "wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
-            )
-        children.append(Child(process, log))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    # All watched at once: with a backlog waiting, the first one ready starts
-    # draining it, and the drain's clock starts then.
-    starting = list(children)
-    while starting:
-        for child in list(starting):
-            if ready_text in child.log.read_text("utf-8", "replace"):
-                child.ready_at = time.perf_counter()
-                child.mark()
-                starting.remove(child)
-            elif child.process.returncode is not None or time.monotonic() > deadline:
-                await stop_children(children)
-                tail = child.log.read_text("utf-8", "replace")[-2000:]
-                raise RuntimeError(f"{child.log.name} did not start:\n{tail}")
-        if starting:
-            await asyncio.sleep(0.05)
-    return children
-
-
-async def stop_children(children: list[Child]) -> None:
-    """SIGTERM each (they finish what they hold) and wait; SIGKILL the stuck."""
-    for child in children:
-        if child.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            await asyncio.wait_for(child.process.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.kill()
-            await child.process.wait()
-
-
-def child_env(settings: Any, **extra: str) -> dict[str, str]:
-    """The environment of a worker or pass-through subprocess in the bench vhost and database."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LIENTHONG_")}
-    env.update(
-        {
-            "LIENTHONG_AMQP_URL": settings.amqp_url,
-            "LIENTHONG_DATABASE_URL": settings.database_url,
-            "LIENTHONG_RABBITMQ_API_URL": settings.rabbitmq_api_url,
-            "LIENTHONG_TRUST": str(settings.trust),
-            "LIENTHONG_LOG_FORMAT": "json",
-            "LIENTHONG_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update({f"LIENTHONG_{name.upper()}": value for name, value in extra.items()})
-    return env
-
-
-def worker_command() -> list[str]:
-    """``lienthong worker`` of the running interpreter's environment."""
-    script = Path(sys.executable).with_name("lienthong")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "exchange"]
-    return [*base, "worker", "--metrics-port", "0"]
-
-
-def passthrough_command(prefetch: int) -> list[str]:
-    """The pass-through consumer (this module run as a script)."""
-    return [sys.executable, "-m", "exchange.bench", "passthrough", "--prefetch", str(prefetch)]
-
-
-# -- the pass-through consumer ----------------------------------------------------------
-
-
-async def passthrough(amqp_url: str, prefetch: int) -> int:
-    """Move ``lienthong.work`` to inbox and status queues as the worker would, checking nothing.
-
-    Per message, in the worker's order: publish the package to the
-    recipient's inbox, then a receipt to the sender, each confirmed, then
-    ack. Runs until SIGTERM; returns how many messages it moved.
-    """
-    from exchange.broker import headers as h
-    from exchange.broker.connection import ConfirmingPublisher, connect
-    from exchange.broker.topology import DELIVER_EXCHANGE, STATUS_EXCHANGE, WORK_QUEUE
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    connection = await connect(amqp_url, name="lienthong-bench-passthrough")
-    publisher = await ConfirmingPublisher.open(connection)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=prefetch)
-    queue = await channel.get_queue(WORK_QUEUE, ensure=True)
-    tasks: set[asyncio.Task[None]] = set()
-    moved = 0
-
-    async def move(message: Any) -> None:
-        nonlocal moved
-        headers = message.headers or {}
-        document_id = _text(headers.get(BENCH_DOCUMENT_ID))
-        sender = _text(headers.get(BENCH_SENDER))
-        recipient = message.routing_key or ""
-        labels = {h.DOCUMENT_ID: document_id, h.RECIPIENT: recipient, h.SENDER: sender}
-        await publisher.publish(
-            DELIVER_EXCHANGE,
-            recipient,
-            message.body,
-            message_id=f"pt:{message.message_id}",
-            headers=labels,
-        )
-        receipt = json.dumps({"outcome": "delivered", "message_id": message.message_id}).encode()
-        await publisher.publish(
-            STATUS_EXCHANGE,
-            sender,
-            receipt,
-            message_id=f"pt:{message.message_id}:receipt",
-            headers={**labels, h.KIND: "receipt"},
-            content_type="application/json",
-        )
-        await message.ack()
-        moved += 1
-
-    def on_message(message: Any) -> Any:
-        task = asyncio.create_task(move(message))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return None
-
-    async def consume(message: Any) -> None:
-        on_message(message)
-
-    tag = await queue.consume(consume)
-    print(PASSTHROUGH_READY_TEXT, flush=True)
-    await stop.wait()
-    await queue.cancel(tag)
-    if tasks:
-        await asyncio.wait(set(tasks))
-    await connection.close()
-    print(f"stopped after {moved} messages", flush=True)
-    return moved
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
-
-
-# -- the agencies' side: publishing and fast consumers ----------------------------------
 
 
 @dataclass
@@ -722,15 +226,17 @@ class Observer:
 
     @staticmethod
     def _key(message: Any) -> tuple[str, str]:
-        headers = message.headers or {}
-        return (_text(headers.get("x-document-id")), _text(headers.get("x-recipient")))
+        return (
+            header.text(message.headers, header.DOCUMENT_ID) or "",
+            header.text(message.headers, header.RECIPIENT) or "",
+        )
 
     async def _on_inbox(self, message: Any) -> None:
         if self.tracker is not None:
             self.tracker.on_inbox(self._key(message), time.perf_counter())
 
     async def _on_status(self, message: Any) -> None:
-        if self.tracker is None or _text((message.headers or {}).get(KIND_HEADER)) != "receipt":
+        if self.tracker is None or header.text(message.headers, header.KIND) != "receipt":
             return  # a forwarded status package, not a receipt
         try:
             outcome = str(json.loads(message.body).get("outcome"))
@@ -766,7 +272,6 @@ class Publishers:
 
     async def publish(self, message: Planned, tracker: Tracker) -> None:
         """Submit one message as its sender does, recording when it was published."""
-        from exchange.broker import headers as h
         from exchange.broker.topology import SUBMIT_EXCHANGE
 
         tracker.published[message.key] = time.perf_counter()
@@ -777,7 +282,7 @@ class Publishers:
             message_id=str(uuid.uuid4()),
             user_id=self.users[message.sender],
             headers={
-                h.PUBLISHED_AT: datetime.now(UTC).isoformat(),
+                header.PUBLISHED_AT: datetime.now(UTC).isoformat(),
                 BENCH_DOCUMENT_ID: message.document_id,
                 BENCH_SENDER: message.sender,
             },
@@ -1032,6 +537,64 @@ async def _sign_all(
     return list(results), elapsed
 
 
+@dataclass(frozen=True)
+class GatewayPlan:
+    """The gateway phase's agencies, broker user and signed packages."""
+
+    sender: str
+    recipient: str
+    user: GatewayUser
+    throughput: list[bytes]
+    round_trip: list[bytes]
+
+
+async def _prepare_gateway(
+    config: BenchConfig,
+    local: LocalExchange,
+    token: str,
+    key_type: KeyType,
+    codes: list[str],
+    attachment: int,
+    progress: Callable[[str], None],
+) -> GatewayPlan:
+    """Two more agencies behind the gateway, its broker user, their packages signed."""
+    from exchange.agency import AgencyCode
+    from exchange.benchmark.gateway import gateway_user
+    from exchange.registry import provision_gateway_user
+
+    sender_code, recipient_code = agency_codes(len(codes) + 2)[len(codes) :]
+    for code in (sender_code, recipient_code):
+        await local.register(
+            code, f"Cơ quan {code}", broker_user=f"b{token}-{code}", key_type=key_type
+        )
+    user = await provision_gateway_user(local.settings, gateway_user(token))
+    sender = local.agencies[AgencyCode.parse(sender_code)]
+    recipient = local.agencies[AgencyCode.parse(recipient_code)]
+    count = config.gateway_messages + config.gateway_round_trips
+    jobs = [
+        SignJob(
+            n,
+            f"GW-{token}",
+            party(sender),
+            (party(recipient),),
+            attachment,
+            sender.credential.key_pem,
+            tuple(sender.credential.cert_chain_pem),
+        )
+        for n in range(1, count + 1)
+    ]
+    progress(f"gateway: {sender_code} sends to {recipient_code}; signing {count} packages")
+    signed, _ = await _sign_all(jobs, progress)
+    bodies = [body for _, body in signed]
+    return GatewayPlan(
+        sender_code,
+        recipient_code,
+        user,
+        bodies[: config.gateway_messages],
+        bodies[config.gateway_messages :],
+    )
+
+
 async def _verify_only(messages: list[Planned], certs: dict[str, str], key_type: str) -> float:
     """Bare verifications per second of ``messages`` on a pool of one process per core."""
     cores = os.cpu_count() or 1
@@ -1040,7 +603,7 @@ async def _verify_only(messages: list[Planned], certs: dict[str, str], key_type:
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(max_workers=cores) as pool:
-        await asyncio.gather(*(loop.run_in_executor(pool, _warm, i) for i in range(cores * 2)))
+        await asyncio.gather(*(loop.run_in_executor(pool, warm, i) for i in range(cores * 2)))
         # One untimed round, so every process has verified before the clock.
         await asyncio.gather(
             *(loop.run_in_executor(pool, verify_chunk, items[:1]) for _ in range(cores * 2))
@@ -1051,17 +614,19 @@ async def _verify_only(messages: list[Planned], certs: dict[str, str], key_type:
     return sum(done) / elapsed
 
 
-async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Run every phase of the benchmark and return its figures (see the module's docstring)."""
-    import asyncpg
+async def run_bench(
+    config: BenchConfig, base: Settings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run every phase of the benchmark and return its figures (see :mod:`exchange.benchmark`).
 
+    ``base`` names the servers: the run makes its vhost and database on them.
+    """
     from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
     from exchange.demo import LocalExchange
     from exchange.pki import KeyType
-    from exchange.settings import Settings
+    from exchange.store.db import create_database
 
     key_type = KeyType(config.key_type)
-    base = Settings()
     token = uuid.uuid4().hex[:8]
     vhost = f"lienthong-bench-{token}"
     database = f"lienthong_bench_{token}"
@@ -1079,11 +644,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
     publishers: Publishers | None = None
     try:
         await admin.create_vhost(vhost, description="lienthong bench (deleted after the run)")
-        server = await asyncpg.connect(base.database_url)
-        try:
-            await server.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await server.close()
+        await create_database(base.database_url, database)
         progress(f"vhost {vhost}, database {database}, files in {work_dir}")
         await admin.set_permissions(vhost, admin.user, FULL_ACCESS)
         settings = base.model_copy(
@@ -1119,8 +680,8 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
             SignJob(
                 0,
                 "PROBE",
-                _party(first),
-                tuple(_party(a) for a in agencies[1 : 1 + fan_out]),
+                party(first),
+                tuple(party(a) for a in agencies[1 : 1 + fan_out]),
                 1,
                 first.credential.key_pem,
                 tuple(first.credential.cert_chain_pem),
@@ -1140,13 +701,13 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
             index = n % len(agencies)
             sender = agencies[index]
             to = tuple(
-                _party(agencies[(index + step) % len(agencies)]) for step in range(1, fan_out + 1)
+                party(agencies[(index + step) % len(agencies)]) for step in range(1, fan_out + 1)
             )
             jobs.append(
                 SignJob(
                     n,
                     f"BENCH-{token}",
-                    _party(sender),
+                    party(sender),
                     to,
                     attachment,
                     sender.credential.key_pem,
@@ -1172,6 +733,11 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         # The limits are measured on --messages of them (all but in a --duration run).
         limits_set = sustained_set[: config.messages]
         result["package_bytes"] = round(statistics.mean(len(p.body) for p in planned))
+        gateway_plan = None
+        if "gateway" in phases:
+            gateway_plan = await _prepare_gateway(
+                config, local, token, key_type, codes, attachment, progress
+            )
 
         if "verify" in phases:
             # Limit 1: bare verification on every core.
@@ -1181,7 +747,8 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
             result["verify_only_per_s"] = round(verify_rate, 1)
             progress(f"verify only: {verify_rate:.0f} packages/s on {os.cpu_count()} processes")
 
-        observer = Observer(settings.amqp_url, [str(c) for c in local.agencies])
+        # The AMQP agencies' queues only: the gateway's mover empties its agencies'.
+        observer = Observer(settings.amqp_url, codes)
         await observer.start()
         urls = {str(a.code): a.amqp_url for a in agencies}
         publishers = Publishers(
@@ -1210,9 +777,12 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
 
         # The real pipeline: sustained, then at a fixed load, then a backlog.
         extra = {"prefetch": str(config.prefetch)} if config.prefetch else {}
+        if gateway_plan is not None:
+            # The workers believe the agency the gateway's user names.
+            extra["gateway_users"] = json.dumps([gateway_plan.user.name])
         worker_env = child_env(settings, **extra)
         workers = [worker_command()] * config.workers
-        if phases & {"sustained", "latency"}:
+        if phases & {"sustained", "latency", "gateway"}:
             children = await start_children(workers, worker_env, log_dir, READY_TEXT)
             progress("worker pids: " + " ".join(str(child.pid) for child in children))
         if "sustained" in phases:
@@ -1258,6 +828,21 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
             )
             result["latency_ms"] = latency_figures(tracker, rate, wall)
             result.setdefault("workers", [child.figures(wall) for child in children])
+        if gateway_plan is not None:
+            from exchange.benchmark.gateway import run_gateway_phase
+
+            result["gateway"] = await run_gateway_phase(
+                settings,
+                gateway_plan.user.amqp_url,
+                local.keys_dir,
+                log_dir,
+                gateway_plan.sender,
+                gateway_plan.recipient,
+                gateway_plan.throughput,
+                gateway_plan.round_trip,
+                None,
+                progress,
+            )
         for figures, child in zip(result.get("workers", []), children, strict=True):
             memory = memory_kb(child.pid)
             figures["peak_rss_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
@@ -1299,7 +884,7 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
         if not config.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
             try:
-                await drop_run(token)
+                await drop_run(token, base)
             except Exception as error:  # the broker or the database is away: say what to run
                 progress(
                     f"could not delete this run's vhost, users or database ({error}); "
@@ -1307,20 +892,17 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> dic
                 )
 
 
-async def drop_run(token: str) -> list[str]:
+async def drop_run(token: str, base: Settings) -> list[str]:
     """Delete what a run left: its vhost, broker users and database; says what went.
 
     For a ``--keep`` run, and for one whose own cleanup failed (it prints
     its token).
     """
-    import asyncpg
-
     from exchange.broker.admin import BrokerAdmin
-    from exchange.settings import Settings
+    from exchange.store.db import drop_database
 
     if not token.isalnum():
         raise ValueError(f"not a bench run's token: {token!r}")
-    base = Settings()
     admin = BrokerAdmin.from_settings(base)
     gone = []
     users = await admin.request("GET", "/users")
@@ -1329,14 +911,9 @@ async def drop_run(token: str) -> list[str]:
             gone.append(f"broker user {user['name']}")
     if await admin.delete_vhost(f"lienthong-bench-{token}"):
         gone.append(f"vhost lienthong-bench-{token}")
-    server = await asyncpg.connect(base.database_url)
-    try:
-        database = f"lienthong_bench_{token}"
-        if await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await server.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
-            gone.append(f"database {database}")
-    finally:
-        await server.close()
+    database = f"lienthong_bench_{token}"
+    if await drop_database(base.database_url, database):
+        gone.append(f"database {database}")
     return gone
 
 
@@ -1399,6 +976,8 @@ def table(result: dict[str, Any]) -> str:
         runs.append(f"{result.get('sustained_messages', c['messages'])} messages sustained")
     if "latency" in phases:
         runs.append(f"{c['latency_messages']} at fixed load")
+    if "gateway" in phases:
+        runs.append(f"{c['gateway_messages']} + {c['gateway_round_trips']} through the gateway")
     if "backlog" in phases:
         runs.append(f"a backlog of {c['backlog']}")
     lines = [
@@ -1437,6 +1016,21 @@ def table(result: dict[str, Any]) -> str:
             f"latency at {lat['offered_docs_per_s']:.0f} docs/s offered: p50 {lat['p50']:.0f} ms, "
             f"p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms"
         )
+    if "gateway" in result:
+        g = result["gateway"]
+        trip = g["round_trip_ms"]
+        process = g["gateway_process"]
+        lines += [
+            f"{'gateway: sendEdoc (checks before the reply)':<44}"
+            f"{g['send_edoc_docs_per_s']:>10.0f} docs/s  ({g['messages']} packages, "
+            f"{g['send_concurrency']} requests at once; the gateway process "
+            f"{process['cpu_percent']:.0f} % of one CPU)",
+            f"{'gateway: sendEdoc to getEdoc (whole path)':<44}"
+            f"{g['through_docs_per_s']:>10.0f} docs/s",
+            f"gateway round trip sendEdoc -> getEdoc at {trip['offered_docs_per_s']:.0f} docs/s "
+            f"offered: p50 {trip['p50']:.0f} ms, p95 {trip['p95']:.0f} ms, "
+            f"p99 {trip['p99']:.0f} ms, max {trip['max']:.0f} ms",
+        ]
     if "workers" in result:
         lines += ["", "workers over the sustained run:", *_worker_lines(result["workers"])]
     if "backlog" in result:
@@ -1460,195 +1054,3 @@ def table(result: dict[str, Any]) -> str:
         verdict = "met" if t["met"] else "NOT met"
         lines.append(f"target {name}: wanted {t['wanted']}, measured {t['measured']}: {verdict}")
     return "\n".join(lines)
-
-
-# -- the command line -------------------------------------------------------------------
-
-
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    services_parent: argparse.ArgumentParser,
-) -> None:
-    """Add ``lienthong bench`` to the CLI."""
-    from exchange.pki import KeyType
-
-    command = commands.add_parser(
-        "bench",
-        parents=[services_parent],
-        help="benchmark the real pipeline against the machine's limits",
-        description=(__doc__ or "").split("\n\n")[0],
-    )
-    command.add_argument("--quick", action="store_true", help="a small run (under a minute)")
-    command.add_argument("--agencies", type=int, help="agencies, over four levels (default 24)")
-    command.add_argument("--size", choices=sorted(SIZES), default="5k", help="package size")
-    command.add_argument(
-        "--key-type",
-        choices=[KeyType.RSA_2048.value, KeyType.ECDSA_P256.value],
-        default=KeyType.RSA_2048.value,
-    )
-    command.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    command.add_argument(
-        "--phases",
-        help=(
-            f"comma-separated, of {','.join(PHASES)} (run in that order; default: all but "
-            "backlog, or only backlog with --backlog, only sustained with --duration, both "
-            "with both)"
-        ),
-    )
-    command.add_argument(
-        "--messages",
-        type=int,
-        help="messages of the sustained run, and of verify only and pass-through (5000)",
-    )
-    command.add_argument(
-        "--latency-messages", type=int, help="messages of the fixed-load run (2000)"
-    )
-    command.add_argument(
-        "--rate",
-        type=float,
-        help=(
-            "offered load of the latency run, and of the sustained run with --duration, docs/s "
-            "(default: half the sustained throughput)"
-        ),
-    )
-    command.add_argument(
-        "--duration",
-        type=float,
-        metavar="SECONDS",
-        help=(
-            "the sustained run publishes at --rate for this long (rate x duration messages) "
-            "instead of --messages as fast as confirmed: a long run to watch the workers' memory"
-        ),
-    )
-    command.add_argument(
-        "--backlog",
-        type=int,
-        metavar="N",
-        help=(
-            "messages of the backlog run: queued with no worker running, then drained "
-            "(100000; 1000 with --quick)"
-        ),
-    )
-    command.add_argument(
-        "--sample-every",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="seconds between samples of each worker's VmRSS (sustained and backlog; default 5)",
-    )
-    command.add_argument(
-        "--recipients", type=int, default=4, help="recipients per document (default 4)"
-    )
-    command.add_argument("--prefetch", type=int, help="the workers' prefetch")
-    command.add_argument(
-        "--keep", action="store_true", help="keep the vhost, database and keys (for an audit)"
-    )
-    command.add_argument(
-        "--drop",
-        metavar="TOKEN",
-        help="only delete what the --keep run with this token left (vhost, users, database)",
-    )
-    command.add_argument("--json", action="store_true", help="print the figures as JSON")
-    command.set_defaults(handler=cmd_bench)
-
-
-def config_of(args: argparse.Namespace) -> BenchConfig:
-    """The configuration the options ask for (``--quick`` sets smaller defaults)."""
-    defaults: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("agencies", "messages", "latency_messages", "backlog"):
-        if getattr(args, name) is not None:
-            defaults[name] = getattr(args, name)
-    if defaults.get("agencies", 2) < 2:
-        raise ValueError("at least 2 agencies")
-    if args.phases is not None:
-        asked = {phase.strip() for phase in args.phases.split(",") if phase.strip()}
-        unknown = asked - set(PHASES)
-        if unknown or not asked:
-            raise ValueError(f"--phases: choose from {','.join(PHASES)}")
-    elif args.backlog is not None or args.duration is not None:
-        asked = set()
-        if args.duration is not None:
-            asked.add("sustained")
-        if args.backlog is not None:
-            asked.add("backlog")
-    else:
-        asked = set(BenchConfig.phases)
-    phases = tuple(phase for phase in PHASES if phase in asked)
-    if args.duration is not None and (args.duration <= 0 or not args.rate):
-        raise ValueError("--duration needs --rate (the offered load, docs/s) and a positive time")
-    if "latency" in phases and "sustained" not in phases and not args.rate:
-        raise ValueError("the latency run without the sustained run needs --rate")
-    if "backlog" in phases and defaults.get("backlog", BenchConfig.backlog) < 1:
-        raise ValueError("--backlog: at least 1 message")
-    if args.sample_every <= 0:
-        raise ValueError("--sample-every: a positive number of seconds")
-    return BenchConfig(
-        size=args.size,
-        key_type=args.key_type,
-        workers=args.workers,
-        rate=args.rate,
-        recipients=args.recipients,
-        prefetch=args.prefetch,
-        keep=args.keep,
-        phases=phases,
-        duration=args.duration,
-        sample_every=args.sample_every,
-        **defaults,
-    )
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark; print the table or the JSON; progress goes to stderr."""
-    from exchange.commands import EXIT_OK, CommandError, run
-
-    if args.amqp_url or args.database_url or args.rabbitmq_api_url:
-        # The bench makes its own vhost and database on these servers.
-        for name, env in (
-            ("amqp_url", "LIENTHONG_AMQP_URL"),
-            ("database_url", "LIENTHONG_DATABASE_URL"),
-            ("rabbitmq_api_url", "LIENTHONG_RABBITMQ_API_URL"),
-        ):
-            if getattr(args, name):
-                os.environ[env] = getattr(args, name)
-    if args.drop:
-
-        async def drop() -> int:
-            for line in await drop_run(args.drop):
-                print(f"deleted {line}")
-            return EXIT_OK
-
-        try:
-            return run(drop())
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-    try:
-        config = config_of(args)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-
-    def progress(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
-
-    async def bench() -> int:
-        result = await run_bench(config, progress)
-        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else table(result))
-        return EXIT_OK
-
-    return run(bench())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m exchange.bench passthrough``: the pass-through consumer process."""
-    parser = argparse.ArgumentParser(prog="python -m exchange.bench")
-    parser.add_argument("mode", choices=["passthrough"])
-    parser.add_argument("--prefetch", type=int, default=32)
-    args = parser.parse_args(argv)
-    from exchange import aio
-    from exchange.settings import Settings
-
-    aio.run(passthrough(Settings().amqp_url, args.prefetch))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
