@@ -127,7 +127,11 @@ class LocalExchange:
         subscriptions: Sequence[str] = (),
         key_type: KeyType = KeyType.RSA_2048,
     ) -> LocalAgency:
-        """Issue a certificate for an agency and register it on the exchange."""
+        """Issue a certificate for an agency and register it on the exchange.
+
+        The demo hands out a new password every time: a broker user it made
+        in an earlier run (on another database) gets a new one.
+        """
         agency = AgencyCode.parse(code)
         assert self.ca is not None
         credential = issue_agency_certificate(
@@ -141,6 +145,7 @@ class LocalExchange:
                 certificate_pem=credential.cert_pem.decode(),
                 subscriptions=subscriptions,
                 broker_user=broker_user,
+                rotate_password=True,
             )
         except AgencyExistsError:
             # The demo run again on the same database: its new certificate and
