@@ -368,11 +368,14 @@ async def run_demo(
     workers: int = 2,
     via_gateway: bool = False,
     gateway_user: str = DEMO_GATEWAY_USER,
+    user_prefix: str = "",
 ) -> str:
     """Run the whole demo and return the table every sender would see.
 
     With ``via_gateway``, the agencies of :data:`GATEWAY_AGENCIES` connect
     through the gateway instead of AMQP; its broker user is ``gateway_user``.
+    Each agency's broker user is ``user_prefix`` and its code (RabbitMQ
+    users are global to the broker: a test keeps its own apart).
     """
     if via_gateway:
         # The workers believe the agency the gateway's user names.
@@ -383,7 +386,7 @@ async def run_demo(
     cast = {}
     behind_gateway = GATEWAY_AGENCIES if via_gateway else ()
     for code, name in DEMO_AGENCIES:
-        cast[code] = await exchange.register(code, name)
+        cast[code] = await exchange.register(code, name, broker_user=f"{user_prefix}{code}")
         how = "  (through the gateway)" if code in behind_gateway else ""
         print(f"registered {code}  level {cast[code].code.level}  {name}{how}")
     gov, ministry, hanoi, department, district, commune = (cast[c] for c, _ in DEMO_AGENCIES)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.demo import GATEWAY_AGENCIES, run_demo
+from exchange.demo import DEMO_AGENCIES, GATEWAY_AGENCIES, run_demo
 from tests.exchange_fixtures import ExchangeUnderTest
 
 pytestmark = pytest.mark.services
@@ -45,9 +45,15 @@ async def test_the_demo_via_the_gateway_shows_every_document_and_status(
     exchange: ExchangeUnderTest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     user = f"gw-demo-{os.getpid()}"
+    prefix = exchange.broker_user_for("")
+    exchange.broker_users.extend(f"{prefix}{code}" for code, _ in DEMO_AGENCIES)
     try:
         table = await run_demo(
-            exchange.settings, tmp_path / "keys", via_gateway=True, gateway_user=user
+            exchange.settings,
+            tmp_path / "keys",
+            via_gateway=True,
+            gateway_user=user,
+            user_prefix=prefix,
         )
     finally:
         await exchange.admin.delete_user(user)
