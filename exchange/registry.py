@@ -411,9 +411,9 @@ async def change_agency(
             raise RegistrationError(str(error)) from None
         if patterns is not None:
             await _rebind(settings, code, before.subscriptions, patterns, undo)
-        admin = BrokerAdmin(settings.rabbitmq_api_url)
         if moving:
             assert broker_user is not None
+            admin = BrokerAdmin(settings.rabbitmq_api_url)
             await _refuse_foreign_user(admin, broker_user, rotate_password=False)
             secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
             new_user = broker_user
@@ -422,6 +422,7 @@ async def change_agency(
             replaced = before.broker_user
         elif rotate_password:
             _refuse_trusted_user(settings, before.broker_user)
+            admin = BrokerAdmin(settings.rabbitmq_api_url)
             secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
             if before.disabled:
                 # A new password, not the access `agency enable` gives back.
