@@ -72,6 +72,10 @@ GATEWAY_AGENCIES = ("000.00.24.H44", "000.46.24.H44")
 # The demo gateway's broker user: not the production default (GATEWAY_USER),
 # whose password the demo would otherwise reset on a shared broker.
 DEMO_GATEWAY_USER = f"{GATEWAY_USER}-demo"
+# The demo's agencies log in as "demo." and their code: RabbitMQ users are
+# global to the broker, so a demo run on a shared broker never takes over
+# (nor is refused by) the user of a real agency of the same code.
+DEMO_USER_PREFIX = "demo."
 
 
 @dataclass
@@ -368,7 +372,7 @@ async def run_demo(
     workers: int = 2,
     via_gateway: bool = False,
     gateway_user: str = DEMO_GATEWAY_USER,
-    user_prefix: str = "",
+    user_prefix: str = DEMO_USER_PREFIX,
 ) -> str:
     """Run the whole demo and return the table every sender would see.
 
