@@ -12,7 +12,7 @@ way most document-management systems in service do: through the gateway
 each with a QLVB that speaks the axis protocol (:mod:`exchange.gateway.sdk`)
 and sends unsigned packages, which the gateway signs with the agency's key.
 Their receipts and statuses come from the gateway's mailbox; the others'
-from their status queues, as before.
+from their own status queues.
 
 :class:`LocalExchange` is also what the integration tests use to stand up
 agencies against a real broker and database.

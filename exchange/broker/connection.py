@@ -91,7 +91,7 @@ async def connect_quietly(url: str, *, name: str = "lienthong") -> AbstractRobus
 
     A worker waiting for the broker at its start logs each attempt once, in
     its own words; the client libraries would add two lines of their own.
-    Once connected, their logging is as before (a lost connection later is
+    Once connected, their logging is their own again (a lost connection later is
     theirs to report).
     """
     with _silenced(_CONNECTING_LOGGERS):
