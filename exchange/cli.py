@@ -534,7 +534,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
                 password=password,
                 provision_user=not args.no_broker_user,
                 rotate_password=args.rotate_password,
-                password_login=args.password_login,
+                password_login=args.no_certificate_login,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
@@ -1339,10 +1339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--broker-user",
-        help="its RabbitMQ user, with --password-login or without --cert (default: the code)",
+        help="its RabbitMQ user, with --no-certificate-login or without --cert (default: the code)",
     )
     add.add_argument(
-        "--password-login",
+        "--no-certificate-login",
         action="store_true",
         help="a broker user with a password, not the certificate login (auth=external) an "
         "agency with --cert gets",
