@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from exchange.settings import Settings
+from exchange.settings import Settings, database_hosts
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """What the query functions take: a connection, or a pool's proxy for one."""
@@ -61,19 +61,28 @@ async def connect(settings: Settings | None = None, *, dsn: str | None = None) -
 
 
 def database_address(url: str) -> str:
-    """Where ``url`` points, for a log line: ``host:port database D``, never the password."""
+    """Where ``url`` points, for a log line: ``host:port[,host:port...] database D``.
+
+    Every host of a multi-host URL, in the order they are tried; never the password.
+    """
     parts = urlsplit(url)
     # PostgreSQL's default database is the user's name.
     database = unquote(parts.path[1:]) or parts.username or "postgres"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432} database {database}"
+    try:
+        hosts = ",".join(str(host) for host in database_hosts(url))
+    except ValueError:
+        hosts = "(unreadable hosts)"
+    return f"{hosts} database {database}"
 
 
 def is_database_unreachable(error: BaseException) -> bool:
     """Whether connecting failed because the database is not there yet, not because it refused.
 
     Not there yet: no server listening, the server still starting, out of
-    connection slots, or the database not created yet. A wrong password
-    or an unknown role is an answer: trying again would not change it.
+    connection slots, the database not created yet, or no writable primary
+    among the hosts of a ``target_session_attrs=read-write`` URL (a standby
+    not promoted yet). A wrong password or an unknown role is an answer:
+    trying again would not change it.
     """
     return isinstance(
         error,
@@ -81,7 +90,8 @@ def is_database_unreachable(error: BaseException) -> bool:
         | TimeoutError
         | asyncpg.CannotConnectNowError
         | asyncpg.TooManyConnectionsError
-        | asyncpg.InvalidCatalogNameError,
+        | asyncpg.InvalidCatalogNameError
+        | asyncpg.TargetServerAttributeNotMatched,
     )
 
 
