@@ -26,6 +26,10 @@ DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 40
 
 
+# See Settings.db_connect_timeout.
+DEFAULT_DB_CONNECT_TIMEOUT_S = 10.0
+
+
 class ParserLimits(BaseSettings):
     """Bounds on what the XML parser accepts, before any other check runs."""
 
@@ -108,6 +112,12 @@ class Settings(ParserLimits):
     # new connection, so after a failover the pool reconnects to whichever
     # one is the writable primary then (docs/operations.md).
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Seconds one host of LIENTHONG_DATABASE_URL has to take a new connection
+    # (TCP, TLS, login) before the next host is tried. A primary whose machine
+    # is gone does not refuse, it never answers; without a bound per host the
+    # whole attempt would be spent on it and the standby never tried. A login
+    # takes milliseconds on a LAN: 10 s leaves room for a loaded server.
+    db_connect_timeout: float = Field(DEFAULT_DB_CONNECT_TIMEOUT_S, gt=0)
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
     db_pool_size: int = Field(10, ge=1)

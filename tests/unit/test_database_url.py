@@ -16,7 +16,7 @@ import pytest
 from exchange.commands import address_of, describe_error
 from exchange.failures import Failure, classify
 from exchange.settings import DatabaseHost, Settings, database_hosts
-from exchange.store.db import database_address, is_database_unreachable
+from exchange.store.db import database_address, host_url, is_database_unreachable
 
 PAIR = "postgresql://lt:s3cret@db1.example:5432,db2.example:5433/lienthong"
 
@@ -98,3 +98,36 @@ def test_no_writable_primary_yet_is_a_database_not_there_yet() -> None:
     line = describe_error(during_failover, settings)
     assert "127.0.0.1:5432,127.0.0.1:5433" in line
     assert "none is the writable primary" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "expected"),
+    [
+        (
+            PAIR + "?target_session_attrs=read-write&sslmode=verify-full",
+            DatabaseHost("db2.example", 5433),
+            "postgresql://lt:s3cret@db2.example:5433/lienthong"
+            "?target_session_attrs=read-write&sslmode=verify-full",
+        ),
+        (
+            "postgresql://u@[::1]:5432,[fe80::2]/x",
+            DatabaseHost("fe80::2", 5432),
+            "postgresql://u@[fe80::2]:5432/x",
+        ),
+        (
+            "postgresql:///x?host=/run/postgresql,db2&port=5432,5433&user=lt",
+            DatabaseHost("/run/postgresql", 5432),
+            "postgresql:///x?user=lt&host=%2Frun%2Fpostgresql&port=5432",
+        ),
+        (
+            "postgresql:///x?host=/run/postgresql,db2&port=5432,5433&user=lt",
+            DatabaseHost("db2", 5433),
+            "postgresql://db2:5433/x?user=lt",
+        ),
+    ],
+)
+def test_each_host_gets_a_url_of_its_own_with_everything_else_kept(
+    url: str, host: DatabaseHost, expected: str
+) -> None:
+    assert host_url(url, host) == expected
+    assert database_hosts(expected) == [host]
