@@ -131,3 +131,15 @@ def test_each_host_gets_a_url_of_its_own_with_everything_else_kept(
 ) -> None:
     assert host_url(url, host) == expected
     assert database_hosts(expected) == [host]
+
+
+def test_another_database_on_the_same_servers_keeps_every_host() -> None:
+    from exchange.benchmark.harness import _database_url
+    from tests.db_fixtures import database_dsn
+
+    url = PAIR + "?target_session_attrs=read-write"
+    for other in (database_dsn(url, "lienthong_test_x"), _database_url(url, "lienthong_test_x")):
+        assert other == (
+            "postgresql://lt:s3cret@db1.example:5432,db2.example:5433/lienthong_test_x"
+            "?target_session_attrs=read-write"
+        )
