@@ -44,6 +44,7 @@ from cryptography.x509.verification import (
 
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason, Rejection
+from exchange.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -1011,3 +1012,23 @@ def _write_crl(
     path = directory / CRL_FILE
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def crl_paths(settings: Settings, trust: Path | None = None) -> list[Path]:
+    """Where the revocation lists are: LIENTHONG_CRL_DIR, else beside the trust anchors.
+
+    ``trust`` names the anchors when they are not ``LIENTHONG_TRUST`` (the
+    gateway's own).
+    """
+    if settings.crl_dir is not None:
+        return [settings.crl_dir]
+    anchors = trust or settings.trust
+    if anchors is None:
+        return []
+    return [anchors if anchors.is_dir() else anchors.parent]
+
+
+def load_revocations(settings: Settings, trust: Path | None = None) -> Revocations:
+    """The revocation lists of :func:`crl_paths` (none, if the directory does not exist)."""
+    grace = timedelta(seconds=settings.crl_grace_s)
+    return Revocations.load([p for p in crl_paths(settings, trust) if p.exists()], grace=grace)

@@ -423,6 +423,13 @@ def transport_problem(settings: Settings) -> str | None:
             f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
             "documents in clear; use amqps:// off this host"
         )
+    if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
+        amqp.hostname
+    ):
+        return (
+            f"LIENTHONG_AMQP_URL: no_verify_ssl to {amqp.hostname} would accept any server "
+            "as the broker; give the CA that issued its certificate (cafile=...)"
+        )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
     # Every host the URL lists (a standby becomes the primary one day); a

@@ -47,15 +47,20 @@ if [ ! -f "$pki/ca.crl.pem" ] || [ -n "$(find "$pki/ca.crl.pem" -mmin +1440)" ];
   "$lienthong" keys crl --dir "$pki" >/dev/null
 fi
 
-# The broker's copies: its key readable by the rabbitmq user only; the CRL
-# directory hashed the way Erlang's ssl_crl_hash_dir looks CRLs up.
+# The broker reads the CA's revocation list where `lienthong keys revoke`
+# writes it, through a directory hashed the way Erlang's ssl_crl_hash_dir
+# looks CRLs up: a revocation reaches the broker's TLS at once.
+mkdir -p "$pki/crl"
+ln -sfn ../ca.crl.pem "$pki/crl/ca.crl.pem"
+openssl rehash "$pki/crl" >/dev/null
+# The broker's copies of its certificate and key, the key readable by the
+# rabbitmq user only.
 tls=/etc/rabbitmq/tls
-as_root mkdir -p "$tls/crl"
+as_root mkdir -p "$tls"
+as_root rm -rf "$tls/crl"
 as_root install -m 0644 "$pki/ca.cert.pem" "$tls/ca.pem"
 as_root install -m 0644 "$pki/broker.cert.pem" "$tls/broker.pem"
 as_root install -m 0600 -o rabbitmq -g rabbitmq "$pki/broker.key.pem" "$tls/broker.key"
-as_root install -m 0644 "$pki/ca.crl.pem" "$tls/crl/ca.crl.pem"
-as_root openssl rehash "$tls/crl" >/dev/null 2>&1 || as_root c_rehash "$tls/crl" >/dev/null
 
 # The management API's operator user: its password made once, kept beside the PKI.
 admin_secret="$pki/rabbitmq-admin.password"
@@ -91,7 +96,7 @@ cat >"$advanced" <<ADVANCED
                           {fail_if_no_peer_cert, true},
                           {versions, ['tlsv1.3', 'tlsv1.2']},
                           {crl_check, peer},
-                          {crl_cache, {ssl_crl_hash_dir, {internal, [{dir, "$tls/crl"}]}}}]}]}].
+                          {crl_cache, {ssl_crl_hash_dir, {internal, [{dir, "$pki/crl"}]}}}]}]}].
 ADVANCED
 changed=0
 as_root mkdir -p /etc/rabbitmq/conf.d
