@@ -287,8 +287,8 @@ def _postgresql(error: BaseException, url: str | None) -> str:
         return f"{where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     if isinstance(error, asyncpg.TargetServerAttributeNotMatched):
         return (
-            f"{where}: every host answers but none is the writable primary "
-            "(target_session_attrs); is a standby being promoted?"
+            f"{where}: no host is a writable primary (target_session_attrs); "
+            "is a standby being promoted?"
         )
     text = str(error)
     if "SSL" in text:

@@ -97,7 +97,7 @@ def test_no_writable_primary_yet_is_a_database_not_there_yet() -> None:
     settings = Settings(database_url="postgresql://postgres@127.0.0.1:5432,127.0.0.1:5433/x")
     line = describe_error(during_failover, settings)
     assert "127.0.0.1:5432,127.0.0.1:5433" in line
-    assert "none is the writable primary" in line
+    assert "no host is a writable primary" in line
 
 
 @pytest.mark.parametrize(
