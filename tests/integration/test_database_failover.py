@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -291,6 +292,10 @@ async def _audit_chains(env: dict[str, str]) -> str:
     return text
 
 
+async def _gateway_back(recovery: Recovery) -> tuple[bool, str]:
+    return recovery.gateway_back is not None, "the gateway's /healthz has not answered OK yet"
+
+
 async def _run(
     pair: ReplicatedPair, exchange: ExchangeUnderTest, tmp_path: Path
 ) -> tuple[Figures, Recovery, str]:
@@ -298,7 +303,8 @@ async def _run(
     gateway_agencies = {code: await exchange.register(code) for code in (GW_SENDER, GW_RECIPIENT)}
     workload = await signed_workload(exchange, DOCUMENTS)
     expected = len(workload.document_submissions()) + len(workload.statuses)
-    env = worker_env(exchange.settings, gateway_users='["guest"]')
+    # The workers believe the gateway's agency header (trust_gateway's users).
+    env = worker_env(exchange.settings, gateway_users=json.dumps(exchange.settings.gateway_users))
     figures = Figures("PostgreSQL failover")
     recovery = Recovery()
     started = time.monotonic()
@@ -347,10 +353,6 @@ async def _run(
     chains = await _audit_chains(env)
     await check_parked_queue(exchange, decided)
     return figures, recovery, chains
-
-
-async def _gateway_back(recovery: Recovery) -> tuple[bool, str]:
-    return recovery.gateway_back is not None, "the gateway's /healthz has not answered OK yet"
 
 
 async def test_primary_lost_mid_run_standby_promoted_nothing_lost_nothing_twice_chains_verify(
