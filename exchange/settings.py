@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography import x509
@@ -27,6 +27,10 @@ DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 # OrganId inside TraceHeaderList, or a Signature's X509 data) sits about 9
 # levels down; 40 leaves room for extensions and refuses nesting attacks.
 DEFAULT_MAX_DEPTH = 40
+
+
+# See Settings.db_connect_timeout.
+DEFAULT_DB_CONNECT_TIMEOUT_S = 10.0
 
 
 class ParserLimits(BaseSettings):
@@ -129,7 +133,17 @@ class Settings(ParserLimits):
     # CA certificates that verify the management API's server certificate;
     # unset: the system's trust store.
     rabbitmq_api_ca: Path | None = None
+    # libpq's URL syntax. Several hosts (``postgresql://u:p@db1:5432,db2:5432/
+    # lienthong?target_session_attrs=read-write``) are tried in order, each
+    # new connection, so after a failover the pool reconnects to whichever
+    # one is the writable primary then (docs/operations.md).
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Seconds one host of LIENTHONG_DATABASE_URL has to take a new connection
+    # (TCP, TLS, login) before the next host is tried. A primary whose machine
+    # is gone does not refuse, it never answers; without a bound per host the
+    # whole attempt would be spent on it and the standby never tried. A login
+    # takes milliseconds on a LAN: 10 s leaves room for a loaded server.
+    db_connect_timeout: float = Field(DEFAULT_DB_CONNECT_TIMEOUT_S, gt=0)
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
     db_pool_size: int = Field(10, ge=1)
@@ -341,6 +355,60 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# PostgreSQL's port when a URL names none.
+DEFAULT_DATABASE_PORT = 5432
+
+
+class DatabaseHost(NamedTuple):
+    """One server a PostgreSQL URL lists: a host name, an address or a socket directory."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """``host:port``, an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def database_hosts(url: str) -> list[DatabaseHost]:
+    """Every server ``url`` lists, in the order a connection tries them (libpq's syntax).
+
+    The hosts are in the URL's authority (``db1:5432,db2:5433``, ``[::1]``),
+    or else in its ``host`` parameter (``?host=db1,db2&port=5432,5433``,
+    one port for all or one each; a directory is a Unix socket). A host
+    without a port gets 5432, no host at all ``localhost``. Raises
+    :class:`ValueError` for a port that is not a number or ports that do
+    not match the hosts.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    hostlist = parts.netloc.rpartition("@")[2]
+    specs: list[tuple[str, str]] = []
+    if hostlist:
+        for spec in hostlist.split(","):
+            if spec.startswith("["):
+                host, _, rest = spec[1:].partition("]")
+                port = rest.removeprefix(":")
+            else:
+                host, _, port = spec.partition(":")
+            specs.append((unquote(host), port))
+    else:
+        hosts = ",".join(query.get("host", [])).split(",")
+        ports = ",".join(query.get("port", [])).split(",")
+        if len(ports) == 1:
+            ports = ports * len(hosts)
+        if len(ports) != len(hosts):
+            raise ValueError(f"{len(hosts)} hosts but {len(ports)} ports in the database URL")
+        specs = list(zip(hosts, ports, strict=True))
+    listed = []
+    for host, port in specs:
+        if port and not port.isdigit():
+            raise ValueError(f"port {port!r} of database host {host!r} is not a number")
+        listed.append(DatabaseHost(host or "localhost", int(port or DEFAULT_DATABASE_PORT)))
+    return listed
+
+
 def transport_problem(settings: Settings) -> str | None:
     """What is unsafe in how ``settings`` reach RabbitMQ and PostgreSQL, or ``None``.
 
@@ -364,9 +432,15 @@ def transport_problem(settings: Settings) -> str | None:
         )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
-    # libpq also takes the host from ?host=; a socket path there is local.
-    host = database.hostname or next(iter(query.get("host", [])), None)
-    if not is_loopback(host):
+    # Every host the URL lists (a standby becomes the primary one day); a
+    # socket directory is local.
+    try:
+        hosts = database_hosts(settings.database_url)
+    except ValueError as error:
+        return f"LIENTHONG_DATABASE_URL: {error}"
+    remote = [h.host for h in hosts if not is_loopback(h.host)]
+    if remote:
+        host = ", ".join(remote)
         if query.get("sslmode") != ["verify-full"]:
             return (
                 f"LIENTHONG_DATABASE_URL: the database at {host} needs sslmode=verify-full "
