@@ -12,6 +12,12 @@ CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'replication_password';
 CREATE ROLE lienthong WITH LOGIN PASSWORD :'lienthong_password';
 ALTER DATABASE lienthong OWNER TO lienthong;
 ALTER SCHEMA public OWNER TO lienthong;
+-- A commit returns once a standby holds it, so a failover loses no recorded
+-- message (a worker acknowledges a message to RabbitMQ only after its
+-- commit). With no standby, commits wait and messages stay in their queues;
+-- ALTER SYSTEM (postgresql.auto.conf), so that it can be turned off on a
+-- promoted standby left alone (docs/operations.md, "When a component fails").
+ALTER SYSTEM SET synchronous_standby_names = '*';
 SQL
 # The image allows every host with a password, TLS or not: TLS only, and
 # replication for the standby's role.

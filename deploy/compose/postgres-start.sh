@@ -24,15 +24,11 @@ if [ "$role" = standby ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
         --create-slot --slot=standby_1 --checkpoint=fast
 fi
 
-# synchronous_standby_names='*': a commit returns once a standby holds it, so
-# a failover loses no recorded message (the worker acknowledges a message to
-# RabbitMQ only after its commit). With the standby down, commits wait and
-# messages stay in their queues: docs/operations.md says what to do.
+# Synchronous replication is set by postgres-init.sh with ALTER SYSTEM (not
+# here), so that a promoted standby can turn it off (docs/operations.md).
 exec docker-entrypoint.sh postgres \
     -c ssl=on \
     -c ssl_cert_file="$tls/cert.pem" \
     -c ssl_key_file="$tls/key.pem" \
     -c ssl_ca_file="$tls/ca.pem" \
-    -c synchronous_standby_names='*' \
-    -c synchronous_commit=on \
     -c wal_keep_size=1GB
