@@ -10,5 +10,5 @@ install -m 0444 /run/secrets/ca.pem /etc/rabbitmq/tls/ca.pem
 install -m 0444 /run/secrets/rabbitmq_tls_cert /etc/rabbitmq/tls/cert.pem
 install -m 0400 -o rabbitmq -g rabbitmq /run/secrets/rabbitmq_tls_key /etc/rabbitmq/tls/key.pem
 install -m 0440 -o root -g rabbitmq /run/secrets/rabbitmq_users.json \
-    /etc/rabbitmq/definitions/20-users.json
+    /etc/rabbitmq/definitions/00-users.json
 exec docker-entrypoint.sh rabbitmq-server

@@ -315,9 +315,13 @@ def test_the_compose_check_catches_a_misspelt_key(tmp_path: Path) -> None:
     assert "restart_policy" in result.stdout
 
 
+def rabbitmq_nodes() -> dict[str, Any]:
+    return {n: s for n, s in compose()["services"].items() if n.startswith("rabbitmq-")}
+
+
 def test_the_compose_file_has_every_component_of_the_deployment() -> None:
     services = compose()["services"]
-    nodes = [name for name in services if name.startswith("rabbitmq-")]
+    nodes = list(rabbitmq_nodes())
     assert len(nodes) == 3
     for name in nodes:
         mounted = {volume.split(":")[1] for volume in services[name]["volumes"]}
@@ -367,6 +371,25 @@ def test_every_file_the_compose_file_mounts_or_builds_from_exists() -> None:
         "./grafana/provisioning/datasources/prometheus.yml",
         "./grafana/provisioning/dashboards/lienthong.yml",
     } <= sources
+
+
+def test_every_name_the_compose_file_uses_is_declared() -> None:
+    document = compose()
+    services = document["services"]
+    volumes = set(document["volumes"])
+    for name, service in services.items():
+        for other in service.get("depends_on", []):
+            assert other in services, f"{name} depends on {other}"
+        network = service.get("network_mode", "")
+        if network.startswith("service:"):
+            assert network.removeprefix("service:") in services, name
+            assert "ports" not in service, f"{name}: ports belong to {network}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in volumes, f"{name}: volume {source}"
+        for secret in service.get("secrets", []):
+            assert secret in document["secrets"], f"{name}: secret {secret}"
 
 
 def test_every_script_a_container_starts_with_is_mounted_and_executable() -> None:
@@ -503,7 +526,13 @@ def test_the_cluster_overlay_reads_the_certificates_the_start_script_installs() 
         if value.startswith("/etc/rabbitmq/tls/"):
             assert value in script, key
     assert overlay["load_definitions"] == "/etc/rabbitmq/definitions"
-    assert "/etc/rabbitmq/definitions/20-users.json" in script
+    # The vhost the topology is in is created first: files are read in name order.
+    users = "/etc/rabbitmq/definitions/00-users.json"
+    assert users in script
+    topology = "/etc/rabbitmq/definitions/10-topology.json"
+    for node in rabbitmq_nodes().values():
+        assert any(f":{topology}:" in volume for volume in node["volumes"])
+    assert sorted([users, topology])[0] == users
     assert overlay["listeners.tcp"] == "none"
     nodes = {v for k, v in overlay.items() if k.startswith("cluster_formation.classic_config")}
     assert nodes == {f"rabbit@{name}" for name in compose()["services"] if "rabbitmq-" in name}
