@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The secrets deploy/compose.yaml reads, written into deploy/compose/secrets/
-# (or the folder given): a certification authority of the exchange's own
-# servers and the TLS certificates it signs (RabbitMQ, PostgreSQL, the
-# gateway), the Erlang cookie, every password, the URLs the processes read
+# (or the folder given): a certification authority of the exchange's own,
+# the TLS certificates it signs (RabbitMQ, PostgreSQL, the gateway, and the
+# client certificate the processes present to RabbitMQ) and its revocation
+# list, the Erlang cookie, every password, the URLs the processes read
 # (LIENTHONG_*_URL_FILE) and RabbitMQ's users. For a test or a first
 # installation; in production the certificates come from the
 # organisation's CA and the passwords from its vault, under the same names.
@@ -30,29 +31,52 @@ password() { openssl rand -hex 24; }
 # asyncpg and uvicorn alike. Ten years for the CA, two for the servers.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -keyout "$out/ca.key" -out "$out/ca.pem" -days 3650 \
-    -subj "/O=lienthong/CN=lienthong servers CA" \
+    -subj "/O=lienthong/CN=lienthong exchange CA" \
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 
-server_certificate() {  # NAME SAN...
-    local name="$1"; shift
-    local san="" host
+certificate() {  # NAME USAGE CN [SAN...]
+    local name="$1" usage="$2" cn="$3"; shift 3
+    local extensions="extendedKeyUsage=$usage" san="" host
     for host in "$@"; do san="${san:+$san,}DNS:$host"; done
+    [ -n "$san" ] && extensions="$extensions"$'\n'"subjectAltName=$san"
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
         -keyout "$out/${name}_tls_key" -out "$out/$name.csr" \
-        -subj "/O=lienthong/CN=$1" 2>/dev/null
+        -subj "/O=lienthong/CN=$cn" 2>/dev/null
     openssl x509 -req -in "$out/$name.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" \
         -CAcreateserial -days 730 -out "$out/${name}_tls_cert" \
-        -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san") \
-        2>/dev/null
+        -extfile <(printf '%s\n' "$extensions") 2>/dev/null
     rm -f "$out/$name.csr"
 }
 # Clients reach the broker by the alias every node answers to (rabbitmq),
 # nodes reach one another by their own names.
-server_certificate rabbitmq rabbitmq rabbitmq-1 rabbitmq-2 rabbitmq-3
-server_certificate postgres postgres-primary postgres-standby
-server_certificate gateway gateway localhost
+certificate rabbitmq serverAuth rabbitmq rabbitmq rabbitmq-1 rabbitmq-2 rabbitmq-3
+certificate postgres serverAuth postgres-primary postgres-primary postgres-standby
+certificate gateway serverAuth gateway gateway localhost
+# The broker requires a client certificate of every connection
+# (deploy/rabbitmq/rabbitmq.conf): the one the exchange's processes present;
+# they log in with their own user and password.
+certificate client clientAuth lienthong-exchange
 rm -f "$out/ca.srl"
+
+# The CA's revocation list (none revoked), which the broker checks client
+# certificates against (deploy/rabbitmq/advanced.config): valid a year; make
+# a new one before its nextUpdate (`openssl crl -noout -nextupdate -in ca.crl.pem`).
+crl_work="$(mktemp -d)"
+touch "$crl_work/index.txt"
+echo 01 > "$crl_work/crlnumber"
+cat > "$crl_work/ca.cnf" <<CNF
+[ca]
+default_ca = exchange
+[exchange]
+database = $crl_work/index.txt
+crlnumber = $crl_work/crlnumber
+default_md = sha256
+default_crl_days = 365
+CNF
+openssl ca -config "$crl_work/ca.cnf" -gencrl -keyfile "$out/ca.key" -cert "$out/ca.pem" \
+    -out "$out/ca.crl.pem" 2>/dev/null
+rm -rf "$crl_work"
 
 # -- passwords ----------------------------------------------------------------
 password > "$out/erlang_cookie"
@@ -63,12 +87,14 @@ for name in postgres_password postgres_replication_password postgres_lienthong_p
 done
 
 # -- what the processes read --------------------------------------------------
-# amqps:// on 5671 with the CA (aiormq's cafile query parameter); the
-# database on the primary and the standby, whichever accepts writes.
-printf 'amqps://lienthong:%s@rabbitmq:5671/?cafile=/run/secrets/ca.pem\n' \
-    "$(cat "$out/rabbitmq_lienthong_password")" > "$out/amqp_url"
-printf 'amqps://lienthong-gateway:%s@rabbitmq:5671/?cafile=/run/secrets/ca.pem\n' \
-    "$(cat "$out/rabbitmq_gateway_password")" > "$out/gateway_amqp_url"
+# amqps:// on 5671 with the CA and the client certificate (aio-pika's
+# cafile, certfile, keyfile); the database on the primary and the standby,
+# whichever accepts writes.
+tls='cafile=/run/secrets/ca.pem&certfile=/run/secrets/client_tls_cert&keyfile=/run/secrets/client_tls_key'
+printf 'amqps://lienthong:%s@rabbitmq:5671/?%s\n' \
+    "$(cat "$out/rabbitmq_lienthong_password")" "$tls" > "$out/amqp_url"
+printf 'amqps://lienthong-gateway:%s@rabbitmq:5671/?%s\n' \
+    "$(cat "$out/rabbitmq_gateway_password")" "$tls" > "$out/gateway_amqp_url"
 printf 'https://lienthong-admin:%s@rabbitmq:15671\n' \
     "$(cat "$out/rabbitmq_admin_password")" > "$out/rabbitmq_api_url"
 printf 'postgresql://lienthong:%s@postgres-primary:5432,postgres-standby:5432/lienthong?sslmode=verify-full&sslrootcert=/run/secrets/ca.pem&target_session_attrs=read-write\n' \

@@ -66,6 +66,10 @@ OPERATOR_SCHEMAS = {
 
 SETTING = re.compile(r"\bLIENTHONG_[A-Z0-9_]*[A-Z0-9]\b")
 
+# Not a setting but where the settings are read from (exchange/settings.py,
+# machine_settings_file).
+MACHINE_FILE_VARIABLE = "LIENTHONG_SETTINGS_FILE"
+
 
 def tool(name: str, package: str) -> str:
     """A command-line tool; the test skips without it, and fails without it under CI."""
@@ -121,7 +125,7 @@ def unit_values(path: Path, key: str) -> list[str]:
 
 
 def env_file(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines as systemd's EnvironmentFile reads them (outer quotes removed)."""
+    """``NAME=value`` lines of a settings file (outer quotes removed)."""
     values = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
@@ -135,10 +139,16 @@ def env_file(path: Path) -> dict[str, str]:
 
 
 def settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The Settings a process gets with exactly ``environment`` (and no .env file)."""
+    """The Settings a process gets with exactly ``environment``.
+
+    No .env file (the test runs in a folder of its own) and no machine
+    settings file (this machine's /etc/lienthong/lienthong.env is not the
+    deployment's), unless ``environment`` names one.
+    """
     for name in list(os.environ):
         if name.startswith("LIENTHONG_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv(MACHINE_FILE_VARIABLE, os.devnull)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return Settings()
@@ -151,7 +161,7 @@ def unknown_settings(names: set[str]) -> set[str]:
     """The names of ``names`` that are neither a setting nor a secret setting's ``_FILE``."""
     fields = set(Settings.model_fields)
     unknown = set()
-    for name in names:
+    for name in names - {MACHINE_FILE_VARIABLE}:
         field = name.removeprefix("LIENTHONG_").lower()
         if field in fields:
             continue
@@ -519,12 +529,18 @@ def config_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
-def test_the_cluster_overlay_reads_the_certificates_the_start_script_installs() -> None:
-    overlay = config_pairs((DEPLOY / "compose" / "rabbitmq-cluster.conf").read_text())
+def test_every_file_the_broker_configuration_names_is_put_in_place_by_the_start_script() -> None:
     script = (DEPLOY / "compose" / "rabbitmq-start.sh").read_text()
-    for key, value in overlay.items():
-        if value.startswith("/etc/rabbitmq/tls/"):
-            assert value in script, key
+    named = set()
+    for name in ("rabbitmq.conf", "advanced.config"):
+        named |= set(
+            re.findall(r"/etc/rabbitmq/tls/[\w./-]*", (DEPLOY / "rabbitmq" / name).read_text())
+        )
+    # The server's certificate and key, the client CAs, the CRL folder.
+    assert {"/etc/rabbitmq/tls/broker.pem", "/etc/rabbitmq/tls/broker.key"} <= named
+    for path in named:
+        assert path.replace("/etc/rabbitmq/tls", "$tls") in script, path
+    overlay = config_pairs((DEPLOY / "compose" / "rabbitmq-cluster.conf").read_text())
     assert overlay["load_definitions"] == "/etc/rabbitmq/definitions"
     # The vhost the topology is in is created first: files are read in name order.
     users = "/etc/rabbitmq/definitions/00-users.json"
@@ -533,9 +549,31 @@ def test_the_cluster_overlay_reads_the_certificates_the_start_script_installs() 
     for node in rabbitmq_nodes().values():
         assert any(f":{topology}:" in volume for volume in node["volumes"])
     assert sorted([users, topology])[0] == users
-    assert overlay["listeners.tcp"] == "none"
     nodes = {v for k, v in overlay.items() if k.startswith("cluster_formation.classic_config")}
-    assert nodes == {f"rabbit@{name}" for name in compose()["services"] if "rabbitmq-" in name}
+    assert nodes == {f"rabbit@{name}" for name in rabbitmq_nodes()}
+    # Prometheus, in another container, reaches the metrics endpoint.
+    assert overlay["prometheus.tcp.ip"] == "0.0.0.0"
+
+
+def test_the_client_certificate_passes_the_brokers_revocation_check(made_secrets: Path) -> None:
+    openssl = tool("openssl", "apt-get install openssl")
+    result = run(
+        openssl,
+        "verify",
+        "-crl_check",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        str(made_secrets / "ca.pem"),
+        "-CRLfile",
+        str(made_secrets / "ca.crl.pem"),
+        str(made_secrets / "client_tls_cert"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for url in ("amqp_url", "gateway_amqp_url"):
+        text = (made_secrets / url).read_text()
+        assert "certfile=/run/secrets/client_tls_cert" in text
+        assert "keyfile=/run/secrets/client_tls_key" in text
 
 
 def test_the_compose_prometheus_keeps_the_jobs_of_deploy_prometheus(tmp_path: Path) -> None:
@@ -678,7 +716,7 @@ def test_every_file_a_pod_reads_is_in_a_volume_it_mounts() -> None:
                 if f"/{key}" in environment.get("LIENTHONG_AMQP_URL_FILE", "") + environment.get(
                     "LIENTHONG_DATABASE_URL_FILE", ""
                 ):
-                    paths += re.findall(r"(?:cafile|sslrootcert)=([^&]+)", url)
+                    paths += re.findall(r"(?:cafile|certfile|keyfile|sslrootcert)=([^&]+)", url)
             for path in paths:
                 folder = next((m for m in mounts if path.startswith(m + "/") or path == m), None)
                 assert folder is not None, f"{name}: {path} is in no volume"
@@ -737,9 +775,17 @@ def test_the_rabbitmq_cluster_carries_the_settings_of_rabbitmq_conf() -> None:
     additional = config_pairs(cluster["spec"]["rabbitmq"]["additionalConfig"])
     original = config_pairs((DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text())
     overlay = config_pairs((DEPLOY / "compose" / "rabbitmq-cluster.conf").read_text())
-    # Listeners, ports, certificates and definitions are the operator's (TLS
+    # Listeners, ports, file paths and definitions are the operator's (TLS
     # from spec.tls, the topology from the init Job); everything else agrees.
-    placed = ("listeners.", "management.", "prometheus.", "ssl_options.", "load_definitions")
+    placed = (
+        "listeners.",
+        "management.",
+        "prometheus.",
+        "ssl_options.cacertfile",
+        "ssl_options.certfile",
+        "ssl_options.keyfile",
+        "load_definitions",
+    )
     for key, value in original.items():
         if not key.startswith(placed):
             assert additional.get(key) == value, f"{key}: {additional.get(key)} != {value}"
@@ -747,6 +793,11 @@ def test_the_rabbitmq_cluster_carries_the_settings_of_rabbitmq_conf() -> None:
         assert original.get(key, overlay.get(key)) == value, key
     assert cluster["spec"]["replicas"] == 3
     assert cluster["spec"]["tls"]["disableNonTLSListeners"] is True
+    # The plugins of deploy/rabbitmq/enabled_plugins: the operator's own and the others.
+    plugins = re.findall(r"\w+", (DEPLOY / "rabbitmq" / "enabled_plugins").read_text())
+    operator_enables = {"rabbitmq_management", "rabbitmq_prometheus", "rabbitmq_peer_discovery_k8s"}
+    additional = set(cluster["spec"]["rabbitmq"]["additionalPlugins"])
+    assert set(plugins) <= operator_enables | additional
 
 
 # -- systemd ------------------------------------------------------------------------------
@@ -778,8 +829,8 @@ def test_the_units_read_the_credentials_they_load() -> None:
         assert unknown_settings({v.split("=", 1)[0] for v in unit_values(unit, "Environment")}) == (
             set()
         )
-        for file in unit_values(unit, "EnvironmentFile"):
-            assert file == "/etc/lienthong/lienthong.env", unit.name
+        # lienthong reads the machine's settings file itself: one reader of it.
+        assert not unit_values(unit, "EnvironmentFile"), unit.name
         assert unit_values(unit, "User") == ["lienthong"], unit.name
 
 
@@ -791,5 +842,8 @@ def test_the_settings_file_example_is_accepted(
     assert not unknown_settings(set(environment))
     # No URL: they are credentials, and a URL here besides its _FILE is refused.
     assert not {name for name in environment if name.endswith("_URL")}
-    settings = settings_from(environment, monkeypatch)
+    # Read as lienthong reads the machine's settings file.
+    example = str(SYSTEMD / "lienthong.env.example")
+    settings = settings_from({MACHINE_FILE_VARIABLE: example}, monkeypatch)
     assert settings.gateway_users == [GATEWAY_USER]
+    assert str(settings.trust) == environment["LIENTHONG_TRUST"]
