@@ -1550,12 +1550,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
     from exchange.checks.schema import use_schema_dir
+    from exchange.operator_log import accountable
 
     args = build_parser().parse_args(argv)
     _log_warnings(debug=args.debug)
     try:
         use_schema_dir(settings_from_args(args).schema_dir)
-        return int(args.handler(args))
+        # Operator actions leave a row in the operator log (exchange/operator_log.py).
+        return int(accountable(args, args.handler))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
