@@ -499,8 +499,13 @@ def check_seals(
                     "SEAL_MISSING",
                     None,
                     seal.number,
-                    f"seals {expected_number} to {seal.number - 1} are missing: deleted "
-                    f"(the next one, seal {seal.number}, is of {_when(seal.sealed_at)})",
+                    (
+                        f"seal {expected_number} is missing"
+                        if seal.number == expected_number + 1
+                        else f"seals {expected_number} to {seal.number - 1} are missing"
+                    )
+                    + f": deleted (the next one, seal {seal.number}, is of "
+                    f"{_when(seal.sealed_at)})",
                 )
             )
         elif seal.content().get("previous") != previous:
