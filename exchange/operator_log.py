@@ -74,7 +74,7 @@ ACTIONS: dict[tuple[str, ...], Accountable] = {
             "rotate_password",
         ),
         certificate_files=("cert",),
-        secrets=("password", "password_stdin"),
+        secrets=("password_stdin",),
     ),
     ("agency", "set"): Accountable(
         "agency set",
@@ -88,11 +88,11 @@ ACTIONS: dict[tuple[str, ...], Accountable] = {
             "rotate_password",
         ),
         certificate_files=("cert",),
-        secrets=("password", "password_stdin"),
+        secrets=("password_stdin",),
     ),
     ("agency", "disable"): Accountable("agency disable", ("code",)),
     ("agency", "enable"): Accountable(
-        "agency enable", ("code",), secrets=("password", "password_stdin")
+        "agency enable", ("code",), secrets=("password_stdin",)
     ),
     ("agency", "cert", "add"): Accountable(
         "agency cert add", ("code",), certificate_files=("file",)
