@@ -250,6 +250,7 @@ async def test_rows_are_chained_in_insertion_order_and_verify(
         "messages": len(filled.messages),
         "documents": len(filled.documents),
         "events": len(filled.events),
+        "operator_actions": 0,
     }
 
 
