@@ -986,6 +986,7 @@ def cmd_report_status(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print a document's timeline: submitted, then per recipient each receipt and status."""
     from exchange.edxml.model import VIETNAM_TIME
+    from exchange.operator_log import reading
     from exchange.store import queries
     from exchange.store.db import connect
 
@@ -993,6 +994,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def tracing() -> int:
+        # Recorded in the operator log before anything is read.
+        await reading()
         conn = await connect(settings)
         try:
             traces = await queries.trace(conn, args.document, sender)

@@ -11,8 +11,9 @@ personal roles, members of ``lienthong_operator`` (docs/security.md).
 
 A command that changes something is recorded when it ends (``done``,
 ``refused``, ``failed: <why>``). A command that shows documents (``trace``,
-``replay show --body``) is recorded *before* anything is read, with outcome
-``read``: a read that cannot be recorded shows nothing.
+``replay show --body``) is recorded just *before* it reads them
+(:func:`reading`), with outcome ``read``: a read that cannot be recorded
+shows nothing.
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ ACTIONS: dict[tuple[str, ...], Accountable] = {
         secrets=("password_stdin",),
     ),
     ("agency", "disable"): Accountable("agency disable", ("code",)),
-    ("agency", "enable"): Accountable(
-        "agency enable", ("code",), secrets=("password_stdin",)
-    ),
+    ("agency", "enable"): Accountable("agency enable", ("code",), secrets=("password_stdin",)),
     ("agency", "cert", "add"): Accountable(
         "agency cert add", ("code",), certificate_files=("file",)
     ),
@@ -117,6 +116,8 @@ _SUBCOMMANDS = ("replay_command", "agency_command", "cert_command", "system_comm
 
 # What the command adds to its outcome (the seal's number, the replay's id).
 _notes: list[str] = []
+# The reading command not yet recorded: it is, by reading(), before it reads.
+_pending: list[tuple[argparse.Namespace, Accountable, dict[str, Any]]] = []
 
 
 def note(text: str) -> None:
@@ -186,18 +187,26 @@ async def record(
 
 
 def accountable(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
-    """Run ``handler(args)``, recording it in the operator log if it is an operator action."""
+    """Run ``handler(args)``, recording it in the operator log if it is an operator action.
+
+    A command that shows documents calls :func:`reading` just before it
+    reads them, which records it then; if it stops before (a bad option),
+    it is recorded as it ended, like a change.
+    """
     found = accountable_of(args)
     if found is None:
         return handler(args)
     arguments = arguments_of(args, found)
-    if found.before:
-        run(_recorded(record(args, found, arguments, READ)))
-        return handler(args)
     _notes.clear()
+    _pending.clear()
+    if found.before:
+        _pending.append((args, found, arguments))
     try:
         code = handler(args)
     except BaseException as error:
+        if found.before and not _pending:
+            raise  # recorded when it started reading
+        _pending.clear()
         try:
             settings = settings_from_args(args)
         except Exception:  # the settings are what failed: the record cannot be written
@@ -210,11 +219,22 @@ def accountable(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
         except Exception as failure:  # the command's own error is the one to show
             print(f"lienthong: the operator log was not written: {failure}", file=sys.stderr)
         raise
+    if found.before and not _pending:
+        return code
+    _pending.clear()
     outcome = {EXIT_OK: DONE, EXIT_REFUSED: REFUSED}.get(code, f"exit {code}")
     if _notes:
         outcome += ": " + "; ".join(_notes)
     run(_recorded(record(args, found, arguments, outcome)))
     return code
+
+
+async def reading() -> None:
+    """Record the running command now, before it reads documents (no-op for others)."""
+    while _pending:
+        args, found, arguments = _pending[0]
+        await record(args, found, arguments, READ)
+        _pending.clear()
 
 
 async def _recorded(coroutine: Any) -> int:
@@ -229,6 +249,7 @@ __all__ = [
     "accountable_of",
     "arguments_of",
     "note",
+    "reading",
     "record",
     "words_of",
 ]

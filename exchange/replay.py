@@ -1131,7 +1131,10 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.operator_log import reading
 
+    # With --body: recorded in the operator log before the body is read.
+    await reading()
     detail = await show_message(settings, args.id)
     if args.body == "-":
         sys.stdout.buffer.write(detail.body)
