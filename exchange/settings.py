@@ -279,12 +279,16 @@ def transport_problem(settings: Settings) -> str | None:
     password (or client certificate); the management API must be HTTPS and
     not ``guest``. On loopback everything is allowed (development).
     """
-    amqp = urlsplit(settings.amqp_url)
-    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-        return (
-            f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
-            "documents in clear; use amqps:// off this host"
-        )
+    for name, url in (
+        ("AMQP_URL", settings.amqp_url),
+        ("REPLAY_AMQP_URL", settings.replay_amqp_url),
+    ):
+        amqp = urlsplit(url)
+        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+            return (
+                f"LIENTHONG_{name}: plain amqp:// to {amqp.hostname} sends passwords and "
+                "documents in clear; use amqps:// off this host"
+            )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
     # libpq also takes the host from ?host=; a socket path there is local.
