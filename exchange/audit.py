@@ -777,9 +777,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return run(seal_run())
 
     async def audit_run() -> int:
-        report: AuditReport | ChainReport = (
-            await verify_chains(settings) if args.verify_chain else await audit(settings)
-        )
+        from exchange.seals import SealError
+
+        try:
+            report: AuditReport | ChainReport = (
+                await verify_chains(settings) if args.verify_chain else await audit(settings)
+            )
+        except SealError as error:
+            raise CommandError(str(error)) from None
         if args.json:
             print_json(report.to_json())
         else:

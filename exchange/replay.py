@@ -1194,6 +1194,7 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.operator_log import note
 
     selection = _selection(args)
     if not args.yes:
@@ -1219,8 +1220,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             f"dry run: {len(chosen)} message(s) would be replayed; nothing was changed. "
             "Add --yes to replay them."
         )
+        note("dry run")
         return EXIT_OK
     done = await run_replay(settings, selection, wait=args.wait)
+    note(f"replay {done.replay_pk}")
     if args.json:
         _print_json(done.as_dict())
     else:

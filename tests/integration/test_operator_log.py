@@ -184,6 +184,7 @@ async def test_every_operator_command_leaves_a_row_with_the_role_that_ran_it(
     assert outcomes["trace"] == "read"
     assert outcomes["replay show --body"] == "read"
     assert outcomes["audit --seal"] == "done: seal 1"
+    assert outcomes["replay run"] == "done: dry run"
     add = rows[0].arguments
     assert add["code"] == HANOI and add["password_stdin_given"] is True
     assert add["cert_sha256"] == [fingerprint(credential.certificate)]
@@ -192,8 +193,14 @@ async def test_every_operator_command_leaves_a_row_with_the_role_that_ran_it(
     for secret in (password, "s3cret-value-of-the-system", "a refused package"):
         assert secret not in everything
 
-    report = await verify_chains(exchange.settings)
+    # The chains, the operator log among them, verify against the seal.
+    code, _ = await lienthong("audit", "--verify-chain", "--database-url", database)
+    assert code == 0
+    report = await verify_chains(
+        exchange.settings.model_copy(update={"seal_cert": tmp_path / "seal" / "seal.cert.pem"})
+    )
     assert report.ok, list(report.lines())
+    assert report.seals == 1
     (log_chain,) = [c for c in report.chains if c.chain == "operator_actions"]
     assert log_chain.rows == 9
 
@@ -322,6 +329,6 @@ async def test_the_replay_tool_publishes_as_its_own_broker_user_trusted_by_the_w
     async with exchange.db() as conn:
         rows = list(reversed(await operator_actions(conn)))
     assert [(r.action, r.db_role, r.outcome) for r in rows] == [
-        ("replay run", operator_role, "refused"),
-        ("replay run", operator_role, "done"),
+        ("replay run", operator_role, "refused: replay 1"),
+        ("replay run", operator_role, "done: replay 2"),
     ]
