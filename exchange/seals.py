@@ -329,6 +329,14 @@ class Seal:
             return {}
         return parsed if isinstance(parsed, dict) else {}
 
+    @property
+    def signed_at(self) -> datetime:
+        """When the seal was made, as its signed payload says (the column is not signed)."""
+        try:
+            return datetime.fromisoformat(str(self.content()["sealed_at"]))
+        except (KeyError, ValueError):
+            return self.sealed_at
+
     def heads(self) -> dict[str, tuple[int, str]]:
         """The sealed heads, by chain (what the signed payload says, not the columns)."""
         found: dict[str, tuple[int, str]] = {}
@@ -505,7 +513,7 @@ def check_seals(
                         else f"seals {expected_number} to {seal.number - 1} are missing"
                     )
                     + f": deleted (the next one, seal {seal.number}, is of "
-                    f"{_when(seal.sealed_at)})",
+                    f"{_when(seal.signed_at)})",
                 )
             )
         elif seal.content().get("previous") != previous:
@@ -514,7 +522,7 @@ def check_seals(
                     "SEAL_MISSING",
                     None,
                     seal.number,
-                    f"seal {seal.number} ({_when(seal.sealed_at)}) does not follow seal "
+                    f"seal {seal.number} ({_when(seal.signed_at)}) does not follow seal "
                     f"{seal.number - 1}: the seals were replaced",
                 )
             )
@@ -528,7 +536,7 @@ def check_seals(
                     "SEAL_FORGED",
                     None,
                     seal.number,
-                    f"seal {seal.number} ({_when(seal.sealed_at)}) is not signed by the "
+                    f"seal {seal.number} ({_when(seal.signed_at)}) is not signed by the "
                     "sealing key (LIENTHONG_SEAL_CERT): it was written or changed by "
                     "someone else, and is ignored",
                 )
@@ -563,14 +571,14 @@ def check_seals(
         problems.extend(_chain_against_seals(chain, trusted, stored.get(chain, {}), lengths[chain]))
     if trusted and interval_s > 0:
         last = trusted[-1]
-        age = (now or datetime.now(UTC)) - last.sealed_at
+        age = (now or datetime.now(UTC)) - last.signed_at
         if age > timedelta(seconds=2 * interval_s):
             problems.append(
                 SealProblem(
                     "SEAL_OVERDUE",
                     None,
                     last.number,
-                    f"the last seal, {last.number}, is of {_when(last.sealed_at)}, more than "
+                    f"the last seal, {last.number}, is of {_when(last.signed_at)}, more than "
                     f"twice the sealing interval ({interval_s:.0f} s) ago: no process seals "
                     "(a worker with LIENTHONG_SEAL_KEY, or `lienthong audit --seal` from a "
                     "timer), or the later seals were deleted",
@@ -599,16 +607,16 @@ def _chain_against_seals(
                     chain,
                     seal.number,
                     f"{chain} ends at position {length} but seal {seal.number} "
-                    f"({_when(seal.sealed_at)}) sealed position {seq}: rows recorded before "
+                    f"({_when(seal.signed_at)}) sealed position {seq}: rows recorded before "
                     "that seal were deleted",
                 )
             )
             return problems
         if stored.get(seq) != sealed_hash:
             since = (
-                f"; it still matches seal {good.number} ({_when(good.sealed_at)}, position "
+                f"; it still matches seal {good.number} ({_when(good.signed_at)}, position "
                 f"{good.heads()[chain][0]}): the rows rewritten are after that position, "
-                f"recorded from {_when(good.sealed_at)} on"
+                f"recorded from {_when(good.signed_at)} on"
                 if good is not None
                 else "; no earlier seal matches: the rewrite may reach back to its first row"
             )
@@ -618,7 +626,7 @@ def _chain_against_seals(
                     chain,
                     seal.number,
                     f"{chain} was rewritten: position {seq} does not have the hash sealed by "
-                    f"seal {seal.number} ({_when(seal.sealed_at)}){since}",
+                    f"seal {seal.number} ({_when(seal.signed_at)}){since}",
                 )
             )
             return problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,6 +115,12 @@ def test_a_last_seal_older_than_twice_the_interval_is_reported(key: SealingKey) 
         seals, stored, {"messages": 1}, certificates=trusted, interval_s=3600, now=late
     )
     assert codes(problems) == [("SEAL_OVERDUE", None, 1)]
+    # The column is not signed: moving it forward in the database hides nothing.
+    moved = [dataclasses.replace(seals[0], sealed_at=late)]
+    again = check_seals(
+        moved, stored, {"messages": 1}, certificates=trusted, interval_s=3600, now=late
+    )
+    assert codes(again) == [("SEAL_OVERDUE", None, 1)]
 
 
 def test_ed25519_keys_sign_too(tmp_path: Path) -> None:
