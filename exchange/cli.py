@@ -1029,6 +1029,7 @@ def cmd_report_status(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print a document's timeline: submitted, then per recipient each receipt and status."""
     from exchange.edxml.model import VIETNAM_TIME
+    from exchange.operator_log import reading
     from exchange.store import queries
     from exchange.store.db import connect
 
@@ -1036,6 +1037,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def tracing() -> int:
+        # Recorded in the operator log before anything is read.
+        await reading()
         conn = await connect(settings)
         try:
             traces = await queries.trace(conn, args.document, sender)
@@ -1646,12 +1649,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
     from exchange.checks.schema import use_schema_dir
+    from exchange.operator_log import accountable
 
     args = build_parser().parse_args(argv)
     _log_warnings(debug=args.debug)
     try:
         use_schema_dir(settings_from_args(args).schema_dir)
-        return int(args.handler(args))
+        # Operator actions leave a row in the operator log (exchange/operator_log.py).
+        return int(accountable(args, args.handler))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:

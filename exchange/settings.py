@@ -45,7 +45,7 @@ class ParserLimits(BaseSettings):
 # Settings that carry a password. Each can also be read from a file named by
 # LIENTHONG_<NAME>_FILE (a Docker or systemd secret), so that the password is
 # neither on a command line nor in the environment of every process.
-SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url")
+SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url", "replay_amqp_url")
 
 ENV_PREFIX = "LIENTHONG_"
 
@@ -179,6 +179,39 @@ class Settings(ParserLimits):
     # messages may carry an original sender in headers: the replay tool's
     # user, other workers' users. Never an agency's user.
     exchange_users: list[str] = Field(default_factory=list)
+    # The broker user the replay tool publishes as (`lienthong replay run`):
+    # one of its own, so the record and the broker's logs tell a replayed
+    # message from a worker's retry. Its user is trusted by the workers like
+    # exchange_users (its messages carry the original sender in headers);
+    # the workers need only its name, so on their hosts it can be given
+    # without a password. Unset: the replay tool uses amqp_url.
+    replay_amqp_url: str = ""
+
+    # -- anchored history (lienthong audit --seal, docs/security.md) ----------
+    # The exchange's sealing key (PEM) and its certificate(s): the chains'
+    # heads are signed with the key, and `audit --verify-chain` checks the
+    # seals against the certificates in seal_cert (several for a rollover).
+    # The key lives on the exchange's hosts, never in the database, so whoever
+    # administers PostgreSQL cannot write a seal.
+    seal_key: Path | None = None
+    seal_cert: Path | None = None
+    # Seconds between two seals written by the workers (one of them, under a
+    # database lock; every process holding seal_key takes part). What a
+    # superuser rewrote is found from the first seal after the rewrite, and a
+    # rewrite before it is pinned down to one interval: an hour costs 24 rows
+    # a day. 0: only `lienthong audit --seal` seals (a cron job or a timer).
+    # The verification reports the last seal older than twice this.
+    seal_interval_s: float = Field(3600.0, ge=0)
+    # An RFC 3161 time-stamp authority: each seal's payload is time-stamped
+    # by it, so the time of the heads is proved by a third party too. Unset:
+    # seals carry the exchange's own clock only. tsa_cert: the authority's
+    # certificate or the CA that issued it (PEM), to verify its tokens.
+    tsa_url: str = ""
+    tsa_cert: Path | None = None
+    # Seconds to wait for the authority; a seal is refused rather than
+    # written without the token the settings ask for.
+    tsa_timeout_s: float = Field(10.0, gt=0)
+
     # Fault injection for the crash-safety tests only, e.g.
     # "after_commit=0.01": the worker SIGKILLs itself at that point.
     fault_kill: str = ""
@@ -234,15 +267,17 @@ class Settings(ParserLimits):
     def trusted_broker_users(self) -> frozenset[str]:
         """The broker users of the exchange itself, never an agency's.
 
-        The workers' (``amqp_url``), ``exchange_users``, ``gateway_users``, and
-        the management API's: each may do what no agency may (carry an
-        original sender, act for agencies, create users).
+        The workers' (``amqp_url``), ``exchange_users``, the replay tool's
+        (``replay_amqp_url``), ``gateway_users``, and the management API's:
+        each may do what no agency may (carry an original sender, act for
+        agencies, create users).
         """
         return frozenset(
             {
                 url_user(self.amqp_url),
                 url_user(self.rabbitmq_api_url),
                 *self.exchange_users,
+                *([url_user(self.replay_amqp_url)] if self.replay_amqp_url else []),
                 *self.gateway_users,
             }
         )
@@ -417,19 +452,23 @@ def transport_problem(settings: Settings) -> str | None:
     password (or client certificate); the management API must be HTTPS and
     not ``guest``. On loopback everything is allowed (development).
     """
-    amqp = urlsplit(settings.amqp_url)
-    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-        return (
-            f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
-            "documents in clear; use amqps:// off this host"
-        )
-    if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
-        amqp.hostname
+    for name, url in (
+        ("AMQP_URL", settings.amqp_url),
+        ("REPLAY_AMQP_URL", settings.replay_amqp_url),
     ):
-        return (
-            f"LIENTHONG_AMQP_URL: no_verify_ssl to {amqp.hostname} would accept any server "
-            "as the broker; give the CA that issued its certificate (cafile=...)"
-        )
+        amqp = urlsplit(url)
+        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+            return (
+                f"LIENTHONG_{name}: plain amqp:// to {amqp.hostname} sends passwords and "
+                "documents in clear; use amqps:// off this host"
+            )
+        if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
+            amqp.hostname
+        ):
+            return (
+                f"LIENTHONG_{name}: no_verify_ssl to {amqp.hostname} would accept any server "
+                "as the broker; give the CA that issued its certificate (cafile=...)"
+            )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
     # Every host the URL lists (a standby becomes the primary one day); a
