@@ -136,14 +136,18 @@ class LocalExchange:
             if ca_cert.exists()
             else create_ca(self.keys_dir, common_name="lienthong demo CA")
         )
-        update: dict[str, Path] = {"trust": ca_cert}
-        if self.settings.receipt_key is None:
-            # The exchange's receipt-signing key, from the same CA (new each
-            # run: receipts carry their certificate, so older ones still verify).
-            issue_exchange_certificate(self.ca, directory=self.keys_dir, stem=EXCHANGE_STEM)
-            update["receipt_key"] = self.keys_dir / f"{EXCHANGE_STEM}.key.pem"
-            update["receipt_cert"] = self.keys_dir / f"{EXCHANGE_STEM}.cert.pem"
-        self.settings = self.settings.model_copy(update=update)
+        # The exchange's receipt-signing key, from the same CA as the
+        # agencies' (which verify receipts against it), whatever the machine's
+        # settings name; new each run: receipts carry their certificate, so
+        # older ones still verify.
+        issue_exchange_certificate(self.ca, directory=self.keys_dir, stem=EXCHANGE_STEM)
+        self.settings = self.settings.model_copy(
+            update={
+                "trust": ca_cert,
+                "receipt_key": self.keys_dir / f"{EXCHANGE_STEM}.key.pem",
+                "receipt_cert": self.keys_dir / f"{EXCHANGE_STEM}.cert.pem",
+            }
+        )
 
     async def prepare(self) -> None:
         """Apply migrations and declare the core topology."""
