@@ -875,11 +875,22 @@ def _agency_client(args: argparse.Namespace) -> AgencyClient:
     agency = _agency_code(args.agency, "--as")
     # edXML needs an OrganName in From: the name given, or else the code.
     name = getattr(args, "sender_name", None) or str(agency)
+    receipt_trust = None
+    if getattr(args, "trust", None):
+        from exchange.pki import TrustStore
+
+        try:
+            receipt_trust = TrustStore.load(args.trust)
+        except (OSError, ValueError) as error:
+            raise CommandError(
+                f"cannot load the trust anchors from {args.trust}: {error}"
+            ) from None
     return AgencyClient(
         agency,
         settings_from_args(args).amqp_url,
         credential=credential,
         organization=Organization(organ_id=agency, organ_name=name),
+        receipt_trust=receipt_trust,
     )
 
 
@@ -1032,13 +1043,24 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def cmd_statuses(args: argparse.Namespace) -> int:
-    """Print (and acknowledge) the receipts and statuses waiting for an agency."""
+    """Print (and acknowledge) the receipts and statuses waiting for an agency.
+
+    With ``--trust``, each receipt's signature is verified; one that fails is
+    printed with its problem and left unacknowledged, and the exit status is 1.
+    """
+    from exchange.receipts import ReceiptSignatureError
 
     async def drain() -> int:
+        refused = False
         async with _agency_client(args) as client:
             async for item in client.statuses(idle_timeout=_idle(args)):
                 if item.is_receipt:
-                    line = item.receipt.model_dump(mode="json")
+                    try:
+                        line = item.receipt.model_dump(mode="json")
+                    except ReceiptSignatureError as error:
+                        refused = True
+                        _print_unverified(item.message_id, error, as_json=args.json)
+                        continue  # left on the queue, for when the anchor is right
                 else:
                     status = item.status
                     line = {
@@ -1054,9 +1076,28 @@ def cmd_statuses(args: argparse.Namespace) -> int:
                 else:
                     print(_status_line(line, args.lang), flush=True)
                 await item.ack()
-        return EXIT_OK
+        return EXIT_REFUSED if refused else EXIT_OK
 
     return run(drain())
+
+
+def _print_unverified(message_id: str, error: Any, *, as_json: bool) -> None:
+    """The line of a receipt whose signature did not verify (a ReceiptSignatureError)."""
+    if as_json:
+        print_json(
+            {
+                "type": "receipt",
+                "message_id": message_id,
+                "verified": False,
+                "problem": error.problem.value,
+                "reason": str(error),
+            },
+            lines=True,
+        )
+    else:
+        print(
+            f"receipt {message_id}: {error.problem.value}: {error} (not acknowledged)", flush=True
+        )
 
 
 def _status_line(item: dict[str, Any], language: str = "vi") -> str:
@@ -1651,6 +1692,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     statuses.add_argument(
         "--idle", type=float, default=2.0, help="stop after this many seconds without news"
+    )
+    _completes(
+        statuses.add_argument(
+            "--trust",
+            help="verify each receipt's signature against these CA certificate(s); one that "
+            "fails is printed and not acknowledged (exit 1)",
+        ),
+        shtab.FILE,
     )
     statuses.set_defaults(handler=cmd_statuses)
 

@@ -18,6 +18,7 @@ import aio_pika
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from exchange import cli
 from exchange.benchmark.processes import lienthong_command
 from exchange.broker.topology import STATUS_EXCHANGE
 from exchange.demo import demo_document
@@ -137,7 +138,7 @@ async def test_the_published_certificate_is_the_one_in_the_receipts(
 
 
 async def test_the_client_refuses_a_receipt_the_exchange_did_not_sign(
-    exchange: ExchangeUnderTest,
+    exchange: ExchangeUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Whoever can publish to the status exchange cannot make the sender believe a receipt."""
     sender = await exchange.register(SENDER)
@@ -167,6 +168,17 @@ async def test_the_client_refuses_a_receipt_the_exchange_did_not_sign(
     finally:
         await connection.close()
 
+    # `lienthong statuses --trust CA` prints it as refused and leaves it on the queue.
+    queue = f"lienthong.status.{sender.code}"
+    ca = exchange.local.keys_dir / "ca.cert.pem"
+    argv = ["statuses", "--as", SENDER, "--trust", str(ca), "--idle", "1"]
+    status = await asyncio.to_thread(cli.main, [*argv, "--amqp-url", sender.amqp_url])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert line.startswith("receipt m-forged: RECEIPT_UNSIGNED: the receipt carries no signature")
+    assert await exchange.queue_depth(queue) == 1
+
+    # The client library with the trust anchor refuses to hand it over as a receipt.
     (item,) = await exchange.statuses_of(sender)
     assert item.is_receipt
     with pytest.raises(ReceiptSignatureError) as refused:
