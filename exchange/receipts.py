@@ -135,11 +135,13 @@ def _b64url_decode(text: str) -> bytes:
 def canonical(members: dict[str, Any]) -> bytes:
     """``members`` in the JSON Canonicalization Scheme (RFC 8785): what a receipt's JWS signs.
 
-    A receipt holds only strings, nulls, lists and objects, for which RFC
-    8785 is: members sorted by name, no white space, strings escaped as
-    ECMAScript's JSON.stringify does (which is what Python's encoder writes
-    with ``ensure_ascii=False``). A number (never in a receipt) is refused,
-    so nothing is signed whose canonical form this function might get wrong.
+    A receipt holds only strings, nulls, lists and objects, with ASCII
+    member names, for which RFC 8785 is: members sorted by name (code point
+    order is then RFC 8785's UTF-16 order), no white space, strings escaped
+    as ECMAScript's JSON.stringify does (which is what Python's encoder
+    writes with ``ensure_ascii=False``). A number (never in a receipt) is
+    refused, so nothing is signed whose canonical form this function might
+    get wrong.
     """
 
     def check(value: Any) -> None:
