@@ -380,3 +380,43 @@ def _sign_without_checks(credential: Any, receipt: Receipt) -> bytes:
     signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     members["signature"] = f"{protected}..{_b64url(signature)}"
     return json.dumps(members).encode()
+
+
+# -- the worker's receipt key at start ------------------------------------------
+
+
+def _settings(**values: Any) -> Any:
+    from exchange.settings import Settings
+
+    return Settings().model_copy(
+        update={"receipt_key": None, "receipt_cert": None, "unsigned_receipts": False, **values}
+    )
+
+
+def test_a_worker_starts_only_with_a_receipt_key_that_can_sign_now(
+    pki: TestPKI, tmp_path: Path
+) -> None:
+    from exchange.worker import load_receipt_signer
+
+    key, cert = issue_exchange_certificate(pki.ca).write(tmp_path, "exchange")
+    other_key, _ = issue_exchange_certificate(pki.ca).write(tmp_path, "other")
+    expired_key, expired_cert = issue_exchange_certificate(
+        pki.ca, not_before=AT - timedelta(days=60), valid_for=timedelta(days=30)
+    ).write(tmp_path, "expired")
+
+    signer = load_receipt_signer(_settings(receipt_key=key, receipt_cert=cert))
+    assert signer is not None and signer.algorithm == "ES256"
+    refusals = {
+        "no receipt key: set LIENTHONG_RECEIPT_KEY": _settings(),
+        "go together; set both": _settings(receipt_cert=cert),
+        "does not belong to the certificate": _settings(receipt_key=other_key, receipt_cert=cert),
+        "not now: receipts it signed would not verify": _settings(
+            receipt_key=expired_key, receipt_cert=expired_cert
+        ),
+        "cannot read": _settings(receipt_key=tmp_path / "missing.pem", receipt_cert=cert),
+    }
+    for message, settings in refusals.items():
+        with pytest.raises(ReceiptKeyError, match=message):
+            load_receipt_signer(settings)
+    # Unsigned only when asked for, by name.
+    assert load_receipt_signer(_settings(unsigned_receipts=True)) is None
