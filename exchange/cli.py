@@ -151,6 +151,27 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys_issue_exchange(args: argparse.Namespace) -> int:
+    """Issue the exchange's receipt-signing key and certificate from the CA in ``--dir``."""
+    from exchange.pki import KeyType, issue_exchange_certificate
+
+    directory = Path(args.dir)
+    ca = _development_ca(directory)
+    key_path, cert_path = directory / "exchange.key.pem", directory / "exchange.cert.pem"
+    if cert_path.exists() and not args.force:
+        raise CommandError(f"{cert_path} exists; pass --force to replace it")
+    credential = issue_exchange_certificate(
+        ca,
+        common_name=args.name,
+        key_type=KeyType(args.key_type),
+        directory=directory,
+    )
+    print(f"issued {credential.certificate.subject.rfc4514_string()} (signs receipts)")
+    print(f"  key:         {key_path}  (LIENTHONG_RECEIPT_KEY)")
+    print(f"  certificate: {cert_path}  (LIENTHONG_RECEIPT_CERT)")
+    return EXIT_OK
+
+
 def cmd_keys_tls(args: argparse.Namespace) -> int:
     """Issue a TLS server or client certificate from the CA in ``--dir``."""
     from exchange.pki import TlsRole, issue_tls_certificate
@@ -366,11 +387,72 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print a published schema (the receipt JSON Schema)."""
+    """Print a published schema: the receipts' JSON Schema, or the certificate that signs them."""
     from exchange.receipts import receipt_json_schema
 
-    sys.stdout.write(receipt_json_schema())
+    if args.name == "receipt":
+        sys.stdout.write(receipt_json_schema())
+        return EXIT_OK
+    from cryptography import x509
+
+    path = settings_from_args(args).receipt_cert
+    if path is None:
+        raise CommandError(
+            "no receipt certificate: set LIENTHONG_RECEIPT_CERT to the exchange's certificate"
+        )
+    try:
+        certificates = x509.load_pem_x509_certificates(_read_file(str(path)))
+    except ValueError:
+        raise CommandError(f"{path} holds no PEM certificate") from None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    for certificate in certificates:
+        sys.stdout.write(certificate.public_bytes(Encoding.PEM).decode("ascii"))
     return EXIT_OK
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    """Verify receipts' signatures: the exchange's certificate, chained to ``--trust``."""
+    from exchange.pki import TrustStore
+    from exchange.receipts import ReceiptSignatureError, verify_receipt
+
+    try:
+        trust = TrustStore.load(args.trust)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot load the trust anchors from {args.trust}: {error}") from None
+    results: list[dict[str, Any]] = []
+    for file in args.files:
+        data = _read_file(file)
+        try:
+            verified = verify_receipt(data, trust)
+        except ReceiptSignatureError as error:
+            results.append(
+                {"file": file, "ok": False, "problem": error.problem.value, "reason": str(error)}
+            )
+            if not args.json:
+                print(f"{file}: {error.problem.value}: {error}")
+            continue
+        receipt = verified.receipt
+        results.append(
+            {
+                "file": file,
+                "ok": True,
+                "signer": verified.signer.subject.rfc4514_string(),
+                "algorithm": verified.algorithm,
+                **receipt.model_dump(mode="json", exclude={"signature"}),
+            }
+        )
+        if not args.json:
+            outcome = " ".join(filter(None, [receipt.outcome.value, receipt.reason_code]))
+            what = receipt.document_id or f"message {receipt.message_id}"
+            print(
+                f"{file}: OK ({outcome}: {what}, {receipt.sender or '?'} -> {receipt.recipient}, "
+                f"at {receipt.at:%Y-%m-%d %H:%M:%S} UTC; signed by "
+                f"{verified.signer.subject.rfc4514_string()}, {verified.algorithm})"
+            )
+    if args.json:
+        print_json(results)
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_REFUSED
 
 
 # -- running the exchange -------------------------------------------------------
@@ -748,6 +830,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.logs import configure_logging
     from exchange.metrics import MetricsEndpointError
     from exchange.pki import TrustStore
+    from exchange.receipts import ReceiptKeyError
     from exchange.report import refresh_metrics
     from exchange.worker import StartupError, run_workers
 
@@ -772,7 +855,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 metrics_port=port,
                 refresh_figures=refresh_metrics,
             )
-        except (MetricsEndpointError, StartupError, TrustedUserError) as error:
+        except (MetricsEndpointError, ReceiptKeyError, StartupError, TrustedUserError) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK
@@ -792,11 +875,22 @@ def _agency_client(args: argparse.Namespace) -> AgencyClient:
     agency = _agency_code(args.agency, "--as")
     # edXML needs an OrganName in From: the name given, or else the code.
     name = getattr(args, "sender_name", None) or str(agency)
+    receipt_trust = None
+    if getattr(args, "trust", None):
+        from exchange.pki import TrustStore
+
+        try:
+            receipt_trust = TrustStore.load(args.trust)
+        except (OSError, ValueError) as error:
+            raise CommandError(
+                f"cannot load the trust anchors from {args.trust}: {error}"
+            ) from None
     return AgencyClient(
         agency,
         settings_from_args(args).amqp_url,
         credential=credential,
         organization=Organization(organ_id=agency, organ_name=name),
+        receipt_trust=receipt_trust,
     )
 
 
@@ -949,13 +1043,24 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def cmd_statuses(args: argparse.Namespace) -> int:
-    """Print (and acknowledge) the receipts and statuses waiting for an agency."""
+    """Print (and acknowledge) the receipts and statuses waiting for an agency.
+
+    With ``--trust``, each receipt's signature is verified; one that fails is
+    printed with its problem and left unacknowledged, and the exit status is 1.
+    """
+    from exchange.receipts import ReceiptSignatureError
 
     async def drain() -> int:
+        refused = False
         async with _agency_client(args) as client:
             async for item in client.statuses(idle_timeout=_idle(args)):
                 if item.is_receipt:
-                    line = item.receipt.model_dump(mode="json")
+                    try:
+                        line = item.receipt.model_dump(mode="json")
+                    except ReceiptSignatureError as error:
+                        refused = True
+                        _print_unverified(item.message_id, error, as_json=args.json)
+                        continue  # left on the queue, for when the anchor is right
                 else:
                     status = item.status
                     line = {
@@ -971,9 +1076,28 @@ def cmd_statuses(args: argparse.Namespace) -> int:
                 else:
                     print(_status_line(line, args.lang), flush=True)
                 await item.ack()
-        return EXIT_OK
+        return EXIT_REFUSED if refused else EXIT_OK
 
     return run(drain())
+
+
+def _print_unverified(message_id: str, error: Any, *, as_json: bool) -> None:
+    """The line of a receipt whose signature did not verify (a ReceiptSignatureError)."""
+    if as_json:
+        print_json(
+            {
+                "type": "receipt",
+                "message_id": message_id,
+                "verified": False,
+                "problem": error.problem.value,
+                "reason": str(error),
+            },
+            lines=True,
+        )
+    else:
+        print(
+            f"receipt {message_id}: {error.problem.value}: {error} (not acknowledged)", flush=True
+        )
 
 
 def _status_line(item: dict[str, Any], language: str = "vi") -> str:
@@ -1165,6 +1289,23 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--name", help="the agency's name for the certificate subject")
     issue.add_argument("--key-type", default="rsa-2048", choices=_key_types())
     issue.set_defaults(handler=cmd_keys_issue)
+    exchange_key = keys_commands.add_parser(
+        "issue-exchange", help="issue the exchange's receipt-signing key and certificate"
+    )
+    _completes(
+        exchange_key.add_argument(
+            "--dir",
+            required=True,
+            help="the CA directory; exchange.key.pem and exchange.cert.pem are written there",
+        ),
+        shtab.DIRECTORY,
+    )
+    exchange_key.add_argument(
+        "--name", default="lienthong exchange", help="the certificate's common name"
+    )
+    exchange_key.add_argument("--key-type", default="ecdsa-p256", choices=_key_types())
+    exchange_key.add_argument("--force", action="store_true", help="replace an existing one")
+    exchange_key.set_defaults(handler=cmd_keys_issue_exchange)
     revoking = keys_commands.add_parser(
         "revoke", help="revoke an agency certificate; write the CA's revocation list"
     )
@@ -1268,8 +1409,32 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_show)
 
     schema = commands.add_parser("schema", help="print a published schema")
-    schema.add_argument("name", choices=["receipt"])
+    schema.add_argument(
+        "name",
+        choices=["receipt", "receipt-cert"],
+        help="receipt: the receipts' JSON Schema; receipt-cert: the certificate (chain) "
+        "receipts are signed with (LIENTHONG_RECEIPT_CERT)",
+    )
     schema.set_defaults(handler=cmd_schema)
+
+    receipt = commands.add_parser("receipt", help="the exchange's signed receipts")
+    receipt_commands = receipt.add_subparsers(
+        dest="receipt_command", required=True, metavar="ACTION"
+    )
+    receipt_verify = receipt_commands.add_parser(
+        "verify", help="verify receipts' signatures (exit 1 if one does not verify)"
+    )
+    _completes(receipt_verify.add_argument("files", nargs="+", metavar="FILE"), shtab.FILE)
+    _completes(
+        receipt_verify.add_argument(
+            "--trust",
+            required=True,
+            help="the CA certificate(s) of the exchange's receipt certificate: a PEM file or a dir",
+        ),
+        shtab.FILE,
+    )
+    receipt_verify.add_argument("--json", action="store_true", help="machine-readable output")
+    receipt_verify.set_defaults(handler=cmd_receipt_verify)
 
     # Each command offers the connection options of the services it uses.
     options = ServiceOptions.build()
@@ -1530,6 +1695,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     statuses.add_argument(
         "--idle", type=float, default=2.0, help="stop after this many seconds without news"
+    )
+    _completes(
+        statuses.add_argument(
+            "--trust",
+            help="verify each receipt's signature against these CA certificate(s); one that "
+            "fails is printed and not acknowledged (exit 1)",
+        ),
+        shtab.FILE,
     )
     statuses.set_defaults(handler=cmd_statuses)
 

@@ -62,8 +62,8 @@ from exchange.edxml.model import (
 )
 from exchange.edxml.reader import read_document, read_status
 from exchange.edxml.writer import new_status, write_package
-from exchange.pki import Credential
-from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.pki import Credential, TrustStore
+from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt, VerifiedReceipt, verify_receipt
 from exchange.status import StatusCode
 
 # Message ids of items already handled, remembered to drop redeliveries.
@@ -176,7 +176,14 @@ class InboxItem(Item):
 
 @dataclass
 class StatusItem(Item):
-    """A receipt from the exchange, or a business status from a recipient."""
+    """A receipt from the exchange, or a business status from a recipient.
+
+    ``receipt_trust`` (the client's): the CA(s) the exchange's receipt
+    certificate chains to; with it, :attr:`receipt` is only ever a receipt
+    whose signature verified.
+    """
+
+    receipt_trust: TrustStore | None = field(default=None, repr=False)
 
     @property
     def is_receipt(self) -> bool:
@@ -185,8 +192,19 @@ class StatusItem(Item):
 
     @cached_property
     def receipt(self) -> Receipt:
-        """The receipt (only when :attr:`is_receipt`)."""
+        """The receipt (only when :attr:`is_receipt`), verified when the client has a trust anchor.
+
+        With ``receipt_trust``, a receipt that does not verify raises
+        :class:`~exchange.receipts.ReceiptSignatureError` (the item stays
+        unacknowledged until the caller decides).
+        """
+        if self.receipt_trust is not None:
+            return self.verify_receipt(self.receipt_trust).receipt
         return Receipt.model_validate_json(self.body)
+
+    def verify_receipt(self, trust: TrustStore) -> VerifiedReceipt:
+        """Verify the receipt's signature against ``trust``; raises ReceiptSignatureError."""
+        return verify_receipt(self.body, trust)
 
     @cached_property
     def status(self) -> StatusPackage:
@@ -254,12 +272,18 @@ class AgencyClient:
         *,
         credential: Credential | None = None,
         organization: Organization | None = None,
+        receipt_trust: TrustStore | None = None,
     ) -> None:
-        """A client for ``agency``; nothing is connected until ``connect()``."""
+        """A client for ``agency``; nothing is connected until ``connect()``.
+
+        With ``receipt_trust`` (the CA of the exchange's receipt certificate),
+        every receipt read from :meth:`statuses` is verified (:class:`StatusItem`).
+        """
         self.agency = agency if isinstance(agency, AgencyCode) else AgencyCode.parse(agency)
         self.amqp_url = amqp_url
         self.credential = credential
         self.organization = organization or Organization(organ_id=self.agency)
+        self.receipt_trust = receipt_trust
         self.broker_user = broker_user_of(amqp_url)
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmingPublisher | None = None
@@ -457,4 +481,4 @@ class AgencyClient:
             self._consume(status_queue(self.agency), self._status_seen, idle_timeout)
         ) as messages:
             async for message in messages:
-                yield StatusItem(message, self._status_seen)
+                yield StatusItem(message, self._status_seen, self.receipt_trust)

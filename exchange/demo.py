@@ -43,7 +43,14 @@ from exchange.edxml.model import (
 from exchange.edxml.reader import read_document, read_status
 from exchange.edxml.writer import new_document, write_package
 from exchange.gateway.sdk import VxpClient
-from exchange.pki import Credential, KeyType, TrustStore, create_ca, issue_agency_certificate
+from exchange.pki import (
+    Credential,
+    KeyType,
+    TrustStore,
+    create_ca,
+    issue_agency_certificate,
+    issue_exchange_certificate,
+)
 from exchange.receipts import Receipt
 from exchange.registry import (
     AgencyExistsError,
@@ -77,6 +84,9 @@ DEMO_GATEWAY_USER = f"{GATEWAY_USER}-demo"
 # global to the broker, so a demo run on a shared broker never takes over
 # (nor is refused by) the user of a real agency of the same code.
 DEMO_USER_PREFIX = "demo."
+# The exchange's receipt-signing key and certificate in the keys directory:
+# exchange.key.pem, exchange.cert.pem.
+EXCHANGE_STEM = "exchange"
 
 
 @dataclass
@@ -87,6 +97,8 @@ class LocalAgency:
     name: str
     credential: Credential
     amqp_url: str
+    # The CA of the exchange's receipt certificate: the agency verifies receipts.
+    receipt_trust: TrustStore | None = None
 
     @property
     def organization(self) -> Organization:
@@ -96,7 +108,11 @@ class LocalAgency:
     def client(self) -> AgencyClient:
         """A client logged in as this agency."""
         return AgencyClient(
-            self.code, self.amqp_url, credential=self.credential, organization=self.organization
+            self.code,
+            self.amqp_url,
+            credential=self.credential,
+            organization=self.organization,
+            receipt_trust=self.receipt_trust,
         )
 
 
@@ -120,7 +136,18 @@ class LocalExchange:
             if ca_cert.exists()
             else create_ca(self.keys_dir, common_name="lienthong demo CA")
         )
-        self.settings = self.settings.model_copy(update={"trust": ca_cert})
+        # The exchange's receipt-signing key, from the same CA as the
+        # agencies' (which verify receipts against it), whatever the machine's
+        # settings name; new each run: receipts carry their certificate, so
+        # older ones still verify.
+        issue_exchange_certificate(self.ca, directory=self.keys_dir, stem=EXCHANGE_STEM)
+        self.settings = self.settings.model_copy(
+            update={
+                "trust": ca_cert,
+                "receipt_key": self.keys_dir / f"{EXCHANGE_STEM}.key.pem",
+                "receipt_cert": self.keys_dir / f"{EXCHANGE_STEM}.cert.pem",
+            }
+        )
 
     async def prepare(self) -> None:
         """Apply migrations and declare the core topology."""
@@ -182,7 +209,9 @@ class LocalExchange:
                 str(self.keys_dir / f"{agency}.cert.pem"),
                 str(self.keys_dir / f"{agency}.key.pem"),
             )
-        local = LocalAgency(agency, name, credential, amqp_url)
+        local = LocalAgency(
+            agency, name, credential, amqp_url, TrustStore.from_pem(self.ca.cert_pem)
+        )
         self.agencies[agency] = local
         return local
 

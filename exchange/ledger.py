@@ -44,7 +44,7 @@ from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
 from exchange.failures import Failure
 from exchange.pipeline import CheckedMessage, Envelope, decide_document, decide_status
 from exchange.reasons import Reason, Rejection, with_problems
-from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt
+from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt, ReceiptSigner, receipt_body
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection, Pool
@@ -112,14 +112,17 @@ def _sentence(text: str | None, problems: list[str]) -> str | None:
     return with_problems(text, problems)
 
 
-def effects_of(message: Message, body: bytes, recipient: str) -> list[Publication]:
+def effects_of(
+    message: Message, body: bytes, recipient: str, signer: ReceiptSigner | None = None
+) -> list[Publication]:
     """What must be published for a decided message, in publishing order.
 
     An accepted package goes to its recipient first (the inbox for a
     document, the status queue for a status), then the receipt to its
     sender, so a sender never holds a ``delivered`` receipt for something
     the broker has not confirmed. A rejected message only gets its receipt,
-    and only when the publisher is a registered agency to send it to.
+    and only when the publisher is a registered agency to send it to. The
+    receipt is signed with ``signer`` (unsigned without one: development).
     """
     effects = []
     headers: dict[str, Any] = {
@@ -145,7 +148,7 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
             Publication(
                 STATUS_EXCHANGE,
                 str(message.sender),
-                receipt.to_bytes(),
+                receipt_body(receipt, signer),
                 f"lienthong:{message.pk}:receipt:{receipt.outcome.value}",
                 {**headers, header.KIND: "receipt"},
                 RECEIPT_CONTENT_TYPE,
@@ -191,18 +194,30 @@ class Decided:
     owed: tuple[Publication, ...]
 
 
-def _decided(record: Message, arrival: Arrival) -> Decided:
-    owed = () if record.published else tuple(effects_of(record, arrival.body, arrival.routing_key))
-    return Decided(record, owed)
+def _decided(record: Message, arrival: Arrival, signer: ReceiptSigner | None) -> Decided:
+    if record.published:
+        return Decided(record, ())
+    return Decided(record, tuple(effects_of(record, arrival.body, arrival.routing_key, signer)))
 
 
 class Ledger:
     """Decides, records and marks messages in PostgreSQL; owes, never publishes."""
 
-    def __init__(self, pool: Pool, directory: Directory, *, group_commits: int = 1) -> None:
-        """A ledger on ``pool``; up to ``group_commits`` groups are written at the same time."""
+    def __init__(
+        self,
+        pool: Pool,
+        directory: Directory,
+        *,
+        group_commits: int = 1,
+        signer: ReceiptSigner | None = None,
+    ) -> None:
+        """A ledger on ``pool``; up to ``group_commits`` groups are written at the same time.
+
+        The receipts it owes are signed with ``signer`` (the exchange's key).
+        """
         self._pool = pool
         self.directory = directory
+        self.signer = signer
         self._group_commit = GroupCommit(
             pool, at_once=group_commits, fast_path=_record_new_documents
         )
@@ -250,7 +265,7 @@ class Ledger:
             general_path, order=_lock_order(inspected), fast=new_document
         )
         metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
-        return _decided(record, arrival)
+        return _decided(record, arrival, self.signer)
 
     async def mark_published(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others marked meanwhile)."""
@@ -290,7 +305,7 @@ class Ledger:
                 # attempted once; the column counts attempts from 1.
                 attempts=max(attempts, 1),
             )
-        return _decided(record, arrival)
+        return _decided(record, arrival, self.signer)
 
     async def earlier_decision(self, arrival: Arrival) -> Decided | None:
         """The decision an earlier pass recorded for this message, and what it still owes.
@@ -305,7 +320,7 @@ class Ledger:
             return None
         if arrival.replay and record.outcome in REDECIDED_ON_REPLAY:
             return None
-        return _decided(record, arrival)
+        return _decided(record, arrival, self.signer)
 
     async def count_start(self, arrival: Arrival) -> int:
         """Count one more start of handling a redelivered message; returns the starts so far."""

@@ -233,6 +233,18 @@ class Settings(ParserLimits):
     # log line each time; then it exits with status 2. 0: fail at once.
     startup_wait: float = Field(60.0, ge=0)
 
+    # -- receipts (docs/security.md, "Signed receipts") -----------------------
+    # The exchange's own key (PEM) and certificate (PEM, intermediates after
+    # it) that sign every receipt; the certificate carries the receipt-signing
+    # ExtendedKeyUsage (`lienthong keys issue-exchange`). ECDSA P-256: a
+    # signature costs tens of microseconds per receipt. A worker without
+    # them does not start, unless unsigned_receipts says so.
+    receipt_key: Path | None = None
+    receipt_cert: Path | None = None
+    # Development only: let workers without a receipt key start and send
+    # unsigned receipts (they prove nothing to a third party).
+    unsigned_receipts: bool = False
+
     # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
     # Where the VXP adapter protocol is served, and under which path (the SDK
     # appends /sendEdoc, /getEdoc, ... to the endpoint it is configured with).

@@ -59,6 +59,7 @@ from exchange.ledger import Arrival, Ledger, Publication
 from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.pki import Revocations, TrustStore, load_revocations
 from exchange.reasons import Rejection
+from exchange.receipts import ReceiptKeyError, ReceiptSigner
 from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
 from exchange.status import TransportOutcome
@@ -151,8 +152,9 @@ class Worker:
         connection: AbstractRobustConnection,
         prefetch: int | None = None,
         revocations: Revocations | None = None,
+        signer: ReceiptSigner | None = None,
     ) -> None:
-        """A worker over an open broker connection and database pool."""
+        """A worker over an open broker connection and database pool; ``signer`` signs receipts."""
         self.settings = settings
         # SHA-1 and the signing certificates are allowed per agency, by the
         # directory (decide_and_publish() hands its SigningRights to the checks).
@@ -180,7 +182,9 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
-        self.ledger = Ledger(pool, self.directory, group_commits=settings.group_commits)
+        self.ledger = Ledger(
+            pool, self.directory, group_commits=settings.group_commits, signer=signer
+        )
         self.processed = 0
         # An error no retry can fix (is_fatal) that stopped this worker.
         self.fatal: BaseException | None = None
@@ -558,6 +562,44 @@ def check_installation() -> None:
         raise BrokenInstallation(f"{receipt_schema_path()} is missing; reinstall lienthong")
 
 
+def load_receipt_signer(settings: Settings, *, at: datetime | None = None) -> ReceiptSigner | None:
+    """The exchange's receipt signer (``receipt_key``, ``receipt_cert``), checked before a start.
+
+    :class:`~exchange.receipts.ReceiptKeyError` when they are not set (unless
+    ``unsigned_receipts``: then ``None``, and a warning), cannot be read, do
+    not match, lack the receipt-signing ExtendedKeyUsage, or the certificate
+    is not valid at ``at`` (now): a worker must not send receipts nobody can
+    verify.
+    """
+    if settings.receipt_key is None or settings.receipt_cert is None:
+        if settings.receipt_key is not None or settings.receipt_cert is not None:
+            raise ReceiptKeyError(
+                "LIENTHONG_RECEIPT_KEY and LIENTHONG_RECEIPT_CERT go together; set both"
+            )
+        if settings.unsigned_receipts:
+            log.warning(
+                "receipts are sent unsigned (LIENTHONG_UNSIGNED_RECEIPTS): they prove nothing "
+                "to a third party; development only"
+            )
+            return None
+        raise ReceiptKeyError(
+            "no receipt key: set LIENTHONG_RECEIPT_KEY and LIENTHONG_RECEIPT_CERT to the "
+            "exchange's key and certificate (`lienthong keys issue-exchange`), or "
+            "LIENTHONG_UNSIGNED_RECEIPTS=true on a development exchange"
+        )
+    signer = ReceiptSigner.load(settings.receipt_key, settings.receipt_cert)
+    moment = at or datetime.now(UTC)
+    certificate = signer.certificate
+    if not certificate.not_valid_before_utc <= moment <= certificate.not_valid_after_utc:
+        raise ReceiptKeyError(
+            f"the receipt certificate {settings.receipt_cert} is valid from "
+            f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now: receipts it "
+            "signed would not verify; issue a new one"
+        )
+    return signer
+
+
 class StartupError(RuntimeError):
     """A service did not answer in ``LIENTHONG_STARTUP_WAIT``; the message says which and why."""
 
@@ -751,7 +793,9 @@ async def run_workers(
     Before anything else the shipped files are loaded (a worker without its
     schemas could judge no package: :func:`check_installation`).
     PostgreSQL and RabbitMQ are waited for, up to ``settings.startup_wait``
-    seconds in all (:func:`open_when_ready`), then :class:`StartupError`. An
+    seconds in all (:func:`open_when_ready`), then :class:`StartupError`.
+    Without a usable receipt key the start stops at once
+    (:func:`load_receipt_signer`, :class:`~exchange.receipts.ReceiptKeyError`). An
     agency whose broker user is one of the exchange's own
     (``settings.trusted_broker_users``) stops the start with
     :class:`~exchange.directory.TrustedUserError`. A worker
@@ -763,6 +807,7 @@ async def run_workers(
         )
     trust = TrustStore.load(settings.trust)
     revocations = load_revocations(settings)
+    signer = load_receipt_signer(settings)
     use_schema_dir(settings.schema_dir)
     check_installation()
     stop = stop or asyncio.Event()
@@ -808,7 +853,14 @@ async def run_workers(
             return 0
         opened.push_async_callback(connection.close)
         workers = [
-            Worker(settings, trust=trust, pool=pool, connection=connection, revocations=revocations)
+            Worker(
+                settings,
+                trust=trust,
+                pool=pool,
+                connection=connection,
+                revocations=revocations,
+                signer=signer,
+            )
             for _ in range(count)
         ]
         observe_revocations(revocations)

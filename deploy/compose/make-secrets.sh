@@ -57,6 +57,19 @@ certificate gateway serverAuth gateway gateway localhost
 # (deploy/rabbitmq/rabbitmq.conf): the one the exchange's processes present;
 # they log in with their own user and password.
 certificate client clientAuth lienthong-exchange
+# The exchange's receipt-signing key (LIENTHONG_RECEIPT_KEY): the workers sign
+# every receipt with it; agencies verify receipts against ca.pem. The
+# ExtendedKeyUsage is lienthong's receipt signing (exchange/pki.py,
+# RECEIPT_SIGNING), which tells it from any other certificate of this CA.
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$out/receipt_key" -out "$out/receipt.csr" \
+    -subj "/C=VN/O=lienthong/CN=lienthong exchange" 2>/dev/null
+openssl x509 -req -in "$out/receipt.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" \
+    -CAcreateserial -days 730 -out "$out/receipt_cert" -extfile <(printf '%s\n' \
+    "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature,nonRepudiation" \
+    "extendedKeyUsage=2.25.232748016783620148363592070348839054691") 2>/dev/null
+rm -f "$out/receipt.csr"
 rm -f "$out/ca.srl"
 
 # The CA's revocation list (none revoked), which the broker checks client

@@ -236,6 +236,10 @@ def child_env(settings: Any, **extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # The exchange's receipt key (the workers sign every receipt with it).
+    for name in ("receipt_key", "receipt_cert"):
+        if (value := getattr(settings, name, None)) is not None:
+            env[f"LIENTHONG_{name.upper()}"] = str(value)
     env.update({f"LIENTHONG_{name.upper()}": value for name, value in extra.items()})
     return env
 

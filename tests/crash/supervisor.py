@@ -73,6 +73,10 @@ def worker_env(settings: Settings, *, fault_kill: str = "", **extra: str) -> dic
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # The exchange's receipt key (the workers sign every receipt with it).
+    for name in ("receipt_key", "receipt_cert"):
+        if (value := getattr(settings, name)) is not None:
+            env[f"LIENTHONG_{name.upper()}"] = str(value)
     env.update({f"LIENTHONG_{name.upper()}": value for name, value in extra.items()})
     return env
 

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exchange import metrics, worker
 from exchange.demo import demo_document
-from exchange.pki import create_ca
+from exchange.pki import create_ca, issue_exchange_certificate
 from exchange.settings import Settings
 from tests.exchange_fixtures import ExchangeUnderTest, recording_client
 
@@ -97,6 +97,8 @@ class WorkerProcess:
             "LIENTHONG_DATABASE_URL": settings.database_url,
             "LIENTHONG_RABBITMQ_API_URL": settings.rabbitmq_api_url,
             "LIENTHONG_TRUST": str(settings.trust),
+            "LIENTHONG_RECEIPT_KEY": str(settings.receipt_key),
+            "LIENTHONG_RECEIPT_CERT": str(settings.receipt_cert),
         }
         env.pop("LIENTHONG_LOG_FORMAT", None)  # the default: JSON, stderr is a file
         command = [*lienthong_command(), "worker"]
@@ -263,7 +265,7 @@ async def test_two_worker_processes_each_count_what_they_did_and_together_every_
 def test_a_second_worker_on_a_taken_metrics_port_refuses_to_start_and_says_why(
     tmp_path: Path,
 ) -> None:
-    create_ca(tmp_path)
+    issue_exchange_certificate(create_ca(tmp_path), directory=tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # the worker binds loopback (LIENTHONG_METRICS_HOST)
         taken.listen()
@@ -271,7 +273,12 @@ def test_a_second_worker_on_a_taken_metrics_port_refuses_to_start_and_says_why(
 
         result = subprocess.run(
             [*lienthong_command(), "worker", "--metrics-port", str(port)],
-            env={**os.environ, "LIENTHONG_TRUST": str(tmp_path / "ca.cert.pem")},
+            env={
+                **os.environ,
+                "LIENTHONG_TRUST": str(tmp_path / "ca.cert.pem"),
+                "LIENTHONG_RECEIPT_KEY": str(tmp_path / "exchange.key.pem"),
+                "LIENTHONG_RECEIPT_CERT": str(tmp_path / "exchange.cert.pem"),
+            },
             capture_output=True,
             text=True,
             timeout=60,

@@ -231,6 +231,8 @@ async def test_workers_refuse_to_start_when_an_agency_maps_to_a_trusted_user(
         "LIENTHONG_DATABASE_URL": settings.database_url,
         "LIENTHONG_GATEWAY_USERS": json.dumps([user]),
         "LIENTHONG_TRUST": str(settings.trust),
+        "LIENTHONG_RECEIPT_KEY": str(settings.receipt_key),
+        "LIENTHONG_RECEIPT_CERT": str(settings.receipt_cert),
         "LIENTHONG_METRICS_PORT": "0",
     }
     result = await asyncio.to_thread(

@@ -469,6 +469,32 @@ def test_the_settings_of_each_compose_service_are_accepted(
     print(f"{service}: {sorted(environment)}")
 
 
+def test_the_compose_workers_sign_receipts_that_verify_against_the_ca(
+    made_secrets: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """make-secrets.sh's receipt key (openssl, the EKU by its OID) is one a worker starts with."""
+    from datetime import UTC, datetime
+
+    from exchange.pki import TrustStore
+    from exchange.receipts import Receipt, verify_receipt
+    from exchange.worker import load_receipt_signer
+
+    monkeypatch.chdir(tmp_path)
+    _, settings = compose_settings("worker", made_secrets, monkeypatch)
+    signer = load_receipt_signer(settings)
+    assert signer is not None
+    receipt = Receipt(
+        message_id="m-1",
+        kind="document",
+        recipient="000.00.00.H26",
+        outcome="delivered",
+        sha256="ab" * 32,
+        at=datetime.now(UTC),
+    )
+    trust = TrustStore.from_pem((made_secrets / "ca.pem").read_bytes())
+    assert verify_receipt(signer.sign(receipt), trust).algorithm == "ES256"
+
+
 def subject_names(certificate_file: Path) -> set[str]:
     certificate = x509.load_pem_x509_certificate(certificate_file.read_bytes())
     extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
