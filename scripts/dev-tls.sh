@@ -5,8 +5,8 @@
 # - A development CA in $LIENTHONG_DEV_PKI (default /etc/lienthong/tls), made
 #   with `lienthong keys`: the broker's server certificate (localhost,
 #   127.0.0.1, ::1 and this host's name), the exchange's client certificate
-#   (lienthong-exchange), and the CA's revocation list, renewed when it is
-#   older than a day.
+#   (lienthong-exchange), the exchange's receipt-signing key, and the CA's
+#   revocation list, renewed when it is older than a day.
 # - RabbitMQ: a TLS listener on 5671 that requires a client certificate from
 #   that CA and checks it against the CRL; certificate logins (EXTERNAL, the
 #   user being the certificate's subject); the management API over HTTPS on
@@ -41,6 +41,11 @@ if ! fresh "$pki/broker.cert.pem"; then
 fi
 if ! fresh "$pki/lienthong-exchange.cert.pem"; then
   "$lienthong" keys client lienthong-exchange --dir "$pki" >/dev/null
+fi
+# The exchange's own key, which signs every receipt (a certificate with the
+# receipt-signing extended key usage).
+if ! fresh "$pki/exchange.cert.pem"; then
+  "$lienthong" keys issue-exchange --dir "$pki" --force >/dev/null
 fi
 # The CRL is valid for a week; renewed daily, so a verifier never holds a stale one.
 if [ ! -f "$pki/ca.crl.pem" ] || [ -n "$(find "$pki/ca.crl.pem" -mmin +1440)" ]; then
@@ -134,6 +139,8 @@ cat >"$settings" <<SETTINGS
 LIENTHONG_AMQP_URL=amqps://localhost:5671/?cafile=$pki/ca.cert.pem&certfile=$pki/lienthong-exchange.cert.pem&keyfile=$pki/lienthong-exchange.key.pem
 LIENTHONG_RABBITMQ_API_URL=https://lienthong-admin:$admin_password@localhost:15671
 LIENTHONG_RABBITMQ_API_CA=$pki/ca.cert.pem
+LIENTHONG_RECEIPT_KEY=$pki/exchange.key.pem
+LIENTHONG_RECEIPT_CERT=$pki/exchange.cert.pem
 SETTINGS
 if ! cmp -s "$settings" /etc/lienthong/lienthong.env; then
   as_root install -m 0600 -o "$owner" "$settings" /etc/lienthong/lienthong.env
