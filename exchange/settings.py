@@ -38,7 +38,7 @@ class ParserLimits(BaseSettings):
 # Settings that carry a password. Each can also be read from a file named by
 # LIENTHONG_<NAME>_FILE (a Docker or systemd secret), so that the password is
 # neither on a command line nor in the environment of every process.
-SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url")
+SECRET_SETTINGS = ("amqp_url", "database_url", "owner_database_url", "rabbitmq_api_url")
 
 ENV_PREFIX = "LIENTHONG_"
 
@@ -104,6 +104,13 @@ class Settings(ParserLimits):
     # create agency users and their permissions, and by the audit.
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # The schema owner's URL, used only by `lienthong init` to apply the
+    # migrations (and grant the groups lienthong_worker and lienthong_gateway
+    # their rights); every other process works as the role of database_url,
+    # which off this host must not be able to change the schema
+    # (docs/operations.md, "Database roles"). Unset: init migrates as the
+    # role of database_url (development, one superuser for everything).
+    owner_database_url: str | None = None
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
     db_pool_size: int = Field(10, ge=1)
@@ -239,7 +246,8 @@ def is_loopback(host: str | None) -> bool:
 def transport_problem(settings: Settings) -> str | None:
     """What is unsafe in how ``settings`` reach RabbitMQ and PostgreSQL, or ``None``.
 
-    Off this host, AMQP must be ``amqps://``; the database URL must carry
+    Off this host, AMQP must be ``amqps://``; each database URL (the
+    processes' and the owner's) must carry
     ``sslmode=verify-full`` and must not log in as the superuser without a
     password (or client certificate); the management API must be HTTPS and
     not ``guest``. On loopback everything is allowed (development).
@@ -250,24 +258,12 @@ def transport_problem(settings: Settings) -> str | None:
             f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
             "documents in clear; use amqps:// off this host"
         )
-    database = urlsplit(settings.database_url)
-    query = parse_qs(database.query)
-    # libpq also takes the host from ?host=; a socket path there is local.
-    host = database.hostname or next(iter(query.get("host", [])), None)
-    if not is_loopback(host):
-        if query.get("sslmode") != ["verify-full"]:
-            return (
-                f"LIENTHONG_DATABASE_URL: the database at {host} needs sslmode=verify-full "
-                "(TLS with the server's certificate and host name checked)"
-            )
-        user = unquote(database.username or "") or next(iter(query.get("user", [])), "")
-        password = database.password or query.get("password") or query.get("sslcert")
-        if (not user or user in SUPERUSER_ROLES) and not password:
-            return (
-                f"LIENTHONG_DATABASE_URL: logging in to {host} as superuser "
-                f"{user or '(unnamed)'!r} without a password is refused; use a role of "
-                "the exchange with a password or a client certificate"
-            )
+    for name, url in (
+        ("LIENTHONG_DATABASE_URL", settings.database_url),
+        ("LIENTHONG_OWNER_DATABASE_URL", settings.owner_database_url),
+    ):
+        if url is not None and (problem := _database_problem(name, url)) is not None:
+            return problem
     api = urlsplit(settings.rabbitmq_api_url)
     if api.hostname and not is_loopback(api.hostname):
         if api.scheme != "https":
@@ -280,4 +276,33 @@ def transport_problem(settings: Settings) -> str | None:
                 f"LIENTHONG_RABBITMQ_API_URL: the management API at {api.hostname} must be "
                 "reached with its own credentials, never guest"
             )
+    return None
+
+
+def database_host(url: str) -> str | None:
+    """The host a PostgreSQL URL connects to (``?host=`` counts, as libpq reads it)."""
+    parts = urlsplit(url)
+    return parts.hostname or next(iter(parse_qs(parts.query).get("host", [])), None)
+
+
+def _database_problem(name: str, url: str) -> str | None:
+    """What is unsafe in the database URL of setting ``name``, or ``None``."""
+    database = urlsplit(url)
+    query = parse_qs(database.query)
+    host = database_host(url)
+    if is_loopback(host):
+        return None
+    if query.get("sslmode") != ["verify-full"]:
+        return (
+            f"{name}: the database at {host} needs sslmode=verify-full "
+            "(TLS with the server's certificate and host name checked)"
+        )
+    user = unquote(database.username or "") or next(iter(query.get("user", [])), "")
+    password = database.password or query.get("password") or query.get("sslcert")
+    if (not user or user in SUPERUSER_ROLES) and not password:
+        return (
+            f"{name}: logging in to {host} as superuser "
+            f"{user or '(unnamed)'!r} without a password is refused; use a role of "
+            "the exchange with a password or a client certificate"
+        )
     return None
