@@ -288,8 +288,9 @@ def _postgresql(error: BaseException, url: str | None) -> str:
     if isinstance(error, asyncpg.InsufficientPrivilegeError):
         user = _user_of(url) if url else "(given)"
         return (
-            f"{where}: {error} (role {user}); a worker's or gateway's role may do its work "
-            "only: changing the directory or replaying takes the owner's role "
+            f"{where}: {error} (role {user}); a worker's role must be a member of "
+            "lienthong_worker, a gateway's of lienthong_gateway, and the operators' commands "
+            "that change the directory or replay take the owner's role "
             "(docs/operations.md, Database roles)"
         )
     if isinstance(error, asyncpg.PostgresError):

@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -24,8 +27,10 @@ from prometheus_client import REGISTRY
 from exchange import cli
 from exchange.demo import demo_document
 from exchange.edxml.model import VIETNAM_TIME
+from exchange.report import refresh_metrics
+from exchange.settings import Settings
 from exchange.status import StatusCode, TransportOutcome
-from exchange.store import MigrationError, migrate, queries
+from exchange.store import MigrationError, create_pool, migrate, queries
 from exchange.store.migrate import Migration, load_migrations
 from exchange.store.roles import (
     GATEWAY_GROUP,
@@ -47,6 +52,7 @@ from tests.db_fixtures import (
 )
 from tests.exchange_fixtures import ExchangeUnderTest
 
+REPO = Path(__file__).resolve().parents[2]
 SENDER = "000.00.00.G22"
 RECIPIENT = "000.00.00.G09"
 
@@ -300,6 +306,48 @@ async def test_a_worker_as_the_superuser_on_this_host_is_warned_of_and_counted(
             assert REGISTRY.get_sample_value("lienthong_database_role_privileged") == 1
     (warning,) = [r.getMessage() for r in caplog.records if "change its schema" in r.getMessage()]
     assert "is a superuser" in warning and "lienthong init --create-login" in warning
+
+
+async def test_a_worker_whose_login_is_in_no_group_stops_at_start_with_one_line(
+    exchange: ExchangeUnderTest, postgres_url: str
+) -> None:
+    role, password = unique_database_name("nogroup"), uuid.uuid4().hex
+    async with connected(postgres_url) as admin:
+        await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        # A process of its own: a worker handles signals, in a main thread.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "exchange",
+            "worker",
+            "--database-url",
+            as_role(exchange.settings.database_url, role, password),
+            "--amqp-url",
+            exchange.settings.amqp_url,
+            "--trust",
+            str(exchange.settings.trust),
+            "--metrics-port",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO), "LIENTHONG_LOG_FORMAT": "text"},
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == cli.EXIT_ERROR, (out, err)
+        (line,) = [x for x in err.decode().splitlines() if x.startswith("lienthong: ")]
+        assert line.startswith("lienthong: PostgreSQL at ")
+        assert "permission denied for table agencies" in line
+        assert f"(role {role})" in line and "member of lienthong_worker" in line
+    finally:
+        await drop_login(postgres_url, role)
+
+
+async def test_the_directory_figures_are_computed_as_the_worker_role(
+    worker_database_url: str,
+) -> None:
+    async with await create_pool(Settings(), dsn=worker_database_url) as pool:
+        await refresh_metrics(pool)
 
 
 # -- the judgement of a role ---------------------------------------------------------------
