@@ -428,8 +428,9 @@ async def _create_login(
     return {
         "role": name,
         "group": group,
-        # The URL of the processes: the password given on stdin is not echoed.
-        "database_url": login_url(settings.database_url, name, "..." if given else password),
+        # The database the role was made for, as the processes reach it; a
+        # password given on stdin is not echoed.
+        "database_url": login_url(owner_url(settings), name, "..." if given else password),
     }
 
 
