@@ -95,6 +95,14 @@ class ExchangeUnderTest:
         return self.local.settings
 
     @property
+    def worker_settings(self) -> Settings:
+        """The settings with the database login the workers use (a role of lienthong_worker)."""
+        url = self.local.worker_database_url
+        return (
+            self.settings if url is None else self.settings.model_copy(update={"database_url": url})
+        )
+
+    @property
     def agencies(self) -> dict[AgencyCode, LocalAgency]:
         """Every agency registered so far."""
         return self.local.agencies
