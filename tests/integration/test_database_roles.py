@@ -410,7 +410,7 @@ async def test_migrations_as_a_plain_owner_role_give_the_worker_role_its_work(
         dsn = as_role(postgres_url.rsplit("/", 1)[0] + "/" + name, owner, owner_password)
         async with connected(dsn) as conn:
             applied = await migrate(conn)
-            assert applied[-1] == "0012_database_roles"
+            assert applied == [m.label for m in load_migrations()]
             powers = await role_powers(conn)
             assert not powers.superuser and "messages" in powers.owned_tables
             assert await migrate(conn) == []
@@ -514,6 +514,44 @@ async def test_init_creates_a_login_role_for_a_worker_and_prints_its_url(
         )
     finally:
         await drop_login(postgres_url, name)
+
+
+async def test_init_migrates_as_the_owner_and_not_as_the_processes_role(
+    exchange: ExchangeUnderTest,
+    postgres_url: str,
+    empty_database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    lienthong_run: Callable[..., Awaitable[int]],
+) -> None:
+    role, password = await create_login_role(postgres_url, WORKER_GROUP)
+    as_worker = as_role(empty_database_url, role, password)
+    try:
+        status = await lienthong_run(
+            "init", "--database-url", as_worker, "--amqp-url", exchange.settings.amqp_url
+        )
+        err = capsys.readouterr().err
+        assert status == cli.EXIT_ERROR
+        (line,) = err.splitlines()
+        assert f"role '{role}' may not create the schema" in line
+        assert "LIENTHONG_OWNER_DATABASE_URL" in line
+
+        status = await lienthong_run(
+            "init",
+            "--database-url",
+            as_worker,
+            "--owner-database-url",
+            empty_database_url,
+            "--amqp-url",
+            exchange.settings.amqp_url,
+            "--json",
+        )
+        assert status == cli.EXIT_OK, capsys.readouterr().err
+        async with connected(as_worker) as conn:
+            newest = load_migrations()[-1].version
+            assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == newest
+            assert not (await role_powers(conn)).can_change_schema
+    finally:
+        await drop_login(postgres_url, role)
 
 
 async def drop_login(server_url: str, name: str) -> None:
