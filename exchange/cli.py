@@ -355,9 +355,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     group = GROUPS[args.group]
     if args.roles_sql:
-        sys.stdout.write(
-            roles_sql(database_name(settings.database_url), login=args.create_login, group=group)
-        )
+        database = database_name(owner_url(settings))
+        # PostgreSQL's own database is no place for the exchange: a name of its own.
+        if database == "postgres":
+            database = "lienthong"
+        sys.stdout.write(roles_sql(database, login=args.create_login, group=group))
         return EXIT_OK
     password = _password(args) if args.create_login else None
 
@@ -406,7 +408,7 @@ async def _create_login(
 
     from exchange.registry import owner_url
     from exchange.store.db import connect
-    from exchange.store.roles import LoginExistsError, create_login, login_url
+    from exchange.store.roles import LoginExistsError, create_login, create_login_sql, login_url
 
     given = password is not None
     password = password or secrets.token_urlsafe(18)
@@ -421,7 +423,7 @@ async def _create_login(
         role = await conn.fetchval("SELECT current_user")
         raise CommandError(
             f"role {role!r} may not create roles ({error}); have a superuser run: "
-            f"CREATE ROLE {name} LOGIN PASSWORD '...' IN ROLE {group};"
+            f"{create_login_sql(name, group)}"
         ) from None
     finally:
         await conn.close()

@@ -14,6 +14,7 @@ development runs everything as one superuser.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -168,6 +169,21 @@ async def create_login(conn: Connection, name: str, group: str, password: str) -
     await conn.execute(statement)
 
 
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as an SQL identifier: as it is when plain, else in double quotes."""
+    if _PLAIN_IDENTIFIER.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_login_sql(name: str, group: str) -> str:
+    """The statement that makes login role ``name`` in ``group`` (its password left to fill in)."""
+    return f"CREATE ROLE {quote_ident(name)} LOGIN PASSWORD 'CHANGE-ME' IN ROLE {group};"
+
+
 def roles_sql(database: str, *, login: str | None = None, group: str = WORKER_GROUP) -> str:
     """The SQL a superuser runs once to set up the roles (``lienthong init --roles-sql``).
 
@@ -181,14 +197,14 @@ def roles_sql(database: str, *, login: str | None = None, group: str = WORKER_GR
         f"CREATE ROLE {OWNER_ROLE} LOGIN PASSWORD 'CHANGE-ME';",
         f"CREATE ROLE {WORKER_GROUP} NOLOGIN;",
         f"CREATE ROLE {GATEWAY_GROUP} NOLOGIN;",
-        f'CREATE DATABASE "{database}" OWNER {OWNER_ROLE};',
-        f'\\connect "{database}"',
+        f"CREATE DATABASE {quote_ident(database)} OWNER {OWNER_ROLE};",
+        f"\\connect {quote_ident(database)}",
         "-- PostgreSQL 14 and earlier let every role create in schema public: not here.",
         f"ALTER SCHEMA public OWNER TO {OWNER_ROLE};",
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
     ]
     if login is not None:
-        lines.append(f"CREATE ROLE {login} LOGIN PASSWORD 'CHANGE-ME' IN ROLE {group};")
+        lines.append(create_login_sql(login, group))
     lines.append(
         f"-- Then, as {OWNER_ROLE}: LIENTHONG_OWNER_DATABASE_URL=postgresql://{OWNER_ROLE}:...@HOST/"
         f"{database}?sslmode=verify-full lienthong init"

@@ -39,6 +39,7 @@ from exchange.store.roles import (
     RolePowers,
     database_name,
     judge_role,
+    quote_ident,
     role_powers,
     roles_sql,
 )
@@ -469,8 +470,9 @@ def test_init_prints_the_sql_of_the_roles_without_connecting(
     out = capsys.readouterr().out
     assert status == cli.EXIT_OK
     assert out == roles_sql("lienthong_prod", login="worker_hanoi_1")
-    assert 'CREATE DATABASE "lienthong_prod" OWNER lienthong_owner;' in out
+    assert "CREATE DATABASE lienthong_prod OWNER lienthong_owner;" in out
     assert f"CREATE ROLE worker_hanoi_1 LOGIN PASSWORD 'CHANGE-ME' IN ROLE {WORKER_GROUP};" in out
+    assert quote_ident("Worker-1") == '"Worker-1"' and quote_ident('a"b') == '"a""b"'
 
 
 async def test_init_creates_a_login_role_for_a_worker_and_prints_its_url(
