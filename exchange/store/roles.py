@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from exchange.settings import database_host, is_loopback
+from exchange.settings import remote_database_hosts
 from exchange.store.db import Connection
 
 WORKER_GROUP = "lienthong_worker"
@@ -117,30 +117,28 @@ def judge_role(powers: RolePowers, database_url: str, process: str) -> str | Non
     """
     if not powers.can_change_schema:
         return None
-    host = database_host(database_url)
+    try:
+        remote = remote_database_hosts(database_url)
+    except ValueError:
+        remote = []  # the settings refused such a URL already
     what = (
-        f"the {process} works on the database at {host or 'localhost'} as a role that can "
-        f"change its schema: {powers.explain()}"
+        f"the {process} works on the database at {', '.join(remote) or 'this host'} as a "
+        f"role that can change its schema: {powers.explain()}"
     )
     todo = (
         f"give it a login role in {GROUPS.get(process, WORKER_GROUP)} "
         f"(`lienthong init --create-login NAME --group {process}`, docs/operations.md)"
     )
-    if not is_loopback(host):
+    if remote:
         raise PrivilegedRoleError(f"{what}; refused off this host: {todo}")
     return f"{what}; allowed on this host only (development): {todo}"
 
 
 def login_url(database_url: str, role: str, password: str) -> str:
-    """``database_url`` logging in as ``role`` with ``password`` (same host, database, options)."""
-    from urllib.parse import quote, urlunsplit
-
+    """``database_url`` logging in as ``role`` with ``password`` (same hosts, database, options)."""
     parts = urlsplit(database_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}{port}"
+    hosts = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{hosts}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

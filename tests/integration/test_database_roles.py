@@ -82,6 +82,10 @@ EXPECTED_RIGHTS: dict[str, dict[str, set[str]]] = {
         "gateway_submissions": READ,
         "gateway_mailbox": READ,
         "gateway_systems": set(),
+        # Later tables: the default (0012), read and append. The workers
+        # write the seals; the operator log names whoever appends.
+        "head_seals": APPEND,
+        "operator_actions": APPEND,
     },
     GATEWAY_GROUP: {
         "messages": READ,
@@ -100,6 +104,8 @@ EXPECTED_RIGHTS: dict[str, dict[str, set[str]]] = {
         "gateway_submissions": {"SELECT", "INSERT", "DELETE"},
         "gateway_mailbox": KEEP,
         "gateway_systems": READ,
+        "head_seals": READ,
+        "operator_actions": READ,
     },
 }
 EXPECTED_COLUMN_RIGHTS: dict[str, dict[str, set[str]]] = {

@@ -32,9 +32,10 @@
 -- UPDATE right on history for it; chain_seal_all, which it calls, may be
 -- called by nobody else.
 --
--- Tables created by later migrations are readable by both groups (default
--- privileges of the owner); what a process may write there, a migration
--- grants explicitly. tests/integration/test_database_roles.py holds the
+-- Tables created by later migrations (default privileges of the owner) can
+-- be read by both groups and appended to by the workers: the safe default of
+-- a record that only grows; an UPDATE or DELETE right, a migration grants
+-- explicitly. tests/integration/test_database_roles.py holds the
 -- whole matrix: a new table fails it until it is given its line.
 --
 -- Roles belong to the whole PostgreSQL cluster, not to one database: the
@@ -75,7 +76,11 @@ BEGIN
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO lienthong_worker, lienthong_gateway', current_schema());
     EXECUTE format(
-        'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO lienthong_worker, lienthong_gateway',
+        'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, INSERT ON TABLES TO lienthong_worker',
+        current_schema()
+    );
+    EXECUTE format(
+        'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO lienthong_gateway',
         current_schema()
     );
     EXECUTE format(
