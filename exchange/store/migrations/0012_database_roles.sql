@@ -24,7 +24,7 @@
 --
 -- Neither may create, alter or drop anything, nor truncate. The directory
 -- (agencies, certificates, gateway systems) and the record of replays are
--- written by the operators' commands, as the owner.
+-- written by the operators' commands, under roles of their own.
 --
 -- The chains are sealed at commit by a trigger (0006, 0007) that updates the
 -- rows just inserted and chain_heads: it runs as the owner (SECURITY
