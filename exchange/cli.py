@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from exchange.client import AgencyClient
     from exchange.edxml.model import DocumentPackage, Organization
     from exchange.pki import Credential
+    from exchange.settings import Settings
     from exchange.store.records import Agency
 
 __all__ = [
@@ -459,28 +460,98 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Apply database migrations and declare the core broker topology."""
+    """Apply database migrations (as the schema's owner) and declare the core broker topology.
+
+    ``--create-login NAME`` also creates a login role for a worker or a
+    gateway, member of its group; ``--roles-sql`` only prints the SQL a
+    superuser runs once to set the roles up (docs/operations.md).
+    """
     from exchange.commands import address_of
-    from exchange.registry import prepare
+    from exchange.registry import owner_url, prepare
+    from exchange.store.roles import GROUPS, database_name, roles_sql
 
     settings = settings_from_args(args)
+    group = GROUPS[args.group]
+    if args.roles_sql:
+        database = database_name(owner_url(settings))
+        # PostgreSQL's own database is no place for the exchange: a name of its own.
+        if database == "postgres":
+            database = "lienthong"
+        sys.stdout.write(roles_sql(database, login=args.create_login, group=group))
+        return EXIT_OK
+    password = _password(args) if args.create_login else None
 
     async def init() -> int:
-        await prepare(settings)
+        from exchange.store.migrate import MigrationError
+
+        try:
+            await prepare(settings)
+        except MigrationError as error:
+            raise CommandError(
+                f"PostgreSQL at {address_of(owner_url(settings))}: {error}"
+            ) from None
+        login = None
+        if args.create_login:
+            login = await _create_login(settings, args.create_login, group, password)
         if args.json:
             print_json(
                 {
-                    "database": address_of(settings.database_url),
+                    "database": address_of(owner_url(settings)),
                     "broker": address_of(settings.amqp_url),
                     "migrated": True,
                     "topology_declared": True,
+                    **({"login": login} if login else {}),
                 }
             )
         else:
             print("database migrated and core topology declared")
+            if login:
+                print(
+                    f"database role {login['role']} created in {login['group']}; "
+                    "its URL (the password is not shown again):"
+                )
+                print(f"LIENTHONG_DATABASE_URL={login['database_url']}")
         return EXIT_OK
 
     return run(init())
+
+
+async def _create_login(
+    settings: Settings, name: str, group: str, password: str | None
+) -> dict[str, str]:
+    """Create the login role ``name`` in ``group`` as the owner; what to tell the operator."""
+    import secrets
+
+    import asyncpg
+
+    from exchange.registry import owner_url
+    from exchange.store.db import connect
+    from exchange.store.roles import LoginExistsError, create_login, create_login_sql, login_url
+
+    given = password is not None
+    password = password or secrets.token_urlsafe(18)
+    conn = await connect(dsn=owner_url(settings))
+    try:
+        await create_login(conn, name, group, password)
+    except LoginExistsError as error:
+        raise CommandError(
+            f"{error}; change its password with ALTER ROLE, or choose another name"
+        ) from None
+    except asyncpg.InsufficientPrivilegeError as error:
+        role = await conn.fetchval("SELECT current_user")
+        raise CommandError(
+            f"role {role!r} may not create roles ({error}); have a superuser run: "
+            f"{create_login_sql(name, group)}"
+        ) from None
+    finally:
+        await conn.close()
+    return {
+        "role": name,
+        "group": group,
+        # The database the role was made for, as the processes reach it; a
+        # password given on stdin is not echoed.
+        "database_url": login_url(owner_url(settings), name, "..." if given else password),
+    }
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
@@ -832,6 +903,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from exchange.pki import TrustStore
     from exchange.receipts import ReceiptKeyError
     from exchange.report import refresh_metrics
+    from exchange.store.roles import PrivilegedRoleError
     from exchange.worker import StartupError, run_workers
 
     settings = settings_from_args(args)
@@ -855,7 +927,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 metrics_port=port,
                 refresh_figures=refresh_metrics,
             )
-        except (MetricsEndpointError, ReceiptKeyError, StartupError, TrustedUserError) as error:
+        except (
+            MetricsEndpointError,
+            PrivilegedRoleError,
+            ReceiptKeyError,
+            StartupError,
+            TrustedUserError,
+        ) as error:
             raise CommandError(str(error)) from None
         print(f"stopped after {processed} messages")
         return EXIT_OK
@@ -1465,7 +1543,36 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd = commands.add_parser(
         "init",
         parents=[amqp, database, as_json],
-        help="migrate the database, declare the core topology",
+        help="migrate the database (as its owner), declare the core topology",
+    )
+    init_cmd.add_argument(
+        "--owner-database-url",
+        help="PostgreSQL as the schema's owner, for the migrations "
+        "(default LIENTHONG_OWNER_DATABASE_URL, else --database-url)",
+    )
+    init_cmd.add_argument(
+        "--create-login",
+        metavar="NAME",
+        help="also create the database login role NAME for a worker or a gateway "
+        "(with --roles-sql: name it in the SQL)",
+    )
+    init_cmd.add_argument(
+        "--group",
+        # exchange.store.roles.GROUPS, not imported to build the parser.
+        choices=["gateway", "worker"],
+        default="worker",
+        help="the group the login role joins (default: worker)",
+    )
+    init_cmd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the login role's password from standard input (default: a new one, printed)",
+    )
+    init_cmd.add_argument(
+        "--roles-sql",
+        action="store_true",
+        help="print the SQL a superuser runs once to create the roles and the database; "
+        "connect to nothing",
     )
     init_cmd.set_defaults(handler=cmd_init)
 

@@ -44,7 +44,14 @@ class CommandError(Exception):
 # -- settings -------------------------------------------------------------------
 
 # Options of the commands that map to a setting of the same name.
-_OVERRIDDEN = ("amqp_url", "database_url", "rabbitmq_api_url", "trust", "metrics_host")
+_OVERRIDDEN = (
+    "amqp_url",
+    "database_url",
+    "owner_database_url",
+    "rabbitmq_api_url",
+    "trust",
+    "metrics_host",
+)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -283,6 +290,14 @@ def _postgresql(error: BaseException, url: str | None) -> str:
         return f"{where}: {error}; create it (createdb) or check {option}"
     if isinstance(error, asyncpg.UndefinedTableError):
         return f"{where}: {error}; is the database migrated? `lienthong init` migrates it"
+    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+        user = _user_of(url) if url else "(given)"
+        return (
+            f"{where}: {error} (role {user}); a worker's role must be a member of "
+            "lienthong_worker, a gateway's of lienthong_gateway, and the operators' commands "
+            "that change the directory or replay take the owner's role "
+            "(docs/operations.md, Database roles)"
+        )
     if isinstance(error, asyncpg.PostgresError):
         return f"{where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     if isinstance(error, asyncpg.TargetServerAttributeNotMatched):
@@ -345,6 +360,7 @@ def describe_error(error: BaseException, settings: Settings | None = None) -> st
     from exchange.installation import BrokenInstallation
     from exchange.reasons import Rejection
     from exchange.settings import SettingsError
+    from exchange.store.roles import LoginExistsError, PrivilegedRoleError
 
     if isinstance(error, CommandError):
         return str(error)
@@ -354,7 +370,10 @@ def describe_error(error: BaseException, settings: Settings | None = None) -> st
         return str(error)
     # Errors that say what is wrong and what to do themselves (a shipped file
     # missing: BrokenInstallation), before any guess at the service.
-    if isinstance(error, InvalidApiUrl | SettingsError | BrokenInstallation):
+    if isinstance(
+        error,
+        InvalidApiUrl | SettingsError | BrokenInstallation | PrivilegedRoleError | LoginExistsError,
+    ):
         return str(error)
     if isinstance(error, BrokerAdminError):
         return _management_api(error, None if settings is None else settings.rabbitmq_api_url)

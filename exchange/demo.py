@@ -127,6 +127,10 @@ class LocalExchange:
     # Agencies log in to the broker with their certificates (auth=external):
     # only when the broker trusts the CA in keys_dir; else with passwords.
     certificate_login: bool = False
+    # The database URL the workers log in with, when not settings.database_url
+    # (which prepares the schema and registers the agencies): a role of
+    # lienthong_worker, as in production.
+    worker_database_url: str | None = None
 
     def __post_init__(self) -> None:
         self.keys_dir.mkdir(parents=True, exist_ok=True)
@@ -224,9 +228,12 @@ class LocalExchange:
         async def started(_: object) -> None:
             ready.set()
 
+        settings = self.settings
+        if self.worker_database_url is not None:
+            settings = settings.model_copy(update={"database_url": self.worker_database_url})
         task = asyncio.create_task(
             run_workers(
-                self.settings,
+                settings,
                 count=count,
                 stop=stop,
                 on_ready=started,

@@ -117,6 +117,12 @@ DB_POOL_MAX_CONNECTIONS = Gauge(
     "lienthong_db_pool_max_connections",
     "The most connections this worker process's PostgreSQL pool may open.",
 )
+DATABASE_ROLE_PRIVILEGED = Gauge(
+    "lienthong_database_role_privileged",
+    "1 when this process works as a PostgreSQL role that can change the schema (a superuser, "
+    "the owner of a table or of the schema, or allowed to create in it): tolerated on this "
+    "host only; 0 for a role of lienthong_worker or lienthong_gateway.",
+)
 BUILD = Info("lienthong_build", "Version of the exchange and of Python.")
 
 # -- the directory, computed from the database by every worker (same figure on each) ------

@@ -102,9 +102,17 @@ def logs_in_with_certificate(agency: Agency) -> bool:
     return agency.broker_user in certificate_logins(agency.certificates)
 
 
+def owner_url(settings: Settings) -> str:
+    """The URL migrations run with: the schema owner's, else the processes' own."""
+    return settings.owner_database_url or settings.database_url
+
+
 async def prepare(settings: Settings) -> None:
-    """Bring the database schema and the core broker topology up to date (idempotent)."""
-    pool = await create_pool(settings)
+    """Bring the database schema (as its owner) and the core broker topology up to date.
+
+    Idempotent.
+    """
+    pool = await create_pool(settings, dsn=owner_url(settings))
     try:
         await migrate(pool)
     finally:

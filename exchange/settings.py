@@ -45,7 +45,13 @@ class ParserLimits(BaseSettings):
 # Settings that carry a password. Each can also be read from a file named by
 # LIENTHONG_<NAME>_FILE (a Docker or systemd secret), so that the password is
 # neither on a command line nor in the environment of every process.
-SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url", "replay_amqp_url")
+SECRET_SETTINGS = (
+    "amqp_url",
+    "database_url",
+    "owner_database_url",
+    "rabbitmq_api_url",
+    "replay_amqp_url",
+)
 
 ENV_PREFIX = "LIENTHONG_"
 
@@ -144,6 +150,13 @@ class Settings(ParserLimits):
     # whole attempt would be spent on it and the standby never tried. A login
     # takes milliseconds on a LAN: 10 s leaves room for a loaded server.
     db_connect_timeout: float = Field(DEFAULT_DB_CONNECT_TIMEOUT_S, gt=0)
+    # The schema owner's URL, used only by `lienthong init` to apply the
+    # migrations (and grant the groups lienthong_worker and lienthong_gateway
+    # their rights); every other process works as the role of database_url,
+    # which off this host must not be able to change the schema
+    # (docs/operations.md, "Database roles"). Unset: init migrates as the
+    # role of database_url (development, one superuser for everything).
+    owner_database_url: str | None = None
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
     db_pool_size: int = Field(10, ge=1)
@@ -459,10 +472,11 @@ def database_hosts(url: str) -> list[DatabaseHost]:
 def transport_problem(settings: Settings) -> str | None:
     """What is unsafe in how ``settings`` reach RabbitMQ and PostgreSQL, or ``None``.
 
-    Off this host, AMQP must be ``amqps://``; the database URL must carry
-    ``sslmode=verify-full`` and must not log in as the superuser without a
-    password (or client certificate); the management API must be HTTPS and
-    not ``guest``. On loopback everything is allowed (development).
+    Off this host, AMQP must be ``amqps://``; each database URL (the
+    processes' and the owner's) must carry ``sslmode=verify-full`` and must
+    not log in as the superuser without a password (or client certificate);
+    the management API must be HTTPS and not ``guest``. On loopback
+    everything is allowed (development).
     """
     for name, url in (
         ("AMQP_URL", settings.amqp_url),
@@ -481,30 +495,12 @@ def transport_problem(settings: Settings) -> str | None:
                 f"LIENTHONG_{name}: no_verify_ssl to {amqp.hostname} would accept any server "
                 "as the broker; give the CA that issued its certificate (cafile=...)"
             )
-    database = urlsplit(settings.database_url)
-    query = parse_qs(database.query)
-    # Every host the URL lists (a standby becomes the primary one day); a
-    # socket directory is local.
-    try:
-        hosts = database_hosts(settings.database_url)
-    except ValueError as error:
-        return f"LIENTHONG_DATABASE_URL: {error}"
-    remote = [h.host for h in hosts if not is_loopback(h.host)]
-    if remote:
-        host = ", ".join(remote)
-        if query.get("sslmode") != ["verify-full"]:
-            return (
-                f"LIENTHONG_DATABASE_URL: the database at {host} needs sslmode=verify-full "
-                "(TLS with the server's certificate and host name checked)"
-            )
-        user = unquote(database.username or "") or next(iter(query.get("user", [])), "")
-        password = database.password or query.get("password") or query.get("sslcert")
-        if (not user or user in SUPERUSER_ROLES) and not password:
-            return (
-                f"LIENTHONG_DATABASE_URL: logging in to {host} as superuser "
-                f"{user or '(unnamed)'!r} without a password is refused; use a role of "
-                "the exchange with a password or a client certificate"
-            )
+    databases = {"LIENTHONG_DATABASE_URL": settings.database_url}
+    if settings.owner_database_url is not None:
+        databases["LIENTHONG_OWNER_DATABASE_URL"] = settings.owner_database_url
+    for variable, database_url in databases.items():
+        if (problem := _database_problem(variable, database_url)) is not None:
+            return problem
     api = urlsplit(settings.rabbitmq_api_url)
     if api.hostname and not is_loopback(api.hostname):
         if api.scheme != "https":
@@ -517,4 +513,40 @@ def transport_problem(settings: Settings) -> str | None:
                 f"LIENTHONG_RABBITMQ_API_URL: the management API at {api.hostname} must be "
                 "reached with its own credentials, never guest"
             )
+    return None
+
+
+def remote_database_hosts(url: str) -> list[str]:
+    """The hosts ``url`` lists that are not this machine (a socket directory is local).
+
+    Raises :class:`ValueError` as :func:`database_hosts` does.
+    """
+    return [h.host for h in database_hosts(url) if not is_loopback(h.host)]
+
+
+def _database_problem(name: str, url: str) -> str | None:
+    """What is unsafe in the database URL of setting ``name``, or ``None``."""
+    database = urlsplit(url)
+    query = parse_qs(database.query)
+    # Every host the URL lists (a standby becomes the primary one day).
+    try:
+        remote = remote_database_hosts(url)
+    except ValueError as error:
+        return f"{name}: {error}"
+    if not remote:
+        return None
+    host = ", ".join(remote)
+    if query.get("sslmode") != ["verify-full"]:
+        return (
+            f"{name}: the database at {host} needs sslmode=verify-full "
+            "(TLS with the server's certificate and host name checked)"
+        )
+    user = unquote(database.username or "") or next(iter(query.get("user", [])), "")
+    password = database.password or query.get("password") or query.get("sslcert")
+    if (not user or user in SUPERUSER_ROLES) and not password:
+        return (
+            f"{name}: logging in to {host} as superuser "
+            f"{user or '(unnamed)'!r} without a password is refused; use a role of "
+            "the exchange with a password or a client certificate"
+        )
     return None

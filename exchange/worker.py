@@ -67,6 +67,7 @@ from exchange.store import queries
 from exchange.store.db import Pool, create_pool, database_address, is_database_unreachable
 from exchange.store.migrate import load_migrations
 from exchange.store.records import Message
+from exchange.store.roles import judge_role, role_powers
 
 log = logging.getLogger("lienthong.worker")
 
@@ -798,7 +799,9 @@ async def run_workers(
     (:func:`load_receipt_signer`, :class:`~exchange.receipts.ReceiptKeyError`). An
     agency whose broker user is one of the exchange's own
     (``settings.trusted_broker_users``) stops the start with
-    :class:`~exchange.directory.TrustedUserError`. A worker
+    :class:`~exchange.directory.TrustedUserError`; a database role that can
+    change the schema, on a database off this host, with
+    :class:`~exchange.store.roles.PrivilegedRoleError`. A worker
     that meets a fatal error while it runs stops, and it is raised here.
     """
     if settings.trust is None:
@@ -840,6 +843,13 @@ async def run_workers(
         opened.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             refuse_trusted_users(await queries.list_agencies(conn), settings.trusted_broker_users)
+            powers = await role_powers(conn)
+        # A worker's login changes no schema; off this host that is refused
+        # (PrivilegedRoleError), on it a warning and the gauge say so.
+        metrics.DATABASE_ROLE_PRIVILEGED.set(1 if powers.can_change_schema else 0)
+        warning = judge_role(powers, settings.database_url, "worker")
+        if warning is not None:
+            log.warning("%s", warning)
         connection = await open_when_ready(
             "RabbitMQ",
             broker_address(settings.amqp_url),

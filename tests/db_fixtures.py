@@ -13,7 +13,11 @@ A pytest plugin (``pytest_plugins = ["tests.db_fixtures"]``). Fixtures:
   agency codes) and would rather not pay for a database each;
 * ``empty_database_url``: a new database with nothing in it (migration tests);
 * ``db_pool`` and ``db``: an asyncpg pool and a connection on ``database_url``,
-  opened in the test's own event loop.
+  opened in the test's own event loop;
+* ``worker_database_url``: ``database_url`` logged in as a login role of the
+  group ``lienthong_worker`` (not the superuser the other fixtures use), as a
+  worker off this host must be. Roles are global to the server: each test
+  gets one of its own (``lienthong_test_...``), dropped after it.
 
 The databases are created and dropped from a helper thread with its own
 event loop, so these fixtures work with any event-loop scope of the tests.
@@ -36,6 +40,7 @@ import pytest
 from exchange.settings import Settings
 from exchange.store import Connection, Pool, migrate
 from exchange.store.db import connect, create_pool
+from exchange.store.roles import WORKER_GROUP, create_login, login_url
 
 T = TypeVar("T")
 
@@ -84,6 +89,32 @@ async def drop_database(server_url: str, name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def create_login_role(server_url: str, group: str = WORKER_GROUP) -> tuple[str, str]:
+    """A new login role in ``group`` with a name no other test uses: ``(name, password)``."""
+    name = unique_database_name(group.removeprefix("lienthong_"))
+    password = uuid.uuid4().hex
+    admin = await asyncpg.connect(server_url)
+    try:
+        await create_login(admin, name, group, password)
+    finally:
+        await admin.close()
+    return name, password
+
+
+async def drop_login_role(server_url: str, name: str) -> None:
+    """Drop a login role of :func:`create_login_role` (it owns nothing, holds no rights)."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+    finally:
+        await admin.close()
+
+
+def as_role(dsn: str, role: str, password: str) -> str:
+    """``dsn`` logging in as ``role``."""
+    return login_url(dsn, role, password)
 
 
 async def _migrate_database(dsn: str) -> list[str]:
@@ -211,3 +242,13 @@ async def db(database_url: str) -> AsyncIterator[Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+def worker_database_url(postgres_url: str, database_url: str) -> Iterator[str]:
+    """``database_url`` as a login role of lienthong_worker of this test's own."""
+    name, password = run_sync(create_login_role(postgres_url, WORKER_GROUP))
+    try:
+        yield as_role(database_url, name, password)
+    finally:
+        run_sync(drop_login_role(postgres_url, name))

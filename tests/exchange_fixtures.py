@@ -5,7 +5,8 @@ built on ``tests.broker_fixtures`` and ``tests.db_fixtures``. Fixture:
 
 * ``exchange``: an :class:`ExchangeUnderTest`, a
   :class:`exchange.demo.LocalExchange` on a fresh vhost and a fresh migrated
-  database, with a CA in a temporary keys directory. Agencies registered
+  database, with a CA in a temporary keys directory; its workers log in as
+  a role of lienthong_worker (``worker_database_url``), not the superuser. Agencies registered
   through it get broker users named ``t<random>-<code>`` (RabbitMQ users are
   global to the broker, so bare codes would collide with a parallel run or
   the demo); the users and the vhost are deleted after the test, the
@@ -92,6 +93,14 @@ class ExchangeUnderTest:
     def settings(self) -> Settings:
         """The settings the workers run with (guest into the vhost, the test database)."""
         return self.local.settings
+
+    @property
+    def worker_settings(self) -> Settings:
+        """The settings with the database login the workers use (a role of lienthong_worker)."""
+        url = self.local.worker_database_url
+        return (
+            self.settings if url is None else self.settings.model_copy(update={"database_url": url})
+        )
 
     @property
     def agencies(self) -> dict[AgencyCode, LocalAgency]:
@@ -227,12 +236,19 @@ async def wait_for(
 
 @contextlib.asynccontextmanager
 async def isolated_exchange(
-    broker_admin: BrokerAdmin, database_url: str, keys_dir: Path, **overrides: Any
+    broker_admin: BrokerAdmin,
+    database_url: str,
+    keys_dir: Path,
+    *,
+    worker_database_url: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ExchangeUnderTest]:
     """A prepared exchange in a vhost of its own, its CA in ``keys_dir``; no agencies yet.
 
     It runs on ``database_url`` (migrated; the caller drops it) with the
-    default settings but for ``overrides`` (``max_package_bytes=...``). On
+    default settings but for ``overrides`` (``max_package_bytes=...``); its
+    workers log in with ``worker_database_url`` when given (a role of
+    lienthong_worker: ``tests.db_fixtures.worker_database_url``). On
     leaving, the vhost and the broker users of the agencies registered
     through it are deleted.
     """
@@ -248,7 +264,7 @@ async def isolated_exchange(
         settings = Settings().model_copy(
             update={"amqp_url": amqp_url_for(vhost), "database_url": database_url, **overrides}
         )
-        local = LocalExchange(settings, keys_dir)
+        local = LocalExchange(settings, keys_dir, worker_database_url=worker_database_url)
         under_test = ExchangeUnderTest(local, broker_admin, vhost, user_prefix=f"t{token}")
         await local.prepare()
         yield under_test
@@ -261,8 +277,14 @@ async def isolated_exchange(
 
 @pytest.fixture
 async def exchange(
-    broker_admin: BrokerAdmin, database_url: str, tmp_path: Path
+    broker_admin: BrokerAdmin, database_url: str, worker_database_url: str, tmp_path: Path
 ) -> AsyncIterator[ExchangeUnderTest]:
-    """A prepared exchange of this test's own: vhost, database, CA; no agencies yet."""
-    async with isolated_exchange(broker_admin, database_url, tmp_path / "keys") as under_test:
+    """A prepared exchange of this test's own: vhost, database, CA; no agencies yet.
+
+    Its workers log in as a role of lienthong_worker, as they must off this
+    host; the test's own queries (``exchange.db()``) as the superuser.
+    """
+    async with isolated_exchange(
+        broker_admin, database_url, tmp_path / "keys", worker_database_url=worker_database_url
+    ) as under_test:
         yield under_test

@@ -28,6 +28,8 @@ from exchange.gateway.app import Gateway, create_app
 from exchange.gateway.protocol import sdk_hash
 from exchange.pki import TrustStore
 from exchange.store import gateway as store
+from exchange.store.roles import GATEWAY_GROUP
+from tests.db_fixtures import as_role, create_login_role, drop_login_role
 from tests.exchange_fixtures import ExchangeUnderTest, wait_for
 
 BASE_PATH = "/XrdAdapter/adapter"
@@ -142,8 +144,16 @@ class GatewayUnderTest:
 
 @contextlib.asynccontextmanager
 async def running_gateway(exchange: ExchangeUnderTest) -> AsyncIterator[GatewayUnderTest]:
-    """A started gateway on ``exchange`` (whose settings name guest a gateway user)."""
-    settings = exchange.settings
+    """A started gateway on ``exchange`` (whose settings name guest a gateway user).
+
+    It logs in to the database as a role of lienthong_gateway of its own, as
+    it must off this host (dropped afterwards).
+    """
+    server = exchange.settings.database_url
+    role, password = await create_login_role(server, GATEWAY_GROUP)
+    settings = exchange.settings.model_copy(
+        update={"database_url": as_role(server, role, password)}
+    )
     assert settings.trust is not None
     gateway = Gateway(
         settings,
@@ -151,8 +161,8 @@ async def running_gateway(exchange: ExchangeUnderTest) -> AsyncIterator[GatewayU
         keys_dir=exchange.local.keys_dir,
         mover_refresh_s=0.2,
     )
-    await gateway.start()
     try:
+        await gateway.start()
         app = create_app(gateway, manage_lifetime=False)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gateway"
@@ -160,6 +170,7 @@ async def running_gateway(exchange: ExchangeUnderTest) -> AsyncIterator[GatewayU
             yield GatewayUnderTest(exchange, gateway, http)
     finally:
         await gateway.close()
+        await drop_login_role(server, role)
 
 
 def trust_gateway(exchange: ExchangeUnderTest) -> None:

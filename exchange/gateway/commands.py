@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import secrets
 import signal
 import sys
@@ -178,6 +179,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from exchange.pki import TrustStore
     from exchange.store.db import create_pool
     from exchange.store.migrate import migrate
+    from exchange.store.roles import PrivilegedRoleError, judge_role, role_powers
 
     settings = gateway_settings(args, settings)
     configure_logging(settings.log_format)
@@ -193,8 +195,21 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         trust = TrustStore.load(trust_path)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot read the trust anchors {trust_path}: {error}") from None
-    # The gateway's tables may be newer than the database (migration 0009).
     async with await create_pool(settings) as pool:
+        # A gateway's login changes no schema; off this host that is
+        # refused, on it a warning and the gauge say so.
+        async with pool.acquire() as conn:
+            powers = await role_powers(conn)
+        metrics.DATABASE_ROLE_PRIVILEGED.set(1 if powers.can_change_schema else 0)
+        try:
+            warning = judge_role(powers, settings.database_url, "gateway")
+        except PrivilegedRoleError as error:
+            raise CommandError(str(error)) from None
+        if warning is not None:
+            logging.getLogger("exchange.gateway").warning("%s", warning)
+        # The gateway's tables may be newer than the database (migration
+        # 0009): applied here when its role owns the schema (development),
+        # else migrate() says to run `lienthong init` as the owner.
         await migrate(pool)
     port = settings.gateway_metrics_port
     gateway = Gateway(

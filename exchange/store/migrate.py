@@ -10,6 +10,13 @@ An applied migration is history: if its file changes afterwards, the schema
 in the database no longer says what the file says, and :func:`migrate`
 refuses to go on (:class:`ChangedMigrationError`). Fix it with a new
 migration, never by editing an old one.
+
+Migrations run as the schema's owner (``lienthong init`` with
+``LIENTHONG_OWNER_DATABASE_URL``). A process working as a role that may not
+change the schema (a worker, a gateway: :mod:`exchange.store.roles`) may
+still call :func:`migrate`: with nothing to apply it changes nothing, and
+with something to apply it stops with a :class:`MigrationError` that says to
+run ``lienthong init`` as the owner.
 """
 
 from __future__ import annotations
@@ -137,8 +144,13 @@ async def _migrate(connection: Connection, migrations: list[Migration] | None) -
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         # Under the lock: two workers creating the ledger at once would
-        # otherwise collide even with IF NOT EXISTS.
-        await connection.execute(_CREATE_LEDGER)
+        # otherwise collide even with IF NOT EXISTS. Only when missing: a
+        # role that may not create in the schema fails even IF NOT EXISTS.
+        if not await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            try:
+                await connection.execute(_CREATE_LEDGER)
+            except asyncpg.InsufficientPrivilegeError as error:
+                raise await _not_the_owner(connection, "create the schema", error) from None
         applied = {
             row["version"]: (row["name"], row["checksum"])
             for row in await connection.fetch(
@@ -150,18 +162,34 @@ async def _migrate(connection: Connection, migrations: list[Migration] | None) -
         for migration in migrations:
             if migration.version in applied:
                 continue
-            async with connection.transaction():
-                await connection.execute(migration.sql)
-                await connection.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            try:
+                async with connection.transaction():
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except asyncpg.InsufficientPrivilegeError as error:
+                raise await _not_the_owner(
+                    connection, f"apply migration {migration.label}", error
+                ) from None
             done.append(migration.label)
         return done
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _not_the_owner(
+    connection: Connection, what: str, error: asyncpg.InsufficientPrivilegeError
+) -> MigrationError:
+    role = await connection.fetchval("SELECT current_user")
+    return MigrationError(
+        f"role {role!r} may not {what} ({error}); migrations run as the schema's owner: "
+        "`lienthong init` with LIENTHONG_OWNER_DATABASE_URL (docs/operations.md)"
+    )
 
 
 def _check_history(applied: dict[int, tuple[str, str]], migrations: list[Migration]) -> None:

@@ -117,6 +117,16 @@ def test_a_passwordless_superuser_login_off_the_host_is_refused() -> None:
     )
 
 
+def test_the_owner_database_url_off_the_host_follows_the_same_rules() -> None:
+    owner = "postgresql://lienthong_owner:secret@db.example/lienthong"
+    line = refusal(owner_database_url=owner)
+    assert "LIENTHONG_OWNER_DATABASE_URL: the database at db.example needs" in line
+    assert "secret" not in line
+    line = refusal(owner_database_url="postgresql://postgres@db.example/l?sslmode=verify-full")
+    assert "LIENTHONG_OWNER_DATABASE_URL: logging in to db.example as superuser" in line
+    Settings(**SAFE_REMOTE, owner_database_url=owner + "?sslmode=verify-full")
+
+
 def test_the_management_api_off_the_host_over_http_is_refused() -> None:
     line = refusal(rabbitmq_api_url="http://lienthong-admin:secret@mq.example:15672")
     assert "LIENTHONG_RABBITMQ_API_URL: the management API at mq.example must be" in line
