@@ -537,6 +537,69 @@ async def _sign_all(
     return list(results), elapsed
 
 
+# The burst the bench gives every agency (agencies.burst is an integer).
+UNLIMITED_BURST = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class FairnessPlan:
+    """The fairness phase's signed messages: the other agency alone, then two floods."""
+
+    alone: list[Planned]
+    runs: list[tuple[list[Planned], list[Planned]]]
+
+
+async def _plan_fairness(
+    config: BenchConfig,
+    agencies: list[Any],
+    token: str,
+    attachment: int,
+    fan_out: int,
+    progress: Callable[[str], None],
+) -> FairnessPlan:
+    """Agency 0 floods, agency 1 sends a few; to the other agencies, every message distinct."""
+    flooder, other, *recipients = agencies
+    fan_out = max(1, min(fan_out, len(recipients)))
+    jobs: list[SignJob] = []
+    number = 0
+
+    def job(sender: Any, notation: str, count: int) -> None:
+        nonlocal number
+        number += 1
+        to = tuple(party(recipients[(number + k) % len(recipients)]) for k in range(count))
+        jobs.append(
+            SignJob(
+                number,
+                f"{notation}-{token}",
+                party(sender),
+                to,
+                attachment,
+                sender.credential.key_pem,
+                tuple(sender.credential.cert_chain_pem),
+            )
+        )
+
+    flood_documents = -(-config.flood // fan_out)
+    for _ in range(2 * flood_documents):
+        job(flooder, "FLOOD", fan_out)
+    for _ in range(3 * config.flood_others):
+        job(other, "FAIR", 1)
+    progress(f"fairness: signing {len(jobs)} packages")
+    signed, _ = await _sign_all(jobs, progress)
+    messages = [
+        [Planned(j.sender[0], recipient, document_id, body) for recipient, _ in j.recipients]
+        for j, (document_id, body) in zip(jobs, signed, strict=True)
+    ]
+    floods = [m for group in messages[: 2 * flood_documents] for m in group]
+    fair = [m for group in messages[2 * flood_documents :] for m in group]
+    first, second = floods[: len(floods) // 2], floods[len(floods) // 2 :]
+    n = config.flood_others
+    return FairnessPlan(
+        alone=fair[:n],
+        runs=[(first[: config.flood], fair[n : 2 * n]), (second[: config.flood], fair[2 * n :])],
+    )
+
+
 @dataclass(frozen=True)
 class GatewayPlan:
     """The gateway phase's agencies, broker user and signed packages."""
@@ -621,9 +684,11 @@ async def run_bench(
 
     ``base`` names the servers: the run makes its vhost and database on them.
     """
+    from exchange.agency import AgencyCode
     from exchange.broker.admin import BrokerAdmin
     from exchange.demo import LocalExchange
     from exchange.pki import KeyType
+    from exchange.registry import set_agency_rate
     from exchange.settings import url_user
     from exchange.store.db import create_database
 
@@ -664,6 +729,12 @@ async def run_bench(
             user = f"b{token}-{code}"
             users.append(user)
             await local.register(code, f"Cơ quan {code}", broker_user=user, key_type=key_type)
+        # The bench measures the pipeline, not the agencies' rates: each
+        # agency may publish as fast as it can (the token is still taken).
+        for code in codes:
+            await set_agency_rate(
+                local.settings, AgencyCode.parse(code), rate_per_s=1e6, burst=UNLIMITED_BURST
+            )
         progress(
             f"registered {len(codes)} agencies on levels "
             f"{sorted({local.agencies[c].code.level for c in local.agencies})}"
@@ -736,7 +807,14 @@ async def run_bench(
         backlog_set = planned[sustained_count + latency_count :]
         # The limits are measured on --messages of them (all but in a --duration run).
         limits_set = sustained_set[: config.messages]
-        result["package_bytes"] = round(statistics.mean(len(p.body) for p in planned))
+        result["package_bytes"] = (
+            round(statistics.mean(len(p.body) for p in planned)) if planned else len(probe)
+        )
+        fairness_plan = None
+        if "fairness" in phases:
+            fairness_plan = await _plan_fairness(
+                config, agencies, token, attachment, fan_out, progress
+            )
         gateway_plan = None
         if "gateway" in phases:
             gateway_plan = await _prepare_gateway(
@@ -853,6 +931,25 @@ async def run_bench(
             figures["rss_mb_at_end"] = round(memory.get("VmRSS", 0) / 1024, 1)
         await stop_children(children)
         children = []
+
+        if fairness_plan is not None:
+            from exchange.benchmark.fairness import run_fairness
+
+            async def start_fair_workers(more: dict[str, str]) -> list[Child]:
+                return await start_children(
+                    workers, child_env(settings, **extra, **more), log_dir, READY_TEXT
+                )
+
+            result["fairness"] = await run_fairness(
+                fairness_plan.alone,
+                fairness_plan.runs,
+                publishers,
+                observer,
+                start_fair_workers,
+                config.fair_rate,
+                settings.fair_share,
+                progress,
+            )
 
         if "backlog" in phases:
             result["backlog"] = await run_backlog(
@@ -982,6 +1079,8 @@ def table(result: dict[str, Any]) -> str:
         runs.append(f"{c['latency_messages']} at fixed load")
     if "gateway" in phases:
         runs.append(f"{c['gateway_messages']} + {c['gateway_round_trips']} through the gateway")
+    if "fairness" in phases:
+        runs.append(f"a flood of {c['flood']} beside {c['flood_others']}")
     if "backlog" in phases:
         runs.append(f"a backlog of {c['backlog']}")
     lines = [
@@ -1053,6 +1152,10 @@ def table(result: dict[str, Any]) -> str:
             "workers over the drain:",
             *_worker_lines(b["workers"]),
         ]
+    if "fairness" in result:
+        from exchange.benchmark.fairness import fairness_lines
+
+        lines += [*([""] if lines[-1] else []), *fairness_lines(result["fairness"])]
     lines.append("")
     for name, t in result.get("targets", {}).items():
         verdict = "met" if t["met"] else "NOT met"

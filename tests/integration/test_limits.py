@@ -74,7 +74,7 @@ async def test_agency_user_may_publish_only_agency_codes_and_hold_few_connection
             # work queue takes every key).
             await publisher.publish(SUBMIT_EXCHANGE, RECIPIENT, b"<x/>", user_id=user)
             for junk in ("#", "lienthong.work", "000.00.00", "000.00.00.G09.extra"):
-                with pytest.raises(PublishRefusedError, match="ACCESS_REFUSED|access to topic"):
+                with pytest.raises(PublishRefusedError, match=r"ACCESS_REFUSED|access to topic"):
                     await publisher.publish(SUBMIT_EXCHANGE, junk, b"<x/>", user_id=user)
                 print(f"routing key {junk!r}: refused by the broker")
             connections.append(await connect(sender.amqp_url, name="limits-2"))
@@ -160,9 +160,12 @@ async def test_publisher_over_its_rate_is_refused_quota_with_a_receipt_and_may_s
         assert refused.reason is not None and "gửi lại" in refused.reason
         # Recorded like every message (the audit sees it), not lost: the
         # sender sends the same bytes again once under its rate.
-        assert await exchange.fetchval(
-            "SELECT count(*) FROM message_state WHERE reason_code = $1", Reason.QUOTA.code
-        ) == 2
+        assert (
+            await exchange.fetchval(
+                "SELECT count(*) FROM message_state WHERE reason_code = $1", Reason.QUOTA.code
+            )
+            == 2
+        )
         body = next(sent for sent, _ in client.published if _sha256(sent) == refused.sha256)
         await set_agency_rate(exchange.settings, sender.code, rate_per_s=100, burst=10)
         await client.submit(body, [recipient.code])
