@@ -21,7 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from exchange.benchmark.harness import (
+from exchange.benchmark.processes import Child, percentile, stop_children
+from exchange.benchmark.traffic import (
     Observer,
     Publishers,
     Tracker,
@@ -29,7 +30,6 @@ from exchange.benchmark.harness import (
     publish_messages,
     wait_done,
 )
-from exchange.benchmark.processes import Child, percentile, stop_children
 from exchange.benchmark.workload import Planned
 
 StartWorkers = Callable[[dict[str, str]], Awaitable[list[Child]]]
