@@ -377,14 +377,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Apply database migrations and declare the core broker topology."""
+    """Apply database migrations, declare the core broker topology, apply the limits."""
     from exchange.commands import address_of
     from exchange.registry import prepare
 
     settings = settings_from_args(args)
 
     async def init() -> int:
-        await prepare(settings)
+        limited = await prepare(settings)
         if args.json:
             print_json(
                 {
@@ -392,10 +392,14 @@ def cmd_init(args: argparse.Namespace) -> int:
                     "broker": address_of(settings.amqp_url),
                     "migrated": True,
                     "topology_declared": True,
+                    "agency_users_limited": limited,
                 }
             )
         else:
-            print("database migrated and core topology declared")
+            print(
+                "database migrated, core topology declared, queue bounds and the limits "
+                f"of {limited} agency user(s) applied"
+            )
         return EXIT_OK
 
     return run(init())
@@ -1320,8 +1324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init_cmd = commands.add_parser(
         "init",
-        parents=[amqp, database, as_json],
-        help="migrate the database, declare the core topology",
+        parents=[services, as_json],
+        help="migrate the database, declare the core topology, apply the limits per agency",
     )
     init_cmd.set_defaults(handler=cmd_init)
 

@@ -103,8 +103,12 @@ def logs_in_with_certificate(agency: Agency) -> bool:
     return agency.broker_user in certificate_logins(agency.certificates)
 
 
-async def prepare(settings: Settings) -> None:
-    """Bring the database schema and the core broker topology up to date (idempotent)."""
+async def prepare(settings: Settings) -> int:
+    """Bring the database schema, the core broker topology and the limits up to date.
+
+    Idempotent. Returns how many agency users got their limits
+    (:func:`apply_limits`).
+    """
     pool = await create_pool(settings)
     try:
         await migrate(pool)
@@ -116,7 +120,7 @@ async def prepare(settings: Settings) -> None:
         await declare(channel, core_topology())
     finally:
         await connection.close()
-    await apply_limits(settings)
+    return await apply_limits(settings)
 
 
 async def apply_limits(settings: Settings) -> int:
