@@ -97,6 +97,13 @@ POISON_STARTS = 3
 # cancelled (a silent loss after a broker restart) shows within this time.
 # Cheap: it reads the process's own objects, nothing over the network.
 WATCH_INTERVAL_S = 1.0
+# The bulk queue's prefetch while a flood is being moved out of the work queue
+# (Worker._pace_bulk): enough to keep the flood going, little enough that the
+# moving, and the other senders' messages behind it, get the worker first.
+BULK_PREFETCH_WHILE_MOVING = 2
+# The work queue counts as calm this long after the last message moved.
+BULK_CALM_S = 1.0
+BULK_PACE_INTERVAL_S = 0.2
 # The directory figures (connectivity, overdue statuses, certificates) cost a
 # few queries and change slowly.
 DIRECTORY_FIGURES_INTERVAL_S = 60.0
@@ -201,6 +208,8 @@ class Worker:
         # messages from the work queue are moved to the bulk queue.
         self._in_hand: dict[str | None, int] = {}
         self.moved = 0
+        self._last_move = 0.0
+        self._bulk_prefetch_idle = max(1, self.prefetch // 2)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish what is in flight.
@@ -216,18 +225,21 @@ class Worker:
         # restores only the consumers of queues it declared, so a consumer on
         # get_queue(ensure=False) is silently gone after a broker restart.
         queue = await channel.get_queue(WORK_QUEUE, ensure=True)
-        # The bulk queue on a channel of its own, with half the prefetch: a
-        # flood moved there gets a share of the worker, never all of it.
+        # The bulk queue on a channel of its own, with a prefetch of its own
+        # (see _pace_bulk): a flood moved there gets a share of the worker,
+        # never all of it.
         bulk_channel = await self.connection.channel()
-        await bulk_channel.set_qos(prefetch_count=max(1, self.prefetch // 2))
+        await bulk_channel.set_qos(prefetch_count=self._bulk_prefetch_idle)
         bulk = await bulk_channel.get_queue(BULK_QUEUE, ensure=True)
         bulk_tag = await bulk.consume(self._on_bulk_message)
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
+        pacer = asyncio.create_task(self._pace_bulk(bulk_channel, stop))
         log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
         try:
             await stop.wait()
         finally:
+            pacer.cancel()
             self._consumer_tag = None
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
@@ -339,7 +351,32 @@ class Worker:
             return
         await settle(message, ack=True)
         self.moved += 1
+        self._last_move = time.monotonic()
         metrics.MOVED_TO_BULK.inc()
+
+    async def _pace_bulk(self, bulk_channel: AbstractChannel, stop: asyncio.Event) -> None:
+        """Slow the bulk queue down while a flood is being moved out of the work queue.
+
+        Moving is cheap (a publish, a confirm, an ack) but it needs the
+        worker's event loop and CPU; while the bulk queue's messages take
+        them, every message behind the flood in the work queue waits for the
+        flood to be moved. So while messages are being moved (one in the last
+        :data:`BULK_CALM_S`), the bulk queue's prefetch is
+        :data:`BULK_PREFETCH_WHILE_MOVING`; once the work queue is calm, half
+        the worker's prefetch, so a flood alone uses the whole worker.
+        """
+        slow = False
+        while not stop.is_set():
+            moving = time.monotonic() - self._last_move < BULK_CALM_S
+            if moving != slow:
+                prefetch = BULK_PREFETCH_WHILE_MOVING if moving else self._bulk_prefetch_idle
+                try:
+                    await bulk_channel.set_qos(prefetch_count=prefetch)
+                    slow = moving
+                except Exception as error:  # the channel is being restored: next round
+                    log.debug("could not set the bulk queue's prefetch: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BULK_PACE_INTERVAL_S)
 
     async def _give_back_and_stop(
         self, message: AbstractIncomingMessage, error: BaseException
