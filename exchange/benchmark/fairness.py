@@ -114,6 +114,7 @@ async def run_fairness(
         finally:
             observer.tracker = None
         result["alone_ms"] = latency_figures(tracker, rate, wall)
+        progress(f"fairness: alone {_said(result['alone_ms'])}")
         progress(
             f"fairness: {len(fair_flood)} from the flooder with {len(fair_fair)} of the other, "
             f"fair share {fair_share}"
@@ -127,6 +128,7 @@ async def run_fairness(
             rate,
             progress,
         )
+        progress(f"fairness: with the flood, fair share {_said(result['fair_share_ms'])}")
     finally:
         await stop_children(children)
     children = await start_workers({"fair_share": "0"})
@@ -144,12 +146,23 @@ async def run_fairness(
             rate,
             progress,
         )
+        progress(f"fairness: with the flood, first come {_said(result['first_come_ms'])}")
     finally:
         await stop_children(children)
     alone_p99 = result["alone_ms"]["p99"] or 1.0
     result["factor_fair_share"] = round(result["fair_share_ms"]["p99"] / alone_p99, 1)
     result["factor_first_come"] = round(result["first_come_ms"]["p99"] / alone_p99, 1)
     return result
+
+
+def _said(figures: dict[str, Any]) -> str:
+    """One run's figures in a progress line (kept if a later run fails)."""
+    drained = figures.get("flood_drain_seconds")
+    flood = f", flood drained in {drained:.0f} s" if drained is not None else ""
+    return (
+        f"p50 {figures['p50']:.0f} ms, p99 {figures['p99']:.0f} ms, "
+        f"max {figures['max']:.0f} ms{flood}"
+    )
 
 
 def fairness_lines(f: dict[str, Any]) -> list[str]:
