@@ -15,8 +15,17 @@ ALTER TABLE agencies
 -- take turns on one agency's bucket, so it holds across processes and
 -- hosts). Apart from agencies: the directory is read by every worker and
 -- changes rarely, a bucket changes with every message.
-CREATE TABLE quota_buckets (
-    agency      text PRIMARY KEY REFERENCES agencies (code),
+--
+-- UNLOGGED and without a foreign key: a bucket is not history, and a
+-- transaction that writes the WAL (a logged row, or the row lock a foreign
+-- key check takes on agencies) waits for a flush to disk at its commit:
+-- measured 1.6-2.2 ms a message with either, 0.34 ms with neither (a round
+-- trip is 0.1-0.3 ms on the same loaded machine). After a crash (or on a
+-- promoted standby) the table is empty: every bucket starts full again,
+-- which gives each agency one more burst, nothing worse. `agency` is an
+-- agency code; only the workers write it, for registered agencies.
+CREATE UNLOGGED TABLE quota_buckets (
+    agency      text PRIMARY KEY,
     tokens      double precision NOT NULL,
     refilled_at timestamptz NOT NULL
 );
