@@ -293,8 +293,13 @@ class Worker:
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
         sender = origin.broker_user
         share = self.settings.fair_share
-        if movable and share and not origin.replay and self._in_hand.get(sender, 0) >= share:
-            await self._move_to_bulk(message, origin)
+        if (
+            movable
+            and share
+            and not origin.replay
+            and self._in_hand.get(sender, 0) >= share
+            and await self._move_to_bulk(message, origin)
+        ):
             return
         self._in_hand[sender] = self._in_hand.get(sender, 0) + 1
         metrics.IN_FLIGHT.inc()
@@ -325,13 +330,14 @@ class Worker:
             else:
                 del self._in_hand[sender]
 
-    async def _move_to_bulk(self, message: AbstractIncomingMessage, origin: Origin) -> None:
+    async def _move_to_bulk(self, message: AbstractIncomingMessage, origin: Origin) -> bool:
         """Move a message of a sender that has its fair share in hand to the bulk queue.
 
         Published (confirmed) under the exchange's own user with the headers
         of its origin, as a retry is, then acknowledged: nothing is decided
-        or recorded, and the dedup key is unchanged. If the move fails, the
-        message goes back to the work queue.
+        or recorded, and the dedup key is unchanged. ``False`` if the move
+        failed: the caller handles the message itself (a copy the broker
+        took after all is a duplicate, which the dedup key absorbs).
         """
         assert self._publisher is not None
         try:
@@ -346,13 +352,15 @@ class Worker:
             )
         except Exception as error:
             log.warning("could not move message %s to bulk: %s", message.message_id, error)
-            with contextlib.suppress(Exception):
-                await settle(message, ack=False)
-            return
-        await settle(message, ack=True)
+            return False
+        # Unacknowledged (the channel closed), it comes back and is moved or
+        # handled again: a duplicate, which the dedup key absorbs.
+        with contextlib.suppress(Exception):
+            await settle(message, ack=True)
         self.moved += 1
         self._last_move = time.monotonic()
         metrics.MOVED_TO_BULK.inc()
+        return True
 
     async def _pace_bulk(self, bulk_channel: AbstractChannel, stop: asyncio.Event) -> None:
         """Slow the bulk queue down while a flood is being moved out of the work queue.
