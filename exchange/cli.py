@@ -460,7 +460,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Apply database migrations (as the schema's owner) and declare the core broker topology.
+    """Migrate (as the schema's owner), declare the core topology, apply the limits.
 
     ``--create-login NAME`` also creates a login role for a worker or a
     gateway, member of its group; ``--roles-sql`` only prints the SQL a
@@ -485,7 +485,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         from exchange.store.migrate import MigrationError
 
         try:
-            await prepare(settings)
+            limited = await prepare(settings)
         except MigrationError as error:
             raise CommandError(
                 f"PostgreSQL at {address_of(owner_url(settings))}: {error}"
@@ -500,11 +500,15 @@ def cmd_init(args: argparse.Namespace) -> int:
                     "broker": address_of(settings.amqp_url),
                     "migrated": True,
                     "topology_declared": True,
+                    "agency_users_limited": limited,
                     **({"login": login} if login else {}),
                 }
             )
         else:
-            print("database migrated and core topology declared")
+            print(
+                "database migrated, core topology declared, queue bounds and the limits "
+                f"of {limited} agency user(s) applied"
+            )
             if login:
                 print(
                     f"database role {login['role']} created in {login['group']}; "
@@ -699,7 +703,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
 
 def cmd_agency_set(args: argparse.Namespace) -> int:
     """Change what is given of a registered agency; the rest stays as it is."""
-    from exchange.registry import RegistrationError, change_agency
+    from exchange.registry import RegistrationError, change_agency, set_agency_rate
 
     code = _agency_code(args.code)
     certificates = [_read_file(path).decode() for path in args.cert] if args.cert else None
@@ -711,8 +715,12 @@ def cmd_agency_set(args: argparse.Namespace) -> int:
         subscriptions = args.subscribe
     settings = settings_from_args(args)
 
+    rate = _agency_rate(args)
+
     async def change() -> int:
         try:
+            if rate is not None:
+                await set_agency_rate(settings, code, rate_per_s=rate[0], burst=rate[1])
             registration = await change_agency(
                 settings,
                 code,
@@ -727,9 +735,29 @@ def cmd_agency_set(args: argparse.Namespace) -> int:
         except RegistrationError as error:
             raise CommandError(str(error)) from None
         _print_registration(registration, "changed", args.json)
+        if rate is not None and not args.json:
+            shown = "the defaults" if rate == (None, None) else f"{rate[0]}/s, burst {rate[1]}"
+            print(f"  rate: {shown}")
         return EXIT_OK
 
     return run(change())
+
+
+def _agency_rate(args: argparse.Namespace) -> tuple[float | None, int | None] | None:
+    """``--rate``/``--burst``/``--default-rate`` as ``(rate, burst)``; ``None``: not given."""
+    if args.default_rate:
+        if args.rate is not None or args.burst is not None:
+            raise CommandError("--default-rate cannot be given with --rate or --burst")
+        return (None, None)
+    if args.rate is None and args.burst is None:
+        return None
+    if args.rate is None or args.burst is None:
+        raise CommandError("--rate and --burst go together (messages per second, and at once)")
+    if not args.rate > 0:
+        raise CommandError(f"--rate {args.rate}: it must be more than 0 messages per second")
+    if args.burst < 1:
+        raise CommandError(f"--burst {args.burst}: it must be at least 1 message")
+    return (args.rate, args.burst)
 
 
 def cmd_agency_show(args: argparse.Namespace) -> int:
@@ -1542,8 +1570,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     init_cmd = commands.add_parser(
         "init",
-        parents=[amqp, database, as_json],
-        help="migrate the database (as its owner), declare the core topology",
+        parents=[services, as_json],
+        help="migrate the database (as its owner), declare the core topology, apply the "
+        "limits per agency",
     )
     init_cmd.add_argument(
         "--owner-database-url",
@@ -1674,6 +1703,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate-password",
         action="store_true",
         help="give its broker user a new password (printed once); --password-stdin gives one",
+    )
+    change.add_argument(
+        "--rate",
+        type=float,
+        metavar="PER_S",
+        help="messages per second it may publish, sustained (with --burst); past it, "
+        "REJECTED_QUOTA (default LIENTHONG_QUOTA_RATE_PER_S)",
+    )
+    change.add_argument(
+        "--burst",
+        type=int,
+        metavar="MESSAGES",
+        help="messages it may publish at once above its rate (with --rate; default "
+        "LIENTHONG_QUOTA_BURST)",
+    )
+    change.add_argument(
+        "--default-rate",
+        action="store_true",
+        help="back to the defaults LIENTHONG_QUOTA_RATE_PER_S and LIENTHONG_QUOTA_BURST",
     )
     change.set_defaults(handler=cmd_agency_set)
     disable = agency_commands.add_parser(

@@ -25,7 +25,7 @@ from enum import Enum
 
 import asyncpg
 
-from exchange.broker.connection import BrokerError, PublishError
+from exchange.broker.connection import BrokerError, PublishError, QueueFullError
 from exchange.installation import BrokenInstallation
 
 
@@ -39,6 +39,11 @@ class Failure(Enum):
     BROKER = (
         "the broker did not confirm a publication (timeout, nack, or a closed channel)",
         "Hệ thống trục liên thông tạm thời không chuyển được văn bản; văn bản sẽ được xử lý lại.",
+    )
+    QUEUE_FULL = (
+        "the recipient's queue is full (the agency has not read it): the message waits",
+        "Hộp thư của cơ quan nhận đã đầy (cơ quan nhận chưa lấy văn bản về); văn bản đã được "
+        "trục liên thông ghi nhận và sẽ được chuyển khi hộp thư có chỗ.",
     )
     POISON = (
         "the message was handed out repeatedly without being finished (a worker died on it)",
@@ -80,6 +85,7 @@ TRANSIENT_FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] 
         (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.TargetServerAttributeNotMatched),
         Failure.DATABASE,
     ),
+    ((QueueFullError,), Failure.QUEUE_FULL),
     ((PublishError, BrokerError, TimeoutError), Failure.BROKER),
     # The broker's socket errors arrive wrapped in BrokerError (above); a bare
     # OSError is asyncpg failing to (re)connect to the database.

@@ -157,6 +157,45 @@ def effects_of(
     return effects
 
 
+def waiting_receipt(message: Message, recipient: str, failure: Failure) -> Publication:
+    """A receipt telling the sender its message is recorded but waits (``accepted``).
+
+    Sent when the recipient's queue refuses the delivery (full): the
+    decision stands, the package is kept, and the ``delivered`` receipt
+    follows once it is delivered. Its message id is the same on every
+    attempt, so the sender's software can drop repeats.
+    """
+    base = receipt_for(message, recipient)
+    receipt = base.model_copy(
+        update={
+            "outcome": TransportOutcome.ACCEPTED,
+            "reason_code": failure.code,
+            "reason": failure.vietnamese,
+            "reason_en": failure.english,
+            "problems": [],
+            "warnings": [],
+        }
+    )
+    headers: dict[str, Any] = {
+        header.MESSAGE: message.pk,
+        header.KIND: "receipt",
+        header.RECIPIENT: recipient,
+        header.SHA256: message.sha256,
+    }
+    if message.document_id:
+        headers[header.DOCUMENT_ID] = message.document_id
+    if message.sender is not None:
+        headers[header.SENDER] = str(message.sender)
+    return Publication(
+        STATUS_EXCHANGE,
+        str(message.sender),
+        receipt.to_bytes(),
+        f"lienthong:{message.pk}:receipt:{TransportOutcome.ACCEPTED.value}",
+        headers,
+        RECEIPT_CONTENT_TYPE,
+    )
+
+
 # -- what the ledger takes and gives -------------------------------------------
 
 
@@ -322,6 +361,15 @@ class Ledger:
             return None
         return _decided(record, arrival, self.signer)
 
+    async def take_token(self, publisher: AgencyCode, *, rate: float, burst: int) -> bool:
+        """Take one token of ``publisher``'s rate (its token bucket); ``False`` when over it.
+
+        The bucket is a row in PostgreSQL, so it holds across every worker
+        process and host (:func:`exchange.store.queries.take_token`).
+        """
+        async with self._pool.acquire() as conn:
+            return await queries.take_token(conn, publisher, default_rate=rate, default_burst=burst)
+
     async def count_start(self, arrival: Arrival) -> int:
         """Count one more start of handling a redelivered message; returns the starts so far."""
         async with self._pool.acquire() as conn:
@@ -349,7 +397,11 @@ async def _record_and_decide(
         sha256=envelope.sha256,
         sender=envelope.publisher,
     )
-    redecide = arrival.replay and record.outcome in REDECIDED_ON_REPLAY
+    redecide = (arrival.replay and record.outcome in REDECIDED_ON_REPLAY) or (
+        # Refused for its sender's rate, not for what it is: the same bytes
+        # sent again later are judged afresh.
+        record.reason_code == Reason.QUOTA.code
+    )
     if not record.decided or redecide:
         return await _decide(conn, record, envelope, inspected, registered)
     if record.published:

@@ -96,6 +96,11 @@ IN_FLIGHT = Gauge(
     "lienthong_in_flight_messages",
     "Messages a worker process holds (received, not yet acknowledged).",
 )
+MOVED_TO_BULK = Counter(
+    "lienthong_moved_to_bulk_total",
+    "Messages moved from lienthong.work to lienthong.work.bulk: their sender had its "
+    "fair share of the worker in hand (a flood).",
+)
 
 # -- the real state of a worker process, refreshed by its watchdog ---------------------
 

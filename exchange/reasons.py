@@ -156,6 +156,12 @@ class Reason(Enum):
         "Cơ quan gửi đã bị tạm ngừng trên trục liên thông; hãy liên hệ đơn vị vận hành trục.",
         "the sending agency is disabled on the exchange (`lienthong agency disable`)",
     )
+    QUOTA = (
+        "Cơ quan gửi đã gửi quá số gói tin được phép trong một khoảng thời gian; gói tin "
+        "này chưa được xử lý, hãy gửi lại sau ít phút.",
+        "the sending agency published more messages than its rate allows; this one was "
+        "not processed: send it again in a few minutes",
+    )
     NOT_ADDRESSED = (
         "Cơ quan nhận không có trong danh sách nơi nhận (To) của văn bản.",
         "the recipient in the routing key is not among the package's To",

@@ -42,6 +42,7 @@ from exchange.broker.topology import (
     agency_topology,
     core_topology,
     inbox_queue,
+    queue_policies,
     validate_subscription,
 )
 from exchange.pki import agency_code_of, check_policy, fingerprint
@@ -107,10 +108,11 @@ def owner_url(settings: Settings) -> str:
     return settings.owner_database_url or settings.database_url
 
 
-async def prepare(settings: Settings) -> None:
-    """Bring the database schema (as its owner) and the core broker topology up to date.
+async def prepare(settings: Settings) -> int:
+    """Bring the database schema (as its owner), the core topology and the limits up to date.
 
-    Idempotent.
+    Idempotent. Returns how many agency users got their limits
+    (:func:`apply_limits`).
     """
     pool = await create_pool(settings, dsn=owner_url(settings))
     try:
@@ -123,6 +125,48 @@ async def prepare(settings: Settings) -> None:
         await declare(channel, core_topology())
     finally:
         await connection.close()
+    return await apply_limits(settings)
+
+
+async def apply_limits(settings: Settings) -> int:
+    """Apply the settings' limits: queue bounds (policies), and every agency user's limits.
+
+    The inbox and status queues' bounds are policies of the vhost
+    (:func:`exchange.broker.topology.queue_policies`); each enabled agency
+    whose broker user lienthong made gets the connection and channel limits
+    and the topic permission of :func:`limit_agency_user`. Returns how many
+    agency users were limited. Run by ``lienthong init``: changing a limit
+    in the settings and running it again changes it for every agency.
+    """
+    admin = BrokerAdmin.from_settings(settings)
+    vhost = vhost_of(settings.amqp_url)
+    for policy in queue_policies(settings.inbox_max_bytes, settings.status_max_bytes):
+        await admin.set_policy(vhost, policy)
+    conn = await db_connect(settings)
+    try:
+        agencies = await queries.list_agencies(conn)
+    finally:
+        await conn.close()
+    limited = 0
+    for agency in agencies:
+        if agency.disabled or agency.broker_user in settings.trusted_broker_users:
+            continue
+        tags = await admin.user_tags(agency.broker_user)
+        if tags is None or AGENCY_USER_TAG not in tags:
+            continue  # not lienthong's user: whoever manages it sets its limits
+        await limit_agency_user(settings, admin, agency.broker_user)
+        limited += 1
+    return limited
+
+
+async def limit_agency_user(settings: Settings, admin: BrokerAdmin, user: str) -> None:
+    """Give an agency's broker user the limits of the settings (connections, channels, keys)."""
+    await admin.limit_agency_user(
+        vhost_of(settings.amqp_url),
+        user,
+        max_connections=settings.agency_max_connections,
+        max_channels=settings.agency_max_channels,
+    )
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -423,6 +467,7 @@ async def register_agency(
             await admin.provision_agency_user(
                 code, secret, vhost=vhost_of(settings.amqp_url), user=user
             )
+            await limit_agency_user(settings, admin, user)
     return Registration(agency, user, secret, _login_url(settings, agency, secret))
 
 
@@ -521,6 +566,7 @@ async def change_agency(
             new_user = broker_user
             undo.add(f"broker user {new_user}", lambda: admin.delete_user(new_user))
             await admin.provision_agency_user(code, secret, vhost=vhost, user=new_user)
+            await limit_agency_user(settings, admin, new_user)
             replaced = before.broker_user
         elif rotate_password:
             _refuse_trusted_user(settings, before.broker_user)
@@ -537,6 +583,7 @@ async def change_agency(
                 await admin.provision_agency_user(
                     code, secret, vhost=vhost, user=before.broker_user
                 )
+                await limit_agency_user(settings, admin, before.broker_user)
     if replaced is not None and replaced not in settings.trusted_broker_users:
         # After the commit: the directory no longer names it, and deleting a
         # user (which closes its connections) cannot be undone.
@@ -544,6 +591,23 @@ async def change_agency(
     return Registration(
         agency, agency.broker_user, secret, _login_url(settings, agency, secret), replaced
     )
+
+
+async def set_agency_rate(
+    settings: Settings, code: AgencyCode, *, rate_per_s: float | None, burst: int | None
+) -> None:
+    """Set how fast ``code`` may publish (``None``, ``None``: the settings' defaults).
+
+    The workers read it with every message (one statement with the token
+    bucket), so it holds at once.
+    """
+    conn = await db_connect(settings)
+    try:
+        await queries.set_agency_rate(conn, code, rate_per_s=rate_per_s, burst=burst)
+    except queries.AgencyNotFoundError as error:
+        raise RegistrationError(str(error)) from None
+    finally:
+        await conn.close()
 
 
 async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
@@ -608,6 +672,7 @@ async def enable_agency(
             if tags is None:
                 undo.add(f"broker user {user}", lambda: admin.delete_user(user))
             await admin.provision_agency_user(code, secret, vhost=vhost, user=user)
+            await limit_agency_user(settings, admin, user)
         else:
             await admin.set_permissions(vhost, user, agency_permissions(code))
     return Registration(agency, user, secret, _login_url(settings, agency, secret))

@@ -23,6 +23,22 @@ from pydantic_settings import (
 # stays well under this; anything larger is not a document but an accident.
 DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 
+# RabbitMQ's own limit (max_message_size in deploy/rabbitmq/rabbitmq.conf) is
+# this many times max_package_bytes. A package too large for the exchange but
+# under the broker's limit reaches a worker, which refuses it
+# REJECTED_TOO_LARGE with a receipt that says why; only one past the broker's
+# limit is refused by the broker itself (the publisher's channel is closed: a
+# client-side error, no receipt). Twice leaves room for that, while bounding
+# what a sender can make the broker write to disk per message.
+# tests/unit/test_limits.py keeps the file and this rule aligned.
+BROKER_MESSAGE_SIZE_FACTOR = 2
+
+
+def broker_max_message_size(max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES) -> int:
+    """The ``max_message_size`` RabbitMQ needs for packages of up to ``max_package_bytes``."""
+    return BROKER_MESSAGE_SIZE_FACTOR * max_package_bytes
+
+
 # The deepest element of a real edXML package (ReplacementInfo/OrganIdList/
 # OrganId inside TraceHeaderList, or a Signature's X509 data) sits about 9
 # levels down; 40 leaves room for extensions and refuses nesting attacks.
@@ -257,6 +273,46 @@ class Settings(ParserLimits):
     # Development only: let workers without a receipt key start and send
     # unsigned receipts (they prove nothing to a third party).
     unsigned_receipts: bool = False
+
+    # -- limits per agency (docs/operations.md, "Limits per agency") ---------
+    # Applied to every agency's broker user by `lienthong agency add/set/enable`
+    # and again to all of them by `lienthong init`, so a change here reaches
+    # every agency from this one place.
+    # Connections one agency's broker user may hold open at once, over all its
+    # QLVB processes: a QLVB uses one or two (publish, consume); a handful of
+    # servers behind a load balancer a few more. Each connection costs the
+    # broker about 100 KB and a process; 10 leaves room for a failover while
+    # refusing a reconnect loop that leaks connections.
+    agency_max_connections: int = Field(10, ge=1)
+    # Channels over all of that user's connections: the client library opens
+    # two per connection (publish with confirms, consume); 32 is generous.
+    agency_max_channels: int = Field(32, ge=1)
+    # Bytes an agency's inbox may hold unread (a RabbitMQ policy, applied by
+    # `lienthong init`): a few days of its usual inflow, and at least several
+    # times max_package_bytes. Beyond it the broker refuses new deliveries
+    # (overflow reject-publish); the worker tells the sender the document
+    # waits (TRANSIENT_QUEUE_FULL) and keeps it (docs/operations.md).
+    inbox_max_bytes: int = Field(1024 * 1024 * 1024, gt=0)
+    # The same for an agency's status queue (receipts of about 2 KB, and the
+    # statuses its recipients report): 256 MiB is over 100,000 receipts.
+    status_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # Messages per second one agency may publish, sustained (a token bucket
+    # shared by every worker, kept in PostgreSQL); past it, messages are
+    # refused REJECTED_QUOTA with a receipt and the sender sends them again
+    # later. `lienthong agency set CODE --rate R --burst B` overrides it for
+    # one agency. Size the rate at a few times the agency's busiest hour
+    # (a ministry sends a few thousand messages a day; 20/s is 72,000 an
+    # hour) and the burst at its largest mailing: one document to n
+    # recipients is n messages published at once (every province: 63).
+    quota_rate_per_s: float = Field(20.0, gt=0)
+    quota_burst: int = Field(2000, ge=1)
+    # Messages of one sender a worker handles at once from lienthong.work;
+    # more of the same sender meanwhile are moved to lienthong.work.bulk,
+    # which the workers read beside the work queue, so a flood from one
+    # agency waits there instead of in front of everyone else's documents
+    # (docs/performance.md, "Fairness"). A quarter of the prefetch keeps four
+    # senders busy at once; 0: no moving (one first-come, first-served queue).
+    fair_share: int = Field(8, ge=0)
 
     # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
     # Where the VXP adapter protocol is served, and under which path (the SDK

@@ -39,9 +39,13 @@ from typing import TypeVar
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange import metrics
+from exchange.agency import AgencyCode
 from exchange.broker.connection import (
+    DEFAULT_EXCHANGE,
     XML_CONTENT_TYPE,
     ConfirmingPublisher,
+    PublishNackedError,
+    QueueFullError,
     broker_address,
     broker_user_of,
     connect_quietly,
@@ -50,15 +54,23 @@ from exchange.broker.connection import (
     settle,
 )
 from exchange.broker.origin import Origin, delivery_count
-from exchange.broker.topology import PARKING_EXCHANGE, RETRY_EXCHANGE, RETRY_TIERS, WORK_QUEUE
+from exchange.broker.topology import (
+    BULK_QUEUE,
+    DELIVER_EXCHANGE,
+    PARKING_EXCHANGE,
+    RETRY_EXCHANGE,
+    RETRY_TIERS,
+    STATUS_EXCHANGE,
+    WORK_QUEUE,
+)
 from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory, refuse_trusted_users
 from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
-from exchange.ledger import Arrival, Ledger, Publication
+from exchange.ledger import Arrival, Ledger, Publication, waiting_receipt
 from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
 from exchange.pki import Revocations, TrustStore, load_revocations
-from exchange.reasons import Rejection
+from exchange.reasons import Reason, Rejection
 from exchange.receipts import ReceiptKeyError, ReceiptSigner
 from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
@@ -86,6 +98,13 @@ POISON_STARTS = 3
 # cancelled (a silent loss after a broker restart) shows within this time.
 # Cheap: it reads the process's own objects, nothing over the network.
 WATCH_INTERVAL_S = 1.0
+# The bulk queue's prefetch while a flood is being moved out of the work queue
+# (Worker._pace_bulk): enough to keep the flood going, little enough that the
+# moving, and the other senders' messages behind it, get the worker first.
+BULK_PREFETCH_WHILE_MOVING = 2
+# The work queue counts as calm this long after the last message moved.
+BULK_CALM_S = 1.0
+BULK_PACE_INTERVAL_S = 0.2
 # The directory figures (connectivity, overdue statuses, certificates) cost a
 # few queries and change slowly.
 DIRECTORY_FIGURES_INTERVAL_S = 60.0
@@ -194,6 +213,13 @@ class Worker:
         # watchdog (is_consuming).
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
+        # Messages of each sender (its broker user) this worker holds now,
+        # from either queue: past settings.fair_share, the sender's next
+        # messages from the work queue are moved to the bulk queue.
+        self._in_hand: dict[str | None, int] = {}
+        self.moved = 0
+        self._last_move = 0.0
+        self._bulk_prefetch_idle = max(1, self.prefetch // 2)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish what is in flight.
@@ -209,19 +235,32 @@ class Worker:
         # restores only the consumers of queues it declared, so a consumer on
         # get_queue(ensure=False) is silently gone after a broker restart.
         queue = await channel.get_queue(WORK_QUEUE, ensure=True)
+        # The bulk queue on a channel of its own, with a prefetch of its own
+        # (see _pace_bulk): a flood moved there gets a share of the worker,
+        # never all of it.
+        bulk_channel = await self.connection.channel()
+        await bulk_channel.set_qos(prefetch_count=self._bulk_prefetch_idle)
+        bulk = await bulk_channel.get_queue(BULK_QUEUE, ensure=True)
+        bulk_tag = await bulk.consume(self._on_bulk_message)
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
+        pacer = asyncio.create_task(self._pace_bulk(bulk_channel, stop))
         log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
         try:
             await stop.wait()
         finally:
+            pacer.cancel()
             self._consumer_tag = None
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
+            with contextlib.suppress(Exception):
+                await bulk.cancel(bulk_tag)
             # Messages already handed to us are finished, not abandoned:
             # each one ends acked (done) or nacked (back to the queue).
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
+            with contextlib.suppress(Exception):
+                await bulk_channel.close()
             with contextlib.suppress(Exception):
                 await channel.close()
             await self._publisher.close()
@@ -239,11 +278,18 @@ class Worker:
         return await has_consumer(channel, tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle_delivery(message))
+        task = asyncio.create_task(self.handle_delivery(message, movable=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle_delivery(self, message: AbstractIncomingMessage) -> None:
+    async def _on_bulk_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self.handle_delivery(message, movable=False))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle_delivery(
+        self, message: AbstractIncomingMessage, *, movable: bool = False
+    ) -> None:
         """Process one message to its end: acked once its effects are confirmed.
 
         A permanent problem ends as a rejection (inside :meth:`decide_and_publish`); a
@@ -255,6 +301,17 @@ class Worker:
         that can judge it, and this worker stops.
         """
         origin = Origin.of(message, self.trusted_users, self.gateway_users)
+        sender = origin.broker_user
+        share = self.settings.fair_share
+        if (
+            movable
+            and share
+            and not origin.replay
+            and self._in_hand.get(sender, 0) >= share
+            and await self._move_to_bulk(message, origin)
+        ):
+            return
+        self._in_hand[sender] = self._in_hand.get(sender, 0) + 1
         metrics.IN_FLIGHT.inc()
         try:
             if message.redelivered or delivery_count(message):
@@ -277,6 +334,67 @@ class Worker:
                 await settle(message, ack=False)
         finally:
             metrics.IN_FLIGHT.dec()
+            left = self._in_hand[sender] - 1
+            if left:
+                self._in_hand[sender] = left
+            else:
+                del self._in_hand[sender]
+
+    async def _move_to_bulk(self, message: AbstractIncomingMessage, origin: Origin) -> bool:
+        """Move a message of a sender that has its fair share in hand to the bulk queue.
+
+        Published (confirmed) under the exchange's own user with the headers
+        of its origin, as a retry is, then acknowledged: nothing is decided
+        or recorded, and the dedup key is unchanged. ``False`` if the move
+        failed: the caller handles the message itself (a copy the broker
+        took after all is a duplicate, which the dedup key absorbs).
+        """
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(
+                DEFAULT_EXCHANGE,
+                BULK_QUEUE,
+                message.body,
+                message_id=message.message_id,
+                headers=origin.headers(attempts=origin.attempts, failure=None),
+                content_type=message.content_type or XML_CONTENT_TYPE,
+                user_id=self.own_user,
+            )
+        except Exception as error:
+            log.warning("could not move message %s to bulk: %s", message.message_id, error)
+            return False
+        # Unacknowledged (the channel closed), it comes back and is moved or
+        # handled again: a duplicate, which the dedup key absorbs.
+        with contextlib.suppress(Exception):
+            await settle(message, ack=True)
+        self.moved += 1
+        self._last_move = time.monotonic()
+        metrics.MOVED_TO_BULK.inc()
+        return True
+
+    async def _pace_bulk(self, bulk_channel: AbstractChannel, stop: asyncio.Event) -> None:
+        """Slow the bulk queue down while a flood is being moved out of the work queue.
+
+        Moving is cheap (a publish, a confirm, an ack) but it needs the
+        worker's event loop and CPU; while the bulk queue's messages take
+        them, every message behind the flood in the work queue waits for the
+        flood to be moved. So while messages are being moved (one in the last
+        :data:`BULK_CALM_S`), the bulk queue's prefetch is
+        :data:`BULK_PREFETCH_WHILE_MOVING`; once the work queue is calm, half
+        the worker's prefetch, so a flood alone uses the whole worker.
+        """
+        slow = False
+        while not stop.is_set():
+            moving = time.monotonic() - self._last_move < BULK_CALM_S
+            if moving != slow:
+                prefetch = BULK_PREFETCH_WHILE_MOVING if moving else self._bulk_prefetch_idle
+                try:
+                    await bulk_channel.set_qos(prefetch_count=prefetch)
+                    slow = moving
+                except Exception as error:  # the channel is being restored: next round
+                    log.debug("could not set the bulk queue's prefetch: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BULK_PACE_INTERVAL_S)
 
     async def _give_back_and_stop(
         self, message: AbstractIncomingMessage, error: BaseException
@@ -333,13 +451,22 @@ class Worker:
         if self.check_cache.context.rights is not rights:
             self.check_cache.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
-        inspected = await self._check(envelope)
+        inspected: CheckedMessage | Rejection
+        if await self._over_rate(publisher, arrival, disabled=disabled):
+            # Refused before it costs a parse: recorded, and the receipt says why.
+            inspected = Rejection.of(Reason.QUOTA)
+        else:
+            inspected = await self._check(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")
         record = decided.record
         if not record.published:
             started = time.perf_counter()
-            await self._publish(decided.owed)
+            try:
+                await self._publish(decided.owed)
+            except QueueFullError as error:
+                await self._tell_sender_it_waits(record, arrival, error)
+                raise
             await self._set_outbox_flag(record.pk)
             metrics.STAGE_SECONDS.labels(metrics.STAGE_PUBLISH).observe(
                 time.perf_counter() - started
@@ -364,6 +491,42 @@ class Worker:
         )
         return record
 
+    async def _over_rate(
+        self, publisher: AgencyCode | None, arrival: Arrival, *, disabled: bool
+    ) -> bool:
+        """Whether ``publisher`` is over its rate (takes a token of its bucket otherwise).
+
+        Replays (an operator's) and messages of unknown or disabled senders
+        (refused anyway) take no token.
+        """
+        if publisher is None or disabled or arrival.replay:
+            return False
+        allowed = await self.ledger.take_token(
+            publisher, rate=self.settings.quota_rate_per_s, burst=self.settings.quota_burst
+        )
+        return not allowed
+
+    async def _tell_sender_it_waits(
+        self, record: Message, arrival: Arrival, error: QueueFullError
+    ) -> None:
+        """Tell the sender its message is recorded but the recipient's queue is full.
+
+        Best effort: the sender's own status queue may be full as well; the
+        message is retried either way (:meth:`_retry_or_park`).
+        """
+        log.warning(
+            "message %s waits: %s",
+            record.pk,
+            error,
+            extra={"message_pk": record.pk, "recipient": arrival.routing_key},
+        )
+        if record.sender is None or error.routing_key == str(record.sender):
+            return
+        try:
+            await self._publish([waiting_receipt(record, arrival.routing_key, Failure.QUEUE_FULL)])
+        except Exception as failure:
+            log.warning("could not tell the sender of message %s: %s", record.pk, failure)
+
     async def _check(self, envelope: Envelope) -> CheckedMessage | Rejection:
         """The pure checks, off the event loop, unless the same bytes were examined moments ago."""
         timings: dict[str, float] = {}
@@ -386,14 +549,22 @@ class Worker:
     async def _publish(self, publications: Iterable[Publication]) -> None:
         assert self._publisher is not None, "run() opens the publisher"
         for publication in publications:
-            await self._publisher.publish(
-                publication.exchange,
-                publication.routing_key,
-                publication.body,
-                message_id=publication.message_id,
-                headers=publication.headers,
-                content_type=publication.content_type,
-            )
+            try:
+                await self._publisher.publish(
+                    publication.exchange,
+                    publication.routing_key,
+                    publication.body,
+                    message_id=publication.message_id,
+                    headers=publication.headers,
+                    content_type=publication.content_type,
+                )
+            except PublishNackedError as error:
+                if publication.exchange not in (DELIVER_EXCHANGE, STATUS_EXCHANGE):
+                    raise
+                # The agencies' queues are bounded with reject-publish.
+                raise QueueFullError(
+                    error.exchange, error.routing_key, error.message_id, "the queue is full"
+                ) from error
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""

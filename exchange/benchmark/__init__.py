@@ -18,7 +18,10 @@ on the four levels, signs every package before any clock starts, and runs:
 4. **latency**: more messages at a fixed offered load (by default half the
    sustained throughput), each timed from its publish to the later of its
    delivery and its receipt;
-5. **backlog** (only when asked): messages published with no worker
+5. **fairness** (only when asked): one agency floods while another sends a
+   few at a fixed load, with the workers' fair share and without
+   (:mod:`exchange.benchmark.fairness`);
+6. **backlog** (only when asked): messages published with no worker
    running, so that they wait in ``lienthong.work``, then drained by
    workers started afterwards; throughput is messages over the time from
    the first worker ready to the last message done.

@@ -89,6 +89,24 @@ def add_commands(
         help="packages timed from sendEdoc to getEdoc at a fixed load (300; 50 with --quick)",
     )
     command.add_argument(
+        "--flood",
+        type=int,
+        metavar="N",
+        help="the fairness phase: messages one agency floods with (20000; 1000 with --quick)",
+    )
+    command.add_argument(
+        "--flood-others",
+        type=int,
+        metavar="N",
+        help="the fairness phase: messages another agency sends meanwhile (100; 50 with --quick)",
+    )
+    command.add_argument(
+        "--fair-rate",
+        type=float,
+        metavar="DOCS_PER_S",
+        help="the fairness phase: the other agency's offered load (10 docs/s)",
+    )
+    command.add_argument(
         "--sample-every",
         type=float,
         default=5.0,
@@ -121,6 +139,9 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
         "backlog",
         "gateway_messages",
         "gateway_round_trips",
+        "flood",
+        "flood_others",
+        "fair_rate",
     ):
         if getattr(args, name) is not None:
             defaults[name] = getattr(args, name)
@@ -147,6 +168,14 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
     for name in ("gateway_messages", "gateway_round_trips"):
         if "gateway" in phases and defaults.get(name, getattr(BenchConfig, name)) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: at least 1")
+    if "fairness" in phases:
+        if defaults.get("agencies", BenchConfig.agencies) < 3:
+            raise ValueError("the fairness phase needs at least 3 agencies")
+        for name in ("flood", "flood_others"):
+            if defaults.get(name, getattr(BenchConfig, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: at least 1")
+        if defaults.get("fair_rate", BenchConfig.fair_rate) <= 0:
+            raise ValueError("--fair-rate: a positive number of docs/s")
     if "backlog" in phases and defaults.get("backlog", BenchConfig.backlog) < 1:
         raise ValueError("--backlog: at least 1 message")
     if args.sample_every <= 0:

@@ -54,6 +54,12 @@ class BenchConfig:
     # to getEdoc (``rate``, or half the sendEdoc throughput).
     gateway_messages: int = 1000
     gateway_round_trips: int = 300
+    # The fairness phase (exchange/benchmark/fairness.py): one agency
+    # publishes ``flood`` messages as fast as confirmed while another
+    # publishes ``flood_others`` at ``fair_rate`` docs/s.
+    flood: int = 20_000
+    flood_others: int = 100
+    fair_rate: float = 10.0
 
     @property
     def sustained_messages(self) -> int:
@@ -66,7 +72,7 @@ class BenchConfig:
 # In the order they run. The gateway phase uses the workers of the sustained
 # and latency runs. The backlog comes last: it needs the work queue to
 # itself with no worker running, and a drained queue before it.
-PHASES = ("verify", "passthrough", "sustained", "latency", "gateway", "backlog")
+PHASES = ("verify", "passthrough", "sustained", "latency", "gateway", "fairness", "backlog")
 QUICK = {
     "agencies": 6,
     "messages": 300,
@@ -74,6 +80,8 @@ QUICK = {
     "backlog": 1000,
     "gateway_messages": 100,
     "gateway_round_trips": 50,
+    "flood": 1000,
+    "flood_others": 50,
 }
 # The growth of a worker's memory is counted from its first sample after this
 # share of a run's messages was done: imports, caches, pools and buffers fill

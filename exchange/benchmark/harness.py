@@ -21,21 +21,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from exchange.benchmark.config import (
-    BENCH_DOCUMENT_ID,
-    BENCH_SENDER,
     PASSTHROUGH_READY_TEXT,
-    PROGRESS_EVERY_S,
-    PUBLISH_WINDOW,
     READY_TEXT,
     SIZES,
-    STALL_TIMEOUT_S,
     TARGET_DOCS_PER_S,
     TARGET_P99_MS,
     TARGET_PASSTHROUGH_RATIO,
@@ -49,11 +43,20 @@ from exchange.benchmark.processes import (
     child_env,
     memory_kb,
     passthrough_command,
-    percentile,
     rss_trend,
     start_children,
     stop_children,
     worker_command,
+)
+from exchange.benchmark.traffic import (
+    Observer,
+    Publishers,
+    Tracker,
+    latency_figures,
+    publish_messages,
+    run_phase,
+    wait_done,
+    watch_publishing,
 )
 from exchange.benchmark.workload import (
     Planned,
@@ -64,7 +67,6 @@ from exchange.benchmark.workload import (
     verify_chunk,
     warm,
 )
-from exchange.broker import headers as header
 
 if TYPE_CHECKING:
     from exchange.demo import LocalExchange
@@ -129,302 +131,6 @@ class MemorySampler:
             "rss_trend_mb": rss_trend(samples, warm_after),
             "rss_samples": [[round(s.seconds, 1), round(s.mb, 1)] for s in samples],
         }
-
-
-@dataclass
-class Tracker:
-    """Publish, delivery and receipt times of every message of a phase, by its key."""
-
-    expected: int
-    published: dict[tuple[str, str], float] = field(default_factory=dict)
-    delivered: dict[tuple[str, str], float] = field(default_factory=dict)
-    receipted: dict[tuple[str, str], float] = field(default_factory=dict)
-    done: dict[tuple[str, str], float] = field(default_factory=dict)
-    not_delivered: list[str] = field(default_factory=list)  # receipts of another outcome
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def _check(self, key: tuple[str, str], at: float) -> None:
-        if key in self.delivered and key in self.receipted and key not in self.done:
-            self.done[key] = at
-            if len(self.done) >= self.expected:
-                self.complete.set()
-
-    def on_inbox(self, key: tuple[str, str], at: float) -> None:
-        """A delivery reached the recipient's inbox."""
-        self.delivered.setdefault(key, at)
-        self._check(key, at)
-
-    def on_receipt(self, key: tuple[str, str], at: float, outcome: str) -> None:
-        """A receipt reached the sender's status queue."""
-        if outcome != "delivered":
-            self.not_delivered.append(f"{key[0]} to {key[1]}: {outcome}")
-            return
-        self.receipted.setdefault(key, at)
-        self._check(key, at)
-
-    def latencies_ms(self) -> list[float]:
-        """Publish to done, per finished message, in milliseconds."""
-        return [
-            (at - self.published[key]) * 1000
-            for key, at in self.done.items()
-            if key in self.published
-        ]
-
-
-def latency_figures(tracker: Tracker, offered: float, wall: float) -> dict[str, Any]:
-    """Percentiles of a run at ``offered`` docs/s that took ``wall`` seconds."""
-    latencies = tracker.latencies_ms()
-    return {
-        "p50": round(percentile(latencies, 0.50), 1),
-        "p95": round(percentile(latencies, 0.95), 1),
-        "p99": round(percentile(latencies, 0.99), 1),
-        "max": round(max(latencies), 1),
-        "offered_docs_per_s": round(offered, 1),
-        "achieved_docs_per_s": round(len(latencies) / wall, 1),
-        "messages": len(latencies),
-    }
-
-
-class Observer:
-    """Fast consumers of every inbox and status queue, feeding the current :class:`Tracker`."""
-
-    def __init__(self, amqp_url: str, codes: Sequence[str]) -> None:
-        """Consume the queues of ``codes`` as the vhost's operator (no acks)."""
-        self.amqp_url = amqp_url
-        self.codes = list(codes)
-        self.tracker: Tracker | None = None
-        self._connection: Any = None
-
-    async def start(self) -> None:
-        """Open the connection and start consuming."""
-        import aio_pika
-
-        from exchange.broker.topology import INBOX_QUEUE_PREFIX, STATUS_QUEUE_PREFIX
-
-        self._connection = await aio_pika.connect(self.amqp_url)
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=2000)
-        for code in self.codes:
-            inbox = await channel.get_queue(INBOX_QUEUE_PREFIX + code, ensure=True)
-            await inbox.consume(self._on_inbox, no_ack=True)
-            status = await channel.get_queue(STATUS_QUEUE_PREFIX + code, ensure=True)
-            await status.consume(self._on_status, no_ack=True)
-
-    async def close(self) -> None:
-        """Stop consuming."""
-        if self._connection is not None:
-            await self._connection.close()
-
-    async def queue_depth(self, name: str) -> int:
-        """Messages waiting in the queue ``name`` now (a passive declare)."""
-        channel = await self._connection.channel()
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-            return int(queue.declaration_result.message_count or 0)
-        finally:
-            await channel.close()
-
-    @staticmethod
-    def _key(message: Any) -> tuple[str, str]:
-        return (
-            header.text(message.headers, header.DOCUMENT_ID) or "",
-            header.text(message.headers, header.RECIPIENT) or "",
-        )
-
-    async def _on_inbox(self, message: Any) -> None:
-        if self.tracker is not None:
-            self.tracker.on_inbox(self._key(message), time.perf_counter())
-
-    async def _on_status(self, message: Any) -> None:
-        if self.tracker is None or header.text(message.headers, header.KIND) != "receipt":
-            return  # a forwarded status package, not a receipt
-        try:
-            outcome = str(json.loads(message.body).get("outcome"))
-        except ValueError:
-            return
-        self.tracker.on_receipt(self._key(message), time.perf_counter(), outcome)
-
-
-class Publishers:
-    """One confirming publisher per sending agency, logged in as its own broker user."""
-
-    def __init__(self, urls: dict[str, str], users: dict[str, str]) -> None:
-        """Publishers for agencies ``code -> AMQP URL`` with ``code -> broker user``."""
-        self.urls = urls
-        self.users = users
-        self._connections: list[Any] = []
-        self._publishers: dict[str, Any] = {}
-
-    async def start(self) -> None:
-        """Connect every agency."""
-        from exchange.broker.connection import ConfirmingPublisher, connect
-
-        for code, url in self.urls.items():
-            connection = await connect(url, name=f"lienthong-bench-{code}")
-            self._connections.append(connection)
-            self._publishers[code] = await ConfirmingPublisher.open(connection)
-
-    async def close(self) -> None:
-        """Disconnect."""
-        for connection in self._connections:
-            with contextlib.suppress(Exception):
-                await connection.close()
-
-    async def publish(self, message: Planned, tracker: Tracker) -> None:
-        """Submit one message as its sender does, recording when it was published."""
-        from exchange.broker.topology import SUBMIT_EXCHANGE
-
-        tracker.published[message.key] = time.perf_counter()
-        await self._publishers[message.sender].publish(
-            SUBMIT_EXCHANGE,
-            message.recipient,
-            message.body,
-            message_id=str(uuid.uuid4()),
-            user_id=self.users[message.sender],
-            headers={
-                header.PUBLISHED_AT: datetime.now(UTC).isoformat(),
-                BENCH_DOCUMENT_ID: message.document_id,
-                BENCH_SENDER: message.sender,
-            },
-        )
-
-
-async def publish_messages(
-    messages: Sequence[Planned],
-    publishers: Publishers,
-    tracker: Tracker,
-    *,
-    rate: float | None = None,
-) -> None:
-    """Publish ``messages`` as fast as the broker confirms them, or at ``rate`` per second.
-
-    At most :data:`PUBLISH_WINDOW` await their confirm at once; returns once
-    every one is confirmed, or raises on the first that fails.
-    """
-    window = asyncio.Semaphore(PUBLISH_WINDOW)
-    failures: list[BaseException] = []
-    pending: set[asyncio.Task[None]] = set()
-
-    async def one(message: Planned) -> None:
-        try:
-            await publishers.publish(message, tracker)
-        except BaseException as error:  # raised below, the run fails
-            failures.append(error)
-        finally:
-            window.release()
-
-    started = time.perf_counter()
-    try:
-        for index, message in enumerate(messages):
-            if rate is not None:
-                delay = started + index / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await window.acquire()
-            if failures:
-                break
-            task = asyncio.create_task(one(message))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.wait(set(pending))
-    finally:
-        for task in pending:
-            task.cancel()
-    if failures:
-        raise RuntimeError(f"a publish failed: {failures[0]!r}")
-
-
-async def watch_publishing(
-    name: str, publishing: asyncio.Task[None], tracker: Tracker, progress: Callable[[str], None]
-) -> None:
-    """Wait for ``publishing`` with nothing consuming, reporting progress; fail if it stalls.
-
-    A message is only published once an earlier one was confirmed, so
-    publishes that stop growing mean confirms that stopped coming.
-    """
-    last, last_change = 0, time.monotonic()
-    next_line = time.monotonic() + PROGRESS_EVERY_S
-    while not publishing.done():
-        await asyncio.wait({publishing}, timeout=0.25)
-        if len(tracker.published) != last:
-            last, last_change = len(tracker.published), time.monotonic()
-        elif time.monotonic() - last_change > STALL_TIMEOUT_S:
-            publishing.cancel()
-            raise RuntimeError(f"{name}: publishing stalled at {last} of {tracker.expected}")
-        if time.monotonic() >= next_line:
-            next_line += PROGRESS_EVERY_S
-            progress(f"{name}: {last} of {tracker.expected} published")
-    await publishing
-
-
-async def wait_done(
-    name: str,
-    tracker: Tracker,
-    progress: Callable[[str], None],
-    started: float,
-    publishing: asyncio.Task[None] | None = None,
-) -> float:
-    """Wait until every message of ``tracker`` is done; the seconds from ``started`` to the last.
-
-    Fails when ``publishing`` fails, when a message is not delivered, or when
-    no message is done for :data:`STALL_TIMEOUT_S`.
-    """
-    last_done, last_change = 0, time.monotonic()
-    next_line = time.monotonic() + PROGRESS_EVERY_S
-    while not tracker.complete.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tracker.complete.wait(), 0.25)
-        if publishing is not None and publishing.done() and publishing.exception() is not None:
-            raise RuntimeError(f"{name}: {publishing.exception()}")
-        if tracker.not_delivered:
-            raise RuntimeError(f"{name}: not delivered: {tracker.not_delivered[:3]}")
-        if len(tracker.done) != last_done:
-            last_done, last_change = len(tracker.done), time.monotonic()
-        elif time.monotonic() - last_change > STALL_TIMEOUT_S:
-            if publishing is not None:
-                publishing.cancel()
-            raise RuntimeError(
-                f"{name}: stalled at {last_done} of {tracker.expected} messages "
-                f"({len(tracker.delivered)} delivered, {len(tracker.receipted)} receipts)"
-            )
-        if time.monotonic() >= next_line:
-            next_line += PROGRESS_EVERY_S
-            elapsed = time.perf_counter() - started
-            progress(
-                f"{name}: {len(tracker.published)} published, {len(tracker.done)} of "
-                f"{tracker.expected} done ({len(tracker.done) / elapsed:.0f} docs/s so far)"
-            )
-    if publishing is not None:
-        await publishing
-    return max(tracker.done.values()) - started
-
-
-async def run_phase(
-    name: str,
-    messages: list[Planned],
-    publishers: Publishers,
-    observer: Observer,
-    progress: Callable[[str], None],
-    *,
-    rate: float | None = None,
-    tracker: Tracker | None = None,
-) -> tuple[Tracker, float]:
-    """Publish ``messages`` (as fast as confirmed, or at ``rate`` per second) and wait for all.
-
-    Returns the tracker (``tracker`` if given, e.g. to a
-    :class:`MemorySampler`) and the seconds from the first publish to the
-    last message done.
-    """
-    tracker = tracker or Tracker(len(messages))
-    observer.tracker = tracker
-    started = time.perf_counter()
-    publishing = asyncio.create_task(publish_messages(messages, publishers, tracker, rate=rate))
-    try:
-        wall = await wait_done(name, tracker, progress, started, publishing)
-    finally:
-        observer.tracker = None
-    return tracker, wall
 
 
 async def run_backlog(
@@ -537,6 +243,69 @@ async def _sign_all(
     return list(results), elapsed
 
 
+# The burst the bench gives every agency (agencies.burst is an integer).
+UNLIMITED_BURST = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class FairnessPlan:
+    """The fairness phase's signed messages: the other agency alone, then two floods."""
+
+    alone: list[Planned]
+    runs: list[tuple[list[Planned], list[Planned]]]
+
+
+async def _plan_fairness(
+    config: BenchConfig,
+    agencies: list[Any],
+    token: str,
+    attachment: int,
+    fan_out: int,
+    progress: Callable[[str], None],
+) -> FairnessPlan:
+    """Agency 0 floods, agency 1 sends a few; to the other agencies, every message distinct."""
+    flooder, other, *recipients = agencies
+    fan_out = max(1, min(fan_out, len(recipients)))
+    jobs: list[SignJob] = []
+    number = 0
+
+    def job(sender: Any, notation: str, count: int) -> None:
+        nonlocal number
+        number += 1
+        to = tuple(party(recipients[(number + k) % len(recipients)]) for k in range(count))
+        jobs.append(
+            SignJob(
+                number,
+                f"{notation}-{token}",
+                party(sender),
+                to,
+                attachment,
+                sender.credential.key_pem,
+                tuple(sender.credential.cert_chain_pem),
+            )
+        )
+
+    flood_documents = -(-config.flood // fan_out)
+    for _ in range(2 * flood_documents):
+        job(flooder, "FLOOD", fan_out)
+    for _ in range(3 * config.flood_others):
+        job(other, "FAIR", 1)
+    progress(f"fairness: signing {len(jobs)} packages")
+    signed, _ = await _sign_all(jobs, progress)
+    messages = [
+        [Planned(j.sender[0], recipient, document_id, body) for recipient, _ in j.recipients]
+        for j, (document_id, body) in zip(jobs, signed, strict=True)
+    ]
+    floods = [m for group in messages[: 2 * flood_documents] for m in group]
+    fair = [m for group in messages[2 * flood_documents :] for m in group]
+    first, second = floods[: len(floods) // 2], floods[len(floods) // 2 :]
+    n = config.flood_others
+    return FairnessPlan(
+        alone=fair[:n],
+        runs=[(first[: config.flood], fair[n : 2 * n]), (second[: config.flood], fair[2 * n :])],
+    )
+
+
 @dataclass(frozen=True)
 class GatewayPlan:
     """The gateway phase's agencies, broker user and signed packages."""
@@ -621,9 +390,11 @@ async def run_bench(
 
     ``base`` names the servers: the run makes its vhost and database on them.
     """
+    from exchange.agency import AgencyCode
     from exchange.broker.admin import BrokerAdmin
     from exchange.demo import LocalExchange
     from exchange.pki import KeyType
+    from exchange.registry import set_agency_rate
     from exchange.settings import url_user
     from exchange.store.db import create_database
 
@@ -664,6 +435,12 @@ async def run_bench(
             user = f"b{token}-{code}"
             users.append(user)
             await local.register(code, f"Cơ quan {code}", broker_user=user, key_type=key_type)
+        # The bench measures the pipeline, not the agencies' rates: each
+        # agency may publish as fast as it can (the token is still taken).
+        for code in codes:
+            await set_agency_rate(
+                local.settings, AgencyCode.parse(code), rate_per_s=1e6, burst=UNLIMITED_BURST
+            )
         progress(
             f"registered {len(codes)} agencies on levels "
             f"{sorted({local.agencies[c].code.level for c in local.agencies})}"
@@ -736,7 +513,14 @@ async def run_bench(
         backlog_set = planned[sustained_count + latency_count :]
         # The limits are measured on --messages of them (all but in a --duration run).
         limits_set = sustained_set[: config.messages]
-        result["package_bytes"] = round(statistics.mean(len(p.body) for p in planned))
+        result["package_bytes"] = (
+            round(statistics.mean(len(p.body) for p in planned)) if planned else len(probe)
+        )
+        fairness_plan = None
+        if "fairness" in phases:
+            fairness_plan = await _plan_fairness(
+                config, agencies, token, attachment, fan_out, progress
+            )
         gateway_plan = None
         if "gateway" in phases:
             gateway_plan = await _prepare_gateway(
@@ -853,6 +637,25 @@ async def run_bench(
             figures["rss_mb_at_end"] = round(memory.get("VmRSS", 0) / 1024, 1)
         await stop_children(children)
         children = []
+
+        if fairness_plan is not None:
+            from exchange.benchmark.fairness import run_fairness
+
+            async def start_fair_workers(more: dict[str, str]) -> list[Child]:
+                return await start_children(
+                    workers, child_env(settings, **extra, **more), log_dir, READY_TEXT
+                )
+
+            result["fairness"] = await run_fairness(
+                fairness_plan.alone,
+                fairness_plan.runs,
+                publishers,
+                observer,
+                start_fair_workers,
+                config.fair_rate,
+                settings.fair_share,
+                progress,
+            )
 
         if "backlog" in phases:
             result["backlog"] = await run_backlog(
@@ -982,6 +785,8 @@ def table(result: dict[str, Any]) -> str:
         runs.append(f"{c['latency_messages']} at fixed load")
     if "gateway" in phases:
         runs.append(f"{c['gateway_messages']} + {c['gateway_round_trips']} through the gateway")
+    if "fairness" in phases:
+        runs.append(f"a flood of {c['flood']} beside {c['flood_others']}")
     if "backlog" in phases:
         runs.append(f"a backlog of {c['backlog']}")
     lines = [
@@ -1053,6 +858,10 @@ def table(result: dict[str, Any]) -> str:
             "workers over the drain:",
             *_worker_lines(b["workers"]),
         ]
+    if "fairness" in result:
+        from exchange.benchmark.fairness import fairness_lines
+
+        lines += [*([""] if lines[-1] else []), *fairness_lines(result["fairness"])]
     lines.append("")
     for name, t in result.get("targets", {}).items():
         verdict = "met" if t["met"] else "NOT met"

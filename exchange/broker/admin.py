@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from exchange.agency import AgencyCode
-from exchange.broker.topology import Permissions, agency_permissions, gateway_permissions
+from exchange.broker.topology import (
+    Permissions,
+    Policy,
+    TopicPermission,
+    agency_permissions,
+    agency_topic_permission,
+    gateway_permissions,
+)
 from exchange.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -340,6 +347,77 @@ class BrokerAdmin:
         """
         await self.create_user(name, password)
         await self.set_permissions(vhost, name, gateway_permissions())
+
+    # -- limits: user limits, topic permissions, policies ---------------------------
+
+    async def set_user_limit(self, user: str, limit: str, value: int) -> None:
+        """Set one limit of ``user`` (``max-connections`` or ``max-channels``, RabbitMQ >= 3.10)."""
+        await self.request("PUT", f"/user-limits/{_quote(user)}/{_quote(limit)}", {"value": value})
+
+    async def user_limits(self, user: str) -> dict[str, int]:
+        """The limits set on ``user`` (empty when none)."""
+        answer = await self.request("GET", f"/user-limits/{_quote(user)}")
+        for item in answer or []:
+            if item.get("user") == user:
+                return {str(k): int(v) for k, v in item.get("value", {}).items()}
+        return {}
+
+    async def set_topic_permission(
+        self, vhost: str, user: str, permission: TopicPermission
+    ) -> None:
+        """Give ``user`` the topic permission ``permission`` in ``vhost`` (for its exchange)."""
+        await self.request(
+            "PUT",
+            f"/topic-permissions/{_quote(vhost)}/{_quote(user)}",
+            {
+                "exchange": permission.exchange,
+                "write": permission.write,
+                "read": permission.read,
+            },
+        )
+
+    async def topic_permissions(self, vhost: str, user: str) -> list[TopicPermission]:
+        """The topic permissions of ``user`` in ``vhost``."""
+        try:
+            answer = await self.request("GET", f"/topic-permissions/{_quote(vhost)}/{_quote(user)}")
+        except BrokerAdminError as error:
+            if error.status == 404:
+                return []
+            raise
+        return [TopicPermission(a["exchange"], a["write"], a["read"]) for a in answer]
+
+    async def limit_agency_user(
+        self, vhost: str, user: str, *, max_connections: int, max_channels: int
+    ) -> None:
+        """Bound an agency's broker user: connections, channels, routing keys on submit.
+
+        The limits are per user, over every connection it holds; the topic
+        permission (:func:`~exchange.broker.topology.agency_topic_permission`)
+        lets it publish only agency codes as routing keys.
+        """
+        await self.set_user_limit(user, "max-connections", max_connections)
+        await self.set_user_limit(user, "max-channels", max_channels)
+        await self.set_topic_permission(vhost, user, agency_topic_permission())
+        log.info(
+            "broker user %s limited to %d connections, %d channels, agency codes as keys",
+            user,
+            max_connections,
+            max_channels,
+        )
+
+    async def set_policy(self, vhost: str, policy: Policy) -> None:
+        """Create or change ``policy`` in ``vhost`` (it applies at once to matching queues)."""
+        await self.request(
+            "PUT",
+            f"/policies/{_quote(vhost)}/{_quote(policy.name)}",
+            {
+                "pattern": policy.pattern,
+                "definition": policy.definition,
+                "priority": policy.priority,
+                "apply-to": policy.apply_to,
+            },
+        )
+        log.info("policy %s in vhost %s set: %s", policy.name, vhost, policy.definition)
 
     # -- topology and statistics ----------------------------------------------------
 

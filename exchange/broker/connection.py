@@ -364,6 +364,16 @@ class PublishNackedError(PublishError):
     """
 
 
+class QueueFullError(PublishNackedError):
+    """A publish to an agency's inbox or status queue was nacked: the queue is full.
+
+    The agency queues are bounded with overflow ``reject-publish``
+    (:func:`exchange.broker.topology.queue_policies`), so on one node a nack
+    there means the agency has not read its queue; on a cluster it may also
+    be a queue that lost its majority. Either way: the message waits.
+    """
+
+
 class UnroutableError(PublishError):
     """A mandatory message matched no queue and the broker returned it."""
 
@@ -529,6 +539,7 @@ __all__ = [
     "PublishError",
     "PublishNackedError",
     "PublishRefusedError",
+    "QueueFullError",
     "TopologyMismatchError",
     "UnroutableError",
     "connect",

@@ -95,17 +95,18 @@ class Origin:
             published_at=published_at,
         )
 
-    def headers(self, *, attempts: int, failure: str) -> dict[str, Any]:
-        """Headers that carry this origin through a retry queue or the parked queue.
+    def headers(self, *, attempts: int, failure: str | None) -> dict[str, Any]:
+        """Headers that carry this origin through a retry queue, the parked or the bulk queue.
 
         ``failure`` is the code of the failure that sends it there
-        (:class:`exchange.failures.Failure`).
+        (:class:`exchange.failures.Failure`); ``None`` for the bulk queue.
         """
         headers: dict[str, Any] = {
             header.RECIPIENT: self.routing_key,
             header.ATTEMPTS: attempts,
-            header.FAILURE: failure,
         }
+        if failure is not None:
+            headers[header.FAILURE] = failure
         if self.broker_user:
             headers[header.ORIGINAL_USER] = self.broker_user
         if self.replay:

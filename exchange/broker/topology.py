@@ -39,6 +39,11 @@ PREFIX = "lienthong"
 SUBMIT_EXCHANGE = f"{PREFIX}.submit"
 # Every submitted message, whatever its recipient, waits here for a worker.
 WORK_QUEUE = f"{PREFIX}.work"
+# Messages of a sender that already has its fair share of a worker's work in
+# hand wait here instead (the worker moves them: exchange/worker.py); the
+# workers read both queues, so a flood from one agency is not in front of
+# another agency's documents (docs/performance.md, "Fairness").
+BULK_QUEUE = f"{PREFIX}.work.bulk"
 # Binding key of the work queue: every routing key (every recipient).
 WORK_BINDING_KEY = "#"
 # The worker publishes accepted packages here, key = recipient's code.
@@ -286,6 +291,18 @@ def work_queue() -> Queue:
     )
 
 
+def bulk_queue() -> Queue:
+    """The quorum queue holding the excess of a flooding sender, read by the workers too."""
+    return Queue(
+        BULK_QUEUE,
+        QueueType.QUORUM,
+        delivery_limit=WORK_DELIVERY_LIMIT,
+        dead_letter_exchange=PARKING_EXCHANGE,
+        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
+        overflow=Overflow.REJECT_PUBLISH,
+    )
+
+
 def retry_queue(tier: RetryTier) -> Queue:
     """The queue where a message waits ``tier.ttl_ms`` before going back to work."""
     return Queue(
@@ -316,6 +333,7 @@ def core_topology() -> Topology:
         ),
         queues=(
             work_queue(),
+            bulk_queue(),
             *(retry_queue(tier) for tier in RETRY_TIERS),
             Queue(PARKED_QUEUE, QueueType.QUORUM),
         ),
@@ -402,6 +420,52 @@ def agency_topology(code: AgencyCode, subscriptions: Sequence[str] = ()) -> Topo
     )
 
 
+# -- bounds on an agency's queues: policies ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A RabbitMQ policy: a definition applied to every queue whose name matches ``pattern``.
+
+    Bounds are policies, not queue arguments: a queue's arguments cannot
+    change once it exists (RabbitMQ refuses the declaration,
+    PRECONDITION_FAILED), a policy can be changed at any time and applies
+    to queues old and new.
+    """
+
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int = 0
+    apply_to: str = "queues"
+
+
+# A policy name is global to a vhost; the prefix marks lienthong's own.
+INBOX_POLICY = f"{PREFIX}-inbox-bounds"
+STATUS_POLICY = f"{PREFIX}-status-bounds"
+
+
+def queue_policies(inbox_max_bytes: int, status_max_bytes: int) -> tuple[Policy, ...]:
+    """The bounds of every agency's inbox and status queue (``LIENTHONG_*_MAX_BYTES``).
+
+    A full queue refuses a new message (``reject-publish``: the worker's
+    publish is nacked) rather than dropping the oldest: nothing an agency
+    has not read is ever thrown away by the broker.
+    """
+    return (
+        Policy(
+            INBOX_POLICY,
+            f"^{re.escape(INBOX_QUEUE_PREFIX)}",
+            {"max-length-bytes": inbox_max_bytes, "overflow": Overflow.REJECT_PUBLISH.value},
+        ),
+        Policy(
+            STATUS_POLICY,
+            f"^{re.escape(STATUS_QUEUE_PREFIX)}",
+            {"max-length-bytes": status_max_bytes, "overflow": Overflow.REJECT_PUBLISH.value},
+        ),
+    )
+
+
 # -- permissions of an agency's broker user -------------------------------------
 
 
@@ -430,6 +494,32 @@ def agency_permissions(code: AgencyCode) -> Permissions:
         write=f"^{re.escape(SUBMIT_EXCHANGE)}$",
         read=f"^{re.escape(PREFIX)}\\.(inbox|status)\\.{re.escape(str(code))}$",
     )
+
+
+# The routing keys an agency may publish to the submit exchange with: agency
+# codes, DDD.DD.DD.LNN (a topic permission, checked by the broker on every
+# publish). Written without {n} repeats: RabbitMQ expands {name} variables in
+# topic permissions.
+AGENCY_ROUTING_KEY = "^[0-9][0-9][0-9]\\.[0-9][0-9]\\.[0-9][0-9]\\.[A-Z][0-9][0-9]$"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPermission:
+    """A RabbitMQ topic permission: the routing keys a user may write to ``exchange``."""
+
+    exchange: str
+    write: str
+    read: str
+
+
+def agency_topic_permission() -> TopicPermission:
+    """What an agency may publish to ``lienthong.submit``: agency codes as routing keys only.
+
+    Anything else (``#``, a pattern, a word of junk) is refused by the
+    broker (ACCESS_REFUSED closes the publisher's channel) before it costs
+    the exchange a record.
+    """
+    return TopicPermission(SUBMIT_EXCHANGE, write=AGENCY_ROUTING_KEY, read=NOTHING)
 
 
 # The broker user `lienthong gateway-user` creates for the gateways.

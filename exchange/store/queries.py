@@ -453,7 +453,8 @@ async def set_outcome(
     the others (the database checks it). ``kind``, ``sender``,
     ``document_pk``, ``document_id`` and ``attempts`` are updated when given. A changed
     outcome (a parked message replayed and now delivered) has new side
-    effects to publish, so it clears the outbox flag.
+    effects to publish, so it clears the outbox flag; so does deciding again a
+    message refused for its sender's rate (``REJECTED_QUOTA``: sent again).
     """
     # One round trip: the update returns the state as _MESSAGE_SELECT reads it.
     row = await conn.fetchrow(
@@ -468,7 +469,11 @@ async def set_outcome(
             document_pk = coalesce($7, document_pk),
             attempts = coalesce($8, attempts),
             document_id = coalesce($9, document_id),
-            published_at = CASE WHEN outcome IS DISTINCT FROM $2 THEN NULL ELSE published_at END,
+            -- A message refused for its sender's rate and decided again
+            -- (sent again) owes a new receipt, whatever the new outcome.
+            published_at = CASE WHEN outcome IS DISTINCT FROM $2
+                                  OR reason_code = 'REJECTED_QUOTA'
+                                THEN NULL ELSE published_at END,
             updated_at = now()
         WHERE message_pk = $1
         RETURNING message_pk, kind, sender, outcome, reason_code, reason_detail,
@@ -1555,3 +1560,67 @@ async def release_replay_lock(conn: Connection) -> None:
 async def ping(conn: Connection) -> None:
     """One round trip: raises if the database does not answer."""
     await conn.fetchval("SELECT 1")
+
+
+# -- rates per agency: the token bucket (migration 0016) -------------------------
+
+# One statement per message: refill the agency's bucket for the time since
+# its last refill (up to its burst), then take a token if there is one. The
+# row lock of the upsert serialises the workers on one agency's bucket; other
+# agencies' rows are not touched. Returns a row when the token was taken.
+_TAKE_FROM_BUCKET = """
+WITH limits AS (
+    SELECT code, coalesce(rate_per_s, $2::float8) AS rate, coalesce(burst, $3::int) AS burst
+    FROM agencies WHERE code = $1
+)
+INSERT INTO quota_buckets AS b (agency, tokens, refilled_at)
+SELECT code, burst - 1, clock_timestamp() FROM limits
+ON CONFLICT (agency) DO UPDATE SET
+    tokens = least(
+        (SELECT burst FROM limits),
+        b.tokens + (SELECT rate FROM limits)
+            * extract(epoch FROM clock_timestamp() - b.refilled_at)::float8
+    ) - 1,
+    refilled_at = clock_timestamp()
+WHERE least(
+    (SELECT burst FROM limits),
+    b.tokens + (SELECT rate FROM limits)
+        * extract(epoch FROM clock_timestamp() - b.refilled_at)::float8
+) >= 1
+RETURNING tokens
+"""
+
+
+async def take_token(
+    conn: Connection, code: AgencyCode | str, *, default_rate: float, default_burst: int
+) -> bool:
+    """Take one token from ``code``'s bucket; ``False`` when it is empty (over its rate).
+
+    The agency's own rate and burst (``agencies.rate_per_s``, ``burst``) or
+    the defaults. Only for a registered agency (an unknown code finds no
+    token: ``False``).
+    """
+    row = await conn.fetchrow(_TAKE_FROM_BUCKET, str(code), default_rate, default_burst)
+    return row is not None
+
+
+async def set_agency_rate(
+    conn: Connection, code: AgencyCode | str, *, rate_per_s: float | None, burst: int | None
+) -> None:
+    """Set (``None``: back to the defaults) the rate and burst of one agency."""
+    done = await conn.execute(
+        "UPDATE agencies SET rate_per_s = $2, burst = $3 WHERE code = $1",
+        str(code),
+        rate_per_s,
+        burst,
+    )
+    if done == "UPDATE 0":
+        raise AgencyNotFoundError(f"agency {code} is not registered")
+
+
+async def agency_rate(conn: Connection, code: AgencyCode | str) -> tuple[float | None, int | None]:
+    """The rate and burst set for one agency (``None``: the default)."""
+    row = await conn.fetchrow("SELECT rate_per_s, burst FROM agencies WHERE code = $1", str(code))
+    if row is None:
+        raise AgencyNotFoundError(f"agency {code} is not registered")
+    return row["rate_per_s"], row["burst"]

@@ -63,9 +63,11 @@ class Instrumented:
         original_handle = Worker.handle_delivery
         original_mark = Worker._set_outbox_flag
 
-        async def handle(worker: Worker, message: AbstractIncomingMessage) -> None:
+        async def handle(
+            worker: Worker, message: AbstractIncomingMessage, *, movable: bool = False
+        ) -> None:
             try:
-                await original_handle(worker, message)
+                await original_handle(worker, message, movable=movable)
             finally:
                 self.handled += 1
 

@@ -232,7 +232,7 @@ def test_init_migrates_a_fresh_database_and_declares_the_topology(
     done = installed.lienthong(
         "init", "--database-url", empty_database_url, "--amqp-url", vhost.amqp_url
     )
-    assert "database migrated and core topology declared" in done.stdout
+    assert "database migrated, core topology declared" in done.stdout
 
     async def applied() -> list[str]:
         connection = await asyncpg.connect(empty_database_url)
