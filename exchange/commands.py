@@ -176,11 +176,12 @@ def address_of(url: str) -> str:
     """Where ``url`` points, for a message: scheme, user, host, port and path, never a password."""
     try:
         parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "(an unreadable URL)"
+    # Every host as written: a cluster's URL lists several (host1:port,host2:port).
+    hosts = parts.netloc.rpartition("@")[2]
     user = f"{unquote(parts.username)}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+    return f"{parts.scheme}://{user}{hosts}{parts.path}"
 
 
 def _user_of(url: str) -> str:

@@ -104,8 +104,9 @@ def vhost_of(amqp_url: str) -> str:
 def url_for_user(amqp_url: str, user: str, password: str) -> str:
     """``amqp_url`` with another user and password (same host and vhost)."""
     parts = urlsplit(amqp_url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{parts.port or 5672}"
+    # Every host as written: a cluster's URL lists its nodes (host1:port,host2:port).
+    hosts = parts.netloc.rpartition("@")[2] or "127.0.0.1:5672"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{hosts}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -6,9 +6,9 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -99,6 +99,11 @@ class Settings(ParserLimits):
         """Options, environment, secret files, ``.env``, in that order of precedence."""
         return (init_settings, env_settings, SecretFiles(settings_cls), dotenv_settings)
 
+    # One broker, or the nodes of a RabbitMQ cluster as a list of hosts:
+    # amqps://user:password@mq1:5671,mq2:5671,mq3:5671/vhost?cafile=... (the
+    # user, vhost and query are the same for every node; see amqp_addresses).
+    # Each process connects to a node that answers and moves to the next one
+    # when its node goes; list every node, so that any one can be away.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # RabbitMQ's management HTTP API (plugin rabbitmq_management), used to
     # create agency users and their permissions, and by the audit.
@@ -207,6 +212,13 @@ class Settings(ParserLimits):
             }
         )
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _every_broker_address_readable(cls, url: str) -> str:
+        """A list of hosts with an empty host or a port that is not a number is refused."""
+        amqp_addresses(url)
+        return url
+
     @model_validator(mode="after")
     def _refuse_clear_text_off_the_host(self) -> Self:
         """Refuse credentials or documents sent in clear to another host (see docs/security.md)."""
@@ -224,6 +236,47 @@ SUPERUSER_ROLES = frozenset({"postgres"})
 def url_user(url: str) -> str:
     """The user an AMQP or management API URL logs in as (RabbitMQ's ``guest`` when none)."""
     return unquote(urlsplit(url).username or "guest")
+
+
+def amqp_addresses(url: str) -> tuple[str, ...]:
+    """The one-node URLs of an AMQP URL that names one broker or the nodes of a cluster.
+
+    ``amqps://user:pw@mq1:5671,mq2,[fd00::3]:5671/vhost?cafile=ca.pem`` (the
+    multi-host form of libpq and MongoDB URLs) gives
+    ``amqps://user:pw@mq1:5671/vhost?cafile=ca.pem``,
+    ``amqps://user:pw@mq2/vhost?cafile=ca.pem`` and the third: the same user,
+    vhost and query on every node, as a RabbitMQ cluster shares its users,
+    vhosts and certificates' authority. A URL of one host gives itself.
+    Raises ``ValueError`` naming the fault for an empty host or a port that
+    is not a number from 1 to 65535.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        _check_port(url, hosts)
+        return (url,)
+    addresses = []
+    for host in hosts.split(","):
+        host = host.strip()
+        if not host or host.startswith(":"):
+            raise ValueError(
+                f"the list of broker hosts {hosts!r} has an empty host; write "
+                "host1:port,host2:port,... with no empty entry"
+            )
+        _check_port(url, host)
+        addresses.append(urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")))
+    return tuple(addresses)
+
+
+def _check_port(url: str, host: str) -> None:
+    """Refuse ``host:port`` whose port is not a TCP port, naming it (never the password)."""
+    try:
+        _port = urlsplit(f"{urlsplit(url).scheme}://{host}").port  # reading it checks it
+    except ValueError:
+        raise ValueError(
+            f"the broker address {host!r} has no valid port; write host or host:port "
+            "(a port from 1 to 65535), several separated by commas"
+        ) from None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -244,12 +297,14 @@ def transport_problem(settings: Settings) -> str | None:
     password (or client certificate); the management API must be HTTPS and
     not ``guest``. On loopback everything is allowed (development).
     """
-    amqp = urlsplit(settings.amqp_url)
-    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-        return (
-            f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
-            "documents in clear; use amqps:// off this host"
-        )
+    # Every node of a cluster: a client moves to any of them.
+    for address in amqp_addresses(settings.amqp_url):
+        amqp = urlsplit(address)
+        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+            return (
+                f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
+                "documents in clear; use amqps:// off this host"
+            )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
     # libpq also takes the host from ?host=; a socket path there is local.

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,9 +32,10 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from yarl import URL
 
 from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
-from exchange.settings import url_user
+from exchange.settings import amqp_addresses, url_user
 
 # Seconds between two attempts of a robust connection to reconnect: short
 # enough that a broker restart costs a few seconds of traffic, long enough not
@@ -68,17 +70,67 @@ def broker_user_of(amqp_url: str) -> str:
     return url_user(amqp_url)
 
 
+class ClusterConnection(aio_pika.RobustConnection):
+    """A robust connection to one node of a cluster that moves to the next when its node goes.
+
+    aio-pika's robust connection reconnects to the one URL it was given;
+    this one holds every node's URL and, each time its connection closes
+    or an attempt fails, points at the next node before aio-pika's own
+    reconnection loop tries again (every :data:`RECONNECT_INTERVAL_S`), so
+    a node that is down costs one interval and the channels, consumers and
+    declarations are restored on the node that answers. Any node serves
+    every queue of a RabbitMQ cluster (it forwards to the queue's leader).
+    """
+
+    def __init__(self, addresses: Sequence[str], first: int, **kwargs: Any) -> None:
+        """Connect to ``addresses[first]`` first; ``kwargs`` as aio-pika's robust connection."""
+        self._addresses = tuple(URL(address) for address in addresses)
+        self._current = first
+        super().__init__(self._addresses[first], **kwargs)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # Called by aio-pika when an established connection closes and when an
+        # attempt to connect fails: either way, the next attempt is elsewhere.
+        if not self._close_called:
+            self._current = (self._current + 1) % len(self._addresses)
+            self.url = self._addresses[self._current]
+        await super()._on_connection_close(closing)
+
+
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
     """Open a robust connection: it reconnects and restores channels by itself.
 
-    ``name`` is shown in the management UI's connection list, so an operator
-    can tell workers from CLI sessions.
+    ``url`` names one broker or the nodes of a cluster
+    (``amqps://user:pw@mq1:5671,mq2:5671,mq3:5671/vhost?...``, see
+    :func:`exchange.settings.amqp_addresses`): the first node tried is picked
+    at random, so that many processes spread over the nodes; the others are
+    tried in turn until one answers, and the connection moves on to the next
+    node when its own goes. A refused login is an answer, not an absence:
+    raised at once. ``name`` is shown in the management UI's connection
+    list, so an operator can tell workers from CLI sessions.
     """
-    return await aio_pika.connect_robust(
-        url,
-        reconnect_interval=RECONNECT_INTERVAL_S,
-        client_properties={"connection_name": name},
-    )
+    addresses = amqp_addresses(url)
+    first = secrets.randbelow(len(addresses))
+    failure: BaseException | None = None
+    for attempt in range(len(addresses)):
+        connection = ClusterConnection(
+            addresses,
+            (first + attempt) % len(addresses),
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            client_properties={"connection_name": name},
+        )
+        try:
+            await connection.connect()
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if is_refused_login(error):
+                raise
+            failure = error
+            continue
+        return connection
+    assert failure is not None  # one attempt per address, at least one address
+    raise failure
 
 
 # The client libraries' loggers that report a failed connection attempt
@@ -241,10 +293,18 @@ async def queue_counts(connection: AbstractConnection, name: str) -> tuple[int, 
 
 
 def broker_address(url: str) -> str:
-    """Where ``url`` points, for a log line: ``host:port vhost V``, never the password."""
-    parts = urlsplit(url)
-    vhost = unquote(parts.path[1:]) or "/"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5672} vhost {vhost}"
+    """Where ``url`` points, for a log line: ``host:port vhost V`` (every node of a
+    cluster, comma-separated), never the password."""
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    nodes = [urlsplit(address) for address in amqp_addresses(url)]
+    hosts = ",".join(f"{_bracketed(node.hostname)}:{node.port or 5672}" for node in nodes)
+    return f"{hosts} vhost {vhost}"
+
+
+def _bracketed(host: str | None) -> str:
+    """An IPv6 address in brackets (``[fd00::3]``), so its port reads apart from it."""
+    host = host or "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def is_broker_unreachable(error: BaseException) -> bool:
@@ -525,6 +585,7 @@ __all__ = [
     "CONFIRM_TIMEOUT_S",
     "DEFAULT_EXCHANGE",
     "XML_CONTENT_TYPE",
+    "ClusterConnection",
     "ConfirmingPublisher",
     "PublishError",
     "PublishNackedError",
