@@ -114,7 +114,7 @@ class RabbitCluster:
     # -- addresses ----------------------------------------------------------------
 
     def amqp_url(self, vhost: str = "/") -> str:
-        """``amqp://guest:guest@n1,n2,n3/vhost``: every node, as an operator's setting names them."""
+        """``amqp://guest:guest@n1,n2,n3/vhost``: every node, as an operator names them."""
         hosts = ",".join(node.address for node in self.nodes)
         return f"amqp://guest:guest@{hosts}/{quote(vhost, safe='')}"
 
@@ -188,10 +188,17 @@ class RabbitCluster:
 
     # -- commands -------------------------------------------------------------------
 
-    async def ctl(self, node: Node, *arguments: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
-        """``rabbitmqctl -n NODE ...``; its output, or :class:`ClusterError` if it fails."""
+    async def ctl(
+        self,
+        node: Node,
+        *arguments: str,
+        timeout: float = COMMAND_TIMEOUT_S,
+        tool: str = "rabbitmqctl",
+    ) -> str:
+        """``rabbitmqctl -n NODE ...`` (or another of RabbitMQ's ``tool``); its output, or
+        :class:`ClusterError` if it fails."""
         process = await asyncio.create_subprocess_exec(
-            str(RABBITMQ_BIN / "rabbitmqctl"),
+            str(RABBITMQ_BIN / tool),
             "-n",
             node.name,
             *arguments,
@@ -206,13 +213,12 @@ class RabbitCluster:
             process.kill()
             await process.wait()
             raise ClusterError(
-                f"rabbitmqctl -n {node.name} {' '.join(arguments)}: no answer in {timeout:.0f} s"
+                f"{tool} -n {node.name} {' '.join(arguments)}: no answer in {timeout:.0f} s"
             ) from None
         text = output.decode("utf-8", "replace")
         if process.returncode != 0:
             raise ClusterError(
-                f"rabbitmqctl -n {node.name} {' '.join(arguments)} failed "
-                f"({process.returncode}): {text}"
+                f"{tool} -n {node.name} {' '.join(arguments)} failed ({process.returncode}): {text}"
             )
         return text
 
@@ -327,6 +333,20 @@ class RabbitCluster:
                 pass
             if time.monotonic() > deadline:
                 raise ClusterError(f"not every node runs after {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
+    async def wait_safe_to_stop(self, node: Node, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until stopping ``node`` leaves every quorum queue a majority of its members
+        running (``rabbitmq-queues check_if_node_is_quorum_critical``), as a rolling
+        restart must before each node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.ctl(node, "check_if_node_is_quorum_critical", tool="rabbitmq-queues")
+                return
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aio_pika
 import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
+from exchange.broker.connection import connect
 from exchange.client import AgencyClient, InboxItem, Item, StatusItem
 from exchange.demo import LocalAgency, LocalExchange
 from exchange.settings import Settings
@@ -165,7 +165,7 @@ class ExchangeUnderTest:
 
     async def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (nobody consumes it while the test looks)."""
-        connection = await aio_pika.connect(self.settings.amqp_url)
+        connection = await connect(self.settings.amqp_url, name="lienthong-test")
         try:
             channel = await connection.channel()
             declared = await channel.declare_queue(queue, passive=True)
@@ -227,14 +227,21 @@ async def wait_for(
 
 @contextlib.asynccontextmanager
 async def isolated_exchange(
-    broker_admin: BrokerAdmin, database_url: str, keys_dir: Path, **overrides: Any
+    broker_admin: BrokerAdmin,
+    database_url: str,
+    keys_dir: Path,
+    *,
+    amqp_base_url: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ExchangeUnderTest]:
     """A prepared exchange in a vhost of its own, its CA in ``keys_dir``; no agencies yet.
 
     It runs on ``database_url`` (migrated; the caller drops it) with the
-    default settings but for ``overrides`` (``max_package_bytes=...``). On
-    leaving, the vhost and the broker users of the agencies registered
-    through it are deleted.
+    default settings but for ``overrides`` (``max_package_bytes=...``), on
+    the broker of ``amqp_base_url`` (default ``LIENTHONG_AMQP_URL``; a
+    cluster's URL names every node) whose management API is
+    ``broker_admin``. On leaving, the vhost and the broker users of the
+    agencies registered through it are deleted.
     """
     token = uuid.uuid4().hex[:8]
     vhost = f"{TEST_VHOST_PREFIX}exchange-{token}"
@@ -243,7 +250,11 @@ async def isolated_exchange(
     try:
         await broker_admin.set_permissions(vhost, broker_admin.user, FULL_ACCESS)
         settings = Settings().model_copy(
-            update={"amqp_url": amqp_url_for(vhost), "database_url": database_url, **overrides}
+            update={
+                "amqp_url": amqp_url_for(vhost, amqp_base_url),
+                "database_url": database_url,
+                **overrides,
+            }
         )
         local = LocalExchange(settings, keys_dir)
         under_test = ExchangeUnderTest(local, broker_admin, vhost, user_prefix=f"t{token}")

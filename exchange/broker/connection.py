@@ -37,6 +37,8 @@ from yarl import URL
 from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
 from exchange.settings import amqp_addresses, url_user
 
+log = logging.getLogger(__name__)
+
 # Seconds between two attempts of a robust connection to reconnect: short
 # enough that a broker restart costs a few seconds of traffic, long enough not
 # to flood the log of a broker that is down for longer.
@@ -91,9 +93,19 @@ class ClusterConnection(aio_pika.RobustConnection):
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         # Called by aio-pika when an established connection closes and when an
         # attempt to connect fails: either way, the next attempt is elsewhere.
-        if not self._close_called:
+        if not self._close_called and len(self._addresses) > 1:
+            gone = self._addresses[self._current]
             self._current = (self._current + 1) % len(self._addresses)
             self.url = self._addresses[self._current]
+            if self.connection_attempt:  # it was connected: not the first attempts
+                log.warning(
+                    "RabbitMQ node %s:%s is away; reconnecting to node %s:%s",
+                    gone.host,
+                    gone.port,
+                    self.url.host,
+                    self.url.port,
+                    extra={"service": "RabbitMQ"},
+                )
         await super()._on_connection_close(closing)
 
 
