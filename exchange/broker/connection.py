@@ -452,6 +452,11 @@ class PublishRefusedError(PublishError):
 # publisher opens a new one on the (reconnected) connection.
 REOPEN_GIVE_UP_S = 5.0
 
+# How long a channel the publisher gave up after a nack stays open, so that
+# the publishes still in flight on it get their confirm or nack (a nack for
+# a lost leader comes at once); those still waiting then fail and are retried.
+NACKED_CHANNEL_CLOSE_S = 5.0
+
 
 class ConfirmingPublisher:
     """Publish persistent messages and wait for the broker's confirms.
@@ -471,6 +476,9 @@ class ConfirmingPublisher:
         # aiormq matches a returned message to its publish by message_id, so two
         # in-flight publishes must never share one: the second waits.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        # A nack was received on the channel: the next publish opens another.
+        self._nacked = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, connection: AbstractConnection) -> ConfirmingPublisher:
@@ -485,6 +493,9 @@ class ConfirmingPublisher:
 
     async def close(self) -> None:
         """Close the channel (the connection stays open)."""
+        for closing in list(self._closing):
+            closing.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._channel.close()
 
     async def _exchange(self, name: str) -> AbstractExchange:
@@ -498,7 +509,11 @@ class ConfirmingPublisher:
 
     async def _ready(self) -> None:
         """Wait for a robust channel the broker closed (say after a refused
-        publish) to be reopened, instead of failing the next publish too."""
+        publish) to be reopened, instead of failing the next publish too; open
+        another after a nack."""
+        connection = self._connection
+        if self._nacked and connection is not None and is_connected(connection):
+            await self._renew(connection)
         if not isinstance(self._channel, AbstractRobustChannel):
             return
         # The robust channel learns of the close a moment after the failed
@@ -519,6 +534,32 @@ class ConfirmingPublisher:
             waited += REOPEN_POLL_S
         if isinstance(self._channel, AbstractRobustChannel):
             await self._channel.ready()
+
+    async def _renew(self, connection: AbstractConnection) -> None:
+        """Publish on a new channel from now on; close the nacked one a little later.
+
+        A RabbitMQ channel remembers, for each quorum queue it published to,
+        which node leads it. When that node fails, the queue elects another
+        leader within a second, but a channel of RabbitMQ 3.10 that already
+        published to the queue goes on sending to the lost leader, and every
+        publish on it is nacked until that node is back (measured on the
+        three-node cluster test, tests/integration/test_rabbitmq_cluster.py).
+        A new channel asks for the current leader. A nack for another reason
+        (a queue full with ``reject-publish``) loses nothing by it.
+        """
+        self._nacked = False
+        nacked = self._channel
+        self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchanges.clear()
+        closing = asyncio.ensure_future(self._close_later(nacked))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_later(channel: AbstractChannel) -> None:
+        await asyncio.sleep(NACKED_CHANNEL_CLOSE_S)
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     async def publish(
         self,
@@ -569,6 +610,7 @@ class ConfirmingPublisher:
                 exchange, routing_key, message_id, "no queue is bound for this routing key"
             ) from error
         except aiormq.exceptions.DeliveryError as error:
+            self._nacked = True
             raise PublishNackedError(
                 exchange, routing_key, message_id, "the broker nacked it (try again later)"
             ) from error

@@ -59,7 +59,7 @@ WORKERS = 3
 DOCUMENTS = 240
 # Each half is sent at a steady pace over about this long, so the load runs
 # before, during and after each disruption.
-FAILURE_PHASE_S = 30.0
+FAILURE_PHASE_S = 45.0
 ROLLING_PHASE_S = 60.0
 # The killed leader stays away this long: several reconnection attempts.
 NODE_AWAY_S = 10.0
@@ -218,6 +218,7 @@ async def test_a_three_node_cluster_loses_its_leader_and_restarts_each_node_losi
             await cluster.kill_node(leader)
             # Its absence is the scenario, not a wait for a result.
             await asyncio.sleep(NODE_AWAY_S)
+            restarting_at = time.time()
             await cluster.start_node(leader)
             await cluster.wait_all_running()
             back_at = time.time()
@@ -250,8 +251,10 @@ async def test_a_three_node_cluster_loses_its_leader_and_restarts_each_node_losi
     figures.audit = "lienthong audit clean"
     await check_parked_queue(exchange, decided)
 
+    # The two nodes left served on their own: a message offered after the kill
+    # was through before the killed node was started again.
     recovery = recovery_s(killed_at, samples)
-    assert recovery < RUN_TIMEOUT_S
+    assert killed_at + recovery < restarting_at, (recovery, restarting_at - killed_at)
     figures.notes = (
         f"leader {leader.name} killed for {NODE_AWAY_S:.0f} s (new leader {new_leader}), "
         f"then each node restarted; first message offered after the kill settled "
@@ -261,7 +264,8 @@ async def test_a_three_node_cluster_loses_its_leader_and_restarts_each_node_losi
     print()
     print(figures.line())
     for window in windows:
-        print("  " + describe(window, samples))
+        if any(window.start <= started < window.end for started, _, _ in samples):
+            print("  " + describe(window, samples))
     all_samples = Window("whole run", run_start, time.time())
     print("  " + describe(all_samples, samples))
     print(f"  on {os.cpu_count()} cores, shared with whatever else runs on the machine")
