@@ -349,6 +349,26 @@ class RabbitCluster:
                     raise
             await asyncio.sleep(0.5)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the cluster's nodes (every process of their sessions;
+        a restarted node counts from its restart)."""
+        sessions = {node.process.pid for node in self.nodes if node.process and self.is_up(node)}
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # After the command name in parentheses: state, ppid, pgrp,
+                    # session, ... utime and stime are fields 14 and 15.
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[3]) in sessions:
+                used += (int(fields[11]) + int(fields[12])) / ticks
+        return used
+
     async def close(self) -> None:
         """Stop every node (killed if it does not stop) and delete the cluster's files."""
         for node in self.nodes:
