@@ -178,7 +178,8 @@ def address_of(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "(an unreadable URL)"
-    # Every host as written: a cluster's URL lists several (host1:port,host2:port).
+    # Every host as written: a list of them is a cluster's nodes or a PostgreSQL
+    # primary and its standbys ("host1:port,host2:port").
     hosts = parts.netloc.rpartition("@")[2]
     user = f"{unquote(parts.username)}@" if parts.username else ""
     return f"{parts.scheme}://{user}{hosts}{parts.path}"
@@ -281,6 +282,11 @@ def _postgresql(error: BaseException, url: str | None) -> str:
         return f"{where}: {error}; is the database migrated? `lienthong init` migrates it"
     if isinstance(error, asyncpg.PostgresError):
         return f"{where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    if isinstance(error, asyncpg.TargetServerAttributeNotMatched):
+        return (
+            f"{where}: no host is a writable primary (target_session_attrs); "
+            "is a standby being promoted?"
+        )
     text = str(error)
     if "SSL" in text:
         return f"{where}: TLS failed ({text}); check sslmode in {option}"
