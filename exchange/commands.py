@@ -176,11 +176,14 @@ def address_of(url: str) -> str:
     """Where ``url`` points, for a message: scheme, user, host, port and path, never a password."""
     try:
         parts = urlsplit(url)
+        # A list of hosts (a cluster's nodes, a PostgreSQL primary and its
+        # standbys: "host1:port,host2:port") is shown as written.
+        hosts = parts.netloc.rpartition("@")[2]
+        if "," not in hosts:
+            port = f":{parts.port}" if parts.port else ""
+            hosts = f"{parts.hostname or ''}{port}"
     except ValueError:
         return "(an unreadable URL)"
-    # Every host as written: a list of them is a cluster's nodes or a PostgreSQL
-    # primary and its standbys ("host1:port,host2:port").
-    hosts = parts.netloc.rpartition("@")[2]
     user = f"{unquote(parts.username)}@" if parts.username else ""
     return f"{parts.scheme}://{user}{hosts}{parts.path}"
 
