@@ -304,13 +304,11 @@ async def count_queues(settings: Settings) -> tuple[list[QueueCount], list[str]]
     queue has consumers are its unacknowledged messages asked of the
     management API, whose statistics lag a few seconds.
     """
-    import aio_pika
-
-    from exchange.broker.connection import queue_counts
+    from exchange.broker.connection import connect, queue_counts
 
     counts: list[QueueCount] = []
     notes: list[str] = []
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect(settings.amqp_url, name="lienthong-audit")
     try:
         for name in AUDITED_QUEUES:
             found = await queue_counts(connection, name)

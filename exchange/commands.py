@@ -183,14 +183,14 @@ def address_of(url: str) -> str:
     """Where ``url`` points, for a message: scheme, user, host, port and path, never a password."""
     try:
         parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        hosts = f"{parts.hostname or ''}{port}"
-    except ValueError:
-        # Not one host and port: a list of them (a PostgreSQL primary and its
-        # standbys, "db1:5432,db2:5432"), shown as written.
+        # A list of hosts (a cluster's nodes, a PostgreSQL primary and its
+        # standbys: "host1:port,host2:port") is shown as written.
         hosts = parts.netloc.rpartition("@")[2]
         if "," not in hosts:
-            return "(an unreadable URL)"
+            port = f":{parts.port}" if parts.port else ""
+            hosts = f"{parts.hostname or ''}{port}"
+    except ValueError:
+        return "(an unreadable URL)"
     user = f"{unquote(parts.username)}@" if parts.username else ""
     return f"{parts.scheme}://{user}{hosts}{parts.path}"
 

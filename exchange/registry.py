@@ -47,7 +47,7 @@ from exchange.broker.topology import (
 )
 from exchange.pki import agency_code_of, check_policy, fingerprint
 from exchange.reasons import Rejection
-from exchange.settings import Settings, certificate_login
+from exchange.settings import Settings, amqp_addresses, certificate_login
 from exchange.store import queries
 from exchange.store.db import Connection, create_pool
 from exchange.store.db import connect as db_connect
@@ -181,6 +181,11 @@ _CLIENT_CERTIFICATE_PARAMETERS = ("certfile", "keyfile", "auth")
 
 
 def _host_port(amqp_url: str) -> str:
+    """``host:port`` of every node ``amqp_url`` names (a cluster's URL names several)."""
+    return ",".join(_one_host_port(address) for address in amqp_addresses(amqp_url))
+
+
+def _one_host_port(amqp_url: str) -> str:
     parts = urlsplit(amqp_url)
     host = parts.hostname or "localhost"
     if ":" in host:
@@ -190,7 +195,7 @@ def _host_port(amqp_url: str) -> str:
 
 
 def url_for_user(amqp_url: str, user: str, password: str) -> str:
-    """``amqp_url`` with another user and password (same host, vhost and TLS parameters)."""
+    """``amqp_url`` with another user and password (same hosts, vhost and TLS parameters)."""
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{_host_port(amqp_url)}"
     return urlunsplit(urlsplit(amqp_url)._replace(netloc=netloc))
 
@@ -198,7 +203,7 @@ def url_for_user(amqp_url: str, user: str, password: str) -> str:
 def url_for_certificate(amqp_url: str, certfile: str, keyfile: str) -> str:
     """``amqp_url`` logging in with a client certificate (``auth=external``), no password.
 
-    Same host, vhost and CA (``cafile``); the certificate and key are the
+    Same hosts, vhost and CA (``cafile``); the certificate and key are the
     given files, in place of this process's own.
     """
     parts = urlsplit(amqp_url)

@@ -6,11 +6,11 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, NamedTuple, Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -145,8 +145,11 @@ class Settings(ParserLimits):
     # verifies the broker and the client certificate presented to it
     # (``?cafile=...&certfile=...&keyfile=...``, plus ``auth=external`` to log
     # in as the certificate's subject instead of a password). The broker's
-    # certificate and host name are always checked. Several brokers of one
-    # cluster: see docs/operations.md.
+    # certificate and host name are always checked. The nodes of a RabbitMQ
+    # cluster are a list of hosts, amqps://mq1:5671,mq2:5671,mq3:5671/vhost?...
+    # (the same user, vhost and query for every node; see amqp_addresses):
+    # each process connects to a node that answers and moves to the next one
+    # when its node goes; list every node, so that any one can be away.
     amqp_url: str = "amqps://localhost:5671/"
     # RabbitMQ's management HTTP API (plugin rabbitmq_management), used to
     # create agency users and their permissions, and by the audit: HTTPS, as
@@ -363,6 +366,14 @@ class Settings(ParserLimits):
             }
         )
 
+    @field_validator("amqp_url", "replay_amqp_url")
+    @classmethod
+    def _every_broker_address_readable(cls, url: str) -> str:
+        """A list of hosts with an empty host or a port that is not a number is refused."""
+        if url:
+            amqp_addresses(url)
+        return url
+
     @model_validator(mode="after")
     def _refuse_clear_text_off_the_host(self) -> Self:
         """Refuse credentials or documents sent in clear to another host (see docs/security.md)."""
@@ -461,6 +472,47 @@ def _rabbitmq_escape(value: str) -> str:
     return "".join(out)
 
 
+def amqp_addresses(url: str) -> tuple[str, ...]:
+    """The one-node URLs of an AMQP URL that names one broker or the nodes of a cluster.
+
+    ``amqps://user:pw@mq1:5671,mq2,[fd00::3]:5671/vhost?cafile=ca.pem`` (the
+    multi-host form of libpq and MongoDB URLs) gives
+    ``amqps://user:pw@mq1:5671/vhost?cafile=ca.pem``,
+    ``amqps://user:pw@mq2/vhost?cafile=ca.pem`` and the third: the same user,
+    vhost and query on every node, as a RabbitMQ cluster shares its users,
+    vhosts and certificates' authority. A URL of one host gives itself.
+    Raises ``ValueError`` naming the fault for an empty host or a port that
+    is not a number from 1 to 65535.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        _check_port(url, hosts)
+        return (url,)
+    addresses = []
+    for host in hosts.split(","):
+        host = host.strip()
+        if not host or host.startswith(":"):
+            raise ValueError(
+                f"the list of broker hosts {hosts!r} has an empty host; write "
+                "host1:port,host2:port,... with no empty entry"
+            )
+        _check_port(url, host)
+        addresses.append(urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")))
+    return tuple(addresses)
+
+
+def _check_port(url: str, host: str) -> None:
+    """Refuse ``host:port`` whose port is not a TCP port, naming it (never the password)."""
+    try:
+        _port = urlsplit(f"{urlsplit(url).scheme}://{host}").port  # reading it checks it
+    except ValueError:
+        raise ValueError(
+            f"the broker address {host!r} has no valid port; write host or host:port "
+            "(a port from 1 to 65535), several separated by commas"
+        ) from None
+
+
 def is_loopback(host: str | None) -> bool:
     """Whether ``host`` is this machine: ``localhost``, a loopback address, or a socket path."""
     if not host or host.startswith("/") or host.lower() == "localhost":
@@ -538,19 +590,20 @@ def transport_problem(settings: Settings) -> str | None:
         ("AMQP_URL", settings.amqp_url),
         ("REPLAY_AMQP_URL", settings.replay_amqp_url),
     ):
-        amqp = urlsplit(url)
-        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-            return (
-                f"LIENTHONG_{name}: plain amqp:// to {amqp.hostname} sends passwords and "
-                "documents in clear; use amqps:// off this host"
-            )
-        if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
-            amqp.hostname
-        ):
-            return (
-                f"LIENTHONG_{name}: no_verify_ssl to {amqp.hostname} would accept any server "
-                "as the broker; give the CA that issued its certificate (cafile=...)"
-            )
+        # Every node of a cluster: a client moves to any of them.
+        for address in amqp_addresses(url) if url else ():
+            amqp = urlsplit(address)
+            if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+                return (
+                    f"LIENTHONG_{name}: plain amqp:// to {amqp.hostname} sends passwords and "
+                    "documents in clear; use amqps:// off this host"
+                )
+            no_verify = parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0"
+            if no_verify and not is_loopback(amqp.hostname):
+                return (
+                    f"LIENTHONG_{name}: no_verify_ssl to {amqp.hostname} would accept any "
+                    "server as the broker; give the CA that issued its certificate (cafile=...)"
+                )
     databases = {"LIENTHONG_DATABASE_URL": settings.database_url}
     if settings.owner_database_url is not None:
         databases["LIENTHONG_OWNER_DATABASE_URL"] = settings.owner_database_url

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aio_pika
 import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
+from exchange.broker.connection import connect
 from exchange.client import AgencyClient, InboxItem, Item, StatusItem
 from exchange.demo import LocalAgency, LocalExchange
 from exchange.settings import Settings, url_user
@@ -174,7 +174,7 @@ class ExchangeUnderTest:
 
     async def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (nobody consumes it while the test looks)."""
-        connection = await aio_pika.connect(self.settings.amqp_url)
+        connection = await connect(self.settings.amqp_url, name="lienthong-test")
         try:
             channel = await connection.channel()
             declared = await channel.declare_queue(queue, passive=True)
@@ -241,15 +241,18 @@ async def isolated_exchange(
     keys_dir: Path,
     *,
     worker_database_url: str | None = None,
+    amqp_base_url: str | None = None,
     **overrides: Any,
 ) -> AsyncIterator[ExchangeUnderTest]:
     """A prepared exchange in a vhost of its own, its CA in ``keys_dir``; no agencies yet.
 
     It runs on ``database_url`` (migrated; the caller drops it) with the
-    default settings but for ``overrides`` (``max_package_bytes=...``); its
-    workers log in with ``worker_database_url`` when given (a role of
-    lienthong_worker: ``tests.db_fixtures.worker_database_url``). On
-    leaving, the vhost and the broker users of the agencies registered
+    default settings but for ``overrides`` (``max_package_bytes=...``), on
+    the broker of ``amqp_base_url`` (default ``LIENTHONG_AMQP_URL``; a
+    cluster's URL names every node) whose management API is
+    ``broker_admin``; its workers log in with ``worker_database_url`` when
+    given (a role of lienthong_worker: ``tests.db_fixtures.worker_database_url``).
+    On leaving, the vhost and the broker users of the agencies registered
     through it are deleted.
     """
     token = uuid.uuid4().hex[:8]
@@ -257,12 +260,16 @@ async def isolated_exchange(
     await broker_admin.create_vhost(
         vhost,
         description="pytest tests.exchange_fixtures",
-        grant=(broker_admin.user, url_user(Settings().amqp_url)),
+        grant=(broker_admin.user, url_user(amqp_base_url or Settings().amqp_url)),
     )
     under_test: ExchangeUnderTest | None = None
     try:
         settings = Settings().model_copy(
-            update={"amqp_url": amqp_url_for(vhost), "database_url": database_url, **overrides}
+            update={
+                "amqp_url": amqp_url_for(vhost, amqp_base_url),
+                "database_url": database_url,
+                **overrides,
+            }
         )
         local = LocalExchange(settings, keys_dir, worker_database_url=worker_database_url)
         under_test = ExchangeUnderTest(local, broker_admin, vhost, user_prefix=f"t{token}")

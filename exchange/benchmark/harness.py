@@ -603,6 +603,7 @@ async def run_bench(
             result["sustained_seconds"] = round(wall, 2)
             result.update(usage.figures())
             result["workers"] = [child.figures(wall) | sampler.figures(child) for child in children]
+            result["cpu_ms_per_doc"] = cpu_per_document(result)
             if offered is not None:
                 result["sustained_offered_docs_per_s"] = round(offered, 1)
                 result["sustained_latency_ms"] = latency_figures(tracker, offered, wall)
@@ -765,6 +766,30 @@ def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cpu_per_document(result: dict[str, Any]) -> dict[str, float]:
+    """CPU milliseconds each document of the sustained run cost: the whole machine's, and
+    RabbitMQ's, PostgreSQL's, the workers' and the load generator's share of it.
+
+    The figure that scales: N documents a second need N times this of CPU,
+    wherever the processes run (on one machine, or a cluster's nodes).
+    """
+    messages = int(result["sustained_messages"])
+    seconds = float(result["sustained_seconds"])
+    cpus = int(result["machine"]["cpus"])
+    services = result["services_cpu_percent"]
+
+    def per_doc(cpu_seconds: float) -> float:
+        return round(1000 * cpu_seconds / max(messages, 1), 2)
+
+    return {
+        "machine": per_doc(result["machine_busy_percent"] / 100 * cpus * seconds),
+        "rabbitmq": per_doc(services["rabbitmq"] / 100 * seconds),
+        "postgresql": per_doc(services["postgresql"] / 100 * seconds),
+        "workers": per_doc(sum(worker["cpu_s"] for worker in result["workers"])),
+        "load_generator": per_doc(services["load_generator"] / 100 * seconds),
+    }
+
+
 def _usage_line(label: str, figures: dict[str, Any], cpus: int) -> str:
     services = figures["services_cpu_percent"]
     return (
@@ -819,6 +844,13 @@ def table(result: dict[str, Any]) -> str:
             line += f"  ({result['passthrough_ratio']:.2f} of pass-through)"
         lines.append(line)
         lines.append(_usage_line("machine busy during the sustained run", result, m["cpus"]))
+        if "cpu_ms_per_doc" in result:
+            cpu = result["cpu_ms_per_doc"]
+            lines.append(
+                f"{'CPU per document (sustained)':<44}{cpu['machine']:>10.1f} ms  (RabbitMQ "
+                f"{cpu['rabbitmq']:.1f}, PostgreSQL {cpu['postgresql']:.1f}, workers "
+                f"{cpu['workers']:.1f}, load generator {cpu['load_generator']:.1f})"
+            )
     if "latency_ms" in result:
         lat = result["latency_ms"]
         lines.append(

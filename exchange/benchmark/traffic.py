@@ -97,11 +97,10 @@ class Observer:
 
     async def start(self) -> None:
         """Open the connection and start consuming."""
-        import aio_pika
-
+        from exchange.broker.connection import connect
         from exchange.broker.topology import INBOX_QUEUE_PREFIX, STATUS_QUEUE_PREFIX
 
-        self._connection = await aio_pika.connect(self.amqp_url)
+        self._connection = await connect(self.amqp_url, name="lienthong-bench-observer")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=2000)
         for code in self.codes:

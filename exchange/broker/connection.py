@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,9 +32,12 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from yarl import URL
 
 from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
-from exchange.settings import url_user
+from exchange.settings import amqp_addresses, url_user
+
+log = logging.getLogger(__name__)
 
 # Seconds between two attempts of a robust connection to reconnect: short
 # enough that a broker restart costs a few seconds of traffic, long enough not
@@ -68,17 +72,77 @@ def broker_user_of(amqp_url: str) -> str:
     return url_user(amqp_url)
 
 
+class ClusterConnection(aio_pika.RobustConnection):
+    """A robust connection to one node of a cluster that moves to the next when its node goes.
+
+    aio-pika's robust connection reconnects to the one URL it was given;
+    this one holds every node's URL and, each time its connection closes
+    or an attempt fails, points at the next node before aio-pika's own
+    reconnection loop tries again (every :data:`RECONNECT_INTERVAL_S`), so
+    a node that is down costs one interval and the channels, consumers and
+    declarations are restored on the node that answers. Any node serves
+    every queue of a RabbitMQ cluster (it forwards to the queue's leader).
+    """
+
+    def __init__(self, addresses: Sequence[str], first: int, **kwargs: Any) -> None:
+        """Connect to ``addresses[first]`` first; ``kwargs`` as aio-pika's robust connection."""
+        self._addresses = tuple(URL(address) for address in addresses)
+        self._current = first
+        super().__init__(self._addresses[first], **kwargs)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # Called by aio-pika when an established connection closes and when an
+        # attempt to connect fails: either way, the next attempt is elsewhere.
+        if not self._close_called and len(self._addresses) > 1:
+            gone = self._addresses[self._current]
+            self._current = (self._current + 1) % len(self._addresses)
+            self.url = self._addresses[self._current]
+            if self.connection_attempt:  # it was connected: not the first attempts
+                log.warning(
+                    "RabbitMQ node %s:%s is away; reconnecting to node %s:%s",
+                    gone.host,
+                    gone.port,
+                    self.url.host,
+                    self.url.port,
+                    extra={"service": "RabbitMQ"},
+                )
+        await super()._on_connection_close(closing)
+
+
 async def connect(url: str, *, name: str = "lienthong") -> AbstractRobustConnection:
     """Open a robust connection: it reconnects and restores channels by itself.
 
-    ``name`` is shown in the management UI's connection list, so an operator
-    can tell workers from CLI sessions.
+    ``url`` names one broker or the nodes of a cluster
+    (``amqps://user:pw@mq1:5671,mq2:5671,mq3:5671/vhost?...``, see
+    :func:`exchange.settings.amqp_addresses`): the first node tried is picked
+    at random, so that many processes spread over the nodes; the others are
+    tried in turn until one answers, and the connection moves on to the next
+    node when its own goes. A refused login is an answer, not an absence:
+    raised at once. ``name`` is shown in the management UI's connection
+    list, so an operator can tell workers from CLI sessions.
     """
-    return await aio_pika.connect_robust(
-        url,
-        reconnect_interval=RECONNECT_INTERVAL_S,
-        client_properties={"connection_name": name},
-    )
+    addresses = amqp_addresses(url)
+    first = secrets.randbelow(len(addresses))
+    failure: BaseException | None = None
+    for attempt in range(len(addresses)):
+        connection = ClusterConnection(
+            addresses,
+            (first + attempt) % len(addresses),
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            client_properties={"connection_name": name},
+        )
+        try:
+            await connection.connect()
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if is_refused_login(error):
+                raise
+            failure = error
+            continue
+        return connection
+    assert failure is not None  # one attempt per address, at least one address
+    raise failure
 
 
 # The client libraries' loggers that report a failed connection attempt
@@ -241,10 +305,18 @@ async def queue_counts(connection: AbstractConnection, name: str) -> tuple[int, 
 
 
 def broker_address(url: str) -> str:
-    """Where ``url`` points, for a log line: ``host:port vhost V``, never the password."""
-    parts = urlsplit(url)
-    vhost = unquote(parts.path[1:]) or "/"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5672} vhost {vhost}"
+    """Where ``url`` points, for a log line: ``host:port vhost V`` (every node of a
+    cluster, comma-separated), never the password."""
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    nodes = [urlsplit(address) for address in amqp_addresses(url)]
+    hosts = ",".join(f"{_bracketed(node.hostname)}:{node.port or 5672}" for node in nodes)
+    return f"{hosts} vhost {vhost}"
+
+
+def _bracketed(host: str | None) -> str:
+    """An IPv6 address in brackets (``[fd00::3]``), so its port reads apart from it."""
+    host = host or "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def is_broker_unreachable(error: BaseException) -> bool:
@@ -390,6 +462,11 @@ class PublishRefusedError(PublishError):
 # publisher opens a new one on the (reconnected) connection.
 REOPEN_GIVE_UP_S = 5.0
 
+# How long a channel the publisher gave up after a nack stays open, so that
+# the publishes still in flight on it get their confirm or nack (a nack for
+# a lost leader comes at once); those still waiting then fail and are retried.
+NACKED_CHANNEL_CLOSE_S = 5.0
+
 
 class ConfirmingPublisher:
     """Publish persistent messages and wait for the broker's confirms.
@@ -409,6 +486,9 @@ class ConfirmingPublisher:
         # aiormq matches a returned message to its publish by message_id, so two
         # in-flight publishes must never share one: the second waits.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        # A nack was received on the channel: the next publish opens another.
+        self._nacked = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, connection: AbstractConnection) -> ConfirmingPublisher:
@@ -423,6 +503,9 @@ class ConfirmingPublisher:
 
     async def close(self) -> None:
         """Close the channel (the connection stays open)."""
+        for closing in list(self._closing):
+            closing.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._channel.close()
 
     async def _exchange(self, name: str) -> AbstractExchange:
@@ -436,7 +519,11 @@ class ConfirmingPublisher:
 
     async def _ready(self) -> None:
         """Wait for a robust channel the broker closed (say after a refused
-        publish) to be reopened, instead of failing the next publish too."""
+        publish) to be reopened, instead of failing the next publish too; open
+        another after a nack."""
+        connection = self._connection
+        if self._nacked and connection is not None and is_connected(connection):
+            await self._renew(connection)
         if not isinstance(self._channel, AbstractRobustChannel):
             return
         # The robust channel learns of the close a moment after the failed
@@ -457,6 +544,32 @@ class ConfirmingPublisher:
             waited += REOPEN_POLL_S
         if isinstance(self._channel, AbstractRobustChannel):
             await self._channel.ready()
+
+    async def _renew(self, connection: AbstractConnection) -> None:
+        """Publish on a new channel from now on; close the nacked one a little later.
+
+        A RabbitMQ channel remembers, for each quorum queue it published to,
+        which node leads it. When that node fails, the queue elects another
+        leader within a second, but a channel of RabbitMQ 3.10 that already
+        published to the queue goes on sending to the lost leader, and every
+        publish on it is nacked until that node is back (measured on the
+        three-node cluster test, tests/integration/test_rabbitmq_cluster.py).
+        A new channel asks for the current leader. A nack for another reason
+        (a queue full with ``reject-publish``) loses nothing by it.
+        """
+        self._nacked = False
+        nacked = self._channel
+        self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchanges.clear()
+        closing = asyncio.ensure_future(self._close_later(nacked))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_later(channel: AbstractChannel) -> None:
+        await asyncio.sleep(NACKED_CHANNEL_CLOSE_S)
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     async def publish(
         self,
@@ -507,6 +620,7 @@ class ConfirmingPublisher:
                 exchange, routing_key, message_id, "no queue is bound for this routing key"
             ) from error
         except aiormq.exceptions.DeliveryError as error:
+            self._nacked = True
             raise PublishNackedError(
                 exchange, routing_key, message_id, "the broker nacked it (try again later)"
             ) from error
@@ -535,6 +649,7 @@ __all__ = [
     "CONFIRM_TIMEOUT_S",
     "DEFAULT_EXCHANGE",
     "XML_CONTENT_TYPE",
+    "ClusterConnection",
     "ConfirmingPublisher",
     "PublishError",
     "PublishNackedError",

@@ -27,13 +27,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import aio_pika
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from exchange.broker import headers as header
 from exchange.broker.admin import BrokerAdminError, QueueStats
+from exchange.broker.connection import connect
 from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 from exchange.client import StatusItem
 from exchange.failures import Failure
@@ -345,7 +345,7 @@ async def check_status_queues(
 async def drain(amqp_url: str, queue: str) -> list[AbstractIncomingMessage]:
     """Take every message out of ``queue`` (acknowledged), until a second brings none."""
     taken: list[AbstractIncomingMessage] = []
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect(amqp_url, name="lienthong-test")
     try:
         channel = await connection.channel()
         source = await channel.get_queue(queue, ensure=False)

@@ -21,7 +21,7 @@ import pytest
 from exchange.agency import AgencyCode
 from exchange.benchmark.commands import add_commands, config_of
 from exchange.benchmark.config import BenchConfig
-from exchange.benchmark.harness import Tracker, targets
+from exchange.benchmark.harness import Tracker, cpu_per_document, targets
 from exchange.benchmark.processes import RssSample, percentile, rss_trend
 from exchange.benchmark.workload import agency_codes
 from exchange.broker.admin import BrokerAdmin, BrokerAdminError
@@ -135,6 +135,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def test_cpu_per_document_shares_the_machines_cpu_of_the_sustained_run() -> None:
+    result = {
+        "sustained_messages": 1000,
+        "sustained_seconds": 4.0,
+        "machine": {"cpus": 2},
+        # 75 % of 2 CPUs for 4 s: 6 CPU-seconds for 1000 documents.
+        "machine_busy_percent": 75.0,
+        "services_cpu_percent": {"rabbitmq": 50.0, "postgresql": 25.0, "load_generator": 20.0},
+        "workers": [{"cpu_s": 1.5}, {"cpu_s": 1.0}],
+    }
+    assert cpu_per_document(result) == {
+        "machine": 6.0,
+        "rabbitmq": 2.0,
+        "postgresql": 1.0,
+        "workers": 2.5,
+        "load_generator": 0.8,
+    }
+
+
 def test_quick_sets_small_defaults_that_options_override() -> None:
     quick = config_of(_parser().parse_args(["bench", "--quick"]))
     full = config_of(_parser().parse_args(["bench"]))
@@ -243,6 +262,8 @@ def test_a_tiny_quick_run_reports_every_figure_and_cleans_up(
     assert len(result["workers"]) == 1
     worker = result["workers"][0]
     assert worker["cpu_s"] > 0 and worker["peak_rss_mb"] > 0
+    cpu = result["cpu_ms_per_doc"]
+    assert cpu["machine"] > 0 and cpu["workers"] > 0
     assert worker["peak_rss_mb"] >= worker["rss_mb_at_end"] > 0
     _assert_memory_sampled(worker)
     assert "backlog" not in result
