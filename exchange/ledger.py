@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -83,6 +83,11 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
     """
     assert message.outcome is not None, "only decided messages have receipts"
     detail = message.reason_detail.splitlines() if message.reason_detail else []
+    if message.outcome is TransportOutcome.PARKED:
+        # A parked row's detail is the exchange's own error text (a database
+        # host, a constraint name, a stack frame): for the operator, never
+        # for the sender, who learns the failure's class from its code.
+        detail = []
     # A delivered message's detail is what the reader let pass; a refused one's, why.
     delivered = message.outcome is TransportOutcome.DELIVERED
     problems, warnings = ([], detail) if delivered else (detail, [])
@@ -199,10 +204,22 @@ def _decided(record: Message, arrival: Arrival) -> Decided:
 class Ledger:
     """Decides, records and marks messages in PostgreSQL; owes, never publishes."""
 
-    def __init__(self, pool: Pool, directory: Directory, *, group_commits: int = 1) -> None:
-        """A ledger on ``pool``; up to ``group_commits`` groups are written at the same time."""
+    def __init__(
+        self,
+        pool: Pool,
+        directory: Directory,
+        *,
+        group_commits: int = 1,
+        status_skew: timedelta | None = None,
+    ) -> None:
+        """A ledger on ``pool``; up to ``group_commits`` groups are written at the same time.
+
+        A status whose Timestamp is more than ``status_skew`` from the
+        message's recorded arrival is refused (None: any Timestamp).
+        """
         self._pool = pool
         self.directory = directory
+        self.status_skew = status_skew
         self._group_commit = GroupCommit(
             pool, at_once=group_commits, fast_path=_record_new_documents
         )
@@ -242,7 +259,9 @@ class Ledger:
             )
 
         async def general_path(conn: Connection) -> Message:
-            return await _record_and_decide(conn, arrival, envelope, inspected, registered)
+            return await _record_and_decide(
+                conn, arrival, envelope, inspected, registered, self.status_skew
+            )
 
         started = time.perf_counter()
         # Returns once the transaction holding the writes committed.
@@ -322,6 +341,7 @@ async def _record_and_decide(
     envelope: Envelope,
     inspected: CheckedMessage | Rejection,
     registered: bool,
+    status_skew: timedelta | None = None,
 ) -> Message:
     """Record the message once, by its dedup key, then decide it unless decided before."""
     record, _ = await queries.record_message(
@@ -336,7 +356,7 @@ async def _record_and_decide(
     )
     redecide = arrival.replay and record.outcome in REDECIDED_ON_REPLAY
     if not record.decided or redecide:
-        return await _decide(conn, record, envelope, inspected, registered)
+        return await _decide(conn, record, envelope, inspected, registered, status_skew)
     if record.published:
         metrics.DUPLICATES.inc()
     return record
@@ -348,6 +368,7 @@ async def _decide(
     envelope: Envelope,
     inspected: CheckedMessage | Rejection,
     recipient_registered: bool,
+    status_skew: timedelta | None = None,
 ) -> Message:
     """Record the outcome of a message not decided before (in the caller's transaction)."""
     document_id = None
@@ -361,7 +382,7 @@ async def _decide(
         # a refusal leaves nothing behind.
         if isinstance(inspected.package, DocumentPackage):
             return await _accept_document(conn, record, envelope, inspected, recipient_registered)
-        return await _accept_status(conn, record, inspected)
+        return await _accept_status(conn, record, inspected, status_skew)
     except Rejection as rejection:
         return await queries.set_outcome(
             conn,
@@ -443,7 +464,12 @@ async def deliver_document(
     return stored, record
 
 
-async def _accept_status(conn: Connection, record: Message, inspected: CheckedMessage) -> Message:
+async def _accept_status(
+    conn: Connection,
+    record: Message,
+    inspected: CheckedMessage,
+    status_skew: timedelta | None = None,
+) -> Message:
     package = inspected.package
     assert isinstance(package, StatusPackage) and inspected.ref is not None
     ref = inspected.ref
@@ -457,7 +483,9 @@ async def _accept_status(conn: Connection, record: Message, inspected: CheckedMe
             for event in await queries.list_events(conn, delivery.pk)
             if event.kind.value == "status"
         ]
-    state = decide_status(inspected, history)
+    # Judged against the recorded arrival, so a replay days later is judged
+    # as the status was when it came.
+    state = decide_status(inspected, history, arrived_at=record.received_at, skew=status_skew)
     assert delivery is not None  # decide_status refuses a status for no delivery
     await queries.update_delivery_state(conn, delivery.pk, state)
     await queries.append_event(

@@ -32,7 +32,7 @@ from exchange.checks.authorise import (
 )
 from exchange.checks.schema import check_schema
 from exchange.checks.signature import verify
-from exchange.edxml.model import DocumentPackage, StatusPackage
+from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
 from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse_received
 from exchange.pki import Revocations, SigningRights, TrustStore
@@ -249,6 +249,34 @@ def check_message(
     return CheckedMessage(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
 
 
+def check_status_time(
+    package: StatusPackage, arrived_at: datetime | None, skew: timedelta | None
+) -> None:
+    """Refuse a status whose Timestamp is more than ``skew`` from its arrival.
+
+    Statuses are judged in Timestamp order (:func:`decide_status`), so one
+    dated a year ahead would stand after every later report of the
+    document. ``arrived_at`` None means now; ``skew`` None checks nothing.
+    """
+    if skew is None:
+        return
+    arrived = arrived_at or datetime.now(UTC)
+    stamped = package.timestamp
+    if stamped.tzinfo is None:
+        stamped = stamped.replace(tzinfo=VIETNAM_TIME)
+    if abs(stamped - arrived) <= skew:
+        return
+    local = arrived.astimezone(VIETNAM_TIME).strftime("%Y/%m/%d %H:%M:%S")
+    direction = "ahead of" if stamped > arrived else "behind"
+    hours = skew.total_seconds() / 3600
+    raise Rejection.of(
+        Reason.BAD_TIMESTAMP,
+        f"Timestamp {package.timestamp:%Y/%m/%d %H:%M:%S} is {direction} the exchange's "
+        f"time of arrival {local} (Vietnam time) by more than {hours:g} hours",
+        "Timestamp",
+    )
+
+
 class CheckCache:
     """:func:`check_message` that remembers, for a while, what the bytes of recent packages proved.
 
@@ -407,7 +435,11 @@ def decide_document(
 
 
 def decide_status(
-    inspected: CheckedMessage, history: list[tuple[datetime, StatusCode]] | None
+    inspected: CheckedMessage,
+    history: list[tuple[datetime, StatusCode]] | None,
+    *,
+    arrived_at: datetime | None = None,
+    skew: timedelta | None = None,
 ) -> DeliveryState:
     """The delivery's state with this status added, or a :class:`Rejection`.
 
@@ -415,12 +447,14 @@ def decide_status(
     status speaks of, with their Timestamps; ``None`` when no such document
     was ever delivered between these agencies. The whole timeline, ordered
     by Timestamp, must be a legal life of a document (see
-    :func:`exchange.status.replay_timeline`).
+    :func:`exchange.status.replay_timeline`), and the Timestamp must be
+    within ``skew`` of ``arrived_at`` (:func:`check_status_time`).
     """
     code = inspected.status_code
     ref = inspected.ref
     assert code is not None and ref is not None, "decide_status takes a status package"
     assert isinstance(inspected.package, StatusPackage)
+    check_status_time(inspected.package, arrived_at, skew)
     if history is None:
         raise Rejection.of(
             Reason.UNKNOWN_DOCUMENT,

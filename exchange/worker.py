@@ -175,7 +175,12 @@ class Worker:
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
-        self.ledger = Ledger(pool, self.directory, group_commits=settings.group_commits)
+        self.ledger = Ledger(
+            pool,
+            self.directory,
+            group_commits=settings.group_commits,
+            status_skew=timedelta(seconds=settings.status_timestamp_skew_s),
+        )
         self.processed = 0
         # An error no retry can fix (is_fatal) that stopped this worker.
         self.fatal: BaseException | None = None
