@@ -31,7 +31,8 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +107,73 @@ def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
     )
 
 
+class ByteBudget:
+    """At most ``limit`` package bytes in hand at once, shared by a process's workers.
+
+    A message holds its body's size from before its checks until it is
+    acked (:meth:`hold`); one that does not fit waits, in arrival order, so
+    a large package is not overtaken for ever by small ones. A package
+    larger than the whole budget waits for it to be empty and is then
+    handled alone. :attr:`peak` is the most ever held (for tests and
+    sizing); the gauge ``lienthong_worker_bytes_in_hand`` follows the
+    current figure.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """A budget of ``limit`` bytes (> 0)."""
+        if limit <= 0:
+            raise ValueError(f"a byte budget needs a positive limit, not {limit}")
+        self.limit = limit
+        self.in_hand = 0
+        self.peak = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes (at most the whole budget) for the block; wait until they fit."""
+        share = max(0, min(size, self.limit))
+        await self._acquire(share)
+        try:
+            yield
+        finally:
+            self._release(share)
+
+    async def _acquire(self, share: int) -> None:
+        if not self._waiting and self.in_hand + share <= self.limit:
+            self._take(share)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((share, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(share)  # granted just as it was cancelled
+            else:
+                self._waiting.remove((share, turn))
+                self._wake()
+            raise
+
+    def _take(self, share: int) -> None:
+        self.in_hand += share
+        self.peak = max(self.peak, self.in_hand)
+        metrics.BYTES_IN_HAND.set(self.in_hand)
+
+    def _release(self, share: int) -> None:
+        self.in_hand -= share
+        metrics.BYTES_IN_HAND.set(self.in_hand)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let the first waiters in, in order, while they fit."""
+        while self._waiting and self.in_hand + self._waiting[0][0] <= self.limit:
+            share, turn = self._waiting.popleft()
+            if turn.done():
+                continue
+            self._take(share)
+            turn.set_result(None)
+
+
 @dataclass(frozen=True)
 class FaultInjector:
     """Kills the worker process at named points, for the crash-safety tests.
@@ -152,9 +220,16 @@ class Worker:
         connection: AbstractRobustConnection,
         prefetch: int | None = None,
         revocations: Revocations | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
-        """A worker over an open broker connection and database pool."""
+        """A worker over an open broker connection and database pool.
+
+        ``budget`` bounds the package bytes in hand, shared with the other
+        workers of the process; by default one of ``settings.handling_bytes``
+        of its own.
+        """
         self.settings = settings
+        self.budget = budget or ByteBudget(settings.handling_bytes)
         # SHA-1 and the signing certificates are allowed per agency, by the
         # directory (decide_and_publish() hands its SigningRights to the checks).
         self.check_cache = CheckCache(
@@ -255,10 +330,13 @@ class Worker:
             if message.redelivered or delivery_count(message):
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
-                async with self._redelivered_lane:
+                async with self._redelivered_lane, self.budget.hold(len(message.body)):
                     await self._settle_delivery(message, origin, redelivered=True)
             else:
-                await self._settle_delivery(message, origin, redelivered=False)
+                # Large packages wait here, before their checks, until their
+                # bytes fit in the process's budget (LIENTHONG_HANDLING_BYTES).
+                async with self.budget.hold(len(message.body)):
+                    await self._settle_delivery(message, origin, redelivered=False)
         except Exception as error:
             if is_fatal(error):
                 await self._give_back_and_stop(message, error)
@@ -782,8 +860,17 @@ async def run_workers(
         if connection is None:
             return 0
         opened.push_async_callback(connection.close)
+        # One budget for the process: memory is the process's, however many workers.
+        budget = ByteBudget(settings.handling_bytes)
         workers = [
-            Worker(settings, trust=trust, pool=pool, connection=connection, revocations=revocations)
+            Worker(
+                settings,
+                trust=trust,
+                pool=pool,
+                connection=connection,
+                revocations=revocations,
+                budget=budget,
+            )
             for _ in range(count)
         ]
         observe_revocations(revocations)
