@@ -15,6 +15,8 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -146,11 +148,11 @@ def check_bytes(
     refused half-way.
     """
     clock = _Stopwatch(timings)
-    with clock("parse"):
+    with before_signature(), clock("parse"):
         root = parse_received(body, context.limits)
-    with clock("validate"):
+    with before_signature(), clock("validate"):
         check_schema(root)
-    with clock("verify"):
+    with before_signature(), clock("verify"):
         # Which agency signed is known only once the certificate is checked:
         # SHA-1 passes here if any agency may use it, and check_standing
         # refuses it from the others.
@@ -183,8 +185,23 @@ def check_bytes(
         verified.chain,
         verified.uses_sha1,
     )
-    check_standing(examined, context)
+    with before_signature():
+        check_standing(examined, context)
     return examined
+
+
+@contextmanager
+def before_signature() -> Iterator[None]:
+    """Mark a :class:`Rejection` raised in the block as raised before the signature was accepted.
+
+    What such a message proves about its sender is nothing; the ledger keeps
+    only the start of its body.
+    """
+    try:
+        yield
+    except Rejection as rejection:
+        rejection.before_signature = True
+        raise
 
 
 def check_standing(examined: CheckedBytes, context: CheckContext) -> None:
@@ -225,17 +242,19 @@ def check_message(
     alone, with the context of now), then who published the package to
     whom. ``timings`` as for :func:`check_bytes`.
     """
-    recipient = recipient_of(envelope.routing_key)
-    if envelope.publisher_disabled:
-        raise Rejection.of(
-            Reason.SENDER_DISABLED,
-            f"the message was published for {envelope.publisher}, which is disabled",
-            "user_id",
-        )
+    with before_signature():
+        recipient = recipient_of(envelope.routing_key)
+        if envelope.publisher_disabled:
+            raise Rejection.of(
+                Reason.SENDER_DISABLED,
+                f"the message was published for {envelope.publisher}, which is disabled",
+                "user_id",
+            )
     if checked_bytes is None:
         checked_bytes = check_bytes(envelope.body, context, timings)
     else:
-        check_standing(checked_bytes, context)
+        with before_signature():
+            check_standing(checked_bytes, context)
     package = checked_bytes.package
     sender = authorise_sender(package, signer=checked_bytes.signer, publisher=envelope.publisher)
     authorise_route(package, recipient)
@@ -361,7 +380,8 @@ class CheckCache:
 
     def check(self, envelope: Envelope, timings: dict[str, float] | None = None) -> CheckedMessage:
         """Every database-free check (:func:`check_message`); remembers what the bytes proved."""
-        recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
+        with before_signature():
+            recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
         checked = check_bytes(envelope.body, self.context, timings)
         self._remember(envelope, checked)
         return check_message(envelope, self.context, checked_bytes=checked)

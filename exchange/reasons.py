@@ -229,6 +229,10 @@ class Rejection(Exception):
 
     reason: Reason
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    # Raised before the package's signature was verified and accepted (set by
+    # the pipeline): nobody is proven to have sent it, so the record keeps
+    # only the start of its body (junk, see exchange/ledger.py).
+    before_signature: bool = False
 
     @classmethod
     def of(cls, reason: Reason, what: str = "", where: str = "") -> Rejection:

@@ -94,6 +94,14 @@ DIRECTORY_FIGURES_INTERVAL_S = 60.0
 # seconds, and one that stays down is not asked many times a second.
 STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
+# Bodies larger than this are hashed (SHA-256, the dedup key) in a thread,
+# not on the event loop: about a millisecond of hashing.
+HASH_OFF_LOOP_BYTES = 1024 * 1024
+
+
+def _hash(arrival: Arrival, envelope: Envelope) -> None:
+    """Compute and keep the hashes the checks and the ledger read (cached properties)."""
+    _ = envelope.sha256, arrival.dedup_key
 
 
 def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
@@ -111,12 +119,16 @@ class ByteBudget:
     """At most ``limit`` package bytes in hand at once, shared by a process's workers.
 
     A message holds its body's size from before its checks until it is
-    acked (:meth:`hold`); one that does not fit waits, in arrival order, so
-    a large package is not overtaken for ever by small ones. A package
-    larger than the whole budget waits for it to be empty and is then
-    handled alone. :attr:`peak` is the most ever held (for tests and
-    sizing); the gauge ``lienthong_worker_bytes_in_hand`` follows the
-    current figure.
+    acked (:meth:`hold`); one that does not fit waits. A message that fits
+    in the room left goes ahead of larger ones waiting (waiters are let in
+    in arrival order, each as soon as it fits), so a flood of large
+    packages does not hold up an agency's small ones; a large one waits at
+    most until the bytes in hand leave it room, which the prefetch bounds
+    (size the budget above the largest package plus the prefetch's worth of
+    usual ones, docs/operations.md). A package larger than the whole
+    budget waits for it to be empty and is then handled alone. :attr:`peak`
+    is the most ever held (for tests and sizing); the gauge
+    ``lienthong_worker_bytes_in_hand`` follows the current figure.
     """
 
     def __init__(self, limit: int) -> None:
@@ -139,7 +151,7 @@ class ByteBudget:
             self._release(share)
 
     async def _acquire(self, share: int) -> None:
-        if not self._waiting and self.in_hand + share <= self.limit:
+        if self.in_hand + share <= self.limit:
             self._take(share)
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -165,13 +177,14 @@ class ByteBudget:
         self._wake()
 
     def _wake(self) -> None:
-        """Let the first waiters in, in order, while they fit."""
-        while self._waiting and self.in_hand + self._waiting[0][0] <= self.limit:
-            share, turn = self._waiting.popleft()
+        """Let in, in arrival order, every waiter that fits in the room left."""
+        for share, turn in list(self._waiting):
             if turn.done():
-                continue
-            self._take(share)
-            turn.set_result(None)
+                self._waiting.remove((share, turn))
+            elif self.in_hand + share <= self.limit:
+                self._waiting.remove((share, turn))
+                self._take(share)
+                turn.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -406,6 +419,10 @@ class Worker:
         if self.check_cache.context.rights is not rights:
             self.check_cache.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
+        if len(arrival.body) > HASH_OFF_LOOP_BYTES:
+            # Hashing 60 MiB takes a tenth of a second; off the event loop
+            # (hashlib lets go of the GIL), the other messages move meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, _hash, arrival, envelope)
         inspected = await self._check(envelope)
         decided = await self.ledger.decide(arrival, envelope, inspected)
         self.faults.maybe_kill("after_commit")

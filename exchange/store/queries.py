@@ -339,7 +339,7 @@ async def registered_codes(conn: Connection) -> frozenset[AgencyCode]:
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-       m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
        s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
 FROM messages m JOIN message_state s ON s.message_pk = m.id
 """
@@ -357,8 +357,12 @@ async def record_message(
     kind: MessageKind = MessageKind.UNKNOWN,
     sender: AgencyCode | None = None,
     received_at: datetime | None = None,
+    body_size: int | None = None,
 ) -> tuple[Message, bool]:
     """Record a received message; ``(message, True)`` the first time.
+
+    ``body_size`` says ``body`` is only the start (at most 64 KiB) of a body
+    of that size, whose SHA-256 ``sha256`` is (migration 0013: junk).
 
     A redelivery or a re-publish (same ``dedup_key``) inserts nothing and
     returns ``(existing message, False)`` with the outcome and outbox flag
@@ -372,11 +376,12 @@ async def record_message(
         """
         WITH new AS (
             INSERT INTO messages
-                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
-            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at,
+                 body_size)
+            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $10)
             ON CONFLICT (dedup_key) DO NOTHING
             RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
-                      received_at
+                      received_at, body_size
         ), state AS (
             INSERT INTO message_state (message_pk, kind, sender)
             SELECT id, $8, $9 FROM new
@@ -384,8 +389,9 @@ async def record_message(
                       document_pk, document_id, attempts, published_at, updated_at
         )
         SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+               m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code,
+               s.reason_detail, s.document_pk, s.document_id, s.attempts, s.published_at,
+               s.updated_at
         FROM new m JOIN state s ON s.message_pk = m.id
         """,
         dedup_key,
@@ -397,6 +403,7 @@ async def record_message(
         received_at,
         kind.value,
         None if sender is None else str(sender),
+        body_size,
     )
     if created_row is not None:
         return Message.from_row(created_row), True
@@ -475,8 +482,9 @@ async def set_outcome(
                   document_pk, document_id, attempts, published_at, updated_at
         )
         SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+               m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code,
+               s.reason_detail, s.document_pk, s.document_id, s.attempts, s.published_at,
+               s.updated_at
         FROM s JOIN messages m ON m.id = s.message_pk
         """,
         message_pk,
