@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -71,6 +71,15 @@ JUNK_KEPT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
+class SubscriptionCopy:
+    """A copy of a delivered document for an agency subscribed to the recipient's subtree."""
+
+    message_pk: int
+    subscriber: AgencyCode
+    pattern: str
+
+
+@dataclass(frozen=True)
 class Publication:
     """One message to publish (and see confirmed) for a decision."""
 
@@ -80,6 +89,8 @@ class Publication:
     message_id: str
     headers: dict[str, Any]
     content_type: str
+    # Set on a subscription copy: recorded once the broker confirmed it.
+    copy: SubscriptionCopy | None = None
 
 
 def receipt_for(message: Message, recipient: str) -> Receipt:
@@ -124,14 +135,21 @@ def _sentence(text: str | None, problems: list[str]) -> str | None:
     return with_problems(text, problems)
 
 
-def effects_of(message: Message, body: bytes, recipient: str) -> list[Publication]:
+def effects_of(
+    message: Message,
+    body: bytes,
+    recipient: str,
+    subscribers: Sequence[tuple[AgencyCode, str]] = (),
+) -> list[Publication]:
     """What must be published for a decided message, in publishing order.
 
     An accepted package goes to its recipient first (the inbox for a
-    document, the status queue for a status), then the receipt to its
-    sender, so a sender never holds a ``delivered`` receipt for something
-    the broker has not confirmed. A rejected message only gets its receipt,
-    and only when the publisher is a registered agency to send it to.
+    document, the status queue for a status), then a copy of a document to
+    each of ``subscribers`` (agencies subscribed to a subtree holding the
+    recipient, with the pattern), then the receipt to its sender, so a
+    sender never holds a ``delivered`` receipt for something the broker has
+    not confirmed. A rejected message only gets its receipt, and only when
+    the publisher is a registered agency to send it to.
     """
     effects = []
     headers: dict[str, Any] = {
@@ -151,6 +169,21 @@ def effects_of(message: Message, body: bytes, recipient: str) -> list[Publicatio
                 exchange, recipient, body, f"lienthong:{message.pk}", headers, "application/xml"
             )
         )
+        if message.kind is MessageKind.DOCUMENT:
+            for subscriber, pattern in subscribers:
+                if subscriber == message.sender:
+                    continue  # the sender has its own document
+                effects.append(
+                    Publication(
+                        DELIVER_EXCHANGE,
+                        str(subscriber),
+                        body,
+                        f"lienthong:{message.pk}",
+                        {**headers, header.SUBSCRIPTION: pattern},
+                        "application/xml",
+                        SubscriptionCopy(message.pk, subscriber, pattern),
+                    )
+                )
     if message.sender is not None:
         receipt = receipt_for(message, recipient)
         effects.append(
@@ -203,9 +236,14 @@ class Decided:
     owed: tuple[Publication, ...]
 
 
-def _decided(record: Message, arrival: Arrival) -> Decided:
-    owed = () if record.published else tuple(effects_of(record, arrival.body, arrival.routing_key))
-    return Decided(record, owed)
+async def _decided(record: Message, arrival: Arrival, directory: Directory) -> Decided:
+    if record.published:
+        return Decided(record, ())
+    subscribers: list[tuple[AgencyCode, str]] = []
+    if record.outcome is TransportOutcome.DELIVERED and record.kind is MessageKind.DOCUMENT:
+        subscribers = await directory.subscribers_of(AgencyCode.parse(arrival.routing_key))
+    owed = effects_of(record, arrival.body, arrival.routing_key, subscribers)
+    return Decided(record, tuple(owed))
 
 
 class Ledger:
@@ -276,7 +314,14 @@ class Ledger:
             general_path, order=_lock_order(inspected), fast=new_document
         )
         metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
-        return _decided(record, arrival)
+        return await _decided(record, arrival, self.directory)
+
+    async def record_copies(self, copies: Sequence[SubscriptionCopy]) -> None:
+        """Record subscription copies the broker confirmed (once each, whatever the passes)."""
+        async with self._pool.acquire() as conn:
+            await queries.record_subscription_copies(
+                conn, [(c.message_pk, str(c.subscriber), c.pattern) for c in copies]
+            )
 
     async def mark_published(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others marked meanwhile)."""
@@ -316,7 +361,7 @@ class Ledger:
                 # attempted once; the column counts attempts from 1.
                 attempts=max(attempts, 1),
             )
-        return _decided(record, arrival)
+        return await _decided(record, arrival, self.directory)
 
     async def earlier_decision(self, arrival: Arrival) -> Decided | None:
         """The decision an earlier pass recorded for this message, and what it still owes.
@@ -331,7 +376,7 @@ class Ledger:
             return None
         if arrival.replay and record.outcome in REDECIDED_ON_REPLAY:
             return None
-        return _decided(record, arrival)
+        return await _decided(record, arrival, self.directory)
 
     async def count_start(self, arrival: Arrival) -> int:
         """Count one more start of handling a redelivered message; returns the starts so far."""

@@ -474,7 +474,14 @@ class Worker:
         return inspected
 
     async def _publish(self, publications: Iterable[Publication]) -> None:
+        """Publish, each confirmed; then record the subscription copies among them.
+
+        The copies are recorded before the outbox flag is set: a crash in
+        between publishes them again on the next pass (receivers drop the
+        repeat by its message id) and records them once.
+        """
         assert self._publisher is not None, "run() opens the publisher"
+        copies = []
         for publication in publications:
             await self._publisher.publish(
                 publication.exchange,
@@ -484,6 +491,11 @@ class Worker:
                 headers=publication.headers,
                 content_type=publication.content_type,
             )
+            if publication.copy is not None:
+                copies.append(publication.copy)
+        if copies:
+            await self.ledger.record_copies(copies)
+            metrics.SUBSCRIPTION_COPIES.inc(len(copies))
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""

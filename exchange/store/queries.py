@@ -31,6 +31,7 @@ from exchange.store.records import (
     Agency,
     ChainHead,
     ChainLink,
+    CopyTrace,
     Delivery,
     DeliveryMismatch,
     Document,
@@ -1047,6 +1048,26 @@ async def trace(
             """,  # noqa: S608
             document.pk,
         )
+        copies_by_message: dict[int, list[CopyTrace]] = {}
+        for copy_row in await conn.fetch(
+            """
+            SELECT c.message_pk, c.subscriber, a.name, c.pattern, c.published_at
+            FROM subscription_copies c
+            JOIN deliveries d ON d.message_pk = c.message_pk
+            JOIN agencies a ON a.code = c.subscriber
+            WHERE d.document_pk = $1
+            ORDER BY c.subscriber
+            """,
+            document.pk,
+        ):
+            copies_by_message.setdefault(copy_row["message_pk"], []).append(
+                CopyTrace(
+                    AgencyCode.parse(copy_row["subscriber"]),
+                    copy_row["name"],
+                    copy_row["pattern"],
+                    copy_row["published_at"],
+                )
+            )
         events_by_delivery: dict[int, list[Event]] = {}
         for event_row in event_rows:
             event = Event.from_row(event_row)
@@ -1057,6 +1078,7 @@ async def trace(
                     recipient_name=delivery_row["recipient_name"],
                     delivery=(delivery := Delivery.from_row(delivery_row)),
                     events=tuple(events_by_delivery.get(delivery.pk, ())),
+                    copies=tuple(copies_by_message.get(delivery.message_pk, ())),
                 )
                 for delivery_row in delivery_rows
             ),
@@ -1064,6 +1086,19 @@ async def trace(
         )
         traces.append(DocumentTrace(document, row["submitted_at"], tuple(recipients)))
     return traces
+
+
+async def record_subscription_copies(
+    conn: Connection, copies: Sequence[tuple[int, str, str]]
+) -> None:
+    """Record subscription copies ``(message_pk, subscriber, pattern)`` published; once each."""
+    await conn.executemany(
+        """
+        INSERT INTO subscription_copies (message_pk, subscriber, pattern) VALUES ($1, $2, $3)
+        ON CONFLICT (message_pk, subscriber) DO NOTHING
+        """,
+        copies,
+    )
 
 
 async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRow]:

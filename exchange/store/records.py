@@ -319,12 +319,26 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyTrace:
+    """A subscription copy of a document: who received it, through which pattern, when."""
+
+    subscriber: AgencyCode
+    subscriber_name: str
+    pattern: str
+    published_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientTrace:
-    """A document's life at one recipient: the delivery and its history, oldest first."""
+    """A document's life at one recipient: the delivery and its history, oldest first.
+
+    ``copies``: the subscription copies of what was delivered to it.
+    """
 
     recipient_name: str
     delivery: Delivery
     events: tuple[Event, ...]
+    copies: tuple[CopyTrace, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

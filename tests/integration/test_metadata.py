@@ -8,10 +8,14 @@ published by the worker and recorded, so ``trace`` names who received it.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from datetime import datetime, timedelta
 
 import pytest
 
+from exchange.broker import headers as header
 from exchange.demo import demo_document
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.reasons import Reason
@@ -63,3 +67,62 @@ async def test_status_timestamp_far_from_its_arrival_is_refused_and_a_near_one_a
     assert [item.is_receipt for item in forwarded] == [True, False]
     assert await exchange.fetchval("SELECT state FROM deliveries") == StatusCode.ARRIVED.value
     assert await exchange.fetchval("SELECT count(*) FROM events WHERE kind = 'status'") == 1
+
+
+COMMUNE = "000.46.24.H44"  # UBND xã Sơn Vi, Lâm Thao, Phú Thọ
+DISTRICT = ("000.00.24.H44", "*.*.24.H44")  # the commune's district, subscribed to it
+NEAR_MISS = ("000.00.25.H44", "*.*.25.H44")  # another district, its own subtree only
+
+
+async def test_subscription_copy_is_published_by_the_worker_recorded_and_traced(
+    exchange: ExchangeUnderTest,
+) -> None:
+    sender = await exchange.register(SENDER)
+    commune = await exchange.register(COMMUNE)
+    district = await exchange.register(DISTRICT[0], subscriptions=[DISTRICT[1]])
+    near_miss = await exchange.register(NEAR_MISS[0], subscriptions=[NEAR_MISS[1]])
+    document = demo_document(sender, [commune], 8, "VPCP", "Về việc sao gửi cấp trên")
+    async with exchange.workers(1):
+        async with sender.client() as client:
+            await client.send_document(document)
+        await exchange.wait_settled(1)
+
+    # The copy: the same package, saying whom it was addressed to and why it came.
+    (delivered,) = await exchange.inbox_of(commune)
+    (copy,) = await exchange.inbox_of(district)
+    assert copy.body == delivered.body
+    headers = copy.message.headers or {}
+    assert (headers[header.RECIPIENT], headers[header.SUBSCRIPTION]) == (COMMUNE, DISTRICT[1])
+    assert await exchange.inbox_of(near_miss) == []
+    # Recorded...
+    rows = await exchange.fetch(
+        "SELECT c.subscriber, c.pattern, m.routing_key FROM subscription_copies c"
+        " JOIN messages m ON m.id = c.message_pk"
+    )
+    assert [tuple(row) for row in rows] == [(DISTRICT[0], DISTRICT[1], COMMUNE)]
+    # ... so that `lienthong trace` names who received a copy.
+    document_id = delivered.package.document_id
+    assert document_id is not None
+    traced = await lienthong(
+        "trace", document_id, "--json", "--database-url", exchange.settings.database_url
+    )
+    ((recipient,),) = [trace["recipients"] for trace in json.loads(traced)]
+    assert recipient["recipient"] == COMMUNE
+    assert [(c["subscriber"], c["pattern"]) for c in recipient["copies"]] == [DISTRICT]
+    text = await lienthong("trace", document_id, "--database-url", exchange.settings.database_url)
+    assert f"copy    to {DISTRICT[0]}" in text and f"(subscribed to {DISTRICT[1]})" in text
+
+
+async def lienthong(*args: str) -> str:
+    """Run the ``lienthong`` command as an operator would; its standard output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exchange",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
