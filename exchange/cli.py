@@ -35,6 +35,7 @@ from exchange.reasons import Rejection
 if TYPE_CHECKING:
     from exchange.client import AgencyClient
     from exchange.edxml.model import DocumentPackage, Organization
+    from exchange.pki import Credential
     from exchange.store.records import Agency
 
 __all__ = [
@@ -148,6 +149,41 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
     print(f"  key:         {directory / f'{code}.key.pem'}")
     print(f"  certificate: {directory / f'{code}.cert.pem'}")
     return EXIT_OK
+
+
+def cmd_keys_tls(args: argparse.Namespace) -> int:
+    """Issue a TLS server or client certificate from the CA in ``--dir``."""
+    from exchange.pki import TlsRole, issue_tls_certificate
+    from exchange.settings import certificate_login
+
+    directory = Path(args.dir)
+    role = TlsRole(args.keys_command)
+    credential = issue_tls_certificate(
+        _development_ca(directory), role, args.name, hosts=args.host or (), directory=directory
+    )
+    print(f"issued {role.value} certificate {credential.certificate.subject.rfc4514_string()}")
+    print(f"  key:         {directory / f'{args.name}.key.pem'}")
+    print(f"  certificate: {directory / f'{args.name}.cert.pem'}")
+    if role is TlsRole.CLIENT:
+        print(f"  broker user (auth=external): {certificate_login(credential.certificate)}")
+    return EXIT_OK
+
+
+def cmd_keys_crl(args: argparse.Namespace) -> int:
+    """Write the development CA's revocation list anew (same revocations, new dates)."""
+    from exchange.pki import refresh_crl
+
+    path = refresh_crl(_development_ca(Path(args.dir)), Path(args.dir))
+    print(f"revocation list: {path}")
+    return EXIT_OK
+
+
+def _development_ca(directory: Path) -> Credential:
+    from exchange.pki import Credential
+
+    if not (directory / "ca.key.pem").exists():
+        raise CommandError(f"no CA in {directory}; run `lienthong keys init --dir {directory}`")
+    return Credential.read(directory, "ca")
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
@@ -453,6 +489,7 @@ def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
                 "queues": [inbox_queue(agency.code), status_queue(agency.code)],
                 "broker_user": registration.broker_user,
                 "password": registration.password,
+                "login": "certificate" if registration.certificate_login else "password",
                 "replaced_user": registration.replaced_user,
             }
         )
@@ -463,7 +500,12 @@ def _print_registration(registration: Any, verb: str, as_json: bool) -> None:
     print(f"  subscriptions: {subscribed}")
     count = len(agency.certificates)
     print(f"  certificates: {count or 'none (it can receive but not send)'}")
-    if registration.password is not None:
+    if registration.certificate_login:
+        print(f"  broker user: {registration.broker_user}")
+        print("  login: its certificate (auth=external), no password; its software connects to")
+        print(f"    {registration.amqp_url}")
+        print("    with AGENCY.cert.pem / AGENCY.key.pem its own certificate and key")
+    elif registration.password is not None:
         print(f"  broker user: {registration.broker_user}")
         print(f"  broker password: {registration.password}  (shown once; keep it safe)")
     if registration.replaced_user is not None:
@@ -492,6 +534,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
                 password=password,
                 provision_user=not args.no_broker_user,
                 rotate_password=args.rotate_password,
+                password_login=args.password_login,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
@@ -1074,7 +1117,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     async def demo() -> int:
         table = await run_demo(
-            settings, Path(args.keys), workers=args.workers, via_gateway=args.via_gateway
+            settings,
+            Path(args.keys),
+            workers=args.workers,
+            via_gateway=args.via_gateway,
+            certificate_login=args.certificate_login,
         )
         print()
         mailbox = ", or its mailbox on the gateway" if args.via_gateway else ""
@@ -1149,6 +1196,40 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.FILE,
     )
     revoking.set_defaults(handler=cmd_keys_revoke)
+    for role, role_help, name_help in (
+        (
+            "server",
+            "issue a TLS server certificate (the broker, the gateway)",
+            "file stem, e.g. broker",
+        ),
+        (
+            "client",
+            "issue a TLS client certificate for the exchange's own processes",
+            "the certificate's common name, e.g. lienthong-worker",
+        ),
+    ):
+        tls = keys_commands.add_parser(role, help=role_help)
+        tls.add_argument("name", help=name_help)
+        _completes(
+            tls.add_argument(
+                "--dir", required=True, help="the CA directory; files are written there"
+            ),
+            shtab.DIRECTORY,
+        )
+        tls.add_argument(
+            "--host",
+            action="append",
+            required=role == "server",
+            help="a DNS name or IP address the server answers as (repeat for several)"
+            if role == "server"
+            else argparse.SUPPRESS,
+        )
+        tls.set_defaults(handler=cmd_keys_tls)
+    crl = keys_commands.add_parser(
+        "crl", help="write the CA's revocation list anew before its nextUpdate"
+    )
+    _completes(crl.add_argument("--dir", required=True, help="the CA directory"), shtab.DIRECTORY)
+    crl.set_defaults(handler=cmd_keys_crl)
 
     sign = commands.add_parser(
         "sign", parents=[language], help="sign a package (XML-DSig, enveloped)"
@@ -1273,7 +1354,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="also receive what is addressed to a subtree, e.g. '*.*.*.H26'",
     )
-    add.add_argument("--broker-user", help="its RabbitMQ user (default: the code)")
+    add.add_argument(
+        "--broker-user",
+        help="its RabbitMQ user, with --password-login or without --cert (default: the code)",
+    )
+    add.add_argument(
+        "--password-login",
+        action="store_true",
+        help="a broker user with a password, not the certificate login (auth=external) an "
+        "agency with --cert gets",
+    )
     add.add_argument(
         "--no-broker-user",
         action="store_true",
@@ -1484,6 +1574,12 @@ def build_parser() -> argparse.ArgumentParser:
         shtab.DIRECTORY,
     )
     demo.add_argument("--workers", type=int, default=2, help="workers to run")
+    demo.add_argument(
+        "--certificate-login",
+        action="store_true",
+        help="agencies log in to the broker with their certificates (auth=external); the "
+        "broker must trust the CA in --keys",
+    )
     demo.add_argument(
         "--via-gateway",
         action="store_true",

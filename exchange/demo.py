@@ -51,6 +51,7 @@ from exchange.registry import (
     prepare,
     provision_gateway_user,
     register_agency,
+    url_for_certificate,
 )
 from exchange.report import refresh_metrics
 from exchange.settings import Settings
@@ -107,6 +108,9 @@ class LocalExchange:
     keys_dir: Path
     agencies: dict[AgencyCode, LocalAgency] = field(default_factory=dict)
     ca: Credential | None = None
+    # Agencies log in to the broker with their certificates (auth=external):
+    # only when the broker trusts the CA in keys_dir; else with passwords.
+    certificate_login: bool = False
 
     def __post_init__(self) -> None:
         self.keys_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +142,17 @@ class LocalExchange:
         """
         agency = AgencyCode.parse(code)
         assert self.ca is not None
+        # O names the demo, so that a demo certificate's subject (its broker
+        # user with certificate login) is never a real agency's.
         credential = issue_agency_certificate(
-            self.ca, agency, common_name=name, key_type=key_type, directory=self.keys_dir
+            self.ca,
+            agency,
+            common_name=name,
+            organization=f"{name} (lienthong demo)",
+            key_type=key_type,
+            directory=self.keys_dir,
         )
+        password_login = not self.certificate_login
         try:
             registration = await register_agency(
                 self.settings,
@@ -148,21 +160,29 @@ class LocalExchange:
                 name,
                 certificate_pem=credential.cert_pem.decode(),
                 subscriptions=subscriptions,
-                broker_user=broker_user,
-                rotate_password=True,
+                broker_user=broker_user if password_login else None,
+                rotate_password=password_login,
+                password_login=password_login,
             )
         except AgencyExistsError:
             # The demo run again on the same database: its new certificate and
-            # a new password for the broker user it had.
+            # (with password login) a new password for the broker user it had.
             registration = await change_agency(
                 self.settings,
                 agency,
                 name=name,
                 certificate_pem=credential.cert_pem.decode(),
                 subscriptions=subscriptions,
-                rotate_password=True,
+                rotate_password=password_login,
             )
-        local = LocalAgency(agency, name, credential, registration.amqp_url)
+        amqp_url = registration.amqp_url
+        if registration.certificate_login:
+            amqp_url = url_for_certificate(
+                self.settings.amqp_url,
+                str(self.keys_dir / f"{agency}.cert.pem"),
+                str(self.keys_dir / f"{agency}.key.pem"),
+            )
+        local = LocalAgency(agency, name, credential, amqp_url)
         self.agencies[agency] = local
         return local
 
@@ -373,19 +393,22 @@ async def run_demo(
     via_gateway: bool = False,
     gateway_user: str = DEMO_GATEWAY_USER,
     user_prefix: str = DEMO_USER_PREFIX,
+    certificate_login: bool = False,
 ) -> str:
     """Run the whole demo and return the table every sender would see.
 
     With ``via_gateway``, the agencies of :data:`GATEWAY_AGENCIES` connect
     through the gateway instead of AMQP; its broker user is ``gateway_user``.
-    Each agency's broker user is ``user_prefix`` and its code (RabbitMQ
-    users are global to the broker: a test keeps its own apart).
+    With ``certificate_login`` (the broker trusts the CA in ``keys_dir``),
+    the agencies log in with their certificates; else each agency's broker
+    user is ``user_prefix`` and its code, with a password (RabbitMQ users
+    are global to the broker: a test keeps its own apart).
     """
     if via_gateway:
         # The workers believe the agency the gateway's user names.
         users = [*settings.gateway_users, gateway_user]
         settings = settings.model_copy(update={"gateway_users": users})
-    exchange = LocalExchange(settings, keys_dir)
+    exchange = LocalExchange(settings, keys_dir, certificate_login=certificate_login)
     await exchange.prepare()
     cast = {}
     behind_gateway = GATEWAY_AGENCIES if via_gateway else ()

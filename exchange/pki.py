@@ -16,6 +16,7 @@ the agency code in their subject's UID.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import logging
 import re
@@ -31,7 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -43,6 +44,7 @@ from cryptography.x509.verification import (
 
 from exchange.agency import AgencyCode
 from exchange.reasons import Reason, Rejection
+from exchange.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,93 @@ def issue_agency_certificate(
     if directory is not None:
         credential.write(directory, stem or code or "agency")
     return credential
+
+
+class TlsRole(StrEnum):
+    """What a TLS certificate of the development CA is for."""
+
+    SERVER = "server"  # RabbitMQ's listeners, the gateway: names the hosts it answers as
+    CLIENT = "client"  # the exchange's own processes logging in to the broker
+
+
+def issue_tls_certificate(
+    ca: Credential,
+    role: TlsRole,
+    common_name: str,
+    *,
+    hosts: Sequence[str] = (),
+    not_before: datetime | None = None,
+    valid_for: timedelta = DEFAULT_AGENCY_VALIDITY,
+    directory: Path | None = None,
+    stem: str | None = None,
+) -> Credential:
+    """Issue a TLS key (ECDSA P-256) and certificate from ``ca``.
+
+    A server certificate names ``hosts`` (DNS names or IP addresses) in its
+    subjectAltName, which clients check against the host they dialled; a
+    client certificate is for logging in to the broker (``auth=external``),
+    its subject ``C=VN, O=lienthong, CN=<common_name>`` being the broker user.
+    Agencies log in with their signing certificate instead (see
+    :func:`exchange.settings.certificate_login`). With ``directory``, writes
+    ``<stem>.key.pem`` and ``<stem>.cert.pem`` (``stem``: the common name).
+    """
+    if role is TlsRole.SERVER and not hosts:
+        raise ValueError("a server certificate names at least one host")
+    key = KeyType.ECDSA_P256.generate()
+    start, end = _validity(not_before, valid_for)
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        if role is TlsRole.SERVER
+        else (ExtendedKeyUsageOID.CLIENT_AUTH)
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name, "lienthong"))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+            critical=False,
+        )
+    )
+    if hosts:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False
+        )
+    cert = builder.sign(ca.private_key, hashes.SHA256())
+    credential = Credential(
+        _key_pem(key), cert.public_bytes(serialization.Encoding.PEM), _intermediates_below(ca)
+    )
+    if directory is not None:
+        credential.write(directory, stem or common_name)
+    return credential
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def agency_code_of(certificate: x509.Certificate) -> AgencyCode | None:
@@ -862,31 +951,30 @@ def revoke(
     if certificate.issuer != ca.certificate.subject:
         raise ValueError(f"{describe(certificate)} was not issued by {describe(ca.certificate)}")
     moment = _utc(at)
-    path = directory / CRL_FILE
-    entries: list[x509.RevokedCertificate] = []
-    if path.exists():
-        entries = [
-            r
-            for r in x509.load_pem_x509_crl(path.read_bytes())
-            if r.serial_number != certificate.serial_number
-        ]
+    entries = [r for r in _revoked(directory) if r.serial_number != certificate.serial_number]
     entries.append(
         x509.RevokedCertificateBuilder()
         .serial_number(certificate.serial_number)
         .revocation_date(moment)
         .build()
     )
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(moment - CLOCK_SKEW)
-        .next_update(moment + valid_for)
-    )
-    for entry in entries:
-        builder = builder.add_revoked_certificate(entry)
-    crl = builder.sign(ca.private_key, hashes.SHA256())
-    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    return path
+    return _write_crl(ca, entries, directory, moment, valid_for)
+
+
+def refresh_crl(
+    ca: Credential,
+    directory: Path,
+    *,
+    at: datetime | None = None,
+    valid_for: timedelta = DEFAULT_CRL_VALIDITY,
+) -> Path:
+    """Write ``directory/ca.crl.pem`` anew, current from ``at``, revoking what it revoked.
+
+    A CA publishes a new CRL before the last one's nextUpdate even when
+    nothing was revoked; a verifier holding a stale one refuses everything
+    that CA issued (the broker's TLS, the worker's REJECTED_CRL_STALE).
+    """
+    return _write_crl(ca, _revoked(directory), directory, _utc(at), valid_for)
 
 
 def empty_crl(
@@ -897,14 +985,50 @@ def empty_crl(
     valid_for: timedelta = DEFAULT_CRL_VALIDITY,
 ) -> Path:
     """Write ``directory/ca.crl.pem``: a CRL of ``ca`` revoking nothing, current from ``at``."""
-    moment = _utc(at)
-    crl = (
+    return _write_crl(ca, [], directory, _utc(at), valid_for)
+
+
+def _revoked(directory: Path) -> list[x509.RevokedCertificate]:
+    path = directory / CRL_FILE
+    return list(x509.load_pem_x509_crl(path.read_bytes())) if path.exists() else []
+
+
+def _write_crl(
+    ca: Credential,
+    entries: Iterable[x509.RevokedCertificate],
+    directory: Path,
+    moment: datetime,
+    valid_for: timedelta,
+) -> Path:
+    builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
         .last_update(moment - CLOCK_SKEW)
         .next_update(moment + valid_for)
-        .sign(ca.private_key, hashes.SHA256())
     )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca.private_key, hashes.SHA256())
     path = directory / CRL_FILE
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def crl_paths(settings: Settings, trust: Path | None = None) -> list[Path]:
+    """Where the revocation lists are: LIENTHONG_CRL_DIR, else beside the trust anchors.
+
+    ``trust`` names the anchors when they are not ``LIENTHONG_TRUST`` (the
+    gateway's own).
+    """
+    if settings.crl_dir is not None:
+        return [settings.crl_dir]
+    anchors = trust or settings.trust
+    if anchors is None:
+        return []
+    return [anchors if anchors.is_dir() else anchors.parent]
+
+
+def load_revocations(settings: Settings, trust: Path | None = None) -> Revocations:
+    """The revocation lists of :func:`crl_paths` (none, if the directory does not exist)."""
+    grace = timedelta(seconds=settings.crl_grace_s)
+    return Revocations.load([p for p in crl_paths(settings, trust) if p.exists()], grace=grace)

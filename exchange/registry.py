@@ -29,7 +29,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from aio_pika.abc import AbstractRobustConnection
 
@@ -46,7 +46,7 @@ from exchange.broker.topology import (
 )
 from exchange.pki import agency_code_of, check_policy, fingerprint
 from exchange.reasons import Rejection
-from exchange.settings import Settings
+from exchange.settings import Settings, certificate_login
 from exchange.store import queries
 from exchange.store.db import Connection, create_pool
 from exchange.store.db import connect as db_connect
@@ -79,6 +79,28 @@ class Registration:
     # The broker user the agency had before, deleted (agency set --broker-user).
     replaced_user: str | None = None
 
+    @property
+    def certificate_login(self) -> bool:
+        """Whether the agency logs in with its certificate (no password exists)."""
+        return logs_in_with_certificate(self.agency)
+
+
+def certificate_logins(pems: Sequence[str]) -> set[str]:
+    """The broker users these certificates log in as with ``auth=external``."""
+    from cryptography import x509
+
+    return {certificate_login(x509.load_pem_x509_certificate(pem.encode())) for pem in pems}
+
+
+def logs_in_with_certificate(agency: Agency) -> bool:
+    """Whether ``agency``'s broker user is the subject of one of its certificates.
+
+    Such a user has no password: the agency logs in with the certificate it
+    signs with (``auth=external``), and nobody can rotate, leak or hand over
+    a password.
+    """
+    return agency.broker_user in certificate_logins(agency.certificates)
+
 
 async def prepare(settings: Settings) -> None:
     """Bring the database schema and the core broker topology up to date (idempotent)."""
@@ -101,12 +123,40 @@ def vhost_of(amqp_url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def url_for_user(amqp_url: str, user: str, password: str) -> str:
-    """``amqp_url`` with another user and password (same host and vhost)."""
+# The query parameters of an AMQP URL that name this process's own client
+# certificate: never handed to an agency.
+_CLIENT_CERTIFICATE_PARAMETERS = ("certfile", "keyfile", "auth")
+
+
+def _host_port(amqp_url: str) -> str:
     parts = urlsplit(amqp_url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{parts.port or 5672}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    return f"{host}:{parts.port or default_port}"
+
+
+def url_for_user(amqp_url: str, user: str, password: str) -> str:
+    """``amqp_url`` with another user and password (same host, vhost and TLS parameters)."""
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{_host_port(amqp_url)}"
+    return urlunsplit(urlsplit(amqp_url)._replace(netloc=netloc))
+
+
+def url_for_certificate(amqp_url: str, certfile: str, keyfile: str) -> str:
+    """``amqp_url`` logging in with a client certificate (``auth=external``), no password.
+
+    Same host, vhost and CA (``cafile``); the certificate and key are the
+    given files, in place of this process's own.
+    """
+    parts = urlsplit(amqp_url)
+    query = [
+        (name, value)
+        for name, value in parse_qsl(parts.query)
+        if name not in _CLIENT_CERTIFICATE_PARAMETERS
+    ]
+    query += [("auth", "external"), ("certfile", certfile), ("keyfile", keyfile)]
+    return urlunsplit(parts._replace(netloc=_host_port(amqp_url), query=urlencode(query, safe="/")))
 
 
 def _check_certificate(code: AgencyCode, certificate_pem: str) -> tuple[str, str]:
@@ -265,7 +315,7 @@ async def provision_gateway_user(
     believe this user's agency header once it is in their
     ``LIENTHONG_GATEWAY_USERS``.
     """
-    admin = BrokerAdmin(settings.rabbitmq_api_url)
+    admin = BrokerAdmin.from_settings(settings)
     secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
     await admin.provision_gateway_user(name, secret, vhost=vhost_of(settings.amqp_url))
     return GatewayUser(name, secret, url_for_user(settings.amqp_url, name, secret))
@@ -284,8 +334,14 @@ async def register_agency(
     password: str | None = None,
     provision_user: bool = True,
     rotate_password: bool = False,
+    password_login: bool = False,
 ) -> Registration:
     """Register a new agency: directory row, broker user, queues; all of them or none.
+
+    An agency with a certificate logs in to the broker with it: its broker
+    user is the certificate's subject (:func:`exchange.settings.certificate_login`),
+    without a password. ``password_login``, or no certificate, makes a
+    password user instead (``broker_user``, by default the code).
 
     ``certificate_pem`` and ``certificates`` are the certificates it may
     sign with, each naming this agency; with none, it can receive but not
@@ -307,9 +363,23 @@ async def register_agency(
         code, [*([certificate_pem] if certificate_pem else []), *certificates]
     )
     patterns = _patterns(subscriptions)
-    user = broker_user or str(code)
+    with_certificate = bool(registered) and not password_login
+    if with_certificate:
+        if password is not None:
+            raise RegistrationError(
+                "the agency logs in with its certificate, which needs no password; "
+                "add --password-login for a password user instead"
+            )
+        user = certificate_logins([registered[0][1]]).pop()
+        if broker_user is not None and broker_user != user:
+            raise RegistrationError(
+                f"the agency logs in with its certificate, as broker user {user!r}, not "
+                f"{broker_user!r}; drop --broker-user, or add --password-login"
+            )
+    else:
+        user = broker_user or str(code)
     _refuse_trusted_user(settings, user)
-    admin = BrokerAdmin(settings.rabbitmq_api_url) if provision_user else None
+    admin = BrokerAdmin.from_settings(settings) if provision_user else None
     secret = None
     async with _all_or_nothing(settings) as (conn, undo):
         try:
@@ -328,18 +398,31 @@ async def register_agency(
             raise RegistrationError(str(error)) from None
         existed = False
         if admin is not None:
-            existed = await _refuse_foreign_user(admin, user, rotate_password=rotate_password)
+            # A certificate user has no password to reset: one lienthong made
+            # earlier is taken over as it is.
+            existed = await _refuse_foreign_user(
+                admin, user, rotate_password=rotate_password or with_certificate
+            )
         await _declare_queues(settings, code, undo)
         if admin is not None:
             # Last: a password reset cannot be undone.
-            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            if not with_certificate:
+                secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
             if not existed:
                 undo.add(f"broker user {user}", lambda: admin.delete_user(user))
             await admin.provision_agency_user(
                 code, secret, vhost=vhost_of(settings.amqp_url), user=user
             )
-    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
-    return Registration(agency, user, secret, url)
+    return Registration(agency, user, secret, _login_url(settings, agency, secret))
+
+
+def _login_url(settings: Settings, agency: Agency, secret: str | None) -> str:
+    """How ``agency`` logs in: with its password, or with its certificate (files of its own)."""
+    if logs_in_with_certificate(agency):
+        return url_for_certificate(settings.amqp_url, "AGENCY.cert.pem", "AGENCY.key.pem")
+    return (
+        url_for_user(settings.amqp_url, agency.broker_user, secret) if secret else settings.amqp_url
+    )
 
 
 async def change_agency(
@@ -387,6 +470,17 @@ async def change_agency(
             raise RegistrationError(
                 f"agency {code} is not registered; `lienthong agency add {code}` registers it"
             )
+        # An agency that logs in with its certificate follows its new one
+        # when the subject changes.
+        new_pems = [pem for _, pem in replacing or ()]
+        follows = (
+            bool(new_pems)
+            and broker_user is None
+            and logs_in_with_certificate(before)
+            and before.broker_user not in certificate_logins(new_pems)
+        )
+        if follows:
+            broker_user = certificate_logins(new_pems[-1:]).pop()
         moving = broker_user is not None and broker_user != before.broker_user
         if moving:
             assert broker_user is not None
@@ -411,16 +505,20 @@ async def change_agency(
             await _unbind_subscriptions(settings, code, [*before.subscriptions, *patterns])
         if moving:
             assert broker_user is not None
-            admin = BrokerAdmin(settings.rabbitmq_api_url)
+            admin = BrokerAdmin.from_settings(settings)
             await _refuse_foreign_user(admin, broker_user, rotate_password=False)
-            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            secret = None if follows else password or secrets.token_urlsafe(PASSWORD_BYTES)
             new_user = broker_user
             undo.add(f"broker user {new_user}", lambda: admin.delete_user(new_user))
             await admin.provision_agency_user(code, secret, vhost=vhost, user=new_user)
             replaced = before.broker_user
         elif rotate_password:
             _refuse_trusted_user(settings, before.broker_user)
-            admin = BrokerAdmin(settings.rabbitmq_api_url)
+            if logs_in_with_certificate(before):
+                raise RegistrationError(
+                    f"agency {code} logs in with its certificate: it has no password to rotate"
+                )
+            admin = BrokerAdmin.from_settings(settings)
             secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
             if before.disabled:
                 # A new password, not the access `agency enable` gives back.
@@ -432,10 +530,10 @@ async def change_agency(
     if replaced is not None and replaced not in settings.trusted_broker_users:
         # After the commit: the directory no longer names it, and deleting a
         # user (which closes its connections) cannot be undone.
-        await BrokerAdmin(settings.rabbitmq_api_url).delete_user(replaced)
-    user = agency.broker_user
-    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
-    return Registration(agency, user, secret, url, replaced)
+        await BrokerAdmin.from_settings(settings).delete_user(replaced)
+    return Registration(
+        agency, agency.broker_user, secret, _login_url(settings, agency, secret), replaced
+    )
 
 
 async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
@@ -458,7 +556,7 @@ async def disable_agency(settings: Settings, code: AgencyCode) -> Agency:
         user = agency.broker_user
         if user in settings.trusted_broker_users:
             return agency  # never the exchange's own user; the workers refuse it anyway
-        admin = BrokerAdmin(settings.rabbitmq_api_url)
+        admin = BrokerAdmin.from_settings(settings)
         tags = await admin.user_tags(user)
         if tags is None:
             return agency
@@ -492,17 +590,17 @@ async def enable_agency(
             raise RegistrationError(str(error)) from None
         user = agency.broker_user
         _refuse_trusted_user(settings, user)
-        admin = BrokerAdmin(settings.rabbitmq_api_url)
+        admin = BrokerAdmin.from_settings(settings)
         tags = await admin.user_tags(user)
         if tags is None or AGENCY_USER_TAG in tags:
-            secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            if not logs_in_with_certificate(agency):
+                secret = password or secrets.token_urlsafe(PASSWORD_BYTES)
             if tags is None:
                 undo.add(f"broker user {user}", lambda: admin.delete_user(user))
             await admin.provision_agency_user(code, secret, vhost=vhost, user=user)
         else:
             await admin.set_permissions(vhost, user, agency_permissions(code))
-    url = url_for_user(settings.amqp_url, user, secret) if secret else settings.amqp_url
-    return Registration(agency, user, secret, url)
+    return Registration(agency, user, secret, _login_url(settings, agency, secret))
 
 
 async def add_certificate(settings: Settings, code: AgencyCode, certificate_pem: str) -> Agency:

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -41,6 +44,17 @@ class ParserLimits(BaseSettings):
 SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url")
 
 ENV_PREFIX = "LIENTHONG_"
+
+
+# The machine's settings file, read after the environment and ./.env: where a
+# host's operator (or scripts/setup.sh on a development machine) writes what
+# every lienthong process on it shares. LIENTHONG_SETTINGS_FILE names another.
+MACHINE_SETTINGS_FILE = Path("/etc/lienthong/lienthong.env")
+
+
+def machine_settings_file() -> Path:
+    """The machine's settings file: ``LIENTHONG_SETTINGS_FILE``, or the default one."""
+    return Path(os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE") or MACHINE_SETTINGS_FILE)
 
 
 class SettingsError(ValueError):
@@ -80,7 +94,8 @@ class Settings(ParserLimits):
 
     Read, first found first: the command's options, the environment,
     ``LIENTHONG_<NAME>_FILE`` for the secret ones (:data:`SECRET_SETTINGS`),
-    a ``.env`` file in the working directory, the defaults below.
+    a ``.env`` file in the working directory, the machine's settings file
+    (:func:`machine_settings_file`), the defaults below.
     """
 
     model_config = SettingsConfigDict(
@@ -96,13 +111,24 @@ class Settings(ParserLimits):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Options, environment, secret files, ``.env``, in that order of precedence."""
-        return (init_settings, env_settings, SecretFiles(settings_cls), dotenv_settings)
+        """Options, environment, secret files, ``.env``, the machine's file, in that order."""
+        machine = DotEnvSettingsSource(settings_cls, env_file=machine_settings_file())
+        return (init_settings, env_settings, SecretFiles(settings_cls), dotenv_settings, machine)
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The broker, over TLS: aio-pika's URL, whose query names the CA that
+    # verifies the broker and the client certificate presented to it
+    # (``?cafile=...&certfile=...&keyfile=...``, plus ``auth=external`` to log
+    # in as the certificate's subject instead of a password). The broker's
+    # certificate and host name are always checked. Several brokers of one
+    # cluster: see docs/operations.md.
+    amqp_url: str = "amqps://localhost:5671/"
     # RabbitMQ's management HTTP API (plugin rabbitmq_management), used to
-    # create agency users and their permissions, and by the audit.
-    rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672"
+    # create agency users and their permissions, and by the audit: HTTPS, as
+    # an operator user of its own (it can create broker users).
+    rabbitmq_api_url: str = "https://localhost:15671"
+    # CA certificates that verify the management API's server certificate;
+    # unset: the system's trust store.
+    rabbitmq_api_ca: Path | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
@@ -239,8 +265,87 @@ SUPERUSER_ROLES = frozenset({"postgres"})
 
 
 def url_user(url: str) -> str:
-    """The user an AMQP or management API URL logs in as (RabbitMQ's ``guest`` when none)."""
-    return unquote(urlsplit(url).username or "guest")
+    """The user an AMQP or management API URL logs in as (RabbitMQ's ``guest`` when none).
+
+    An AMQP URL with ``auth=external`` logs in as the subject of its client
+    certificate (``certfile``), as :func:`certificate_login` writes it.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if query.get("auth", [""])[-1].lower() == "external" and query.get("certfile"):
+        path = Path(query["certfile"][-1])
+        try:
+            return certificate_login(x509.load_pem_x509_certificate(path.read_bytes()))
+        except (OSError, ValueError) as error:
+            raise SettingsError(f"cannot read the client certificate {path}: {error}") from None
+    return unquote(parts.username or "guest")
+
+
+# The attribute names RabbitMQ writes in the user name it derives from a
+# client certificate (rabbit_cert_info:format_rdn); other attributes appear
+# as their dotted OID.
+_RABBITMQ_ATTRIBUTE_NAMES = {
+    NameOID.SURNAME: "SN",
+    NameOID.GIVEN_NAME: "GIVENNAME",
+    NameOID.INITIALS: "INITIALS",
+    NameOID.GENERATION_QUALIFIER: "GENERATIONQUALIFIER",
+    NameOID.COMMON_NAME: "CN",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.TITLE: "TITLE",
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.SERIAL_NUMBER: "SERIALNUMBER",
+    NameOID.PSEUDONYM: "PSEUDONYM",
+    NameOID.DOMAIN_COMPONENT: "DC",
+    NameOID.EMAIL_ADDRESS: "EMAILADDRESS",
+    NameOID.STREET_ADDRESS: "STREET",
+    NameOID.USER_ID: "UID",
+}
+# Characters RabbitMQ escapes with a backslash anywhere in a value.
+_RDN_SPECIALS = frozenset('"+,;<>\\')
+
+
+def certificate_login(certificate: x509.Certificate) -> str:
+    """The RabbitMQ user a client certificate logs in as with ``auth=external``.
+
+    The broker is configured with ``ssl_cert_login_from = distinguished_name``
+    (deploy/rabbitmq/rabbitmq.conf): the user is the certificate's subject,
+    last attribute first, written the way RabbitMQ writes it, e.g.
+    ``UID=000.00.00.G22,CN=V\\C4\\83n ph\\C3\\B2ng Ch\\C3\\ADnh ph\\E1\\BB\\A7,C=VN``:
+    RFC 4514, with every byte of a non-ASCII character's UTF-8 as ``\\XX``.
+    The subject, not the common name, because it carries the agency code:
+    two communes with the same name have different codes.
+    """
+    return ",".join(
+        "+".join(_rabbitmq_attribute(attribute) for attribute in rdn)
+        for rdn in reversed(list(certificate.subject.rdns))
+    )
+
+
+def _rabbitmq_attribute(attribute: x509.NameAttribute[str | bytes]) -> str:
+    name = _RABBITMQ_ATTRIBUTE_NAMES.get(attribute.oid, attribute.oid.dotted_string)
+    value = attribute.value
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return f"{name}={_rabbitmq_escape(text)}"
+
+
+def _rabbitmq_escape(value: str) -> str:
+    """A value as rabbit_cert_info:escape_rdn_value writes it."""
+    out = []
+    for index, char in enumerate(value):
+        if index == 0 and char in " #":
+            out.append("\\" + char)
+        elif char == " " and index == len(value) - 1:
+            out.append("\\ ")
+        elif char in _RDN_SPECIALS:
+            out.append("\\" + char)
+        elif ord(char) < 32 or ord(char) >= 126:
+            out.append("".join(f"\\{byte:02X}" for byte in char.encode("utf-8")))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -266,6 +371,13 @@ def transport_problem(settings: Settings) -> str | None:
         return (
             f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
             "documents in clear; use amqps:// off this host"
+        )
+    if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
+        amqp.hostname
+    ):
+        return (
+            f"LIENTHONG_AMQP_URL: no_verify_ssl to {amqp.hostname} would accept any server "
+            "as the broker; give the CA that issued its certificate (cafile=...)"
         )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)

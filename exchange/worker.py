@@ -35,7 +35,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -59,7 +58,7 @@ from exchange.failures import Failure, classify, is_fatal
 from exchange.installation import BrokenInstallation
 from exchange.ledger import Arrival, Ledger, Publication
 from exchange.pipeline import CheckCache, CheckContext, CheckedMessage, Envelope
-from exchange.pki import Revocations, TrustStore
+from exchange.pki import Revocations, TrustStore, load_revocations
 from exchange.reasons import Rejection
 from exchange.receipts import schema_path as receipt_schema_path
 from exchange.settings import Settings
@@ -724,21 +723,6 @@ async def open_when_ready(
             return None
         pause = min(pause * 2, STARTUP_MOST_PAUSE_S)
         attempt += 1
-
-
-def crl_paths(settings: Settings) -> list[Path]:
-    """Where the revocation lists are: LIENTHONG_CRL_DIR, else beside the trust anchors."""
-    if settings.crl_dir is not None:
-        return [settings.crl_dir]
-    if settings.trust is None:
-        return []
-    return [settings.trust if settings.trust.is_dir() else settings.trust.parent]
-
-
-def load_revocations(settings: Settings) -> Revocations:
-    """The revocation lists of :func:`crl_paths` (none, if the directory does not exist)."""
-    grace = timedelta(seconds=settings.crl_grace_s)
-    return Revocations.load([p for p in crl_paths(settings) if p.exists()], grace=grace)
 
 
 def observe_revocations(revocations: Revocations) -> None:

@@ -87,3 +87,7 @@ if ! .venv/bin/python -c 'import exchange, pytest, hypothesis' >/dev/null 2>&1 \
   rm -f "$log"
   touch .venv/.installed
 fi
+
+# TLS: the development PKI, RabbitMQ's TLS listener and certificate logins,
+# the management API over HTTPS, and this machine's settings file.
+bash scripts/dev-tls.sh

@@ -32,9 +32,9 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from exchange.agency import AgencyCode
-from exchange.broker.admin import FULL_ACCESS, AgencyUser, BrokerAdmin, BrokerAdminError
+from exchange.broker.admin import AgencyUser, BrokerAdmin, BrokerAdminError
 from exchange.broker.connection import connect
-from exchange.settings import Settings
+from exchange.settings import Settings, url_user
 
 # Every test vhost starts with this, so a crashed run's leftovers are easy to
 # find and delete (`rabbitmqctl list_vhosts | grep lienthong-test-`).
@@ -109,9 +109,9 @@ def make_vhost(
     def make() -> BrokerVhost:
         name = f"{TEST_VHOST_PREFIX}{module}-{uuid.uuid4().hex[:8]}"
         description = f"pytest {request.module.__name__}"
-        _run(lambda: broker_admin.create_vhost(name, description=description))
+        grant = (broker_admin.user, url_user(Settings().amqp_url))
+        _run(lambda: broker_admin.create_vhost(name, description=description, grant=grant))
         created.append(name)
-        _run(lambda: broker_admin.set_permissions(name, broker_admin.user, FULL_ACCESS))
         return BrokerVhost(name, amqp_url_for(name))
 
     yield make

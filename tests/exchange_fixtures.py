@@ -36,10 +36,10 @@ import asyncpg
 import pytest
 
 from exchange.agency import AgencyCode
-from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
+from exchange.broker.admin import BrokerAdmin
 from exchange.client import AgencyClient, InboxItem, Item, StatusItem
 from exchange.demo import LocalAgency, LocalExchange
-from exchange.settings import Settings
+from exchange.settings import Settings, url_user
 from tests.broker_fixtures import TEST_VHOST_PREFIX, amqp_url_for
 
 ItemT = TypeVar("ItemT", bound=Item)
@@ -238,10 +238,13 @@ async def isolated_exchange(
     """
     token = uuid.uuid4().hex[:8]
     vhost = f"{TEST_VHOST_PREFIX}exchange-{token}"
-    await broker_admin.create_vhost(vhost, description="pytest tests.exchange_fixtures")
+    await broker_admin.create_vhost(
+        vhost,
+        description="pytest tests.exchange_fixtures",
+        grant=(broker_admin.user, url_user(Settings().amqp_url)),
+    )
     under_test: ExchangeUnderTest | None = None
     try:
-        await broker_admin.set_permissions(vhost, broker_admin.user, FULL_ACCESS)
         settings = Settings().model_copy(
             update={"amqp_url": amqp_url_for(vhost), "database_url": database_url, **overrides}
         )

@@ -621,9 +621,10 @@ async def run_bench(
 
     ``base`` names the servers: the run makes its vhost and database on them.
     """
-    from exchange.broker.admin import FULL_ACCESS, BrokerAdmin
+    from exchange.broker.admin import BrokerAdmin
     from exchange.demo import LocalExchange
     from exchange.pki import KeyType
+    from exchange.settings import url_user
     from exchange.store.db import create_database
 
     key_type = KeyType(config.key_type)
@@ -643,10 +644,13 @@ async def run_bench(
     observer: Observer | None = None
     publishers: Publishers | None = None
     try:
-        await admin.create_vhost(vhost, description="lienthong bench (deleted after the run)")
+        await admin.create_vhost(
+            vhost,
+            description="lienthong bench (deleted after the run)",
+            grant=(admin.user, url_user(base.amqp_url)),
+        )
         await create_database(base.database_url, database)
         progress(f"vhost {vhost}, database {database}, files in {work_dir}")
-        await admin.set_permissions(vhost, admin.user, FULL_ACCESS)
         settings = base.model_copy(
             update={
                 "amqp_url": _vhost_url(base.amqp_url, vhost),

@@ -16,10 +16,13 @@ import asyncio
 import base64
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from exchange.agency import AgencyCode
@@ -95,8 +98,14 @@ def _quote(segment: str) -> str:
 class BrokerAdmin:
     """A client of the management HTTP API at ``api_url`` (credentials in the URL)."""
 
-    def __init__(self, api_url: str, *, timeout: float = API_TIMEOUT_S) -> None:
-        """Parse ``api_url`` (``http://user:password@host:15672``) and keep its parts."""
+    def __init__(
+        self, api_url: str, *, ca: Path | None = None, timeout: float = API_TIMEOUT_S
+    ) -> None:
+        """Parse ``api_url`` (``https://user:password@host:15671``) and keep its parts.
+
+        Over HTTPS the server's certificate and host name are checked against
+        ``ca`` (a PEM file of CA certificates), or the system's trust store.
+        """
         parts = urllib.parse.urlsplit(api_url)
         try:
             parts.port  # noqa: B018 (parsing the port raises on a bad one)
@@ -105,7 +114,7 @@ class BrokerAdmin:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidApiUrl(
                 f"the RabbitMQ management API URL {api_url.split('@')[-1]!r} must look like "
-                "http://user:password@host:15672 (--rabbitmq-api-url or "
+                "https://user:password@host:15671 (--rabbitmq-api-url or "
                 "LIENTHONG_RABBITMQ_API_URL)"
             )
         user = urllib.parse.unquote(parts.username or "guest")
@@ -116,11 +125,16 @@ class BrokerAdmin:
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._authorization = f"Basic {token}"
         self._timeout = timeout
+        self._tls = (
+            ssl.create_default_context(cafile=str(ca) if ca else None)
+            if parts.scheme == "https"
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerAdmin:
         """The client for ``settings.rabbitmq_api_url`` (``LIENTHONG_RABBITMQ_API_URL``)."""
-        return cls(settings.rabbitmq_api_url)
+        return cls(settings.rabbitmq_api_url, ca=settings.rabbitmq_api_ca)
 
     def __repr__(self) -> str:
         return f"BrokerAdmin({self._base!r}, user={self._user!r})"
@@ -143,7 +157,9 @@ class BrokerAdmin:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=self._timeout, context=self._tls
+            ) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:
             detail = error.read().decode("utf-8", "replace")
@@ -184,10 +200,19 @@ class BrokerAdmin:
 
     # -- vhosts -------------------------------------------------------------------
 
-    async def create_vhost(self, name: str, *, description: str = "") -> None:
-        """Create the vhost ``name``; nothing happens if it exists."""
+    async def create_vhost(
+        self, name: str, *, description: str = "", grant: Iterable[str] = ()
+    ) -> None:
+        """Create the vhost ``name`` (nothing happens if it exists); full access to ``grant``.
+
+        ``grant`` names the exchange's own users that work in it: this
+        client's and the workers' (``LIENTHONG_AMQP_URL``'s), which differ
+        when the management API has an operator user of its own.
+        """
         await self.request("PUT", f"/vhosts/{_quote(name)}", {"description": description})
         log.info("vhost %s created", name)
+        for user in dict.fromkeys(grant):
+            await self.set_permissions(name, user, FULL_ACCESS)
 
     async def delete_vhost(self, name: str) -> bool:
         """Delete the vhost ``name`` with everything in it; ``False`` if it did not exist."""
@@ -198,12 +223,15 @@ class BrokerAdmin:
 
     # -- users ----------------------------------------------------------------------
 
-    async def create_user(self, name: str, password: str, *, tags: str = "") -> None:
+    async def create_user(self, name: str, password: str | None, *, tags: str = "") -> None:
         """Create the user ``name`` (or set its password and tags if it exists).
 
-        ``tags`` empty: no access to the management UI, which agencies do not need.
+        ``password`` ``None``: a user no password logs in as, only a client
+        certificate whose subject is ``name`` (``auth=external``). ``tags``
+        empty: no access to the management UI, which agencies do not need.
         """
-        await self.request("PUT", f"/users/{_quote(name)}", {"password": password, "tags": tags})
+        secret = {"password": password} if password is not None else {"password_hash": ""}
+        await self.request("PUT", f"/users/{_quote(name)}", {**secret, "tags": tags})
         log.info("broker user %s created or updated", name)  # never the password
 
     async def user_tags(self, name: str) -> list[str] | None:
@@ -288,15 +316,16 @@ class BrokerAdmin:
         return Permissions(answer["configure"], answer["write"], answer["read"])
 
     async def provision_agency_user(
-        self, code: AgencyCode, password: str, *, vhost: str = "/", user: str | None = None
+        self, code: AgencyCode, password: str | None, *, vhost: str = "/", user: str | None = None
     ) -> AgencyUser:
         """Create an agency's broker user and give it only what the agency needs.
 
         The user (by default named after the code) may publish to
         ``lienthong.submit`` and consume ``lienthong.inbox.<code>`` and
         ``lienthong.status.<code>``, nothing else. It carries
-        :data:`AGENCY_USER_TAG`. Running it again changes the password and
-        resets the permissions.
+        :data:`AGENCY_USER_TAG`. ``password`` ``None``: it logs in with its
+        certificate only (see :meth:`create_user`). Running it again changes
+        the password and resets the permissions.
         """
         name = user or str(code)
         permissions = agency_permissions(code)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -56,7 +57,7 @@ from exchange.gateway.protocol import (
 )
 from exchange.gateway.submit import EDOC, MESSAGE_TYPES, Prepared, prepare
 from exchange.pipeline import CheckContext
-from exchange.pki import Credential, TrustStore
+from exchange.pki import Credential, Revocations, TrustStore, load_revocations
 from exchange.reasons import Reason, Rejection
 from exchange.settings import Settings
 from exchange.status import StatusCode
@@ -113,6 +114,9 @@ class Gateway:
     settings: Settings
     trust: TrustStore
     keys_dir: Path | None = None
+    # The file or directory ``trust`` was read from: the CAs' revocation
+    # lists are beside it unless LIENTHONG_CRL_DIR says where.
+    trust_path: Path | None = None
     observers: list[Observer] = field(default_factory=list)
     pool: Pool | None = None
     connection: AbstractRobustConnection | None = None
@@ -125,12 +129,15 @@ class Gateway:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _mover_task: asyncio.Task[None] | None = None
     _figures_task: asyncio.Task[None] | None = None
+    _revocations_task: asyncio.Task[None] | None = None
     _credentials: dict[AgencyCode, Credential] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # SHA-1 is accepted per agency by the workers (agency add --allow-sha1);
         # the gateway signs with SHA-256 and refuses SHA-1 from every system.
-        self.context = CheckContext(trust=self.trust, limits=self.settings)
+        self.context = CheckContext(
+            trust=self.trust, limits=self.settings, revocations=self._revocations()
+        )
         # The broker user the gateway publishes as (RabbitMQ checks user_id).
         self.own_user = broker_user_of(self.settings.amqp_url)
         if self.measured:
@@ -149,11 +156,41 @@ class Gateway:
         self._mover_task = asyncio.create_task(self.mover.run(self._stop))
         if self.measured:
             self._figures_task = asyncio.create_task(measure.keep_refreshed(self.pool, self._stop))
+        self._revocations_task = asyncio.create_task(self._keep_revocations())
+
+    def _revocations(self) -> Revocations:
+        return load_revocations(self.settings, self.trust_path or self.settings.gateway_trust)
+
+    def reload_revocations(self) -> bool:
+        """Read the CAs' revocation lists again (every ``crl_reload_s``, and on SIGHUP).
+
+        A request being checked finishes with the lists it started with.
+        Files that cannot be read leave the previous lists in use.
+        """
+        try:
+            revocations = self._revocations()
+        except (OSError, ValueError) as error:
+            log.error("could not reload the revocation lists: %s", error)
+            return False
+        self.context = dataclasses.replace(self.context, revocations=revocations)
+        log.info("reloaded %d revocation list(s)", len(revocations))
+        return True
+
+    async def _keep_revocations(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.crl_reload_s)
+            if not self._stop.is_set():
+                self.reload_revocations()
 
     async def close(self) -> None:
         """Stop the mover (messages being inserted are finished), then close everything."""
         self._stop.set()
-        tasks = [t for t in (self._mover_task, self._figures_task) if t is not None]
+        tasks = [
+            t
+            for t in (self._mover_task, self._figures_task, self._revocations_task)
+            if t is not None
+        ]
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.publisher is not None:
             with contextlib.suppress(Exception):

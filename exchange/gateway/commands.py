@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import secrets
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -196,7 +197,11 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     async with await create_pool(settings) as pool:
         await migrate(pool)
     port = settings.gateway_metrics_port
-    gateway = Gateway(settings, trust=trust, keys_dir=keys, measured=port != 0)
+    gateway = Gateway(
+        settings, trust=trust, keys_dir=keys, trust_path=trust_path, measured=port != 0
+    )
+    # SIGHUP reads the CAs' revocation lists again, as it does for the workers.
+    signal.signal(signal.SIGHUP, lambda *_: gateway.reload_revocations())
     config = uvicorn.Config(
         create_app(gateway),
         host=settings.gateway_host,

@@ -24,6 +24,7 @@ from exchange.edxml.safexml import parse
 from exchange.edxml.writer import new_status, write_package
 from exchange.gateway.auth import sign_request
 from exchange.gateway.protocol import REASON_CODES, sdk_hash
+from exchange.pki import revoke
 from exchange.reasons import Reason
 from exchange.status import StatusCode
 from tests.exchange_fixtures import ExchangeUnderTest, wait_for
@@ -262,6 +263,19 @@ async def test_a_package_with_a_real_signature_is_published_as_it_is(
     assert reply["ErrorCode"] == "0", reply
     (item,) = await gw.wait_received("SYS-B", 1)
     assert await gw.get("SYS-B", item["docId"]) == signed
+
+
+async def test_a_package_signed_with_a_revoked_certificate_is_refused_after_a_reload(
+    gw: GatewayUnderTest, agencies: dict[str, LocalAgency], exchange: ExchangeUnderTest
+) -> None:
+    credential = agencies[G22].credential
+    signed = sign(unsigned_document(agencies, [H26]), credential.key_pem, credential.cert_chain_pem)
+    assert exchange.local.ca is not None
+    # The CRL goes beside the trust anchors, where the gateway looks (LIENTHONG_CRL_DIR unset).
+    revoke(exchange.local.ca, credential.certificate, exchange.local.keys_dir)
+    assert gw.gateway.reload_revocations()
+    reply = await gw.send("SYS-A", G22, signed)
+    assert reply["ErrorCode"] == REASON_CODES[Reason.CERT_REVOKED], reply
 
 
 async def test_oversized_bodies_are_refused_before_they_are_read(

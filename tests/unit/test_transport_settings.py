@@ -1,4 +1,4 @@
-"""Settings refuse credentials and documents in clear to another host (issue 14, point 3).
+"""Settings refuse credentials and documents in clear to another host.
 
 Each rule is tried off this host (refused, with a one-line message naming
 the setting) and on loopback (allowed: development). The worker's metrics
@@ -54,6 +54,26 @@ def test_loopback_hosts(host: str) -> None:
 @pytest.mark.parametrize("host", ["mq.example", "10.0.0.5", "::ffff:10.0.0.5", "0.0.0.0"])
 def test_other_hosts_are_not_loopback(host: str) -> None:
     assert not is_loopback(host)
+
+
+def test_amqps_without_checking_the_broker_certificate_off_the_host_is_refused() -> None:
+    line = refusal(amqp_url="amqps://worker:secret@mq.example:5671/?no_verify_ssl=1")
+    assert line.startswith("bad setting LIENTHONG_AMQP_URL: no_verify_ssl to mq.example")
+    Settings(amqp_url="amqps://localhost:5671/?no_verify_ssl=1")
+
+
+def test_a_certificate_login_url_names_the_certificate_subject(tmp_path) -> None:
+    from exchange.pki import TlsRole, create_ca, issue_tls_certificate
+    from exchange.settings import url_user
+
+    ca = create_ca(tmp_path)
+    issue_tls_certificate(ca, TlsRole.CLIENT, "lienthong-worker", directory=tmp_path)
+    url = (
+        "amqps://mq.example:5671/?auth=external"
+        f"&certfile={tmp_path}/lienthong-worker.cert.pem&keyfile={tmp_path}/lienthong-worker.key.pem"
+    )
+    assert url_user(url) == "CN=lienthong-worker,O=lienthong,C=VN"
+    assert url_user("amqps://mq.example:5671/") == "guest"
 
 
 def test_plain_amqp_to_another_host_is_refused() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from exchange.pipeline import CheckCache, CheckContext
-from exchange.pki import empty_crl
+from exchange.pki import empty_crl, load_revocations
 from exchange.settings import Settings
-from exchange.worker import TrustKeeper, load_revocations, observe_revocations
+from exchange.worker import TrustKeeper, observe_revocations
 from tests.keys import TestPKI
 
 
