@@ -35,6 +35,7 @@ from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 # The CLI builds its parser (add_commands) on every run: the broker, the
 # database and the settings are imported only when the audit really runs.
 if TYPE_CHECKING:
+    from exchange.seals import SealProblem
     from exchange.settings import Settings
     from exchange.store.records import (
         ChainHead,
@@ -427,11 +428,16 @@ class ChainReport:
     """The result of :func:`verify_chains`, one status per chain."""
 
     chains: tuple[ChainStatus, ...]
+    # The seals (exchange.seals): those that do not hold, and the chains
+    # that no longer have a sealed head.
+    seal_problems: tuple[SealProblem, ...] = ()
+    seals: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Whether every chain verified."""
-        return all(chain.ok for chain in self.chains)
+        """Whether every chain verified, and against every seal."""
+        return all(chain.ok for chain in self.chains) and not self.seal_problems
 
     @property
     def problems(self) -> tuple[ChainProblem, ...]:
@@ -449,8 +455,16 @@ class ChainReport:
             for index, problem in enumerate(chain.problems):
                 first = "first: " if index == 0 else ""
                 yield f"  {first}{problem.sentence}"
+        for note in self.notes:
+            yield f"note: {note}"
+        for seal_problem in self.seal_problems:
+            yield f"SEAL {seal_problem.code}: {seal_problem.sentence}"
         if self.ok:
-            yield "OK: every chain verifies; keep the heads above to compare with later"
+            yield (
+                f"OK: every chain verifies, and against {self.seals} seal(s)"
+                if self.seals
+                else "OK: every chain verifies; keep the heads above to compare with later"
+            )
         else:
             yield "TAMPERED: the history was changed behind the exchange's back"
 
@@ -469,6 +483,9 @@ class ChainReport:
                 }
                 for chain in self.chains
             ],
+            "seals": self.seals,
+            "seal_problems": [asdict(problem) for problem in self.seal_problems],
+            "notes": list(self.notes),
         }
 
 
@@ -496,6 +513,10 @@ class ChainWalk:
     last_hash: str = ""
     last_id: int | None = None
     problems: list[ChainProblem] = field(default_factory=list)
+    # Positions whose stored hash a seal pinned (exchange.seals), and the
+    # hash stored there now.
+    watched: frozenset[int] = frozenset()
+    stored: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.last_hash = self.genesis
@@ -533,6 +554,8 @@ class ChainWalk:
                 f"its chain hash: it was changed after it was recorded,{before}",
             )
         self.last_seq, self.last_hash, self.last_id = link.seq, link.hash, link.row_id
+        if link.seq in self.watched:
+            self.stored[link.seq] = link.hash
 
     def _gap(self, expected_seq: int, seq: int, row_id: int) -> str:
         count = seq - expected_seq
@@ -598,27 +621,81 @@ class ChainWalk:
 
 
 async def verify_chains(settings: Settings) -> ChainReport:
-    """Recompute every hash chain of the database of ``settings``.
+    """Recompute every hash chain of the database of ``settings``, and check it against the seals.
 
     Reads everything in one REPEATABLE READ snapshot, so rows the exchange
     inserts meanwhile are either wholly in (row and head) or wholly out.
+    The seals count only if signed by a certificate of
+    ``settings.seal_cert``, which the verifier reads from its own disk,
+    never from the database.
     """
+    from exchange.seals import (
+        SealProblem,
+        check_seals,
+        load_seals,
+        needed_positions,
+        read_certificates,
+    )
     from exchange.store import queries
     from exchange.store.db import connect
 
     conn = await connect(settings)
     statuses = []
+    stored: dict[str, dict[int, str]] = {}
+    lengths: dict[str, int] = {}
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            seals = await load_seals(conn)
+            positions = needed_positions(seals)
             heads = await queries.chain_heads(conn)
             for chain in queries.CHAINED_TABLES:
-                walk = ChainWalk(chain, await queries.chain_genesis(conn, chain))
+                walk = ChainWalk(
+                    chain,
+                    await queries.chain_genesis(conn, chain),
+                    watched=frozenset(positions.get(chain, ())),
+                )
                 async for link in queries.chain_links(conn, chain):
                     walk.feed(link)
                 statuses.append(walk.finish(heads.get(chain)))
+                stored[chain] = walk.stored
+                lengths[chain] = walk.last_seq
     finally:
         await conn.close()
-    return ChainReport(tuple(statuses))
+    notes: list[str] = []
+    seal_problems: list[SealProblem] = []
+    if settings.seal_cert is None:
+        if seals:
+            notes.append(
+                f"{len(seals)} seal(s) not checked: set LIENTHONG_SEAL_CERT to the sealing "
+                "certificate (kept off the database) to check the chains against them"
+            )
+    else:
+        certificates = read_certificates(settings.seal_cert, "LIENTHONG_SEAL_CERT")
+        tsa = (
+            read_certificates(settings.tsa_cert, "LIENTHONG_TSA_CERT")
+            if settings.tsa_cert is not None
+            else []
+        )
+        seal_problems = check_seals(
+            seals,
+            stored,
+            lengths,
+            certificates=certificates,
+            tsa_certificates=tsa,
+            interval_s=settings.seal_interval_s,
+        )
+        if not seals and any(lengths.values()):
+            seal_problems.append(
+                SealProblem(
+                    "NO_SEAL",
+                    None,
+                    None,
+                    "the chains have rows but no seal: run `lienthong audit --seal` (and a "
+                    "worker with LIENTHONG_SEAL_KEY seals at the interval), or the seals "
+                    "were deleted",
+                )
+            )
+    return ChainReport(tuple(statuses), tuple(seal_problems), len(seals), tuple(notes))
 
 
 # -- the command ------------------------------------------------------------------
@@ -635,13 +712,20 @@ def add_commands(
         help="reconcile the record with the broker, or verify the history's hash chains",
         description="Without options: check that every received message is settled or "
         "waiting in a queue (exact when no worker runs). With --verify-chain: recompute "
-        "the hash chains of messages, documents and events (database only). Exit status "
-        "0 when all is well, 1 when something is found.",
+        "the hash chains of messages, documents, events and the operator log, and check "
+        "them against the seals of their heads (database only). With --seal: sign the "
+        "heads now. Exit status 0 when all is well, 1 when something is found.",
     )
     command.add_argument(
         "--verify-chain",
         action="store_true",
         help="recompute the hash chains and name the first row changed or deleted",
+    )
+    command.add_argument(
+        "--seal",
+        action="store_true",
+        help="sign (and time-stamp, with LIENTHONG_TSA_URL) the chains' heads now; recorded "
+        "in the operator log",
     )
     command.add_argument("--json", action="store_true", help="machine-readable output")
     command.set_defaults(handler=cmd_audit)
@@ -649,14 +733,58 @@ def add_commands(
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit or the chain verification and print the report."""
-    from exchange.commands import EXIT_OK, EXIT_REFUSED, print_json, run, settings_from_args
+    from exchange.commands import (
+        EXIT_OK,
+        EXIT_REFUSED,
+        CommandError,
+        print_json,
+        run,
+        settings_from_args,
+    )
 
     settings = settings_from_args(args)
 
-    async def audit_run() -> int:
-        report: AuditReport | ChainReport = (
-            await verify_chains(settings) if args.verify_chain else await audit(settings)
+    async def seal_run() -> int:
+        from exchange.operator_log import note
+        from exchange.seals import SealError, seal_heads
+        from exchange.store.db import connect
+
+        conn = await connect(settings)
+        try:
+            seal = await seal_heads(conn, settings)
+        except SealError as error:
+            raise CommandError(str(error)) from None
+        finally:
+            await conn.close()
+        note(f"seal {seal.number}")
+        if args.json:
+            print_json(seal.as_dict())
+            return EXIT_OK
+        stamped = (
+            f", time-stamped {seal.tsa_time.isoformat(timespec='seconds')} by the authority"
+            if seal.tsa_time is not None
+            else ""
         )
+        print(f"seal {seal.number} at {seal.sealed_at.isoformat(timespec='seconds')}{stamped}")
+        for chain, (seq, head) in sorted(seal.heads().items()):
+            print(f"  {chain}: position {seq} {head}")
+        print(f"  digest {seal.digest} (signed with {seal.algorithm})")
+        return EXIT_OK
+
+    if args.seal:
+        if args.verify_chain:
+            raise CommandError("--seal and --verify-chain are separate runs; give one")
+        return run(seal_run())
+
+    async def audit_run() -> int:
+        from exchange.seals import SealError
+
+        try:
+            report: AuditReport | ChainReport = (
+                await verify_chains(settings) if args.verify_chain else await audit(settings)
+            )
+        except SealError as error:
+            raise CommandError(str(error)) from None
         if args.json:
             print_json(report.to_json())
         else:

@@ -534,7 +534,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
                 password=password,
                 provision_user=not args.no_broker_user,
                 rotate_password=args.rotate_password,
-                password_login=args.password_login,
+                password_login=args.no_certificate_login,
             )
         except RegistrationError as error:
             raise CommandError(str(error)) from None
@@ -1029,6 +1029,7 @@ def cmd_report_status(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print a document's timeline: submitted, then per recipient each receipt and status."""
     from exchange.edxml.model import VIETNAM_TIME
+    from exchange.operator_log import reading
     from exchange.store import queries
     from exchange.store.db import connect
 
@@ -1036,6 +1037,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def tracing() -> int:
+        # Recorded in the operator log before anything is read.
+        await reading()
         conn = await connect(settings)
         try:
             traces = await queries.trace(conn, args.document, sender)
@@ -1356,10 +1359,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--broker-user",
-        help="its RabbitMQ user, with --password-login or without --cert (default: the code)",
+        help="its RabbitMQ user, with --no-certificate-login or without --cert (default: the code)",
     )
     add.add_argument(
-        "--password-login",
+        "--no-certificate-login",
         action="store_true",
         help="a broker user with a password, not the certificate login (auth=external) an "
         "agency with --cert gets",
@@ -1663,12 +1666,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit status 2 (``--debug`` adds the traceback); Ctrl-C ends with 130.
     """
     from exchange.checks.schema import use_schema_dir
+    from exchange.operator_log import accountable
 
     args = build_parser().parse_args(argv)
     _log_warnings(debug=args.debug)
     try:
         use_schema_dir(settings_from_args(args).schema_dir)
-        return int(args.handler(args))
+        # Operator actions leave a row in the operator log (exchange/operator_log.py).
+        return int(accountable(args, args.handler))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:

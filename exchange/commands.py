@@ -177,10 +177,15 @@ def address_of(url: str) -> str:
     try:
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
+        hosts = f"{parts.hostname or ''}{port}"
     except ValueError:
-        return "(an unreadable URL)"
+        # Not one host and port: a list of them (a PostgreSQL primary and its
+        # standbys, "db1:5432,db2:5432"), shown as written.
+        hosts = parts.netloc.rpartition("@")[2]
+        if "," not in hosts:
+            return "(an unreadable URL)"
     user = f"{unquote(parts.username)}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+    return f"{parts.scheme}://{user}{hosts}{parts.path}"
 
 
 def _user_of(url: str) -> str:
@@ -280,6 +285,11 @@ def _postgresql(error: BaseException, url: str | None) -> str:
         return f"{where}: {error}; is the database migrated? `lienthong init` migrates it"
     if isinstance(error, asyncpg.PostgresError):
         return f"{where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    if isinstance(error, asyncpg.TargetServerAttributeNotMatched):
+        return (
+            f"{where}: no host is a writable primary (target_session_attrs); "
+            "is a standby being promoted?"
+        )
     text = str(error)
     if "SSL" in text:
         return f"{where}: TLS failed ({text}); check sslmode in {option}"

@@ -74,7 +74,12 @@ class Failure(Enum):
 # Anything not listed is INTERNAL (a bug): retried too, since a retry costs
 # little and some bugs are races, then parked for a person to look at.
 TRANSIENT_FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
-    ((asyncpg.PostgresError, asyncpg.InterfaceError), Failure.DATABASE),
+    # TargetServerAttributeNotMatched: every host of the database URL answers
+    # but none is the writable primary (a failover under way).
+    (
+        (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.TargetServerAttributeNotMatched),
+        Failure.DATABASE,
+    ),
     ((PublishError, BrokerError, TimeoutError), Failure.BROKER),
     # The broker's socket errors arrive wrapped in BrokerError (above); a bare
     # OSError is asyncpg failing to (re)connect to the database.

@@ -179,6 +179,16 @@ TRUST_RELOADS = Counter(
     "(ok, failed: the previous ones stay in use).",
     ["outcome"],
 )
+SEALS = Counter(
+    "lienthong_seals_total",
+    "Seals of the chains' heads written by this worker process at the interval, by outcome "
+    "(ok; failed: no seal, the log says why, e.g. the time-stamp authority did not answer).",
+    ["outcome"],
+)
+LAST_SEAL = Gauge(
+    "lienthong_last_seal_timestamp_seconds",
+    "When this worker process last saw a seal written (by itself or another; Unix time).",
+)
 
 # -- the gateway (exchange/gateway), one endpoint per gateway process ---------------
 

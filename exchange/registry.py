@@ -368,13 +368,13 @@ async def register_agency(
         if password is not None:
             raise RegistrationError(
                 "the agency logs in with its certificate, which needs no password; "
-                "add --password-login for a password user instead"
+                "add --no-certificate-login for a password user instead"
             )
         user = certificate_logins([registered[0][1]]).pop()
         if broker_user is not None and broker_user != user:
             raise RegistrationError(
                 f"the agency logs in with its certificate, as broker user {user!r}, not "
-                f"{broker_user!r}; drop --broker-user, or add --password-login"
+                f"{broker_user!r}; drop --broker-user, or add --no-certificate-login"
             )
     else:
         user = broker_user or str(code)

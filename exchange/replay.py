@@ -552,7 +552,18 @@ class Progress:
 
 def trusted_users(settings: Settings) -> frozenset[str]:
     """The exchange's own broker users, whose headers a worker believes."""
-    return frozenset({broker_user_of(settings.amqp_url), *settings.exchange_users})
+    return frozenset(
+        {
+            broker_user_of(settings.amqp_url),
+            broker_user_of(replay_url(settings)),
+            *settings.exchange_users,
+        }
+    )
+
+
+def replay_url(settings: Settings) -> str:
+    """Where the replay tool connects: its own user (``replay_amqp_url``), else ``amqp_url``."""
+    return settings.replay_amqp_url or settings.amqp_url
 
 
 @contextlib.asynccontextmanager
@@ -819,7 +830,7 @@ async def plan_replay(settings: Settings, selection: Selection) -> list[Entry]:
     async with _database(settings) as conn:
         if not selection.from_queue:
             return await _database_entries(conn, selection)
-        connection = await connect(settings.amqp_url, name="lienthong-replay")
+        connection = await connect(replay_url(settings), name="lienthong-replay")
         try:
             async with ParkedQueue(connection) as parked:
                 entries, _, _ = await _queue_entries(
@@ -888,13 +899,13 @@ async def run_replay(
     selection.check()
     make_progress = progress or (lambda label, total: Progress(label, total))
     trusted = trusted_users(settings)
-    broker_user = broker_user_of(settings.amqp_url)
+    broker_user = broker_user_of(replay_url(settings))
     async with _database(settings) as conn:
         if not await queries.try_replay_lock(conn):
             raise ReplayError(
                 "another replay is running; wait for it to finish (see `lienthong replay history`)"
             )
-        connection = await connect(settings.amqp_url, name="lienthong-replay")
+        connection = await connect(replay_url(settings), name="lienthong-replay")
         try:
             publisher = await ConfirmingPublisher.open(connection)
             async with ParkedQueue(connection) as parked:
@@ -1128,7 +1139,10 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.operator_log import reading
 
+    # With --body: recorded in the operator log before the body is read.
+    await reading()
     detail = await show_message(settings, args.id)
     if args.body == "-":
         sys.stdout.buffer.write(detail.body)
@@ -1196,6 +1210,7 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.operator_log import note
 
     selection = _selection(args)
     if not args.yes:
@@ -1221,8 +1236,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             f"dry run: {len(chosen)} message(s) would be replayed; nothing was changed. "
             "Add --yes to replay them."
         )
+        note("dry run")
         return EXIT_OK
     done = await run_replay(settings, selection, wait=args.wait)
+    note(f"replay {done.replay_pk}")
     if args.json:
         _print_json(done.as_dict())
     else:

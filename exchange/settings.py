@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography import x509
@@ -29,6 +29,10 @@ DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 40
 
 
+# See Settings.db_connect_timeout.
+DEFAULT_DB_CONNECT_TIMEOUT_S = 10.0
+
+
 class ParserLimits(BaseSettings):
     """Bounds on what the XML parser accepts, before any other check runs."""
 
@@ -41,7 +45,7 @@ class ParserLimits(BaseSettings):
 # Settings that carry a password. Each can also be read from a file named by
 # LIENTHONG_<NAME>_FILE (a Docker or systemd secret), so that the password is
 # neither on a command line nor in the environment of every process.
-SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url")
+SECRET_SETTINGS = ("amqp_url", "database_url", "rabbitmq_api_url", "replay_amqp_url")
 
 ENV_PREFIX = "LIENTHONG_"
 
@@ -129,7 +133,17 @@ class Settings(ParserLimits):
     # CA certificates that verify the management API's server certificate;
     # unset: the system's trust store.
     rabbitmq_api_ca: Path | None = None
+    # libpq's URL syntax. Several hosts (``postgresql://u:p@db1:5432,db2:5432/
+    # lienthong?target_session_attrs=read-write``) are tried in order, each
+    # new connection, so after a failover the pool reconnects to whichever
+    # one is the writable primary then (docs/operations.md).
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Seconds one host of LIENTHONG_DATABASE_URL has to take a new connection
+    # (TCP, TLS, login) before the next host is tried. A primary whose machine
+    # is gone does not refuse, it never answers; without a bound per host the
+    # whole attempt would be spent on it and the standby never tried. A login
+    # takes milliseconds on a LAN: 10 s leaves room for a loaded server.
+    db_connect_timeout: float = Field(DEFAULT_DB_CONNECT_TIMEOUT_S, gt=0)
     # Connections per worker process: one per message handled concurrently,
     # each holding its transaction until the commit.
     db_pool_size: int = Field(10, ge=1)
@@ -182,6 +196,39 @@ class Settings(ParserLimits):
     # messages may carry an original sender in headers: the replay tool's
     # user, other workers' users. Never an agency's user.
     exchange_users: list[str] = Field(default_factory=list)
+    # The broker user the replay tool publishes as (`lienthong replay run`):
+    # one of its own, so the record and the broker's logs tell a replayed
+    # message from a worker's retry. Its user is trusted by the workers like
+    # exchange_users (its messages carry the original sender in headers);
+    # the workers need only its name, so on their hosts it can be given
+    # without a password. Unset: the replay tool uses amqp_url.
+    replay_amqp_url: str = ""
+
+    # -- anchored history (lienthong audit --seal, docs/security.md) ----------
+    # The exchange's sealing key (PEM) and its certificate(s): the chains'
+    # heads are signed with the key, and `audit --verify-chain` checks the
+    # seals against the certificates in seal_cert (several for a rollover).
+    # The key lives on the exchange's hosts, never in the database, so whoever
+    # administers PostgreSQL cannot write a seal.
+    seal_key: Path | None = None
+    seal_cert: Path | None = None
+    # Seconds between two seals written by the workers (one of them, under a
+    # database lock; every process holding seal_key takes part). What a
+    # superuser rewrote is found from the first seal after the rewrite, and a
+    # rewrite before it is pinned down to one interval: an hour costs 24 rows
+    # a day. 0: only `lienthong audit --seal` seals (a cron job or a timer).
+    # The verification reports the last seal older than twice this.
+    seal_interval_s: float = Field(3600.0, ge=0)
+    # An RFC 3161 time-stamp authority: each seal's payload is time-stamped
+    # by it, so the time of the heads is proved by a third party too. Unset:
+    # seals carry the exchange's own clock only. tsa_cert: the authority's
+    # certificate or the CA that issued it (PEM), to verify its tokens.
+    tsa_url: str = ""
+    tsa_cert: Path | None = None
+    # Seconds to wait for the authority; a seal is refused rather than
+    # written without the token the settings ask for.
+    tsa_timeout_s: float = Field(10.0, gt=0)
+
     # Fault injection for the crash-safety tests only, e.g.
     # "after_commit=0.01": the worker SIGKILLs itself at that point.
     fault_kill: str = ""
@@ -237,15 +284,17 @@ class Settings(ParserLimits):
     def trusted_broker_users(self) -> frozenset[str]:
         """The broker users of the exchange itself, never an agency's.
 
-        The workers' (``amqp_url``), ``exchange_users``, ``gateway_users``, and
-        the management API's: each may do what no agency may (carry an
-        original sender, act for agencies, create users).
+        The workers' (``amqp_url``), ``exchange_users``, the replay tool's
+        (``replay_amqp_url``), ``gateway_users``, and the management API's:
+        each may do what no agency may (carry an original sender, act for
+        agencies, create users).
         """
         return frozenset(
             {
                 url_user(self.amqp_url),
                 url_user(self.rabbitmq_api_url),
                 *self.exchange_users,
+                *([url_user(self.replay_amqp_url)] if self.replay_amqp_url else []),
                 *self.gateway_users,
             }
         )
@@ -358,6 +407,60 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# PostgreSQL's port when a URL names none.
+DEFAULT_DATABASE_PORT = 5432
+
+
+class DatabaseHost(NamedTuple):
+    """One server a PostgreSQL URL lists: a host name, an address or a socket directory."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """``host:port``, an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def database_hosts(url: str) -> list[DatabaseHost]:
+    """Every server ``url`` lists, in the order a connection tries them (libpq's syntax).
+
+    The hosts are in the URL's authority (``db1:5432,db2:5433``, ``[::1]``),
+    or else in its ``host`` parameter (``?host=db1,db2&port=5432,5433``,
+    one port for all or one each; a directory is a Unix socket). A host
+    without a port gets 5432, no host at all ``localhost``. Raises
+    :class:`ValueError` for a port that is not a number or ports that do
+    not match the hosts.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    hostlist = parts.netloc.rpartition("@")[2]
+    specs: list[tuple[str, str]] = []
+    if hostlist:
+        for spec in hostlist.split(","):
+            if spec.startswith("["):
+                host, _, rest = spec[1:].partition("]")
+                port = rest.removeprefix(":")
+            else:
+                host, _, port = spec.partition(":")
+            specs.append((unquote(host), port))
+    else:
+        hosts = ",".join(query.get("host", [])).split(",")
+        ports = ",".join(query.get("port", [])).split(",")
+        if len(ports) == 1:
+            ports = ports * len(hosts)
+        if len(ports) != len(hosts):
+            raise ValueError(f"{len(hosts)} hosts but {len(ports)} ports in the database URL")
+        specs = list(zip(hosts, ports, strict=True))
+    listed = []
+    for host, port in specs:
+        if port and not port.isdigit():
+            raise ValueError(f"port {port!r} of database host {host!r} is not a number")
+        listed.append(DatabaseHost(host or "localhost", int(port or DEFAULT_DATABASE_PORT)))
+    return listed
+
+
 def transport_problem(settings: Settings) -> str | None:
     """What is unsafe in how ``settings`` reach RabbitMQ and PostgreSQL, or ``None``.
 
@@ -366,24 +469,34 @@ def transport_problem(settings: Settings) -> str | None:
     password (or client certificate); the management API must be HTTPS and
     not ``guest``. On loopback everything is allowed (development).
     """
-    amqp = urlsplit(settings.amqp_url)
-    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-        return (
-            f"LIENTHONG_AMQP_URL: plain amqp:// to {amqp.hostname} sends passwords and "
-            "documents in clear; use amqps:// off this host"
-        )
-    if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
-        amqp.hostname
+    for name, url in (
+        ("AMQP_URL", settings.amqp_url),
+        ("REPLAY_AMQP_URL", settings.replay_amqp_url),
     ):
-        return (
-            f"LIENTHONG_AMQP_URL: no_verify_ssl to {amqp.hostname} would accept any server "
-            "as the broker; give the CA that issued its certificate (cafile=...)"
-        )
+        amqp = urlsplit(url)
+        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+            return (
+                f"LIENTHONG_{name}: plain amqp:// to {amqp.hostname} sends passwords and "
+                "documents in clear; use amqps:// off this host"
+            )
+        if parse_qs(amqp.query).get("no_verify_ssl", ["0"])[-1] != "0" and not is_loopback(
+            amqp.hostname
+        ):
+            return (
+                f"LIENTHONG_{name}: no_verify_ssl to {amqp.hostname} would accept any server "
+                "as the broker; give the CA that issued its certificate (cafile=...)"
+            )
     database = urlsplit(settings.database_url)
     query = parse_qs(database.query)
-    # libpq also takes the host from ?host=; a socket path there is local.
-    host = database.hostname or next(iter(query.get("host", [])), None)
-    if not is_loopback(host):
+    # Every host the URL lists (a standby becomes the primary one day); a
+    # socket directory is local.
+    try:
+        hosts = database_hosts(settings.database_url)
+    except ValueError as error:
+        return f"LIENTHONG_DATABASE_URL: {error}"
+    remote = [h.host for h in hosts if not is_loopback(h.host)]
+    if remote:
+        host = ", ".join(remote)
         if query.get("sslmode") != ["verify-full"]:
             return (
                 f"LIENTHONG_DATABASE_URL: the database at {host} needs sslmode=verify-full "

@@ -257,7 +257,13 @@ class Worker:
         # Broker users of the exchange itself (workers, the replay tool):
         # only messages they published may carry the original sender, the
         # recipient and the attempt count in headers.
-        self.trusted_users = frozenset({self.own_user, *settings.exchange_users})
+        self.trusted_users = frozenset(
+            {
+                self.own_user,
+                *settings.exchange_users,
+                *([broker_user_of(settings.replay_amqp_url)] if settings.replay_amqp_url else []),
+            }
+        )
         self.faults = FaultInjector.parse(settings.fault_kill)
         self._publisher: ConfirmingPublisher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -794,6 +800,46 @@ class TrustKeeper:
             await self.reload(trust=asked)
 
 
+class Sealer:
+    """Seals the chains' heads every ``seal_interval_s`` (exchange/seals.py).
+
+    Every worker process holding the sealing key runs one; a database lock
+    and the last seal's age make one seal per interval, whichever process
+    writes it. A failure (the time-stamp authority down) is logged and
+    counted, and tried again at the next check.
+    """
+
+    def __init__(self, settings: Settings, pool: Pool) -> None:
+        """A sealer for the database of ``pool``."""
+        self.settings = settings
+        self.pool = pool
+
+    async def seal_if_due(self) -> None:
+        """Seal now if the last seal is an interval old."""
+        from exchange.seals import seal_if_due
+
+        try:
+            async with self.pool.acquire() as conn:
+                seal = await seal_if_due(conn, self.settings)
+        # Whatever stops this seal (the authority, the database, the key file)
+        # must not stop the next: sealing is retried at the next check.
+        except Exception as error:
+            metrics.SEALS.labels("failed").inc()
+            log.error("could not seal the chains' heads: %s", error)
+            return
+        if seal is not None:
+            metrics.SEALS.labels("ok").inc()
+            metrics.LAST_SEAL.set(seal.sealed_at.timestamp())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check at once, then every interval (at most every minute) until ``stop``."""
+        check_every = min(self.settings.seal_interval_s, 60.0)
+        while not stop.is_set():
+            await self.seal_if_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), check_every)
+
+
 async def run_workers(
     settings: Settings,
     *,
@@ -890,6 +936,9 @@ async def run_workers(
         watchdog = asyncio.create_task(watch(workers, connection, pool, stop, refresh_figures))
         keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
         opened.callback(keeper.cancel)
+        if settings.seal_key is not None and settings.seal_interval_s > 0:
+            sealer = asyncio.create_task(Sealer(settings, pool).run(stop))
+            opened.callback(sealer.cancel)
         try:
             runs = [asyncio.create_task(w.run(stop)) for w in workers]
             if on_ready is not None:

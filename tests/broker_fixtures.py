@@ -34,6 +34,7 @@ from aio_pika.abc import AbstractRobustConnection
 from exchange.agency import AgencyCode
 from exchange.broker.admin import AgencyUser, BrokerAdmin, BrokerAdminError
 from exchange.broker.connection import connect
+from exchange.registry import url_for_user
 from exchange.settings import Settings, url_user
 
 # Every test vhost starts with this, so a crashed run's leftovers are easy to
@@ -156,12 +157,9 @@ def make_agency_user(
                 agency, password, vhost=broker_vhost.name, user=name
             )
         )
-        base = urllib.parse.urlsplit(Settings().amqp_url)
-        host = f"{base.hostname}:{base.port or 5672}"
-        credentials = f"{urllib.parse.quote(name, safe='')}:{urllib.parse.quote(password, safe='')}"
-        url = (
-            f"{base.scheme}://{credentials}@{host}/{urllib.parse.quote(broker_vhost.name, safe='')}"
-        )
+        # Over the exchange's TLS (its CA and client certificate), logging in
+        # with the agency's password.
+        url = url_for_user(broker_vhost.amqp_url, name, password)
         return ProvisionedAgency(agency, user, password, url)
 
     yield make

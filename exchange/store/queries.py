@@ -1354,8 +1354,8 @@ async def replays_of_message(
 # touching it. Read-only: the audit never changes the record. The hash chains
 # of `messages`, `documents` and `events` are migration 0002's.
 
-CHAINED_TABLES = ("messages", "documents", "events")
-"""The append-only, hash-chained history tables, each one chain."""
+CHAINED_TABLES = ("messages", "documents", "events", "operator_actions")
+"""The append-only, hash-chained history tables, each one chain (the operator log too)."""
 
 # Rows the audit names per discrepancy; the counts stay exact beyond it.
 AUDIT_LISTING_LIMIT = 50

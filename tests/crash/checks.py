@@ -72,7 +72,14 @@ async def poll(
     while True:
         try:
             holds, seen = await condition()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, BrokerAdminError) as error:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # A database URL of several hosts, none of them the writable primary yet.
+            asyncpg.TargetServerAttributeNotMatched,
+            BrokerAdminError,
+        ) as error:
             holds, seen = False, f"{seen} (last look failed: {error!r})"
         if holds:
             return

@@ -28,6 +28,7 @@ import pytest
 from exchange import cli
 from exchange.broker.admin import BrokerAdmin
 from exchange.broker.topology import DELIVER_EXCHANGE, inbox_queue, status_queue
+from exchange.registry import url_for_user
 from tests.broker_fixtures import BrokerVhost, _run, amqp_url_for
 from tests.db_fixtures import run_sync
 from tests.exchange_fixtures import ExchangeUnderTest, wait_for
@@ -200,7 +201,7 @@ def _cases() -> list[tuple[str, Callable[[Place], list[str]], dict[str, str], st
                 "localhost:15672",
             ],
             {},
-            "must look like http://user:password@host:15672",
+            "must look like https://user:password@host:15671",
         ),
         (
             "worker trusting a file that is not PEM",
@@ -309,7 +310,7 @@ def _cases() -> list[tuple[str, Callable[[Place], list[str]], dict[str, str], st
                 "statuses",
                 *AS_AGENCY,
                 "--amqp-url",
-                p.vhost.amqp_url.replace("guest:guest@", "guest:wrong@"),
+                url_for_user(p.vhost.amqp_url, "guest", "wrong"),
             ],
             {},
             "authentication failed for user guest (ACCESS_REFUSED); check the user and "
@@ -564,7 +565,7 @@ def _inbox_keys(admin: BrokerAdmin, place: Place, code: str) -> set[str]:
 
 
 def _logs_in(place: Place, user: str, password: str) -> bool:
-    url = place.vhost.amqp_url.replace("guest:guest@", f"{user}:{password}@")
+    url = url_for_user(place.vhost.amqp_url, user, password)
 
     async def login() -> bool:
         try:
@@ -647,9 +648,7 @@ def test_registration_failing_at_the_queues_undoes_the_user_and_the_row_and_keep
     line = lienthong(
         "agency", "add", code, "--name", "Sở", *place.services, "--broker-user", user
     ).one_line_error()
-    assert line.startswith(
-        f"lienthong: RabbitMQ at {place.vhost.amqp_url.replace('guest:guest', 'guest')}"
-    )
+    assert line.startswith(f"lienthong: RabbitMQ at {place.vhost.amqp_url.split('?')[0]}: ")
     assert f"queue {status_queue(code)} already exists" in line
     assert _row(place, code) is None
     queues = _queues(broker_admin, place)
@@ -669,7 +668,8 @@ def test_an_agency_is_added_once_then_changed_only_in_what_is_given(
     monkeypatch.setattr(sys, "stdin", io.StringIO("first-password\n"))
     added = lienthong(
         "agency", "add", CODE, "--name", "UBND Hà Nội", "--cert", cert,
-        "--subscribe", "*.*.*.H26", "--broker-user", user, "--password-stdin", "--json",
+        "--subscribe", "*.*.*.H26", "--broker-user", user, "--no-certificate-login",
+        "--password-stdin", "--json",
         *place.services,
     )  # fmt: skip
     assert added.status == 0, added.err
@@ -898,7 +898,8 @@ def test_agency_certificates_are_several_added_and_removed_and_sha1_is_per_agenc
     first, second, third = (_files(place, CODE)[1] for _ in range(3))
     added = lienthong(
         "agency", "add", CODE, "--name", "UBND Hà Nội", "--cert", first, "--cert", second,
-        "--allow-sha1", "--broker-user", place.broker_user(), "--json", *place.services,
+        "--allow-sha1", "--broker-user", place.broker_user(), "--no-certificate-login", "--json",
+        *place.services,
     )  # fmt: skip
     assert added.status == 0, added.err
     agency = json.loads(added.out)["agency"]
@@ -935,7 +936,7 @@ def test_a_certificate_that_cannot_sign_is_not_registered(
     _, cert = weak.write(place.tmp, "weak")
     refused = lienthong(
         "agency", "add", CODE, "--name", "UBND Hà Nội", "--cert", str(cert),
-        "--broker-user", place.broker_user(), *place.services,
+        "--broker-user", place.broker_user(), "--no-certificate-login", *place.services,
     )  # fmt: skip
     assert "cannot sign packages: the key of" in refused.one_line_error()
     assert "RSA-1024" in refused.err

@@ -15,11 +15,12 @@ import asyncio
 import hashlib
 import json
 import shutil
+import ssl
 import subprocess
 import uuid
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pika
 import pytest
@@ -42,9 +43,41 @@ def broker_user(agency: LocalAgency) -> str:
     return unquote(urlsplit(agency.amqp_url).username or "")
 
 
+def tls_files(amqp_url: str) -> dict[str, str]:
+    """The CA, certificate and key an aio-pika URL names (``cafile``, ``certfile``, ``keyfile``)."""
+    return dict(parse_qsl(urlsplit(amqp_url).query))
+
+
+def plain_url(amqp_url: str) -> str:
+    """The URL without aio-pika's query: what another client takes, its TLS files apart."""
+    return urlunsplit(urlsplit(amqp_url)._replace(query=""))
+
+
+def pika_parameters(amqp_url: str) -> pika.ConnectionParameters:
+    """pika's parameters for an ``amqps://`` URL: TLS with the broker's certificate checked."""
+    files = tls_files(amqp_url)
+    parameters = pika.URLParameters(plain_url(amqp_url))
+    context = ssl.create_default_context(cafile=files["cafile"])
+    context.load_cert_chain(files["certfile"], files["keyfile"])
+    parameters.ssl_options = pika.SSLOptions(context, urlsplit(amqp_url).hostname)
+    return parameters
+
+
+def amqp_tools_options(amqp_url: str) -> list[str]:
+    """amqp-tools' options for an ``amqps://`` URL (``--ssl`` and the TLS files)."""
+    files = tls_files(amqp_url)
+    return [
+        f"--url={plain_url(amqp_url)}",
+        "--ssl",
+        f"--cacert={files['cafile']}",
+        f"--cert={files['certfile']}",
+        f"--key={files['keyfile']}",
+    ]
+
+
 def with_channel(amqp_url: str, work: Any) -> Any:
     """Run ``work(channel)`` on a fresh pika connection (blocking: call it in a thread)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = pika.BlockingConnection(pika_parameters(amqp_url))
     try:
         return work(connection.channel())
     finally:
@@ -218,7 +251,11 @@ async def test_amqp_get_reads_an_inbox_and_amqp_publish_without_user_id_is_refus
         await exchange.wait_settled(1)
         got = await asyncio.to_thread(
             subprocess.run,
-            [AMQP_GET, f"--url={recipient.amqp_url}", f"--queue=lienthong.inbox.{RECIPIENT}"],
+            [
+                AMQP_GET,
+                *amqp_tools_options(recipient.amqp_url),
+                f"--queue=lienthong.inbox.{RECIPIENT}",
+            ],
             capture_output=True,
             check=True,
             timeout=30,
@@ -229,7 +266,7 @@ async def test_amqp_get_reads_an_inbox_and_amqp_publish_without_user_id_is_refus
             subprocess.run,
             [
                 AMQP_PUBLISH,
-                f"--url={sender.amqp_url}",
+                *amqp_tools_options(sender.amqp_url),
                 "--exchange=lienthong.submit",
                 f"--routing-key={RECIPIENT}",
                 "--persistent",

@@ -84,6 +84,7 @@ async def register_with_ca(
         f"Cơ quan {code}",
         certificate_pem=credential.cert_pem.decode(),
         broker_user=user,
+        password_login=True,  # the broker does not trust that CA
     )
     local = LocalAgency(agency, f"Cơ quan {code}", credential, registration.amqp_url)
     exchange.agencies[agency] = local

@@ -250,6 +250,7 @@ async def test_rows_are_chained_in_insertion_order_and_verify(
         "messages": len(filled.messages),
         "documents": len(filled.documents),
         "events": len(filled.events),
+        "operator_actions": 0,
     }
 
 
@@ -320,7 +321,8 @@ async def test_concurrent_writers_extend_each_chain_without_forks_or_deadlocks(
     report = await verify_chains(settings)
     assert report.ok, list(report.lines())
     assert [(c.chain, c.rows, c.head_seq) for c in report.chains] == [
-        (chain, writers * 10, writers * 10) for chain in ("messages", "documents", "events")
+        *((chain, writers * 10, writers * 10) for chain in ("messages", "documents", "events")),
+        ("operator_actions", 0, 0),
     ]
 
 

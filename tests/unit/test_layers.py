@@ -36,7 +36,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "exchange.event_loop",
     ),
     # the formats and the adapters: edXML, certificates, RabbitMQ, PostgreSQL
-    2: ("exchange.edxml", "exchange.pki", "exchange.broker", "exchange.store"),
+    2: ("exchange.edxml", "exchange.pki", "exchange.broker", "exchange.store", "exchange.seals"),
     # the checks, the set-up, the failure table, the directory cache, the
     # command plumbing
     3: (
@@ -45,6 +45,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "exchange.failures",
         "exchange.directory",
         "exchange.commands",
+        "exchange.operator_log",
     ),
     # the decision on one message (pure), receipts, the agencies' client
     4: ("exchange.pipeline", "exchange.receipts", "exchange.client"),

@@ -82,6 +82,12 @@ def test_plain_amqp_to_another_host_is_refused() -> None:
     assert "secret" not in line
 
 
+def test_the_replay_tools_plain_amqp_to_another_host_is_refused() -> None:
+    line = refusal(replay_amqp_url="amqp://lienthong-replay:secret@mq.example:5672/")
+    assert line.startswith("bad setting LIENTHONG_REPLAY_AMQP_URL: plain amqp:// to mq.example")
+    assert "secret" not in line
+
+
 def test_a_database_off_the_host_without_verify_full_is_refused() -> None:
     for url in (
         "postgresql://lienthong:secret@db.example/lienthong",
