@@ -1292,6 +1292,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
                     extra = event.description or event.reason_code or ""
                     when = event.at.astimezone(VIETNAM_TIME)
                     print(f"     {when:%Y-%m-%d %H:%M:%S%z}  {event.kind.value:<7} {label} {extra}")
+                for copy in recipient.copies:
+                    when = copy.published_at.astimezone(VIETNAM_TIME)
+                    print(
+                        f"     {when:%Y-%m-%d %H:%M:%S%z}  copy    to {copy.subscriber} "
+                        f"{copy.subscriber_name} (subscribed to {copy.pattern})"
+                    )
         return EXIT_OK
 
     return run(tracing())
@@ -1308,7 +1314,9 @@ def _trace_json(trace: Any) -> dict[str, Any]:
             {
                 "recipient": str(r.delivery.recipient),
                 "name": r.recipient_name,
-                "state": None if r.delivery.state is None else r.delivery.state.value,
+                "state": None if r.delivery.state.latest is None else r.delivery.state.latest.value,
+                "recall_pending": r.delivery.state.recall_pending,
+                "withdrawn": r.delivery.state.withdrawn,
                 "events": [
                     {
                         "kind": e.kind.value,
@@ -1318,6 +1326,15 @@ def _trace_json(trace: Any) -> dict[str, Any]:
                         "description": e.description,
                     }
                     for e in r.events
+                ],
+                "copies": [
+                    {
+                        "subscriber": str(c.subscriber),
+                        "name": c.subscriber_name,
+                        "pattern": c.pattern,
+                        "published_at": c.published_at.isoformat(),
+                    }
+                    for c in r.copies
                 ],
             }
             for r in trace.recipients

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from exchange.agency import AgencyCode, InvalidAgencyCode
+from exchange.agency import AgencyCode, InvalidAgencyCode, matches_pattern
 from exchange.broker import headers as header
 from exchange.pki import SigningRights
 from exchange.store import queries
@@ -53,6 +53,8 @@ class Directory:
         self._by_user: dict[str, AgencyCode] = {}
         self._codes: frozenset[AgencyCode] = frozenset()
         self._disabled: frozenset[AgencyCode] = frozenset()
+        # (subscriber, pattern) for every subscription of an enabled agency.
+        self._subscriptions: tuple[tuple[AgencyCode, str], ...] = ()
         self._rights = SigningRights()
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -67,6 +69,9 @@ class Directory:
             self._by_user = {a.broker_user: a.code for a in agencies}
             self._codes = frozenset(a.code for a in agencies)
             self._disabled = frozenset(a.code for a in agencies if a.disabled)
+            self._subscriptions = tuple(
+                (a.code, pattern) for a in agencies if not a.disabled for pattern in a.subscriptions
+            )
             if (certificates, sha1_agencies) != (
                 self._rights.certificates,
                 self._rights.sha1_agencies,
@@ -108,6 +113,19 @@ class Directory:
         """Whether ``code`` is disabled (``agency disable``): what it publishes is refused."""
         await self._fresh()
         return code in self._disabled
+
+    async def subscribers_of(self, recipient: AgencyCode) -> list[tuple[AgencyCode, str]]:
+        """Who subscribed to a subtree holding ``recipient``, each once with its first pattern.
+
+        The recipient itself is left out (it has the document), and so are
+        disabled agencies.
+        """
+        await self._fresh()
+        found: dict[AgencyCode, str] = {}
+        for subscriber, pattern in self._subscriptions:
+            if subscriber != recipient and matches_pattern(recipient, pattern):
+                found.setdefault(subscriber, pattern)
+        return sorted(found.items(), key=lambda item: str(item[0]))
 
     async def signing_rights(self) -> SigningRights:
         """Which certificates each agency may sign with, and who may use SHA-1.

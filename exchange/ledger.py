@@ -29,9 +29,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -58,9 +58,25 @@ REDECIDED_ON_REPLAY = frozenset({TransportOutcome.REJECTED, TransportOutcome.PAR
 MAX_DETAIL_CHARS = 500
 # Most messages one database transaction records (see GroupCommit).
 GROUP_COMMIT_MAX = 64
+# What the record keeps of a message refused before its signature was
+# verified (junk): its first bytes, with the hash and size of the whole.
+# Enough to see what it was (an XML declaration and a header, or not XML at
+# all), little enough that 50 junk messages of 60 MiB cost 3.2 MiB of
+# database instead of 3 GiB. The database refuses a cut body longer than
+# this (migration 0013).
+JUNK_KEPT_BYTES = 64 * 1024
 
 
 # -- what a decision owes: the outbox ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriptionCopy:
+    """A copy of a delivered document for an agency subscribed to the recipient's subtree."""
+
+    message_pk: int
+    subscriber: AgencyCode
+    pattern: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class Publication:
     message_id: str
     headers: dict[str, Any]
     content_type: str
+    # Set on a subscription copy: recorded once the broker confirmed it.
+    copy: SubscriptionCopy | None = None
 
 
 def receipt_for(message: Message, recipient: str) -> Receipt:
@@ -83,6 +101,11 @@ def receipt_for(message: Message, recipient: str) -> Receipt:
     """
     assert message.outcome is not None, "only decided messages have receipts"
     detail = message.reason_detail.splitlines() if message.reason_detail else []
+    if message.outcome is TransportOutcome.PARKED:
+        # A parked row's detail is the exchange's own error text (a database
+        # host, a constraint name, a stack frame): for the operator, never
+        # for the sender, who learns the failure's class from its code.
+        detail = []
     # A delivered message's detail is what the reader let pass; a refused one's, why.
     delivered = message.outcome is TransportOutcome.DELIVERED
     problems, warnings = ([], detail) if delivered else (detail, [])
@@ -113,16 +136,22 @@ def _sentence(text: str | None, problems: list[str]) -> str | None:
 
 
 def effects_of(
-    message: Message, body: bytes, recipient: str, signer: ReceiptSigner | None = None
+    message: Message,
+    body: bytes,
+    recipient: str,
+    subscribers: Sequence[tuple[AgencyCode, str]] = (),
+    signer: ReceiptSigner | None = None,
 ) -> list[Publication]:
     """What must be published for a decided message, in publishing order.
 
     An accepted package goes to its recipient first (the inbox for a
-    document, the status queue for a status), then the receipt to its
-    sender, so a sender never holds a ``delivered`` receipt for something
-    the broker has not confirmed. A rejected message only gets its receipt,
-    and only when the publisher is a registered agency to send it to. The
-    receipt is signed with ``signer`` (unsigned without one: development).
+    document, the status queue for a status), then a copy of a document to
+    each of ``subscribers`` (agencies subscribed to a subtree holding the
+    recipient, with the pattern), then the receipt to its sender, so a
+    sender never holds a ``delivered`` receipt for something the broker has
+    not confirmed. A rejected message only gets its receipt, and only when
+    the publisher is a registered agency to send it to. The receipt is
+    signed with ``signer`` (unsigned without one: development).
     """
     effects = []
     headers: dict[str, Any] = {
@@ -142,6 +171,21 @@ def effects_of(
                 exchange, recipient, body, f"lienthong:{message.pk}", headers, "application/xml"
             )
         )
+        if message.kind is MessageKind.DOCUMENT:
+            for subscriber, pattern in subscribers:
+                if subscriber == message.sender:
+                    continue  # the sender has its own document
+                effects.append(
+                    Publication(
+                        DELIVER_EXCHANGE,
+                        str(subscriber),
+                        body,
+                        f"lienthong:{message.pk}",
+                        {**headers, header.SUBSCRIPTION: pattern},
+                        "application/xml",
+                        SubscriptionCopy(message.pk, subscriber, pattern),
+                    )
+                )
     if message.sender is not None:
         receipt = receipt_for(message, recipient)
         effects.append(
@@ -233,10 +277,16 @@ class Decided:
     owed: tuple[Publication, ...]
 
 
-def _decided(record: Message, arrival: Arrival, signer: ReceiptSigner | None) -> Decided:
+async def _decided(
+    record: Message, arrival: Arrival, directory: Directory, signer: ReceiptSigner | None
+) -> Decided:
     if record.published:
         return Decided(record, ())
-    return Decided(record, tuple(effects_of(record, arrival.body, arrival.routing_key, signer)))
+    subscribers: list[tuple[AgencyCode, str]] = []
+    if record.outcome is TransportOutcome.DELIVERED and record.kind is MessageKind.DOCUMENT:
+        subscribers = await directory.subscribers_of(AgencyCode.parse(arrival.routing_key))
+    owed = effects_of(record, arrival.body, arrival.routing_key, subscribers, signer)
+    return Decided(record, tuple(owed))
 
 
 class Ledger:
@@ -249,14 +299,18 @@ class Ledger:
         *,
         group_commits: int = 1,
         signer: ReceiptSigner | None = None,
+        status_skew: timedelta | None = None,
     ) -> None:
         """A ledger on ``pool``; up to ``group_commits`` groups are written at the same time.
 
         The receipts it owes are signed with ``signer`` (the exchange's key).
+        A status whose Timestamp is more than ``status_skew`` from the
+        message's recorded arrival is refused (None: any Timestamp).
         """
         self._pool = pool
         self.directory = directory
         self.signer = signer
+        self.status_skew = status_skew
         self._group_commit = GroupCommit(
             pool, at_once=group_commits, fast_path=_record_new_documents
         )
@@ -296,7 +350,9 @@ class Ledger:
             )
 
         async def general_path(conn: Connection) -> Message:
-            return await _record_and_decide(conn, arrival, envelope, inspected, registered)
+            return await _record_and_decide(
+                conn, arrival, envelope, inspected, registered, self.status_skew
+            )
 
         started = time.perf_counter()
         # Returns once the transaction holding the writes committed.
@@ -304,7 +360,14 @@ class Ledger:
             general_path, order=_lock_order(inspected), fast=new_document
         )
         metrics.STAGE_SECONDS.labels(metrics.STAGE_PERSIST).observe(time.perf_counter() - started)
-        return _decided(record, arrival, self.signer)
+        return await _decided(record, arrival, self.directory, self.signer)
+
+    async def record_copies(self, copies: Sequence[SubscriptionCopy]) -> None:
+        """Record subscription copies the broker confirmed (once each, whatever the passes)."""
+        async with self._pool.acquire() as conn:
+            await queries.record_subscription_copies(
+                conn, [(c.message_pk, str(c.subscriber), c.pattern) for c in copies]
+            )
 
     async def mark_published(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others marked meanwhile)."""
@@ -344,7 +407,7 @@ class Ledger:
                 # attempted once; the column counts attempts from 1.
                 attempts=max(attempts, 1),
             )
-        return _decided(record, arrival, self.signer)
+        return await _decided(record, arrival, self.directory, self.signer)
 
     async def earlier_decision(self, arrival: Arrival) -> Decided | None:
         """The decision an earlier pass recorded for this message, and what it still owes.
@@ -359,7 +422,7 @@ class Ledger:
             return None
         if arrival.replay and record.outcome in REDECIDED_ON_REPLAY:
             return None
-        return _decided(record, arrival, self.signer)
+        return await _decided(record, arrival, self.directory, self.signer)
 
     async def take_token(self, publisher: AgencyCode, *, rate: float, burst: int) -> bool:
         """Take one token of ``publisher``'s rate (its token bucket); ``False`` when over it.
@@ -385,17 +448,20 @@ async def _record_and_decide(
     envelope: Envelope,
     inspected: CheckedMessage | Rejection,
     registered: bool,
+    status_skew: timedelta | None = None,
 ) -> Message:
     """Record the message once, by its dedup key, then decide it unless decided before."""
+    body, body_size = kept_body(arrival.body, inspected)
     record, _ = await queries.record_message(
         conn,
         dedup_key=arrival.dedup_key,
         amqp_message_id=arrival.amqp_message_id,
         routing_key=arrival.routing_key,
         broker_user=arrival.broker_user,
-        body=arrival.body,
+        body=body,
         sha256=envelope.sha256,
         sender=envelope.publisher,
+        body_size=body_size,
     )
     redecide = (arrival.replay and record.outcome in REDECIDED_ON_REPLAY) or (
         # Refused for its sender's rate, not for what it is: the same bytes
@@ -403,10 +469,25 @@ async def _record_and_decide(
         record.reason_code == Reason.QUOTA.code
     )
     if not record.decided or redecide:
-        return await _decide(conn, record, envelope, inspected, registered)
+        return await _decide(conn, record, envelope, inspected, registered, status_skew)
     if record.published:
         metrics.DUPLICATES.inc()
     return record
+
+
+def kept_body(body: bytes, inspected: CheckedMessage | Rejection) -> tuple[bytes, int | None]:
+    """What the record keeps of a message's body, and its whole size when it keeps less.
+
+    A message refused before its signature was verified (junk: nothing
+    proves who sent it, and anyone can send gigabytes of it) keeps its first
+    :data:`JUNK_KEPT_BYTES`; the caller records the SHA-256 of the whole.
+    Everything else keeps its whole body (``None``): a signed package is
+    evidence, and what is parked or delivered may be replayed.
+    """
+    junk = isinstance(inspected, Rejection) and inspected.before_signature
+    if junk and len(body) > JUNK_KEPT_BYTES:
+        return body[:JUNK_KEPT_BYTES], len(body)
+    return body, None
 
 
 async def _decide(
@@ -415,6 +496,7 @@ async def _decide(
     envelope: Envelope,
     inspected: CheckedMessage | Rejection,
     recipient_registered: bool,
+    status_skew: timedelta | None = None,
 ) -> Message:
     """Record the outcome of a message not decided before (in the caller's transaction)."""
     document_id = None
@@ -428,7 +510,7 @@ async def _decide(
         # a refusal leaves nothing behind.
         if isinstance(inspected.package, DocumentPackage):
             return await _accept_document(conn, record, envelope, inspected, recipient_registered)
-        return await _accept_status(conn, record, inspected)
+        return await _accept_status(conn, record, inspected, status_skew)
     except Rejection as rejection:
         return await queries.set_outcome(
             conn,
@@ -510,7 +592,12 @@ async def deliver_document(
     return stored, record
 
 
-async def _accept_status(conn: Connection, record: Message, inspected: CheckedMessage) -> Message:
+async def _accept_status(
+    conn: Connection,
+    record: Message,
+    inspected: CheckedMessage,
+    status_skew: timedelta | None = None,
+) -> Message:
     package = inspected.package
     assert isinstance(package, StatusPackage) and inspected.ref is not None
     ref = inspected.ref
@@ -524,7 +611,9 @@ async def _accept_status(conn: Connection, record: Message, inspected: CheckedMe
             for event in await queries.list_events(conn, delivery.pk)
             if event.kind.value == "status"
         ]
-    state = decide_status(inspected, history)
+    # Judged against the recorded arrival, so a replay days later is judged
+    # as the status was when it came.
+    state = decide_status(inspected, history, arrived_at=record.received_at, skew=status_skew)
     assert delivery is not None  # decide_status refuses a status for no delivery
     await queries.update_delivery_state(conn, delivery.pk, state)
     await queries.append_event(

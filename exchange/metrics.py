@@ -101,6 +101,15 @@ MOVED_TO_BULK = Counter(
     "Messages moved from lienthong.work to lienthong.work.bulk: their sender had its "
     "fair share of the worker in hand (a flood).",
 )
+BYTES_IN_HAND = Gauge(
+    "lienthong_worker_bytes_in_hand",
+    "Package bytes a worker process is handling now (checks to ack), bounded by "
+    "LIENTHONG_HANDLING_BYTES; a message waits for room before its checks.",
+)
+SUBSCRIPTION_COPIES = Counter(
+    "lienthong_subscription_copies_total",
+    "Copies of delivered documents the workers published to subscribers' inboxes.",
+)
 
 # -- the real state of a worker process, refreshed by its watchdog ---------------------
 

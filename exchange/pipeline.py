@@ -15,6 +15,8 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -32,7 +34,7 @@ from exchange.checks.authorise import (
 )
 from exchange.checks.schema import check_schema
 from exchange.checks.signature import verify
-from exchange.edxml.model import DocumentPackage, StatusPackage
+from exchange.edxml.model import VIETNAM_TIME, DocumentPackage, StatusPackage
 from exchange.edxml.reader import read_package
 from exchange.edxml.safexml import parse_received
 from exchange.pki import Revocations, SigningRights, TrustStore
@@ -146,11 +148,11 @@ def check_bytes(
     refused half-way.
     """
     clock = _Stopwatch(timings)
-    with clock("parse"):
+    with before_signature(), clock("parse"):
         root = parse_received(body, context.limits)
-    with clock("validate"):
+    with before_signature(), clock("validate"):
         check_schema(root)
-    with clock("verify"):
+    with before_signature(), clock("verify"):
         # Which agency signed is known only once the certificate is checked:
         # SHA-1 passes here if any agency may use it, and check_standing
         # refuses it from the others.
@@ -183,8 +185,23 @@ def check_bytes(
         verified.chain,
         verified.uses_sha1,
     )
-    check_standing(examined, context)
+    with before_signature():
+        check_standing(examined, context)
     return examined
+
+
+@contextmanager
+def before_signature() -> Iterator[None]:
+    """Mark a :class:`Rejection` raised in the block as raised before the signature was accepted.
+
+    What such a message proves about its sender is nothing; the ledger keeps
+    only the start of its body.
+    """
+    try:
+        yield
+    except Rejection as rejection:
+        rejection.before_signature = True
+        raise
 
 
 def check_standing(examined: CheckedBytes, context: CheckContext) -> None:
@@ -225,17 +242,19 @@ def check_message(
     alone, with the context of now), then who published the package to
     whom. ``timings`` as for :func:`check_bytes`.
     """
-    recipient = recipient_of(envelope.routing_key)
-    if envelope.publisher_disabled:
-        raise Rejection.of(
-            Reason.SENDER_DISABLED,
-            f"the message was published for {envelope.publisher}, which is disabled",
-            "user_id",
-        )
+    with before_signature():
+        recipient = recipient_of(envelope.routing_key)
+        if envelope.publisher_disabled:
+            raise Rejection.of(
+                Reason.SENDER_DISABLED,
+                f"the message was published for {envelope.publisher}, which is disabled",
+                "user_id",
+            )
     if checked_bytes is None:
         checked_bytes = check_bytes(envelope.body, context, timings)
     else:
-        check_standing(checked_bytes, context)
+        with before_signature():
+            check_standing(checked_bytes, context)
     package = checked_bytes.package
     sender = authorise_sender(package, signer=checked_bytes.signer, publisher=envelope.publisher)
     authorise_route(package, recipient)
@@ -247,6 +266,34 @@ def check_message(
         )
     ref = document_ref(package)
     return CheckedMessage(MessageKind.STATUS, package, sender, recipient, ref.document_id, ref)
+
+
+def check_status_time(
+    package: StatusPackage, arrived_at: datetime | None, skew: timedelta | None
+) -> None:
+    """Refuse a status whose Timestamp is more than ``skew`` from its arrival.
+
+    Statuses are judged in Timestamp order (:func:`decide_status`), so one
+    dated a year ahead would stand after every later report of the
+    document. ``arrived_at`` None means now; ``skew`` None checks nothing.
+    """
+    if skew is None:
+        return
+    arrived = arrived_at or datetime.now(UTC)
+    stamped = package.timestamp
+    if stamped.tzinfo is None:
+        stamped = stamped.replace(tzinfo=VIETNAM_TIME)
+    if abs(stamped - arrived) <= skew:
+        return
+    local = arrived.astimezone(VIETNAM_TIME).strftime("%Y/%m/%d %H:%M:%S")
+    direction = "ahead of" if stamped > arrived else "behind"
+    hours = skew.total_seconds() / 3600
+    raise Rejection.of(
+        Reason.BAD_TIMESTAMP,
+        f"Timestamp {package.timestamp:%Y/%m/%d %H:%M:%S} is {direction} the exchange's "
+        f"time of arrival {local} (Vietnam time) by more than {hours:g} hours",
+        "Timestamp",
+    )
 
 
 class CheckCache:
@@ -333,7 +380,8 @@ class CheckCache:
 
     def check(self, envelope: Envelope, timings: dict[str, float] | None = None) -> CheckedMessage:
         """Every database-free check (:func:`check_message`); remembers what the bytes proved."""
-        recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
+        with before_signature():
+            recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
         checked = check_bytes(envelope.body, self.context, timings)
         self._remember(envelope, checked)
         return check_message(envelope, self.context, checked_bytes=checked)
@@ -407,7 +455,11 @@ def decide_document(
 
 
 def decide_status(
-    inspected: CheckedMessage, history: list[tuple[datetime, StatusCode]] | None
+    inspected: CheckedMessage,
+    history: list[tuple[datetime, StatusCode]] | None,
+    *,
+    arrived_at: datetime | None = None,
+    skew: timedelta | None = None,
 ) -> DeliveryState:
     """The delivery's state with this status added, or a :class:`Rejection`.
 
@@ -415,12 +467,14 @@ def decide_status(
     status speaks of, with their Timestamps; ``None`` when no such document
     was ever delivered between these agencies. The whole timeline, ordered
     by Timestamp, must be a legal life of a document (see
-    :func:`exchange.status.replay_timeline`).
+    :func:`exchange.status.replay_timeline`), and the Timestamp must be
+    within ``skew`` of ``arrived_at`` (:func:`check_status_time`).
     """
     code = inspected.status_code
     ref = inspected.ref
     assert code is not None and ref is not None, "decide_status takes a status package"
     assert isinstance(inspected.package, StatusPackage)
+    check_status_time(inspected.package, arrived_at, skew)
     if history is None:
         raise Rejection.of(
             Reason.UNKNOWN_DOCUMENT,

@@ -60,6 +60,13 @@ class Reason(Enum):
         "(hoặc yyyy/MM/dd HH:mm:ss).",
         "a date or timestamp is not in the format yyyy/MM/dd (HH:mm:ss)",
     )
+    BAD_TIMESTAMP = (
+        "Thời điểm báo trạng thái (Timestamp) lệch quá xa so với thời điểm trục liên thông "
+        "nhận được; hãy kiểm tra đồng hồ của máy chủ phần mềm quản lý văn bản và báo lại "
+        "trạng thái với thời điểm đúng.",
+        "the status Timestamp is too far from when the exchange received it; check the "
+        "clock of the document-management system and report the status again",
+    )
     BAD_CODE_LIST = (
         "Giá trị trong gói tin không thuộc danh mục mã quy định (trạng thái, loại văn bản, "
         "độ khẩn, ...).",
@@ -228,6 +235,10 @@ class Rejection(Exception):
 
     reason: Reason
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    # Raised before the package's signature was verified and accepted (set by
+    # the pipeline): nobody is proven to have sent it, so the record keeps
+    # only the start of its body (junk, see exchange/ledger.py).
+    before_signature: bool = False
 
     @classmethod
     def of(cls, reason: Reason, what: str = "", where: str = "") -> Rejection:

@@ -329,11 +329,9 @@ async def _queue_exists(connection: AbstractRobustConnection, name: str) -> bool
     return await queue_counts(connection, name) is not None
 
 
-async def _declare_queues(
-    settings: Settings, code: AgencyCode, patterns: Sequence[str], undo: _Undo
-) -> None:
+async def _declare_queues(settings: Settings, code: AgencyCode, undo: _Undo) -> None:
     """Declare the agency's queues; the undo deletes those that did not exist before."""
-    topology = agency_topology(code, patterns)
+    topology = agency_topology(code)
     connection = await connect(settings.amqp_url, name="lienthong-registry")
     try:
         new = [q.name for q in topology.queues if not await _queue_exists(connection, q.name)]
@@ -462,7 +460,7 @@ async def register_agency(
             existed = await _refuse_foreign_user(
                 admin, user, rotate_password=rotate_password or with_certificate
             )
-        await _declare_queues(settings, code, patterns, undo)
+        await _declare_queues(settings, code, undo)
         if admin is not None:
             # Last: a password reset cannot be undone.
             if not with_certificate:
@@ -562,7 +560,7 @@ async def change_agency(
         except queries.AgencyConflictError as error:
             raise RegistrationError(str(error)) from None
         if patterns is not None:
-            await _rebind(settings, code, before.subscriptions, patterns, undo)
+            await _unbind_subscriptions(settings, code, [*before.subscriptions, *patterns])
         if moving:
             assert broker_user is not None
             admin = BrokerAdmin.from_settings(settings)
@@ -722,38 +720,22 @@ async def remove_certificate(settings: Settings, code: AgencyCode, certificate_p
     return agency
 
 
-async def _rebind(
-    settings: Settings,
-    code: AgencyCode,
-    before: Sequence[str],
-    after: Sequence[str],
-    undo: _Undo,
+async def _unbind_subscriptions(
+    settings: Settings, code: AgencyCode, patterns: Sequence[str]
 ) -> None:
-    """Bind the inbox to the patterns added, unbind it from those removed."""
+    """Take subscription patterns off the inbox's bindings, where an earlier version bound them.
+
+    Subscription copies are the workers' (published and recorded one by
+    one); a pattern binding left in place would deliver a second,
+    unrecorded copy. Unbinding what is not bound is harmless.
+    """
     own = code.routing_key
-    added = [p for p in after if p not in before and p != own]
-    removed = [p for p in before if p not in after and p != own]
-    inbox = inbox_queue(code)
     connection = await connect(settings.amqp_url, name="lienthong-registry")
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue(inbox, ensure=False)
-
-        async def restore() -> None:
-            again = await connect(settings.amqp_url, name="lienthong-registry")
-            try:
-                back = await (await again.channel()).get_queue(inbox, ensure=False)
-                for pattern in added:
-                    await back.unbind(DELIVER_EXCHANGE, routing_key=pattern)
-                for pattern in removed:
-                    await back.bind(DELIVER_EXCHANGE, routing_key=pattern)
-            finally:
-                await again.close()
-
-        undo.add(f"bindings of {inbox}", restore)
-        for pattern in added:
-            await queue.bind(DELIVER_EXCHANGE, routing_key=pattern)
-        for pattern in removed:
-            await queue.unbind(DELIVER_EXCHANGE, routing_key=pattern)
+        queue = await channel.get_queue(inbox_queue(code), ensure=False)
+        for pattern in dict.fromkeys(patterns):
+            if pattern != own:
+                await queue.unbind(DELIVER_EXCHANGE, routing_key=pattern)
     finally:
         await connection.close()

@@ -315,6 +315,12 @@ def judge(message: Message, source: Source = Source.DATABASE) -> tuple[Action, s
         # and record another message; without a user_id nobody can say who
         # sent it, so a replay could not decide it differently anyway.
         return Action.SKIP, "published without a user_id: its publisher is unknown"
+    if message.body_size is not None:
+        return Action.SKIP, (
+            f"refused for good before its signature was verified: the record keeps only the "
+            f"first bytes of its {message.body_size} (with their SHA-256), not the package, "
+            "so it cannot be replayed; its sender must send it again"
+        )
     if outcome in (TransportOutcome.REJECTED, TransportOutcome.PARKED):
         return Action.REPLAY, None
     if outcome is None:
@@ -624,6 +630,8 @@ class Detail:
             "updated_at": m.updated_at.isoformat(),
             "size": self.size,
             "sha256_of_body": self.body_sha256,
+            # Junk: the size received; "size" and "sha256_of_body" are of the bytes kept.
+            "size_received": m.body_size,
             "replays": [
                 {
                     "replay": replay.pk,
@@ -1163,6 +1171,13 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         ("size", f"{detail.size} bytes"),
         ("sha256", detail.body_sha256 + ("" if detail.body_sha256 == m.sha256 else " (!)")),
     ]
+    if m.body_size is not None:
+        # Junk: the record keeps the start of the body and the whole one's hash and size.
+        fields[-2:] = [
+            ("size", f"{m.body_size} bytes received, the first {detail.size} kept"),
+            ("sha256", f"{m.sha256} (of the whole body received)"),
+            ("kept", f"sha256 {detail.body_sha256} (of the bytes kept); not replayable"),
+        ]
     for name, value in fields:
         print(f"{name + ':':<19}{value}")
     if m.reason_detail:
@@ -1183,7 +1198,8 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("replays:           none")
     if args.body:
-        print(f"package written to {args.body}")
+        kept = " (only the start kept of what was received)" if m.body_size is not None else ""
+        print(f"package written to {args.body}{kept}")
     return EXIT_OK
 
 

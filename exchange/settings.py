@@ -197,6 +197,23 @@ class Settings(ParserLimits):
     # connection (db_pool_size) and the broker's confirms; a few more than the
     # pool keeps both busy, many more only grows memory and redeliveries.
     prefetch: int = Field(32, ge=1)
+    # Package bytes a worker process handles at once (all its workers
+    # together): a message waits before its checks until its size fits, so
+    # the parse trees, copies and hashes of large packages stay bounded by
+    # this, not by the prefetch (32 packages of 60 MiB would be 2 GiB of
+    # bodies and several times that in parse trees). A package larger than
+    # the budget is handled alone. Size it as the memory a process may spend
+    # on handling divided by about 4 (the parse tree and the copies of a
+    # package take 2 to 4 times its bytes), and at least max_package_bytes so
+    # that the largest package accepted does not wait for an empty worker.
+    # The bodies the broker has handed over (prefetch) wait outside it.
+    handling_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # Seconds a status package's Timestamp may differ from when the exchange
+    # received it; beyond, it is refused (REJECTED_BAD_TIMESTAMP): a status
+    # dated far in the future or the past would reorder a document's
+    # timeline (statuses are judged in Timestamp order). One day leaves room
+    # for a QLVB that reports late or whose clock is off by hours.
+    status_timestamp_skew_s: float = Field(86400.0, gt=0)
     # Group commits a worker writes at the same time, each on its own pooled
     # connection (see ledger.GroupCommit): more lets a message that arrives
     # while a group is written start the next one at once.

@@ -31,9 +31,10 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -113,6 +114,14 @@ DIRECTORY_FIGURES_INTERVAL_S = 60.0
 # seconds, and one that stays down is not asked many times a second.
 STARTUP_FIRST_PAUSE_S = 0.5
 STARTUP_MOST_PAUSE_S = 8.0
+# Bodies larger than this are hashed (SHA-256, the dedup key) in a thread,
+# not on the event loop: about a millisecond of hashing.
+HASH_OFF_LOOP_BYTES = 1024 * 1024
+
+
+def _hash(arrival: Arrival, envelope: Envelope) -> None:
+    """Compute and keep the hashes the checks and the ledger read (cached properties)."""
+    _ = envelope.sha256, arrival.dedup_key
 
 
 def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
@@ -124,6 +133,78 @@ def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
         message.message_id,
         replay=origin.replay,
     )
+
+
+class ByteBudget:
+    """At most ``limit`` package bytes in hand at once, shared by a process's workers.
+
+    A message holds its body's size from before its checks until it is
+    acked (:meth:`hold`); one that does not fit waits. A message that fits
+    in the room left goes ahead of larger ones waiting (waiters are let in
+    in arrival order, each as soon as it fits), so a flood of large
+    packages does not hold up an agency's small ones; a large one waits at
+    most until the bytes in hand leave it room, which the prefetch bounds
+    (size the budget above the largest package plus the prefetch's worth of
+    usual ones, docs/operations.md). A package larger than the whole
+    budget waits for it to be empty and is then handled alone. :attr:`peak`
+    is the most ever held (for tests and sizing); the gauge
+    ``lienthong_worker_bytes_in_hand`` follows the current figure.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """A budget of ``limit`` bytes (> 0)."""
+        if limit <= 0:
+            raise ValueError(f"a byte budget needs a positive limit, not {limit}")
+        self.limit = limit
+        self.in_hand = 0
+        self.peak = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes (at most the whole budget) for the block; wait until they fit."""
+        share = max(0, min(size, self.limit))
+        await self._acquire(share)
+        try:
+            yield
+        finally:
+            self._release(share)
+
+    async def _acquire(self, share: int) -> None:
+        if self.in_hand + share <= self.limit:
+            self._take(share)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((share, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(share)  # granted just as it was cancelled
+            else:
+                self._waiting.remove((share, turn))
+                self._wake()
+            raise
+
+    def _take(self, share: int) -> None:
+        self.in_hand += share
+        self.peak = max(self.peak, self.in_hand)
+        metrics.BYTES_IN_HAND.set(self.in_hand)
+
+    def _release(self, share: int) -> None:
+        self.in_hand -= share
+        metrics.BYTES_IN_HAND.set(self.in_hand)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let in, in arrival order, every waiter that fits in the room left."""
+        for share, turn in list(self._waiting):
+            if turn.done():
+                self._waiting.remove((share, turn))
+            elif self.in_hand + share <= self.limit:
+                self._waiting.remove((share, turn))
+                self._take(share)
+                turn.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -173,9 +254,16 @@ class Worker:
         prefetch: int | None = None,
         revocations: Revocations | None = None,
         signer: ReceiptSigner | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
-        """A worker over an open broker connection and database pool; ``signer`` signs receipts."""
+        """A worker over an open broker connection and database pool; ``signer`` signs receipts.
+
+        ``budget`` bounds the package bytes in hand, shared with the other
+        workers of the process; by default one of ``settings.handling_bytes``
+        of its own.
+        """
         self.settings = settings
+        self.budget = budget or ByteBudget(settings.handling_bytes)
         # SHA-1 and the signing certificates are allowed per agency, by the
         # directory (decide_and_publish() hands its SigningRights to the checks).
         self.check_cache = CheckCache(
@@ -203,7 +291,11 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._redelivered_lane = asyncio.Semaphore(1)
         self.ledger = Ledger(
-            pool, self.directory, group_commits=settings.group_commits, signer=signer
+            pool,
+            self.directory,
+            group_commits=settings.group_commits,
+            signer=signer,
+            status_skew=timedelta(seconds=settings.status_timestamp_skew_s),
         )
         self.processed = 0
         # An error no retry can fix (is_fatal) that stopped this worker.
@@ -317,10 +409,13 @@ class Worker:
             if message.redelivered or delivery_count(message):
                 # One redelivered message at a time: if a worker dies now, the
                 # one being handled is the suspect, not every message it held.
-                async with self._redelivered_lane:
+                async with self._redelivered_lane, self.budget.hold(len(message.body)):
                     await self._settle_delivery(message, origin, redelivered=True)
             else:
-                await self._settle_delivery(message, origin, redelivered=False)
+                # Large packages wait here, before their checks, until their
+                # bytes fit in the process's budget (LIENTHONG_HANDLING_BYTES).
+                async with self.budget.hold(len(message.body)):
+                    await self._settle_delivery(message, origin, redelivered=False)
         except Exception as error:
             if is_fatal(error):
                 await self._give_back_and_stop(message, error)
@@ -451,6 +546,10 @@ class Worker:
         if self.check_cache.context.rights is not rights:
             self.check_cache.use(rights=rights)
         envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
+        if len(arrival.body) > HASH_OFF_LOOP_BYTES:
+            # Hashing 60 MiB takes a tenth of a second; off the event loop
+            # (hashlib lets go of the GIL), the other messages move meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, _hash, arrival, envelope)
         inspected: CheckedMessage | Rejection
         if await self._over_rate(publisher, arrival, disabled=disabled):
             # Refused before it costs a parse: recorded, and the receipt says why.
@@ -547,7 +646,14 @@ class Worker:
         return inspected
 
     async def _publish(self, publications: Iterable[Publication]) -> None:
+        """Publish, each confirmed; then record the subscription copies among them.
+
+        The copies are recorded before the outbox flag is set: a crash in
+        between publishes them again on the next pass (receivers drop the
+        repeat by its message id) and records them once.
+        """
         assert self._publisher is not None, "run() opens the publisher"
+        copies = []
         for publication in publications:
             try:
                 await self._publisher.publish(
@@ -565,6 +671,11 @@ class Worker:
                 raise QueueFullError(
                     error.exchange, error.routing_key, error.message_id, "the queue is full"
                 ) from error
+            if publication.copy is not None:
+                copies.append(publication.copy)
+        if copies:
+            await self.ledger.record_copies(copies)
+            metrics.SUBSCRIPTION_COPIES.inc(len(copies))
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""
@@ -1033,6 +1144,8 @@ async def run_workers(
         if connection is None:
             return 0
         opened.push_async_callback(connection.close)
+        # One budget for the process: memory is the process's, however many workers.
+        budget = ByteBudget(settings.handling_bytes)
         workers = [
             Worker(
                 settings,
@@ -1041,6 +1154,7 @@ async def run_workers(
                 connection=connection,
                 revocations=revocations,
                 signer=signer,
+                budget=budget,
             )
             for _ in range(count)
         ]

@@ -17,6 +17,9 @@ DOCUMENT_ID = "x-document-id"
 SENDER = "x-sender"  # the authenticated sender's agency code
 RECIPIENT = "x-recipient"  # also: the original routing key, through retries
 SHA256 = "x-sha256"
+# On a subscription copy: the subscription that brought it (x-recipient
+# names the agency the document was addressed to).
+SUBSCRIPTION = "x-lienthong-subscription"
 
 # -- the origin of a message, through retry queues and replays ----------------
 ORIGINAL_USER = "x-lienthong-user"

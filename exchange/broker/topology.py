@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
@@ -397,12 +397,15 @@ def validate_subscription(pattern: str) -> str:
     return pattern
 
 
-def agency_topology(code: AgencyCode, subscriptions: Sequence[str] = ()) -> Topology:
-    """An agency's inbox and status queues, bound with its code and its subscriptions."""
-    patterns = [validate_subscription(pattern) for pattern in subscriptions]
+def agency_topology(code: AgencyCode) -> Topology:
+    """An agency's inbox and status queues, each bound with its code.
+
+    Subscriptions are no bindings: the worker publishes each subscription
+    copy itself, with the subscriber's code as routing key, and records it
+    (so ``lienthong trace`` names who received a copy).
+    """
     inbox = inbox_queue(code)
     status = status_queue(code)
-    inbox_keys = dict.fromkeys([code.routing_key, *patterns])  # ordered, no repeats
     return Topology(
         # The exchanges are the core's; repeating them here lets an agency's
         # topology be declared on its own (declaring is idempotent).
@@ -414,7 +417,7 @@ def agency_topology(code: AgencyCode, subscriptions: Sequence[str] = ()) -> Topo
         # an agency's document to, and its own client decides when it is done.
         queues=(Queue(inbox, QueueType.QUORUM), Queue(status, QueueType.QUORUM)),
         bindings=(
-            *(Binding(DELIVER_EXCHANGE, inbox, key) for key in inbox_keys),
+            Binding(DELIVER_EXCHANGE, inbox, code.routing_key),
             Binding(STATUS_EXCHANGE, status, code.routing_key),
         ),
     )

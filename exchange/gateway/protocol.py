@@ -105,6 +105,7 @@ REASON_CODES: dict[Reason, str] = {
     Reason.CA_CANNOT_SIGN: "345",
     Reason.CERT_ALGORITHM: "346",
     Reason.SENDER_DISABLED: "347",
+    Reason.BAD_TIMESTAMP: "349",
     # The limits per agency are 35x.
     Reason.QUOTA: "350",
 }

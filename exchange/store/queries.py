@@ -31,6 +31,7 @@ from exchange.store.records import (
     Agency,
     ChainHead,
     ChainLink,
+    CopyTrace,
     Delivery,
     DeliveryMismatch,
     Document,
@@ -339,7 +340,7 @@ async def registered_codes(conn: Connection) -> frozenset[AgencyCode]:
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-       m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
        s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
 FROM messages m JOIN message_state s ON s.message_pk = m.id
 """
@@ -357,8 +358,12 @@ async def record_message(
     kind: MessageKind = MessageKind.UNKNOWN,
     sender: AgencyCode | None = None,
     received_at: datetime | None = None,
+    body_size: int | None = None,
 ) -> tuple[Message, bool]:
     """Record a received message; ``(message, True)`` the first time.
+
+    ``body_size`` says ``body`` is only the start (at most 64 KiB) of a body
+    of that size, whose SHA-256 ``sha256`` is (migration 0013: junk).
 
     A redelivery or a re-publish (same ``dedup_key``) inserts nothing and
     returns ``(existing message, False)`` with the outcome and outbox flag
@@ -372,11 +377,12 @@ async def record_message(
         """
         WITH new AS (
             INSERT INTO messages
-                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
-            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+                (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at,
+                 body_size)
+            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $10)
             ON CONFLICT (dedup_key) DO NOTHING
             RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
-                      received_at
+                      received_at, body_size
         ), state AS (
             INSERT INTO message_state (message_pk, kind, sender)
             SELECT id, $8, $9 FROM new
@@ -384,8 +390,9 @@ async def record_message(
                       document_pk, document_id, attempts, published_at, updated_at
         )
         SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+               m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code,
+               s.reason_detail, s.document_pk, s.document_id, s.attempts, s.published_at,
+               s.updated_at
         FROM new m JOIN state s ON s.message_pk = m.id
         """,
         dedup_key,
@@ -397,6 +404,7 @@ async def record_message(
         received_at,
         kind.value,
         None if sender is None else str(sender),
+        body_size,
     )
     if created_row is not None:
         return Message.from_row(created_row), True
@@ -480,8 +488,9 @@ async def set_outcome(
                   document_pk, document_id, attempts, published_at, updated_at
         )
         SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-               m.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-               s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+               m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code,
+               s.reason_detail, s.document_pk, s.document_id, s.attempts, s.published_at,
+               s.updated_at
         FROM s JOIN messages m ON m.id = s.message_pk
         """,
         message_pk,
@@ -1044,6 +1053,26 @@ async def trace(
             """,  # noqa: S608
             document.pk,
         )
+        copies_by_message: dict[int, list[CopyTrace]] = {}
+        for copy_row in await conn.fetch(
+            """
+            SELECT c.message_pk, c.subscriber, a.name, c.pattern, c.published_at
+            FROM subscription_copies c
+            JOIN deliveries d ON d.message_pk = c.message_pk
+            JOIN agencies a ON a.code = c.subscriber
+            WHERE d.document_pk = $1
+            ORDER BY c.subscriber
+            """,
+            document.pk,
+        ):
+            copies_by_message.setdefault(copy_row["message_pk"], []).append(
+                CopyTrace(
+                    AgencyCode.parse(copy_row["subscriber"]),
+                    copy_row["name"],
+                    copy_row["pattern"],
+                    copy_row["published_at"],
+                )
+            )
         events_by_delivery: dict[int, list[Event]] = {}
         for event_row in event_rows:
             event = Event.from_row(event_row)
@@ -1054,6 +1083,7 @@ async def trace(
                     recipient_name=delivery_row["recipient_name"],
                     delivery=(delivery := Delivery.from_row(delivery_row)),
                     events=tuple(events_by_delivery.get(delivery.pk, ())),
+                    copies=tuple(copies_by_message.get(delivery.message_pk, ())),
                 )
                 for delivery_row in delivery_rows
             ),
@@ -1061,6 +1091,19 @@ async def trace(
         )
         traces.append(DocumentTrace(document, row["submitted_at"], tuple(recipients)))
     return traces
+
+
+async def record_subscription_copies(
+    conn: Connection, copies: Sequence[tuple[int, str, str]]
+) -> None:
+    """Record subscription copies ``(message_pk, subscriber, pattern)`` published; once each."""
+    await conn.executemany(
+        """
+        INSERT INTO subscription_copies (message_pk, subscriber, pattern) VALUES ($1, $2, $3)
+        ON CONFLICT (message_pk, subscriber) DO NOTHING
+        """,
+        copies,
+    )
 
 
 async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRow]:

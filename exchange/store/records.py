@@ -117,6 +117,15 @@ class Message:
     attempts: int
     published_at: datetime | None
     updated_at: datetime
+    # The size of the body as received when the record keeps only its start
+    # (junk: refused before its signature was verified); None when the
+    # record holds the whole body.
+    body_size: int | None = None
+
+    @property
+    def body_cut(self) -> bool:
+        """Whether only the start of the body is kept (it cannot be replayed)."""
+        return self.body_size is not None
 
     @property
     def decided(self) -> bool:
@@ -149,6 +158,7 @@ class Message:
             attempts=row["attempts"],
             published_at=row["published_at"],
             updated_at=row["updated_at"],
+            body_size=row.get("body_size"),
         )
 
 
@@ -309,12 +319,26 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyTrace:
+    """A subscription copy of a document: who received it, through which pattern, when."""
+
+    subscriber: AgencyCode
+    subscriber_name: str
+    pattern: str
+    published_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientTrace:
-    """A document's life at one recipient: the delivery and its history, oldest first."""
+    """A document's life at one recipient: the delivery and its history, oldest first.
+
+    ``copies``: the subscription copies of what was delivered to it.
+    """
 
     recipient_name: str
     delivery: Delivery
     events: tuple[Event, ...]
+    copies: tuple[CopyTrace, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

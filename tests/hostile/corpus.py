@@ -469,6 +469,17 @@ def status(
     return build
 
 
+def status_dated(days_from_now: int) -> Builder:
+    """A signed status of the ministry on the delivered document, dated that many days away."""
+
+    def build(world: World) -> bytes:
+        document = world.setup_document("delivered")
+        at = world.now + timedelta(days=days_from_now)
+        return world.sign(world.status(MINISTRY, document, StatusCode.ACCEPTED, at=at), MINISTRY)
+
+    return build
+
+
 def status_for_unknown_document(world: World) -> bytes:
     """A status of the ministry about a document the Government Office never sent."""
     never_sent = world.letter(subject="Văn bản chưa từng gửi")
@@ -1235,6 +1246,18 @@ CASES: list[Case] = [
     ),
     reported(
         "status_for_a_document_never_sent", status_for_unknown_document, Reason.UNKNOWN_DOCUMENT
+    ),
+    reported(
+        "status_dated_a_year_ahead",
+        status_dated(365),
+        Reason.BAD_TIMESTAMP,
+        mentions="ahead of",
+    ),
+    reported(
+        "status_dated_a_week_back",
+        status_dated(-7),
+        Reason.BAD_TIMESTAMP,
+        mentions="behind",
     ),
     reported(
         "accepted_after_done",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 import pytest
@@ -23,7 +25,7 @@ from exchange.status import TransportOutcome
 from exchange.store import queries
 from exchange.store.db import Connection
 from exchange.store.migrate import load_migrations, migrate
-from exchange.store.records import Message, NewDocument
+from exchange.store.records import NewDocument
 from tests.chains import RECIPIENT, SENDER, record_text
 
 pytestmark = pytest.mark.services
@@ -42,7 +44,35 @@ async def agencies(db: Connection) -> None:
         await queries.add_agency(db, code, f"Cơ quan {code}")
 
 
-async def _deliver(conn: Connection, message: Message, document_id: str) -> None:
+class _Recorded(Protocol):
+    pk: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _RecordedEarlier:
+    """A message recorded with the columns of an older schema (queries speak the newest)."""
+
+    pk: int
+    sha256: str
+
+
+async def _record_text_in_old_schema(conn: Connection, text: str) -> _RecordedEarlier:
+    body = text.encode()
+    sha256 = hashlib.sha256(body).hexdigest()
+    pk = await conn.fetchval(
+        "INSERT INTO messages (dedup_key, routing_key, body, sha256) VALUES ($1, $2, $3, $4)"
+        " RETURNING id",
+        queries.dedup_key(str(RECIPIENT), body),
+        str(RECIPIENT),
+        body,
+        sha256,
+    )
+    await conn.execute("INSERT INTO message_state (message_pk) VALUES ($1)", pk)
+    return _RecordedEarlier(pk, sha256)
+
+
+async def _deliver(conn: Connection, message: _Recorded, document_id: str) -> None:
     """The message's document, its delivery and the receipt, as the worker records them."""
     stored = await queries.upsert_document(
         conn,
@@ -258,8 +288,8 @@ async def test_chains_sealed_before_migration_0007_go_on_after_it(
             )
         async with conn.transaction():
             for number in range(3):
-                message = await record_text(conn, f"sealed by 0006 {number}")
-                await _deliver(conn, message, f"a{number}")
+                earlier = await _record_text_in_old_schema(conn, f"sealed by 0006 {number}")
+                await _deliver(conn, earlier, f"a{number}")
         assert await migrate(conn, shipped) == [m.label for m in shipped if m.version > 6]
         async with conn.transaction():
             for number in range(3):

@@ -6,6 +6,7 @@ import aio_pika
 
 from exchange.broker.connection import connect
 from exchange.demo import demo_document
+from exchange.failures import Failure
 from exchange.status import TransportOutcome
 from exchange.store import queries
 from exchange.worker import POISON_STARTS
@@ -53,8 +54,24 @@ async def test_message_whose_handling_was_started_too_often_is_parked_with_a_rec
     assert (outcome, reason) == (TransportOutcome.PARKED.value, "PARKED_POISON")
     assert await exchange.queue_depth("lienthong.parked") == 1
     assert await exchange.inbox_of(recipient) == []
-    (receipt,) = [item.receipt for item in await exchange.statuses_of(sender)]
+    (item,) = await exchange.statuses_of(sender)
+    receipt = item.receipt
     assert receipt.outcome is TransportOutcome.PARKED
+    # The sender learns the failure's class; the exchange's own error text
+    # stays in the record, for the operator.
+    assert (receipt.reason_code, receipt.reason, receipt.reason_en, receipt.problems) == (
+        "PARKED_POISON",
+        Failure.POISON.vietnamese,
+        Failure.POISON.english,
+        [],
+    )
+    detail = await exchange.fetchval(
+        "SELECT s.reason_detail FROM messages m "
+        "JOIN message_state s ON s.message_pk = m.id WHERE m.dedup_key = $1",
+        key,
+    )
+    assert detail == f"handling started {POISON_STARTS + 1} times"
+    assert detail.encode() not in item.body
 
 
 async def test_redelivered_message_below_the_limit_is_handled_normally(

@@ -600,3 +600,62 @@ async def test_chain_verifies_after_a_run_and_names_a_status_changed_afterwards(
     assert answer["ok"] is False
     (events,) = [chain for chain in answer["chains"] if chain["chain"] == "events"]
     assert [(p["code"], p["row_id"]) for p in events["problems"]] == [("ROW_CHANGED", event)]
+
+
+# -- junk: a cut body stays tamper-evident (migration 0013) -------------------------------
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(
+    ("change", "args"),
+    [
+        ("body = $2", (b"junk 0000 " + b"\x01" * 100,)),  # the bytes kept
+        ("body_size = $2", (70_000_000,)),  # the size received
+        ("sha256 = $2", ("0" * 64,)),  # the hash of the whole
+        ("body_size = NULL, sha256 = encode(sha256(body), 'hex')", ()),  # passed off as whole
+    ],
+)
+async def test_a_cut_junk_row_changed_in_any_way_is_named(
+    db: asyncpg.Connection[asyncpg.Record], settings: Settings, change: str, args: tuple[Any, ...]
+) -> None:
+    received = b"junk 0000 " + bytes(range(256)) * 4096  # 1 MiB, not XML
+    kept = received[: 64 * 1024]
+    async with db.transaction():
+        before, _ = await queries.record_message(
+            db,
+            dedup_key=queries.dedup_key(str(RECIPIENT), b"before"),
+            amqp_message_id=None,
+            routing_key=str(RECIPIENT),
+            broker_user=None,
+            body=b"before",
+            sha256=hashlib.sha256(b"before").hexdigest(),
+        )
+        junk, _ = await queries.record_message(
+            db,
+            dedup_key=queries.dedup_key(str(RECIPIENT), received),
+            amqp_message_id=None,
+            routing_key=str(RECIPIENT),
+            broker_user=None,
+            body=kept,
+            sha256=hashlib.sha256(received).hexdigest(),
+            body_size=len(received),
+        )
+    assert (junk.body_size, before.body_size) == (len(received), None)
+    assert (await verify_chains(settings)).ok
+    # The database refuses a cut row that keeps more than 64 KiB, or claims a whole body.
+    with pytest.raises(asyncpg.CheckViolationError, match="message_sha256_matches_body"):
+        await queries.record_message(
+            db,
+            dedup_key=queries.dedup_key(str(RECIPIENT), received + b"!"),
+            amqp_message_id=None,
+            routing_key=str(RECIPIENT),
+            broker_user=None,
+            body=received[: 64 * 1024 + 1],
+            sha256=hashlib.sha256(received).hexdigest(),
+            body_size=len(received),
+        )
+
+    statement = f"UPDATE messages SET {change} WHERE id = $1"
+    await _as_intruder(db, "messages", statement, junk.pk, *args)
+    report = await verify_chains(settings)
+    assert _problems(report) == [("messages", "ROW_CHANGED", 2, junk.pk)]

@@ -312,8 +312,8 @@ def test_a_receipt_rebuilt_from_the_record_after_a_crash_is_the_same_signed_byte
 ) -> None:
     """ECDSA signs deterministically (RFC 6979): the second pass publishes the same receipt."""
     record = _record()
-    first = [p for p in effects_of(record, b"<edXML/>", "000.00.00.H26", signer)][-1]
-    again = [p for p in effects_of(record, b"<edXML/>", "000.00.00.H26", signer)][-1]
+    first = [p for p in effects_of(record, b"<edXML/>", "000.00.00.H26", signer=signer)][-1]
+    again = [p for p in effects_of(record, b"<edXML/>", "000.00.00.H26", signer=signer)][-1]
 
     assert first.body == again.body
     assert first.message_id == again.message_id == "lienthong:7:receipt:delivered"

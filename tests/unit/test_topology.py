@@ -102,7 +102,7 @@ def test_every_core_queue_is_a_durable_quorum_queue() -> None:
 
 
 def test_every_binding_joins_declared_exchanges_and_queues() -> None:
-    topology = core_topology() + agency_topology(COMMUNE, ["*.*.24.H44"])
+    topology = core_topology() + agency_topology(COMMUNE)
     exchanges = {e.name for e in topology.exchanges}
     queues = {q.name for q in topology.queues}
 
@@ -110,13 +110,12 @@ def test_every_binding_joins_declared_exchanges_and_queues() -> None:
         assert binding.source in exchanges and binding.destination in queues, binding
 
 
-def test_agency_inbox_is_bound_with_its_code_and_subscriptions() -> None:
-    topology = agency_topology(COMMUNE, ["*.*.24.H44", "*.*.*.H44"])
+def test_agency_queues_are_bound_with_its_code_only() -> None:
+    # Subscriptions are no bindings: the worker publishes and records each copy.
+    topology = agency_topology(COMMUNE)
 
-    assert [b.routing_key for b in topology.bindings if b.source == DELIVER_EXCHANGE] == [
-        "000.46.24.H44",
-        "*.*.24.H44",
-        "*.*.*.H44",
+    assert [b for b in topology.bindings if b.source == DELIVER_EXCHANGE] == [
+        Binding(DELIVER_EXCHANGE, inbox_queue(COMMUNE), "000.46.24.H44")
     ]
     assert [b for b in topology.bindings if b.source == STATUS_EXCHANGE] == [
         Binding(STATUS_EXCHANGE, status_queue(COMMUNE), "000.46.24.H44")
@@ -124,10 +123,20 @@ def test_agency_inbox_is_bound_with_its_code_and_subscriptions() -> None:
     assert {q.name for q in topology.queues} == {inbox_queue(COMMUNE), status_queue(COMMUNE)}
 
 
-def test_repeated_subscription_binds_once() -> None:
-    topology = agency_topology(COMMUNE, ["*.*.24.H44", "*.*.24.H44", "000.46.24.H44"])
-
-    assert len([b for b in topology.bindings if b.source == DELIVER_EXCHANGE]) == 2
+@pytest.mark.parametrize(
+    ("pattern", "covers"),
+    [
+        ("*.*.24.H44", True),
+        ("*.*.*.H44", True),
+        ("*.46.24.H44", True),
+        ("000.46.24.H44", True),
+        ("*.*.25.H44", False),
+        ("*.*.*.H26", False),
+        ("*.47.24.H44", False),
+    ],
+)
+def test_a_subscription_covers_the_codes_of_its_subtree(pattern: str, covers: bool) -> None:
+    assert matches_pattern(COMMUNE, validate_subscription(pattern)) is covers
 
 
 @pytest.mark.parametrize("pattern", ["*.*.*.H26", "*.*.24.H44", "000.46.24.H44", "*.46.*.H44"])
@@ -155,7 +164,7 @@ def test_bad_subscription_patterns_are_refused_with_the_reason(
     pattern: str, complaint: str
 ) -> None:
     with pytest.raises(SubscriptionError, match=re.escape(complaint)):
-        agency_topology(COMMUNE, [pattern])
+        validate_subscription(pattern)
 
 
 def test_subtree_pattern_of_every_level_is_a_valid_subscription() -> None:
@@ -206,7 +215,7 @@ def test_merging_two_different_queues_of_one_name_is_refused() -> None:
 
 
 def test_definitions_hold_every_exchange_queue_and_binding_in_a_stable_order() -> None:
-    topology = core_topology() + agency_topology(COMMUNE, ["*.*.24.H44"])
+    topology = core_topology() + agency_topology(COMMUNE)
     shuffled = Topology(
         exchanges=topology.exchanges[::-1],
         queues=topology.queues[::-1],
