@@ -374,7 +374,9 @@ async def record_message(
             INSERT INTO messages
                 (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at)
             VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
-            ON CONFLICT (dedup_key) DO NOTHING
+            -- The key is claimed in message_keys (migration 0018): a
+            -- message recorded before, in any month, skips the row.
+            ON CONFLICT DO NOTHING
             RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
                       received_at
         ), state AS (
@@ -698,7 +700,7 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             FROM input i
             WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n AND b.sha256 <> i.sha256)
             ORDER BY i.n
-            ON CONFLICT (dedup_key) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING {_columns(_MESSAGE_FIELDS)}
         ), mi AS (
             SELECT i.n, i.recipient, i.sender, i.document_id, i.warnings, m.*
@@ -961,7 +963,8 @@ async def append_event(
         f"""
         INSERT INTO events (delivery_pk, message_pk, kind, code, reason_code, description, at)
         VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
-        ON CONFLICT (message_pk, delivery_pk, kind) DO NOTHING
+        -- The key (message, delivery, kind) is claimed in event_keys (0018).
+        ON CONFLICT DO NOTHING
         RETURNING {_EVENT_COLUMNS}
         """,  # noqa: S608
         delivery_pk,
