@@ -1013,8 +1013,8 @@ async def trace(
     rows = await conn.fetch(
         f"""
         SELECT {_columns(_DOCUMENT_FIELDS, "d")},
-               m.received_at AS submitted_at
-        FROM documents d JOIN messages m ON m.id = d.first_message_pk
+               k.received_at AS submitted_at
+        FROM documents d JOIN message_keys k ON k.message_pk = d.first_message_pk
         WHERE d.document_id = $1 AND ($2::text IS NULL OR d.sender = $2)
         ORDER BY d.created_at, d.id
         """,  # noqa: S608
@@ -1038,9 +1038,16 @@ async def trace(
             SELECT {_columns(_EVENT_FIELDS, "e")}
             FROM events e JOIN deliveries d ON d.id = e.delivery_pk
             WHERE d.document_pk = $1
+              -- Recorded with the document or after it (recorded_at is
+              -- the start of the recording transaction: a day covers any
+              -- that started before the document's and saw it committed),
+              -- so the months before are not read (0018 partitions events
+              -- by recorded_at).
+              AND e.recorded_at >= $2::timestamptz - interval '1 day'
             ORDER BY e.at, e.id
             """,  # noqa: S608
             document.pk,
+            document.created_at,
         )
         events_by_delivery: dict[int, list[Event]] = {}
         for event_row in event_rows:
@@ -1069,12 +1076,12 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
     rows = await conn.fetch(
         """
         SELECT doc.id AS document_pk, doc.document_id, doc.subject,
-               m.received_at AS submitted_at,
+               k.received_at AS submitted_at,
                d.recipient, a.name AS recipient_name,
                d.state, d.recall_pending, d.withdrawn, d.delivered_at,
                latest.code AS latest_code, latest.at AS latest_at
         FROM documents doc
-        JOIN messages m ON m.id = doc.first_message_pk
+        JOIN message_keys k ON k.message_pk = doc.first_message_pk
         JOIN deliveries d ON d.document_pk = doc.id
         JOIN agencies a ON a.code = d.recipient
         LEFT JOIN LATERAL (
@@ -1143,8 +1150,9 @@ async def list_refused(
         _MESSAGE_SELECT
         + """
         WHERE s.outcome = ANY($1::text[])
-          AND ($2::timestamptz IS NULL OR m.received_at >= $2)
-          AND ($3::timestamptz IS NULL OR m.received_at < $3)
+          -- Bounds the planner prunes the months of messages with.
+          AND m.received_at >= coalesce($2::timestamptz, '-infinity')
+          AND m.received_at < coalesce($3::timestamptz, 'infinity')
           AND ($4::text IS NULL OR s.sender = $4)
           AND ($5::text IS NULL OR m.routing_key = $5)
           AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
