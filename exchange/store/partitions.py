@@ -281,7 +281,12 @@ def _run(value: dict[str, Any]) -> Run:
 async def detached_partitions(
     conn: Connection, chain: str | None = None
 ) -> list[DetachedPartition]:
-    """The partitions detached so far (of ``chain``, or all), oldest month first."""
+    """The partitions detached so far (of ``chain``, or all), oldest month first.
+
+    None in a database not yet migrated to 0018 (the audit reads it too).
+    """
+    if await conn.fetchval("SELECT to_regclass('detached_partitions')") is None:
+        return []
     rows = await conn.fetch(
         """
         SELECT chain, partition, month, rows, runs::text AS runs, last_seq, last_hash,

@@ -402,10 +402,33 @@ async def record_message(
     )
     if created_row is not None:
         return Message.from_row(created_row), True
-    row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.dedup_key = $1", dedup_key)
+    row = await conn.fetchrow(
+        _MESSAGE_SELECT + " WHERE m.dedup_key = $1 AND m.received_at = "
+        "(SELECT k.received_at FROM message_keys k WHERE k.dedup_key = $1)",
+        dedup_key,
+    )
+    if row is None:
+        # Its month was detached (lienthong retention): its key and state
+        # stay, and what the key is made of (publisher, routing key, body)
+        # is what this call was given.
+        row = await conn.fetchrow(
+            """
+            SELECT k.message_pk AS id, k.dedup_key, $2::text AS amqp_message_id,
+                   $3::text AS routing_key, $4::text AS broker_user, $5::text AS sha256,
+                   k.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+                   s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+            FROM message_keys k JOIN message_state s ON s.message_pk = k.message_pk
+            WHERE k.dedup_key = $1
+            """,
+            dedup_key,
+            amqp_message_id,
+            routing_key,
+            broker_user,
+            sha256,
+        )
     # Under READ COMMITTED, ON CONFLICT DO NOTHING skips only a row that is
-    # committed (it waits for a concurrent inserter) or our own; rows are
-    # never deleted, so the select sees it.
+    # committed (it waits for a concurrent inserter) or our own; keys are
+    # never deleted, so one of the selects sees it.
     assert row is not None, f"message {dedup_key} vanished between insert and select"
     return Message.from_row(row), False
 
