@@ -490,3 +490,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- `lienthong report`: whether each agency sent or received in the period,
+-- one index probe each instead of a scan of its documents or deliveries.
+CREATE INDEX documents_sender_created ON documents (sender, created_at);
+CREATE INDEX deliveries_recipient_delivered ON deliveries (recipient, delivered_at);
