@@ -126,7 +126,7 @@ async def test_every_operator_command_leaves_a_row_with_the_role_that_ran_it(
                 str(cert_file),
                 "--broker-user",
                 user,
-                "--password-login",
+                "--no-certificate-login",
                 "--password-stdin",
             ],
             True,
