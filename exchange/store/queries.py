@@ -403,7 +403,7 @@ async def record_message(
     if created_row is not None:
         return Message.from_row(created_row), True
     row = await conn.fetchrow(
-        _MESSAGE_SELECT + " WHERE m.dedup_key = $1 AND m.received_at = "
+        _MESSAGE_SELECT + " WHERE m.dedup_key = $1 AND m.received_at = "  # noqa: S608 (constant)
         "(SELECT k.received_at FROM message_keys k WHERE k.dedup_key = $1)",
         dedup_key,
     )

@@ -137,9 +137,7 @@ async def test_a_database_with_rows_is_converted_and_its_chains_still_verify(
         before = await verify_chains(_settings(empty_database_url))
         assert before.ok, list(before.lines())
 
-        assert await migrate(conn, everything) == [
-            m.label for m in everything if m.version >= 18
-        ]
+        assert await migrate(conn, everything) == [m.label for m in everything if m.version >= 18]
 
         after = await verify_chains(_settings(empty_database_url))
         print(*after.lines(), sep="\n")
@@ -178,8 +176,7 @@ async def test_a_months_query_reads_only_that_months_partition(
         plan = "\n".join(
             row[0]
             for row in await interleaved.fetch(
-                f"EXPLAIN SELECT * FROM {table} "  # noqa: S608
-                f"WHERE {column} >= $1 AND {column} < $2",
+                f"EXPLAIN SELECT * FROM {table} WHERE {column} >= $1 AND {column} < $2",
                 datetime(2025, 2, 1, tzinfo=UTC),
                 datetime(2025, 3, 1, tzinfo=UTC),
             )
