@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from exchange.settings import Settings
+from exchange.store.db import Connection
 from exchange.store.partitions import MonthPartition
 
 # Partitions made ahead of time at each run: a month nobody created goes to
@@ -149,6 +150,9 @@ async def run_retention(
         if not todo:
             lines.append(f"nothing to detach: every month from {first_kept:%Y-%m} on is kept")
         for partition in todo:
+            if partition.chain == partitions.MAILBOX:
+                lines.append(await _mailbox_month(conn, partition, dry_run))
+                continue
             rows, runs = await partitions.runs_of(conn, partition)
             span = (
                 f"chain positions {runs[0].first} to {max(r.last for r in runs)} in "
@@ -169,6 +173,18 @@ async def run_retention(
     finally:
         await conn.close()
     return lines
+
+
+async def _mailbox_month(conn: Connection, partition: MonthPartition, dry_run: bool) -> str:
+    """Drop a month of the gateway's mailbox once every item of it is confirmed."""
+    from exchange.store import partitions
+
+    if dry_run:
+        return f"would drop {partition.name} if every item in it is confirmed"
+    dropped = await partitions.drop_mailbox_month(conn, partition)
+    if dropped is None:
+        return f"kept {partition.name}: items of it are not confirmed by their systems yet"
+    return f"dropped {partition.name} ({dropped} confirmed items, copies of recorded messages)"
 
 
 def add_commands(

@@ -22,7 +22,12 @@ from exchange.store.db import Connection
 PARTITIONED = {"messages": "received_at", "events": "recorded_at"}
 """The partitioned tables of the record, each with the column it is partitioned by."""
 
-_MONTH_NAME = re.compile(r"^(?P<chain>messages|events)_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})$")
+MAILBOX = "gateway_mailbox"
+"""The gateway's mailbox, partitioned by month of arrival too; not a chain."""
+
+_MONTH_NAME = re.compile(
+    r"^(?P<chain>messages|events|gateway_mailbox)_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})$"
+)
 
 
 class PartitionError(RuntimeError):
@@ -88,11 +93,12 @@ async def ensure_partitions(conn: Connection, months_ahead: int) -> list[str]:
 
 
 async def month_partitions(conn: Connection) -> list[MonthPartition]:
-    """Every month partition attached to ``messages`` and ``events``, oldest first."""
+    """Every month partition attached to ``messages``, ``events`` and the mailbox, oldest first."""
     rows = await conn.fetch(
         """
         SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent IN ('messages'::regclass, 'events'::regclass)
+        WHERE i.inhparent IN ('messages'::regclass, 'events'::regclass,
+                              'gateway_mailbox'::regclass)
         """
     )
     found = []
@@ -108,8 +114,31 @@ async def default_partition_rows(conn: Connection) -> dict[str, int]:
     """Rows per table in its DEFAULT partition (rows of a month nobody created)."""
     return {
         chain: await conn.fetchval(f"SELECT count(*) FROM {chain}_default")  # noqa: S608
-        for chain in PARTITIONED
+        for chain in (*PARTITIONED, MAILBOX)
     }
+
+
+async def drop_mailbox_month(conn: Connection, partition: MonthPartition) -> int | None:
+    """Detach and drop a month of the mailbox whose items are all confirmed (``done``).
+
+    They are copies of messages the record holds, so nothing is exported.
+    Returns the items dropped, or ``None`` (nothing done) when an item of
+    that month still waits for its system.
+    """
+    async with conn.transaction():
+        await conn.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
+        row = await conn.fetchrow(
+            f"SELECT count(*) FILTER (WHERE state <> 'done'), count(*) "  # noqa: S608
+            f"FROM {partition.name}"
+        )
+        assert row is not None  # an aggregate always returns a row
+        waiting, items = row[0], row[1]
+        if waiting:
+            return None
+        await conn.execute(f"ALTER TABLE {MAILBOX} DETACH PARTITION {partition.name}")
+        await conn.execute(f"DROP TABLE {partition.name}")
+    result: int = items
+    return result
 
 
 def _range_condition(partition: MonthPartition) -> str:
@@ -315,6 +344,7 @@ async def detached_partitions(
 
 
 __all__ = [
+    "MAILBOX",
     "PARTITIONED",
     "DetachedPartition",
     "Export",
@@ -324,6 +354,7 @@ __all__ = [
     "default_partition_rows",
     "detach",
     "detached_partitions",
+    "drop_mailbox_month",
     "ensure_partitions",
     "export",
     "month_partitions",

@@ -90,7 +90,7 @@ async def _receipts(conn: asyncpg.Connection, stamped: list[tuple[int, datetime]
 
 async def _months(conn: asyncpg.Connection) -> None:
     for month in ("2025-01-01", "2025-02-01", "2025-03-01"):
-        for table in ("messages", "events"):
+        for table in ("messages", "events", "gateway_mailbox"):
             await conn.execute(
                 "SELECT record_partition_create($1, $2::date)",
                 table,
@@ -273,3 +273,43 @@ async def test_a_changed_export_does_not_verify(
     assert not verified.ok
     assert any("size or SHA-256" in problem for problem in verified.problems)
     assert any("position 2) does not match its hash" in problem for problem in verified.problems)
+
+
+async def _mail(conn: asyncpg.Connection, doc_id: str, at: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "INSERT INTO gateway_mailbox (doc_id, queue, message_id, agency, message_type, kind,"
+        " body, received_at) VALUES ($1, 'inbox.x', 'm-1', $2, 'edoc', 'document', 'b', $3)"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        doc_id,
+        str(RECIPIENT),
+        at,
+    )
+
+
+async def test_a_mailbox_month_is_dropped_once_every_item_of_it_is_confirmed(
+    interleaved: asyncpg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    assert len(await _mail(interleaved, "a" * 24, JANUARY)) == 1
+
+    async def retention() -> list[str]:
+        lines = await run_retention(
+            _settings(database_url),
+            export_dir=tmp_path,
+            dry_run=False,
+            keep_table=False,
+            months=1,
+            now=datetime(2025, 3, 20, tzinfo=UTC),
+        )
+        print(*lines, sep="\n")
+        return [line for line in lines if "gateway_mailbox_2025_01" in line]
+
+    assert [line.split(":")[0] for line in await retention()] == [
+        "kept gateway_mailbox_2025_01"
+    ]
+    await interleaved.execute("UPDATE gateway_mailbox SET state = 'done'")
+    assert await retention() == [
+        "dropped gateway_mailbox_2025_01 (1 confirmed items, copies of recorded messages)"
+    ]
+    assert await interleaved.fetchval("SELECT to_regclass('gateway_mailbox_2025_01')") is None
+    # Its key stays: a redelivery of the same AMQP message adds nothing.
+    assert await _mail(interleaved, "b" * 24, MARCH) == []

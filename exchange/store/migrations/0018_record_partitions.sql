@@ -1,7 +1,8 @@
 -- 0018: the record is partitioned by month; old months can be detached.
 --
--- `messages` (by received_at) and `events` (by recorded_at) become
--- partitioned tables with one partition per calendar month, UTC
+-- `messages` (by received_at), `events` (by recorded_at) and the gateway's
+-- `gateway_mailbox` (by received_at, below) become partitioned tables
+-- with one partition per calendar month, UTC
 -- (messages_2026_01 holds received_at in [2026-01-01 00:00Z, 2026-02-01
 -- 00:00Z)), and a DEFAULT partition (messages_default) that catches a row
 -- for a month nobody created yet, so that no insert ever fails for want of
@@ -18,7 +19,8 @@
 -- redelivery lands in: that is the exactly-once guarantee. So each has a
 -- small unpartitioned key table, never detached:
 --   message_keys  dedup_key -> message_pk, received_at;
---   event_keys    (message_pk, delivery_pk, kind) -> event_pk, recorded_at.
+--   event_keys    (message_pk, delivery_pk, kind) -> event_pk, recorded_at;
+--   mailbox_keys  (queue, message_id) -> doc_id (unique too), received_at.
 -- A BEFORE INSERT trigger of messages (events) claims the row's key there
 -- first, `INSERT ... ON CONFLICT DO NOTHING`: when the key is taken the row
 -- is skipped, exactly what `ON CONFLICT (dedup_key) DO NOTHING` did (the
@@ -69,7 +71,7 @@ DECLARE
     first_day date := date_trunc('month', month)::date;
     name text := parent || '_' || to_char(first_day, 'YYYY_MM');
 BEGIN
-    IF parent NOT IN ('messages', 'events') THEN
+    IF parent NOT IN ('messages', 'events', 'gateway_mailbox') THEN
         RAISE EXCEPTION 'table % is not partitioned by month', parent;
     END IF;
     IF to_regclass(name) IS NOT NULL THEN
@@ -87,10 +89,12 @@ BEGIN
             USING HINT = 'the partitions were not created ahead (lienthong retention run creates them); '
                          'see docs/operations.md, "Partitions"';
     END;
-    EXECUTE format(
-        'CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %I '
-        'FOR EACH STATEMENT EXECUTE FUNCTION refuse_history_change()', name
-    );
+    IF parent <> 'gateway_mailbox' THEN
+        EXECUTE format(
+            'CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %I '
+            'FOR EACH STATEMENT EXECUTE FUNCTION refuse_history_change()', name
+        );
+    END IF;
     RETURN true;
 END
 $$;
@@ -104,7 +108,7 @@ DECLARE
     parent text;
     month date;
 BEGIN
-    FOREACH parent IN ARRAY ARRAY['messages', 'events'] LOOP
+    FOREACH parent IN ARRAY ARRAY['messages', 'events', 'gateway_mailbox'] LOOP
         FOR month IN
             SELECT generate_series(
                 date_trunc('month', now() AT TIME ZONE 'UTC'),
@@ -144,10 +148,12 @@ WHERE p.pronamespace = current_schema()::regnamespace
 CREATE TEMPORARY TABLE kept_grants ON COMMIT DROP AS
 SELECT c.relname, a.grantee, a.privilege_type
 FROM pg_class c, aclexplode(c.relacl) a
-WHERE c.oid IN ('messages'::regclass, 'events'::regclass) AND a.grantee <> c.relowner;
+WHERE c.oid IN ('messages'::regclass, 'events'::regclass, 'gateway_mailbox'::regclass)
+  AND a.grantee <> c.relowner;
 
 ALTER TABLE messages RENAME TO messages_unpartitioned;
 ALTER TABLE events RENAME TO events_unpartitioned;
+ALTER TABLE gateway_mailbox RENAME TO gateway_mailbox_unpartitioned;
 
 -- Same columns (whatever migrations added), defaults, CHECK constraints and storage.
 CREATE TABLE messages (
@@ -158,6 +164,15 @@ CREATE TABLE events (
     LIKE events_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE
         INCLUDING IDENTITY
 ) PARTITION BY RANGE (recorded_at);
+-- The gateway's mailbox (0009) grows with every item handed out, and an
+-- item confirmed long ago is a copy of a message the record holds: by
+-- month of arrival too, and `retention run` drops a month whose items are
+-- all confirmed (without an export: they are copies).
+CREATE TABLE gateway_mailbox (
+    LIKE gateway_mailbox_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS
+        INCLUDING STORAGE INCLUDING IDENTITY
+) PARTITION BY RANGE (received_at);
+CREATE TABLE gateway_mailbox_default PARTITION OF gateway_mailbox DEFAULT;
 CREATE TABLE messages_default PARTITION OF messages DEFAULT;
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON messages_default
@@ -178,6 +193,12 @@ FROM generate_series(
     date_trunc('month', now() AT TIME ZONE 'UTC'),
     interval '1 month'
 ) AS month;
+SELECT record_partition_create('gateway_mailbox', month::date)
+FROM generate_series(
+    date_trunc('month', (SELECT min(received_at) FROM gateway_mailbox_unpartitioned) AT TIME ZONE 'UTC'),
+    date_trunc('month', now() AT TIME ZONE 'UTC'),
+    interval '1 month'
+) AS month;
 SELECT record_partitions_ensure(3);
 
 -- Copy every row as it is (no trigger is on the new tables yet), with the
@@ -188,7 +209,7 @@ DECLARE
     target text;
     columns text;
 BEGIN
-    FOREACH target IN ARRAY ARRAY['messages', 'events'] LOOP
+    FOREACH target IN ARRAY ARRAY['messages', 'events', 'gateway_mailbox'] LOOP
         source := target || '_unpartitioned';
         SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns
         FROM pg_attribute
@@ -226,6 +247,17 @@ CREATE TABLE event_keys (
 INSERT INTO event_keys (message_pk, delivery_pk, kind, event_pk, recorded_at)
 SELECT message_pk, delivery_pk, kind, id, recorded_at FROM events_unpartitioned;
 
+-- A mailbox item once per (queue, AMQP message id), a docId once.
+CREATE TABLE mailbox_keys (
+    queue       text NOT NULL,
+    message_id  text NOT NULL,
+    doc_id      text NOT NULL CONSTRAINT mailbox_key_doc_id_unique UNIQUE,
+    received_at timestamptz NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+INSERT INTO mailbox_keys (queue, message_id, doc_id, received_at)
+SELECT queue, message_id, doc_id, received_at FROM gateway_mailbox_unpartitioned;
+
 -- Foreign keys that named the old tables' ids name the key tables.
 DO $$
 DECLARE
@@ -250,7 +282,13 @@ $$;
 
 -- The old tables go, with the functions over their rows; the same
 -- functions are made again over the new tables' rows.
-DROP TABLE messages_unpartitioned, events_unpartitioned CASCADE;
+DROP TABLE messages_unpartitioned, events_unpartitioned, gateway_mailbox_unpartitioned CASCADE;
+ALTER TABLE gateway_mailbox ADD CONSTRAINT gateway_mailbox_pkey PRIMARY KEY (id, received_at);
+ALTER TABLE gateway_mailbox ADD CONSTRAINT gateway_mailbox_agency_fkey
+    FOREIGN KEY (agency) REFERENCES agencies (code);
+CREATE INDEX gateway_mailbox_doc_id ON gateway_mailbox (doc_id);
+CREATE INDEX gateway_mailbox_once ON gateway_mailbox (queue, message_id);
+CREATE INDEX gateway_mailbox_open ON gateway_mailbox (agency, message_type, id) WHERE state <> 'done';
 DO $$
 DECLARE
     definition text;
@@ -398,8 +436,32 @@ BEGIN
 END
 $$;
 
+-- A docId taken already is an error, as the unique key of 0009 made it.
+CREATE FUNCTION mailbox_key_claim() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $$
+BEGIN
+    INSERT INTO mailbox_keys (queue, message_id, doc_id, received_at)
+    VALUES (NEW.queue, NEW.message_id, NEW.doc_id, NEW.received_at)
+    ON CONFLICT (queue, message_id) DO NOTHING;
+    IF NOT FOUND THEN
+        -- The same item (its docId, which the gateway draws anew for every
+        -- insert) is moving to another month's partition: an UPDATE of
+        -- received_at deletes it from one and inserts it into the other.
+        PERFORM FROM mailbox_keys k
+        WHERE k.queue = NEW.queue AND k.message_id = NEW.message_id AND k.doc_id = NEW.doc_id;
+        IF FOUND THEN
+            RETURN NEW;
+        END IF;
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 DO $$
 BEGIN
+    EXECUTE format('ALTER FUNCTION mailbox_key_claim() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION message_key_claim() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION event_key_claim() SET search_path = %I, pg_temp', current_schema());
 END
@@ -427,6 +489,9 @@ CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION refuse_history_change();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_history_change();
+
+CREATE TRIGGER a_claim_key BEFORE INSERT ON gateway_mailbox
+    FOR EACH ROW EXECUTE FUNCTION mailbox_key_claim();
 
 -- Key tables: append-only too, written by the claim triggers only.
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON message_keys
@@ -468,10 +533,10 @@ BEGIN
     FOR role_name IN
         SELECT DISTINCT a.grantee::regrole::text
         FROM pg_class c, aclexplode(c.relacl) a
-        WHERE c.oid IN ('messages'::regclass, 'events'::regclass) AND a.grantee <> c.relowner
-          AND a.grantee <> 0
+        WHERE c.oid IN ('messages'::regclass, 'events'::regclass, 'gateway_mailbox'::regclass)
+          AND a.grantee <> c.relowner AND a.grantee <> 0
     LOOP
-        EXECUTE format('REVOKE ALL ON messages, events FROM %s', role_name);
+        EXECUTE format('REVOKE ALL ON messages, events, gateway_mailbox FROM %s', role_name);
     END LOOP;
     FOR grant_row IN SELECT * FROM kept_grants LOOP
         EXECUTE format('GRANT %s ON %I TO %s', grant_row.privilege_type, grant_row.relname,
@@ -482,11 +547,11 @@ BEGIN
         SELECT DISTINCT a.grantee::regrole::text
         FROM pg_class c, aclexplode(c.relacl) a
         WHERE c.oid IN ('message_keys'::regclass, 'event_keys'::regclass,
-                        'detached_partitions'::regclass)
+                        'mailbox_keys'::regclass, 'detached_partitions'::regclass)
           AND a.grantee <> c.relowner AND a.grantee <> 0 AND a.privilege_type <> 'SELECT'
     LOOP
         EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON message_keys, event_keys, '
-                       'detached_partitions FROM %s', role_name);
+                       'mailbox_keys, detached_partitions FROM %s', role_name);
     END LOOP;
 END
 $$;
