@@ -26,7 +26,7 @@ import argparse
 import hashlib
 import sys
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,9 @@ from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
 # The CLI builds its parser (add_commands) on every run: the broker, the
 # database and the settings are imported only when the audit really runs.
 if TYPE_CHECKING:
-    from exchange.seals import SealProblem
+    from exchange.seals import Seal, SealProblem
     from exchange.settings import Settings
+    from exchange.store.partitions import DetachedPartition, Run
     from exchange.store.records import (
         ChainHead,
         ChainLink,
@@ -515,9 +516,28 @@ class ChainWalk:
     # hash stored there now.
     watched: frozenset[int] = frozenset()
     stored: dict[int, str] = field(default_factory=dict)
+    # The runs of positions of detached partitions, by their first position
+    # (exchange.store.partitions): a gap is crossed along them only.
+    runs: Mapping[int, Run] = field(default_factory=dict)
+    detached_rows: int = 0
 
     def __post_init__(self) -> None:
         self.last_hash = self.genesis
+
+    def _cross_detached(self, until: int) -> None:
+        """Cross the detached runs that start where the walk is, up to position ``until``.
+
+        A run is crossed only if its entry hash is the hash the walk has
+        reached: rows deleted next to a detached month still leave a gap.
+        """
+        while self.last_seq + 1 < until:
+            run = self.runs.get(self.last_seq + 1)
+            if run is None or run.entry != self.last_hash:
+                return
+            self.detached_rows += run.last - run.first + 1
+            self.last_seq, self.last_hash, self.last_id = run.last, run.exit, None
+            if run.last in self.watched:
+                self.stored[run.last] = run.exit
 
     def feed(self, link: ChainLink) -> None:
         """Check the next row of the chain."""
@@ -532,6 +552,8 @@ class ChainWalk:
                 "with the triggers bypassed, behind the exchange's back",
             )
             return
+        if self.runs and link.seq > self.last_seq + 1:
+            self._cross_detached(link.seq)
         expected_seq = self.last_seq + 1
         if link.seq != expected_seq:
             self._problem(
@@ -583,6 +605,8 @@ class ChainWalk:
                 f"the chain {self.chain} has no row in chain_heads: it was deleted",
             )
             return self._status(self.last_seq, self.last_hash)
+        if self.runs and head.seq > self.last_seq:
+            self._cross_detached(head.seq + 1)
         if head.seq > self.last_seq:
             count = head.seq - self.last_seq
             after = f"after row id {self.last_id}" if self.last_id is not None else "all of them"
@@ -634,7 +658,7 @@ async def verify_chains(settings: Settings) -> ChainReport:
         needed_positions,
         read_certificates,
     )
-    from exchange.store import queries
+    from exchange.store import partitions, queries
     from exchange.store.db import connect
 
     conn = await connect(settings)
@@ -646,11 +670,18 @@ async def verify_chains(settings: Settings) -> ChainReport:
             seals = await load_seals(conn)
             positions = needed_positions(seals)
             heads = await queries.chain_heads(conn)
+            detached = await partitions.detached_partitions(conn)
             for chain in queries.CHAINED_TABLES:
                 walk = ChainWalk(
                     chain,
                     await queries.chain_genesis(conn, chain),
                     watched=frozenset(positions.get(chain, ())),
+                    runs={
+                        run.first: run
+                        for part in detached
+                        if part.chain == chain
+                        for run in part.runs
+                    },
                 )
                 async for link in queries.chain_links(conn, chain):
                     walk.feed(link)
@@ -659,7 +690,7 @@ async def verify_chains(settings: Settings) -> ChainReport:
                 lengths[chain] = walk.last_seq
     finally:
         await conn.close()
-    notes: list[str] = []
+    notes: list[str] = [_detached_note(part, seals) for part in detached]
     seal_problems: list[SealProblem] = []
     if settings.seal_cert is None:
         if seals:
@@ -678,6 +709,15 @@ async def verify_chains(settings: Settings) -> ChainReport:
             seals,
             stored,
             lengths,
+            detached={
+                chain: [
+                    (run.first, run.last - 1)
+                    for part in detached
+                    if part.chain == chain
+                    for run in part.runs
+                ]
+                for chain in queries.CHAINED_TABLES
+            },
             certificates=certificates,
             tsa_certificates=tsa,
             interval_s=settings.seal_interval_s,
@@ -697,6 +737,25 @@ async def verify_chains(settings: Settings) -> ChainReport:
 
 
 # -- the command ------------------------------------------------------------------
+
+
+def _detached_note(part: DetachedPartition, seals: Sequence[Seal]) -> str:
+    """Where a detached partition ended in its chain, and the first seal past it."""
+    covering = next(
+        (
+            seal.number
+            for seal in seals
+            if part.last_seq is not None
+            and seal.heads().get(part.chain, (0, ""))[0] >= part.last_seq
+        ),
+        None,
+    )
+    covered = f"covered by seal {covering}" if covering is not None else "not covered by a seal yet"
+    return (
+        f"partition {part.partition} ({part.month:%Y-%m}, {part.rows} rows, exported to "
+        f"{part.export_file} sha256 {part.export_sha256}) detached at chain position "
+        f"{part.last_seq}, hash {part.last_hash}, {covered}"
+    )
 
 
 def add_commands(

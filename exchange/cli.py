@@ -1930,12 +1930,14 @@ def build_parser() -> argparse.ArgumentParser:
     from exchange.gateway.commands import add_commands as add_gateway_commands
     from exchange.replay import add_commands as add_replay_commands
     from exchange.report import add_commands as add_report_commands
+    from exchange.retention import add_commands as add_retention_commands
 
     add_replay_commands(commands, options)
     add_report_commands(commands, services)
     add_audit_commands(commands, services)
     add_bench_commands(commands, services)
     add_gateway_commands(commands, options)
+    add_retention_commands(commands, services)
     return parser
 
 

@@ -109,12 +109,23 @@ ACTIONS: dict[tuple[str, ...], Accountable] = {
     ("system", "rotate-secret"): Accountable(
         "system rotate-secret", ("system_id",), secrets=("secret", "secret_stdin")
     ),
+    ("retention", "run"): Accountable(
+        "retention run",
+        ("export_dir", "keep_table", "months"),
+        applies=lambda args: not getattr(args, "dry_run", False),
+    ),
     ("audit",): Accountable(
         "audit --seal", (), applies=lambda args: bool(getattr(args, "seal", False))
     ),
 }
 
-_SUBCOMMANDS = ("replay_command", "agency_command", "cert_command", "system_command")
+_SUBCOMMANDS = (
+    "replay_command",
+    "agency_command",
+    "cert_command",
+    "system_command",
+    "retention_command",
+)
 
 # What the command adds to its outcome (the seal's number, the replay's id).
 _notes: list[str] = []

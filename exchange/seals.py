@@ -489,6 +489,7 @@ def check_seals(
     tsa_certificates: Sequence[x509.Certificate] = (),
     interval_s: float = 0.0,
     now: datetime | None = None,
+    detached: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> list[SealProblem]:
     """Every problem of the seals and of the chains against them.
 
@@ -496,6 +497,9 @@ def check_seals(
     (:meth:`needed_positions` says which); ``lengths`` the last position of
     each chain. A seal counts only if its signature verifies with one of
     ``certificates`` (the sealing certificates the verifier trusts).
+    ``detached`` holds, per chain, the ranges of positions whose rows were
+    detached with their month (exchange.store.partitions): a seal of a
+    position in one is checked against the export, offline, not here.
     """
     problems: list[SealProblem] = []
     trusted: list[Seal] = []
@@ -568,7 +572,15 @@ def check_seals(
                 )
         trusted.append(seal)
     for chain in sorted(lengths):
-        problems.extend(_chain_against_seals(chain, trusted, stored.get(chain, {}), lengths[chain]))
+        problems.extend(
+            _chain_against_seals(
+                chain,
+                trusted,
+                stored.get(chain, {}),
+                lengths[chain],
+                (detached or {}).get(chain, ()),
+            )
+        )
     if trusted and interval_s > 0:
         last = trusted[-1]
         age = (now or datetime.now(UTC)) - last.signed_at
@@ -588,7 +600,11 @@ def check_seals(
 
 
 def _chain_against_seals(
-    chain: str, seals: Iterable[Seal], stored: Mapping[int, str], length: int
+    chain: str,
+    seals: Iterable[Seal],
+    stored: Mapping[int, str],
+    length: int,
+    detached: Sequence[tuple[int, int]] = (),
 ) -> list[SealProblem]:
     problems: list[SealProblem] = []
     good: Seal | None = None
@@ -612,6 +628,8 @@ def _chain_against_seals(
                 )
             )
             return problems
+        if any(first <= seq <= last for first, last in detached):
+            continue  # in a detached month: its export is checked against it
         if stored.get(seq) != sealed_hash:
             since = (
                 f"; it still matches seal {good.number} ({_when(good.signed_at)}, position "

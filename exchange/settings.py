@@ -251,6 +251,13 @@ class Settings(ParserLimits):
     # a day. 0: only `lienthong audit --seal` seals (a cron job or a timer).
     # The verification reports the last seal older than twice this.
     seal_interval_s: float = Field(3600.0, ge=0)
+    # Months of the record kept in the database (messages and events are
+    # partitioned by month, UTC): `lienthong retention run` exports then
+    # detaches the older months, and the audit verifies the chains from
+    # where they ended. Unset: keep everything. Size it from the disk (each
+    # month's size is in docs/performance.md) and how long an auditor must
+    # query the record online; an export can be loaded back for an inquiry.
+    retention_months: int | None = Field(None, ge=1)
     # An RFC 3161 time-stamp authority: each seal's payload is time-stamped
     # by it, so the time of the heads is proved by a third party too. Unset:
     # seals carry the exchange's own clock only. tsa_cert: the authority's

@@ -312,7 +312,8 @@ async def add_mail(conn: Connection, mail: NewMail) -> bool:
         "INSERT INTO gateway_mailbox (doc_id, queue, message_id, agency, message_type, kind,"
         " sender, recipient, document_id, content_type, body)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (queue, message_id) DO NOTHING RETURNING id",
+        # The key (queue, message_id) is claimed in mailbox_keys (0018).
+        " ON CONFLICT DO NOTHING RETURNING id",
         mail.doc_id,
         mail.queue,
         mail.message_id,

@@ -380,7 +380,9 @@ async def record_message(
                 (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256, received_at,
                  body_size)
             VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $10)
-            ON CONFLICT (dedup_key) DO NOTHING
+            -- The key is claimed in message_keys (migration 0018): a
+            -- message recorded before, in any month, skips the row.
+            ON CONFLICT DO NOTHING
             RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
                       received_at, body_size
         ), state AS (
@@ -408,10 +410,33 @@ async def record_message(
     )
     if created_row is not None:
         return Message.from_row(created_row), True
-    row = await conn.fetchrow(_MESSAGE_SELECT + " WHERE m.dedup_key = $1", dedup_key)
+    row = await conn.fetchrow(
+        _MESSAGE_SELECT + " WHERE m.dedup_key = $1 AND m.received_at = "  # noqa: S608 (constant)
+        "(SELECT k.received_at FROM message_keys k WHERE k.dedup_key = $1)",
+        dedup_key,
+    )
+    if row is None:
+        # Its month was detached (lienthong retention): its key and state
+        # stay, and what the key is made of (publisher, routing key, body)
+        # is what this call was given.
+        row = await conn.fetchrow(
+            """
+            SELECT k.message_pk AS id, k.dedup_key, $2::text AS amqp_message_id,
+                   $3::text AS routing_key, $4::text AS broker_user, $5::text AS sha256,
+                   k.received_at, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+                   s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+            FROM message_keys k JOIN message_state s ON s.message_pk = k.message_pk
+            WHERE k.dedup_key = $1
+            """,
+            dedup_key,
+            amqp_message_id,
+            routing_key,
+            broker_user,
+            sha256,
+        )
     # Under READ COMMITTED, ON CONFLICT DO NOTHING skips only a row that is
-    # committed (it waits for a concurrent inserter) or our own; rows are
-    # never deleted, so the select sees it.
+    # committed (it waits for a concurrent inserter) or our own; keys are
+    # never deleted, so one of the selects sees it.
     assert row is not None, f"message {dedup_key} vanished between insert and select"
     return Message.from_row(row), False
 
@@ -712,7 +737,7 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             FROM input i
             WHERE NOT EXISTS (SELECT FROM before b WHERE b.n = i.n AND b.sha256 <> i.sha256)
             ORDER BY i.n
-            ON CONFLICT (dedup_key) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING {_columns(_MESSAGE_FIELDS)}
         ), mi AS (
             SELECT i.n, i.recipient, i.sender, i.document_id, i.warnings, m.*
@@ -975,7 +1000,8 @@ async def append_event(
         f"""
         INSERT INTO events (delivery_pk, message_pk, kind, code, reason_code, description, at)
         VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
-        ON CONFLICT (message_pk, delivery_pk, kind) DO NOTHING
+        -- The key (message, delivery, kind) is claimed in event_keys (0018).
+        ON CONFLICT DO NOTHING
         RETURNING {_EVENT_COLUMNS}
         """,  # noqa: S608
         delivery_pk,
@@ -1024,8 +1050,8 @@ async def trace(
     rows = await conn.fetch(
         f"""
         SELECT {_columns(_DOCUMENT_FIELDS, "d")},
-               m.received_at AS submitted_at
-        FROM documents d JOIN messages m ON m.id = d.first_message_pk
+               k.received_at AS submitted_at
+        FROM documents d JOIN message_keys k ON k.message_pk = d.first_message_pk
         WHERE d.document_id = $1 AND ($2::text IS NULL OR d.sender = $2)
         ORDER BY d.created_at, d.id
         """,  # noqa: S608
@@ -1049,9 +1075,16 @@ async def trace(
             SELECT {_columns(_EVENT_FIELDS, "e")}
             FROM events e JOIN deliveries d ON d.id = e.delivery_pk
             WHERE d.document_pk = $1
+              -- Recorded with the document or after it (recorded_at is
+              -- the start of the recording transaction: a day covers any
+              -- that started before the document's and saw it committed),
+              -- so the months before are not read (0018 partitions events
+              -- by recorded_at).
+              AND e.recorded_at >= $2::timestamptz - interval '1 day'
             ORDER BY e.at, e.id
             """,  # noqa: S608
             document.pk,
+            document.created_at,
         )
         copies_by_message: dict[int, list[CopyTrace]] = {}
         for copy_row in await conn.fetch(
@@ -1114,12 +1147,12 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
     rows = await conn.fetch(
         """
         SELECT doc.id AS document_pk, doc.document_id, doc.subject,
-               m.received_at AS submitted_at,
+               k.received_at AS submitted_at,
                d.recipient, a.name AS recipient_name,
                d.state, d.recall_pending, d.withdrawn, d.delivered_at,
                latest.code AS latest_code, latest.at AS latest_at
         FROM documents doc
-        JOIN messages m ON m.id = doc.first_message_pk
+        JOIN message_keys k ON k.message_pk = doc.first_message_pk
         JOIN deliveries d ON d.document_pk = doc.id
         JOIN agencies a ON a.code = d.recipient
         LEFT JOIN LATERAL (
@@ -1188,8 +1221,9 @@ async def list_refused(
         _MESSAGE_SELECT
         + """
         WHERE s.outcome = ANY($1::text[])
-          AND ($2::timestamptz IS NULL OR m.received_at >= $2)
-          AND ($3::timestamptz IS NULL OR m.received_at < $3)
+          -- Bounds the planner prunes the months of messages with.
+          AND m.received_at >= coalesce($2::timestamptz, '-infinity')
+          AND m.received_at < coalesce($3::timestamptz, 'infinity')
           AND ($4::text IS NULL OR s.sender = $4)
           AND ($5::text IS NULL OR m.routing_key = $5)
           AND ($6::text[] IS NULL OR s.reason_code = ANY($6))

@@ -58,6 +58,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "exchange.replay",
         "exchange.report",
         "exchange.audit",
+        "exchange.retention",
         "exchange.benchmark",
         "exchange.demo",
     ),
