@@ -303,9 +303,7 @@ async def test_a_mailbox_month_is_dropped_once_every_item_of_it_is_confirmed(
         print(*lines, sep="\n")
         return [line for line in lines if "gateway_mailbox_2025_01" in line]
 
-    assert [line.split(":")[0] for line in await retention()] == [
-        "kept gateway_mailbox_2025_01"
-    ]
+    assert [line.split(":")[0] for line in await retention()] == ["kept gateway_mailbox_2025_01"]
     await interleaved.execute("UPDATE gateway_mailbox SET state = 'done'")
     assert await retention() == [
         "dropped gateway_mailbox_2025_01 (1 confirmed items, copies of recorded messages)"
