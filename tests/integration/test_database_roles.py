@@ -86,6 +86,14 @@ EXPECTED_RIGHTS: dict[str, dict[str, set[str]]] = {
         # write the seals; the operator log names whoever appends.
         "head_seals": APPEND,
         "operator_actions": APPEND,
+        "subscription_copies": APPEND,
+        # Its token buckets (0016, 0019): a row updated per token taken.
+        "quota_buckets": KEEP,
+        # Written by the key-claiming triggers and retention (0018, 0019).
+        "message_keys": READ,
+        "event_keys": READ,
+        "mailbox_keys": READ,
+        "detached_partitions": READ,
     },
     GATEWAY_GROUP: {
         "messages": READ,
@@ -106,6 +114,12 @@ EXPECTED_RIGHTS: dict[str, dict[str, set[str]]] = {
         "gateway_systems": READ,
         "head_seals": READ,
         "operator_actions": READ,
+        "subscription_copies": READ,
+        "quota_buckets": set(),
+        "message_keys": READ,
+        "event_keys": READ,
+        "mailbox_keys": READ,
+        "detached_partitions": READ,
     },
 }
 EXPECTED_COLUMN_RIGHTS: dict[str, dict[str, set[str]]] = {
@@ -227,12 +241,31 @@ async def test_the_worker_role_appends_and_the_seal_runs_as_the_owner(
         assert decided.outcome is TransportOutcome.PARKED
 
 
+async def test_a_month_partition_is_reached_only_through_its_parent(database_url: str) -> None:
+    async with connected(database_url) as conn:
+        partitions = await conn.fetch(
+            "SELECT c.relname FROM pg_class c WHERE c.relispartition AND c.relkind = 'r'"
+            " AND c.relnamespace = current_schema()::regnamespace"
+        )
+        created = await conn.fetchval("SELECT record_partition_create('messages', '2031-05-01')")
+        rights = await conn.fetch(
+            "SELECT table_name, grantee, privilege_type FROM information_schema.table_privileges"
+            " WHERE table_schema = current_schema() AND grantee = ANY($1::text[])"
+            " AND table_name = ANY($2::text[])",
+            [WORKER_GROUP, GATEWAY_GROUP],
+            [row["relname"] for row in partitions] + ["messages_2031_05"],
+        )
+    assert partitions and created
+    assert [tuple(row) for row in rights] == []
+
+
 async def test_every_table_has_the_rights_its_users_need(database_url: str) -> None:
     async with connected(database_url) as conn:
         tables = {
             row["relname"]
             for row in await conn.fetch(
                 "SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p')"
+                " AND NOT c.relispartition"
                 " AND c.relnamespace = current_schema()::regnamespace"
             )
         }
