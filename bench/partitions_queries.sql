@@ -3,13 +3,19 @@
 -- bench/partitions_dataset.sql (docs/performance.md):
 --
 --   psql -v doc_n=250001 -f bench/partitions_queries.sql DATABASE
+--   psql -v doc_n=250001 -v plan=force_custom_plan -f bench/partitions_queries.sql DATABASE
 --
 -- Statements are prepared as asyncpg prepares them, and run with generic
--- plans (what a prepared statement settles on) unless said otherwise.
+-- plans (what a prepared statement settles on) unless -v plan= says
+-- otherwise.
 
 \set ON_ERROR_STOP on
 \pset pager off
-SET plan_cache_mode = force_generic_plan;
+\if :{?plan}
+\else
+\set plan force_generic_plan
+\endif
+SET plan_cache_mode = :plan;
 
 SELECT document_id AS doc, id AS doc_pk, created_at AS doc_created
 FROM documents WHERE id = :doc_n \gset
@@ -19,33 +25,33 @@ PREPARE trace_document(text) AS
 SELECT d.*, k.received_at AS submitted_at
 FROM documents d JOIN message_keys k ON k.message_pk = d.first_message_pk
 WHERE d.document_id = $1 ORDER BY d.created_at, d.id;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE trace_document(:'doc');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_document(:'doc');
 
 \echo '== trace: the same through messages (every month probed)'
 PREPARE trace_document_messages(text) AS
 SELECT d.*, m.received_at AS submitted_at
 FROM documents d JOIN messages m ON m.id = d.first_message_pk
 WHERE d.document_id = $1 ORDER BY d.created_at, d.id;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE trace_document_messages(:'doc');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_document_messages(:'doc');
 
 \echo '== trace: deliveries'
 PREPARE trace_deliveries(bigint) AS
 SELECT d.*, a.name FROM deliveries d JOIN agencies a ON a.code = d.recipient
 WHERE d.document_pk = $1;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE trace_deliveries(:doc_pk);
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_deliveries(:doc_pk);
 
 \echo '== trace: events, from the document month on'
 PREPARE trace_events(bigint, timestamptz) AS
 SELECT e.* FROM events e JOIN deliveries d ON d.id = e.delivery_pk
 WHERE d.document_pk = $1 AND e.recorded_at >= $2::timestamptz - interval '1 day'
 ORDER BY e.at, e.id;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE trace_events(:doc_pk, :'doc_created');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_events(:doc_pk, :'doc_created');
 
 \echo '== trace: events, every month'
 PREPARE trace_events_all(bigint) AS
 SELECT e.* FROM events e JOIN deliveries d ON d.id = e.delivery_pk
 WHERE d.document_pk = $1 ORDER BY e.at, e.id;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE trace_events_all(:doc_pk);
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_events_all(:doc_pk);
 
 \echo '== replay filters: refused in June 2025 (bounds the planner prunes with)'
 PREPARE refused(text[], timestamptz, timestamptz, text, text, text[], int) AS
@@ -58,9 +64,9 @@ WHERE s.outcome = ANY($1::text[])
   AND ($5::text IS NULL OR m.routing_key = $5)
   AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
 ORDER BY m.received_at, m.id LIMIT $7;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON)
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
 EXECUTE refused('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', NULL, NULL, NULL, NULL);
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON)
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
 EXECUTE refused('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '000.00.07.H26', NULL,
                 '{REJECTED_SIGNATURE}', 100);
 
@@ -75,7 +81,7 @@ WHERE s.outcome = ANY($1::text[])
   AND ($5::text IS NULL OR m.routing_key = $5)
   AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
 ORDER BY m.received_at, m.id LIMIT $7;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON)
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
 EXECUTE refused_unpruned('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', NULL, NULL, NULL, NULL);
 
 \echo '== report: agencies active in June 2025'
@@ -87,11 +93,11 @@ SELECT a.code,
                WHERE v.recipient = a.code AND v.delivered_at >= $1 AND v.delivered_at < $2)
            AS received
 FROM agencies a;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE activity('2025-06-01Z', '2025-07-01Z');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE activity('2025-06-01Z', '2025-07-01Z');
 
 \echo '== report: overdue deliveries'
 PREPARE overdue(date, text[]) AS
 SELECT count(*) FROM deliveries v JOIN documents d ON d.id = v.document_pk
 WHERE d.due_date < $1 AND v.delivered_at IS NOT NULL AND NOT v.withdrawn
   AND NOT (coalesce(v.state, '') = ANY($2::text[]));
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE overdue('2025-07-01', '{06,02}');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE overdue('2025-07-01', '{06,02}');
