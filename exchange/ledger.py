@@ -201,13 +201,16 @@ def effects_of(
     return effects
 
 
-def waiting_receipt(message: Message, recipient: str, failure: Failure) -> Publication:
+def waiting_receipt(
+    message: Message, recipient: str, failure: Failure, signer: ReceiptSigner | None = None
+) -> Publication:
     """A receipt telling the sender its message is recorded but waits (``accepted``).
 
     Sent when the recipient's queue refuses the delivery (full): the
     decision stands, the package is kept, and the ``delivered`` receipt
     follows once it is delivered. Its message id is the same on every
-    attempt, so the sender's software can drop repeats.
+    attempt, so the sender's software can drop repeats. Signed with
+    ``signer``, as every receipt.
     """
     base = receipt_for(message, recipient)
     receipt = base.model_copy(
@@ -233,7 +236,7 @@ def waiting_receipt(message: Message, recipient: str, failure: Failure) -> Publi
     return Publication(
         STATUS_EXCHANGE,
         str(message.sender),
-        receipt.to_bytes(),
+        receipt_body(receipt, signer),
         f"lienthong:{message.pk}:receipt:{TransportOutcome.ACCEPTED.value}",
         headers,
         RECEIPT_CONTENT_TYPE,

@@ -622,7 +622,13 @@ class Worker:
         if record.sender is None or error.routing_key == str(record.sender):
             return
         try:
-            await self._publish([waiting_receipt(record, arrival.routing_key, Failure.QUEUE_FULL)])
+            await self._publish(
+                [
+                    waiting_receipt(
+                        record, arrival.routing_key, Failure.QUEUE_FULL, self.ledger.signer
+                    )
+                ]
+            )
         except Exception as failure:
             log.warning("could not tell the sender of message %s: %s", record.pk, failure)
 

@@ -191,6 +191,8 @@ async def test_a_worker_without_a_receipt_key_refuses_to_start_with_one_line(
 ) -> None:
     env = worker_env(exchange.settings)
     del env["LIENTHONG_RECEIPT_KEY"], env["LIENTHONG_RECEIPT_CERT"]
+    # Nor from the machine's settings file (a development machine's names one).
+    env["LIENTHONG_SETTINGS_FILE"] = "/dev/null"
 
     status, out, err = await run_to_end(env)
 
