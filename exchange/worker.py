@@ -84,6 +84,14 @@ from exchange.store.roles import judge_role, role_powers
 
 log = logging.getLogger("lienthong.worker")
 
+# A nacked publish to an agency's queue is tried again this many times, this
+# far apart, before the queue counts as full: a quorum queue that lost its
+# leader nacks until a new one is elected, about a second on a LAN
+# (tests/integration/test_rabbitmq_cluster.py), and a receipt saying
+# "inbox full" would be wrong.
+NACK_RETRIES = 3
+NACK_RETRY_S = 1.0
+
 T = TypeVar("T")
 
 # How long a message waits before it is handed back to the broker when even
@@ -661,6 +669,26 @@ class Worker:
         assert self._publisher is not None, "run() opens the publisher"
         copies = []
         for publication in publications:
+            await self._publish_one(publication)
+            if publication.copy is not None:
+                copies.append(publication.copy)
+        if copies:
+            await self.ledger.record_copies(copies)
+            metrics.SUBSCRIPTION_COPIES.inc(len(copies))
+
+    async def _publish_one(self, publication: Publication) -> None:
+        """Publish one publication, confirmed; a full agency queue is a :class:`QueueFullError`.
+
+        The broker nacks a publish to a full queue (the agencies' queues are
+        bounded with reject-publish), and also, for a few seconds, one to a
+        quorum queue whose leader was lost, until a new one is elected (the
+        publisher takes a new channel after a nack). Only a queue that still
+        refuses after :data:`NACK_RETRIES` more tries, :data:`NACK_RETRY_S`
+        apart, is full: the sender is not told of a full inbox that was a
+        failover.
+        """
+        assert self._publisher is not None, "run() opens the publisher"
+        for attempt in range(NACK_RETRIES + 1):
             try:
                 await self._publisher.publish(
                     publication.exchange,
@@ -670,18 +698,15 @@ class Worker:
                     headers=publication.headers,
                     content_type=publication.content_type,
                 )
+                return
             except PublishNackedError as error:
                 if publication.exchange not in (DELIVER_EXCHANGE, STATUS_EXCHANGE):
                     raise
-                # The agencies' queues are bounded with reject-publish.
-                raise QueueFullError(
-                    error.exchange, error.routing_key, error.message_id, "the queue is full"
-                ) from error
-            if publication.copy is not None:
-                copies.append(publication.copy)
-        if copies:
-            await self.ledger.record_copies(copies)
-            metrics.SUBSCRIPTION_COPIES.inc(len(copies))
+                if attempt == NACK_RETRIES:
+                    raise QueueFullError(
+                        error.exchange, error.routing_key, error.message_id, "the queue is full"
+                    ) from error
+                await asyncio.sleep(NACK_RETRY_S)
 
     async def _set_outbox_flag(self, message_pk: int) -> None:
         """Record that a message's effects are published (with others published meanwhile)."""
