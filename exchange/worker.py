@@ -356,8 +356,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await bulk.cancel(bulk_tag)
             # Messages already handed to us are finished, not abandoned:
-            # each one ends acked (done) or nacked (back to the queue).
-            if self._tasks:
+            # each one ends acked (done) or nacked (back to the queue). Again
+            # until none is left: a delivery the broker sent before the cancel
+            # reached it starts its task while the first ones finish.
+            while self._tasks:
                 await asyncio.wait(set(self._tasks))
             with contextlib.suppress(Exception):
                 await bulk_channel.close()
