@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.broker.topology import BULK_QUEUE, PARKED_QUEUE, RETRY_TIERS, WORK_QUEUES
 
 # The CLI builds its parser (add_commands) on every run: the broker, the
 # database and the settings are imported only when the audit really runs.
@@ -47,8 +47,12 @@ if TYPE_CHECKING:
     )
 
 # The queues a received message waits in until it is decided: the work
-# queue and one queue per retry delay.
-PENDING_QUEUES: tuple[str, ...] = (WORK_QUEUE, *(tier.queue for tier in RETRY_TIERS))
+# queue, the lanes, the bulk queue and one queue per retry delay.
+PENDING_QUEUES: tuple[str, ...] = (
+    *WORK_QUEUES,
+    BULK_QUEUE,
+    *(tier.queue for tier in RETRY_TIERS),
+)
 AUDITED_QUEUES: tuple[str, ...] = (*PENDING_QUEUES, PARKED_QUEUE)
 # Rows named per discrepancy; the counts stay exact beyond it.
 LISTING_LIMIT = 50

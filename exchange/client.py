@@ -341,7 +341,10 @@ class AgencyClient:
                     user_id=self.broker_user,
                     # To the microsecond, for the exchange's latency figures
                     # (the AMQP timestamp has whole seconds).
-                    headers={header.PUBLISHED_AT: datetime.now(UTC).isoformat()},
+                    headers={
+                        header.PUBLISHED_AT: datetime.now(UTC).isoformat(),
+                        header.LANE: str(self.agency),
+                    },
                 )
             )
         return ids

@@ -260,6 +260,8 @@ class Arrival:
     broker_user: str | None
     amqp_message_id: str | None
     replay: bool = False
+    # The lane its publisher named (x-lienthong-lane); not recorded, checked.
+    lane: str | None = None
 
     @cached_property
     def dedup_key(self) -> str:

@@ -26,6 +26,7 @@ from cryptography import x509
 from exchange.agency import AgencyCode
 from exchange.checks.authorise import (
     DocumentRef,
+    authorise_lane,
     authorise_route,
     authorise_sender,
     document_id_of,
@@ -83,6 +84,8 @@ class Envelope:
     publisher: AgencyCode | None
     # Whether the directory marks the publisher disabled (`agency disable`).
     publisher_disabled: bool = False
+    # The lane the publisher named (header x-lienthong-lane): its own code.
+    lane: str | None = None
 
     @cached_property
     def sha256(self) -> str:
@@ -228,6 +231,24 @@ def check_standing(examined: CheckedBytes, context: CheckContext) -> None:
         )
 
 
+def check_envelope(envelope: Envelope) -> AgencyCode:
+    """What the broker's envelope alone decides, before any parsing; returns the recipient.
+
+    The routing key names an agency, the publisher is not disabled, and its
+    lane header, if any, names the publisher.
+    """
+    with before_signature():
+        recipient = recipient_of(envelope.routing_key)
+        if envelope.publisher_disabled:
+            raise Rejection.of(
+                Reason.SENDER_DISABLED,
+                f"the message was published for {envelope.publisher}, which is disabled",
+                "user_id",
+            )
+        authorise_lane(envelope.lane, envelope.publisher)
+    return recipient
+
+
 def check_message(
     envelope: Envelope,
     context: CheckContext,
@@ -242,14 +263,7 @@ def check_message(
     alone, with the context of now), then who published the package to
     whom. ``timings`` as for :func:`check_bytes`.
     """
-    with before_signature():
-        recipient = recipient_of(envelope.routing_key)
-        if envelope.publisher_disabled:
-            raise Rejection.of(
-                Reason.SENDER_DISABLED,
-                f"the message was published for {envelope.publisher}, which is disabled",
-                "user_id",
-            )
+    recipient = check_envelope(envelope)
     if checked_bytes is None:
         checked_bytes = check_bytes(envelope.body, context, timings)
     else:
@@ -380,8 +394,7 @@ class CheckCache:
 
     def check(self, envelope: Envelope, timings: dict[str, float] | None = None) -> CheckedMessage:
         """Every database-free check (:func:`check_message`); remembers what the bytes proved."""
-        with before_signature():
-            recipient_of(envelope.routing_key)  # a bad routing key is refused before any parsing
+        check_envelope(envelope)  # refused from its envelope before any parsing
         checked = check_bytes(envelope.body, self.context, timings)
         self._remember(envelope, checked)
         return check_message(envelope, self.context, checked_bytes=checked)

@@ -340,6 +340,13 @@ class Settings(ParserLimits):
     # (docs/performance.md, "Fairness"). A quarter of the prefetch keeps four
     # senders busy at once; 0: no moving (one first-come, first-served queue).
     fair_share: int = Field(8, ge=0)
+    # Messages a worker holds at once from each lane (topology.LANES lanes,
+    # one per hash of the sender's code): a flooding sender's lane gives a
+    # worker this many, every other lane its own beside them, so the other
+    # agencies' documents are handled next to the flood, not after it
+    # (docs/performance.md, "Fairness"). A flood alone keeps this many busy
+    # in each worker.
+    lane_prefetch: int = Field(8, ge=1)
 
     # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
     # Where the VXP adapter protocol is served, and under which path (the SDK

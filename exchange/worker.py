@@ -58,6 +58,7 @@ from exchange.broker.origin import Origin, delivery_count
 from exchange.broker.topology import (
     BULK_QUEUE,
     DELIVER_EXCHANGE,
+    LANE_QUEUES,
     PARKING_EXCHANGE,
     RETRY_EXCHANGE,
     RETRY_TIERS,
@@ -140,6 +141,7 @@ def arrival_of(message: AbstractIncomingMessage, origin: Origin) -> Arrival:
         origin.broker_user,
         message.message_id,
         replay=origin.replay,
+        lane=origin.lane,
     )
 
 
@@ -313,6 +315,8 @@ class Worker:
         # watchdog (is_consuming).
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
+        self._lane_channel: AbstractChannel | None = None
+        self._lane_tags: list[str] = []
         # Messages of each sender (its broker user) this worker holds now,
         # from either queue: past settings.fair_share, the sender's next
         # messages from the work queue are moved to the bulk queue.
@@ -342,15 +346,33 @@ class Worker:
         await bulk_channel.set_qos(prefetch_count=self._bulk_prefetch_idle)
         bulk = await bulk_channel.get_queue(BULK_QUEUE, ensure=True)
         bulk_tag = await bulk.consume(self._on_bulk_message)
+        # Every lane on one channel, each consumer with the lane prefetch:
+        # a flooding sender's lane gives the worker that many messages, and
+        # the other lanes theirs beside them.
+        lane_channel = await self.connection.channel()
+        await lane_channel.set_qos(prefetch_count=self.settings.lane_prefetch)
+        lanes = [await lane_channel.get_queue(name, ensure=True) for name in LANE_QUEUES]
+        lane_tags = [await lane.consume(self._on_lane_message) for lane in lanes]
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
+        self._lane_channel, self._lane_tags = lane_channel, lane_tags
         pacer = asyncio.create_task(self._pace_bulk(bulk_channel, stop))
-        log.info("worker consuming %s (prefetch %d)", WORK_QUEUE, self.prefetch)
+        log.info(
+            "worker consuming %s and %d lanes (prefetch %d, %d a lane)",
+            WORK_QUEUE,
+            len(lanes),
+            self.prefetch,
+            self.settings.lane_prefetch,
+        )
         try:
             await stop.wait()
         finally:
             pacer.cancel()
             self._consumer_tag = None
+            self._lane_tags = []
+            for lane, lane_tag in zip(lanes, lane_tags, strict=True):
+                with contextlib.suppress(Exception):
+                    await lane.cancel(lane_tag)
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
             with contextlib.suppress(Exception):
@@ -361,6 +383,8 @@ class Worker:
             # reached it starts its task while the first ones finish.
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
+            with contextlib.suppress(Exception):
+                await lane_channel.close()
             with contextlib.suppress(Exception):
                 await bulk_channel.close()
             with contextlib.suppress(Exception):
@@ -377,10 +401,23 @@ class Worker:
         channel, tag = self._channel, self._consumer_tag
         if channel is None or tag is None:
             return False
-        return await has_consumer(channel, tag)
+        lane_channel, lane_tags = self._lane_channel, list(self._lane_tags)
+        if lane_channel is None or not lane_tags:
+            return False
+        for consumer in (tag, *lane_tags):
+            if not await has_consumer(lane_channel if consumer != tag else channel, consumer):
+                return False
+        return True
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self.handle_delivery(message, movable=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_lane_message(self, message: AbstractIncomingMessage) -> None:
+        # A lane holds one sender's messages (or a few senders'), each lane
+        # with its own prefetch: there is nothing to move out of its way.
+        task = asyncio.create_task(self.handle_delivery(message, movable=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -555,7 +592,7 @@ class Worker:
         rights = await self.directory.signing_rights()
         if self.check_cache.context.rights is not rights:
             self.check_cache.use(rights=rights)
-        envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled)
+        envelope = Envelope(arrival.body, arrival.routing_key, publisher, disabled, arrival.lane)
         if len(arrival.body) > HASH_OFF_LOOP_BYTES:
             # Hashing 60 MiB takes a tenth of a second; off the event loop
             # (hashlib lets go of the GIL), the other messages move meanwhile.

@@ -62,6 +62,16 @@ if ! port_open 15672 || ! port_open 15692; then
   for _ in $(seq 30); do port_open 15672 && port_open 15692 && break; sleep 1; done
 fi
 
+# The consistent-hash exchange (ships with RabbitMQ) spreads submitted
+# messages over the work lanes by sender; enabled online, no restart.
+case "$(cat /etc/rabbitmq/enabled_plugins 2>/dev/null || true)" in
+  *rabbitmq_consistent_hash_exchange*) ;;
+  *)
+    say "enabling the RabbitMQ consistent-hash exchange"
+    as_root rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
+    ;;
+esac
+
 # PostgreSQL: start the cluster when it is not accepting connections.
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   say "starting PostgreSQL"

@@ -170,7 +170,9 @@ class RabbitCluster:
         cookie.write_text(uuid.uuid4().hex.upper())
         cookie.chmod(0o400)
         (self.root / "rabbitmq-env.conf").write_text("# the cluster's own: nothing\n")
-        (self.root / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.root / "enabled_plugins").write_text(
+            "[rabbitmq_management,rabbitmq_consistent_hash_exchange].\n"
+        )
         for node in self.nodes:
             (node.folder / "conf.d").mkdir(parents=True)
             (node.folder / "advanced.config").write_text("[].\n")

@@ -147,7 +147,7 @@ async def run_backlog(
     both its delivery and its receipt; each worker's memory is sampled
     meanwhile. Returns the ``backlog`` figures.
     """
-    from exchange.broker.topology import WORK_QUEUE
+    from exchange.broker.topology import WORK_QUEUES
 
     tracker = Tracker(len(messages))
     observer.tracker = tracker
@@ -158,10 +158,10 @@ async def run_backlog(
         publishing = asyncio.create_task(publish_messages(messages, publishers, tracker))
         await watch_publishing("backlog", publishing, tracker, progress)
         publish_seconds = time.perf_counter() - started
-        queued = await observer.queue_depth(WORK_QUEUE)
+        queued = sum([await observer.queue_depth(name) for name in WORK_QUEUES])
         progress(
             f"backlog: published in {publish_seconds:.1f} s "
-            f"({len(messages) / publish_seconds:.0f} docs/s), {queued} waiting in {WORK_QUEUE}"
+            f"({len(messages) / publish_seconds:.0f} docs/s), {queued} waiting for workers"
         )
         launched = time.perf_counter()
         children = await start_workers()

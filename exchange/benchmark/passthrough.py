@@ -19,14 +19,14 @@ from exchange.broker import headers as header
 
 
 async def passthrough(amqp_url: str, prefetch: int) -> int:
-    """Move ``lienthong.work`` to inbox and status queues as the worker would, checking nothing.
+    """Move the work queues to inbox and status queues as the worker would, checking nothing.
 
     Per message, in the worker's order: publish the package to the
     recipient's inbox, then a receipt to the sender, each confirmed, then
     ack. Runs until SIGTERM; returns how many messages it moved.
     """
     from exchange.broker.connection import ConfirmingPublisher, connect
-    from exchange.broker.topology import DELIVER_EXCHANGE, STATUS_EXCHANGE, WORK_QUEUE
+    from exchange.broker.topology import DELIVER_EXCHANGE, STATUS_EXCHANGE, WORK_QUEUES
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,7 +36,7 @@ async def passthrough(amqp_url: str, prefetch: int) -> int:
     publisher = await ConfirmingPublisher.open(connection)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=prefetch)
-    queue = await channel.get_queue(WORK_QUEUE, ensure=True)
+    queues = [await channel.get_queue(name, ensure=True) for name in WORK_QUEUES]
     tasks: set[asyncio.Task[None]] = set()
     moved = 0
 
@@ -79,10 +79,11 @@ async def passthrough(amqp_url: str, prefetch: int) -> int:
     async def consume(message: Any) -> None:
         on_message(message)
 
-    tag = await queue.consume(consume)
+    tags = [await queue.consume(consume) for queue in queues]
     print(PASSTHROUGH_READY_TEXT, flush=True)
     await stop.wait()
-    await queue.cancel(tag)
+    for queue, tag in zip(queues, tags, strict=True):
+        await queue.cancel(tag)
     if tasks:
         await asyncio.wait(set(tasks))
     await connection.close()

@@ -151,6 +151,9 @@ class Publishers:
         """Publishers for agencies ``code -> AMQP URL`` with ``code -> broker user``."""
         self.urls = urls
         self.users = users
+        # Whether each sender names its lane, as the client library does;
+        # without, every message shares one lane (first come, first served).
+        self.lanes = True
         self._connections: list[Any] = []
         self._publishers: dict[str, Any] = {}
 
@@ -184,6 +187,7 @@ class Publishers:
                 header.PUBLISHED_AT: datetime.now(UTC).isoformat(),
                 BENCH_DOCUMENT_ID: message.document_id,
                 BENCH_SENDER: message.sender,
+                **({header.LANE: message.sender} if self.lanes else {}),
             },
         )
 

@@ -34,7 +34,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from exchange.broker.topology import DEFAULT_EXCHANGE, Topology
+from exchange.broker.topology import DEFAULT_EXCHANGE, UNWANTED_BINDINGS, Topology
 from exchange.settings import amqp_addresses, url_user
 
 log = logging.getLogger(__name__)
@@ -396,7 +396,11 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
     for exchange in topology.exchanges:
         try:
             await channel.declare_exchange(
-                exchange.name, exchange.type.value, durable=exchange.durable
+                exchange.name,
+                exchange.type.value,
+                durable=exchange.durable,
+                internal=exchange.internal,
+                arguments=exchange.arguments() or None,
             )
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             raise _mismatch("exchange", exchange.name, error) from error
@@ -408,8 +412,17 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             raise _mismatch("queue", queue.name, error) from error
     for binding in topology.bindings:
-        destination = await channel.get_queue(binding.destination, ensure=False)
-        await destination.bind(binding.source, routing_key=binding.routing_key)
+        if binding.destination_type == "exchange":
+            target = await channel.get_exchange(binding.destination, ensure=False)
+            await target.bind(binding.source, routing_key=binding.routing_key)
+        else:
+            destination = await channel.get_queue(binding.destination, ensure=False)
+            await destination.bind(binding.source, routing_key=binding.routing_key)
+    names = {queue.name for queue in topology.queues}
+    for binding in UNWANTED_BINDINGS:
+        if binding.destination in names:
+            bound = await channel.get_queue(binding.destination, ensure=False)
+            await bound.unbind(binding.source, routing_key=binding.routing_key)
 
 
 # -- publishing -------------------------------------------------------------------

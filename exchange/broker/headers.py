@@ -21,6 +21,12 @@ SHA256 = "x-sha256"
 # names the agency the document was addressed to).
 SUBSCRIPTION = "x-lienthong-subscription"
 
+# -- on what an agency (or the gateway for it) publishes -----------------------
+# The sender's own agency code: the intake hashes it to the sender's lane
+# (exchange/broker/topology.py, LANES). The worker refuses a message whose
+# lane names another agency than the one that published it.
+LANE = "x-lienthong-lane"
+
 # -- the origin of a message, through retry queues and replays ----------------
 ORIGINAL_USER = "x-lienthong-user"
 ATTEMPTS = "x-lienthong-attempts"

@@ -20,7 +20,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from exchange.broker import headers as header
-from exchange.broker.topology import WORK_QUEUE
+from exchange.broker.topology import WORK_QUEUES
 
 # Quorum queues count a message's earlier deliveries in this header.
 DELIVERY_COUNT = "x-delivery-count"
@@ -57,6 +57,9 @@ class Origin:
     attempts: int = 0
     replay: bool = False
     published_at: datetime | None = None
+    # The lane the publisher named (x-lienthong-lane), carried through retries
+    # so the worker checks it against the publisher whichever way it came.
+    lane: str | None = None
 
     @classmethod
     def of(
@@ -84,8 +87,9 @@ class Origin:
         published_at = _parse_time(stamped) if stamped else message.timestamp
         if published_at is not None and published_at.tzinfo is None:
             published_at = published_at.replace(tzinfo=UTC)
+        lane = header.text(headers, header.LANE)
         if message.user_id not in trusted_users:
-            return cls(message.routing_key or "", user, published_at=published_at)
+            return cls(message.routing_key or "", user, published_at=published_at, lane=lane)
         attempts = headers.get(header.ATTEMPTS, 0)
         return cls(
             routing_key=header.text(headers, header.RECIPIENT) or message.routing_key or "",
@@ -93,6 +97,7 @@ class Origin:
             attempts=attempts if isinstance(attempts, int) else 0,
             replay=headers.get(header.REPLAY) is not None,
             published_at=published_at,
+            lane=lane,
         )
 
     def headers(self, *, attempts: int, failure: str | None) -> dict[str, Any]:
@@ -115,6 +120,8 @@ class Origin:
             headers[header.REPLAY] = "retried"
         if self.published_at is not None:
             headers[header.PUBLISHED_AT] = self.published_at.isoformat()
+        if self.lane is not None:
+            headers[header.LANE] = self.lane
         return headers
 
 
@@ -147,7 +154,7 @@ def dead_letter(
     ``user_id`` is one of the exchange's own users. The broker dead-letters
     a poison message from the work queue as it was published: ``user_id``
     is the agency's, validated by RabbitMQ, and the routing key is the
-    recipient, also in its ``x-death`` record. A routing key of the work
+    recipient, also in its ``x-death`` record. A routing key of a work
     queue itself means the recipient is lost: ``routing_key`` is then None.
     """
     headers = headers or {}
@@ -157,7 +164,7 @@ def dead_letter(
         from_work = [
             d
             for d in deaths
-            if isinstance(d, Mapping) and header.decode(d.get("queue")) == WORK_QUEUE
+            if isinstance(d, Mapping) and header.decode(d.get("queue")) in WORK_QUEUES
         ]
         death = from_work[0] if from_work else deaths[0] if isinstance(deaths[0], Mapping) else {}
     keys = death.get("routing-keys")
@@ -170,6 +177,6 @@ def dead_letter(
         candidates.insert(0, header.text(headers, header.RECIPIENT))
         user = header.text(headers, header.ORIGINAL_USER) or user_id
         failure = header.text(headers, header.FAILURE)
-    recipient = next((key for key in candidates if key and key != WORK_QUEUE), None)
+    recipient = next((key for key in candidates if key and key not in WORK_QUEUES), None)
     delivery_limit = bool(death) and header.decode(death.get("reason")) == DELIVERY_LIMIT
     return DeadLetter(recipient, user, failure, delivery_limit)

@@ -9,12 +9,13 @@ on; they are documented in docs/architecture.md and must not change lightly.
 
 Message flow::
 
-    agency --(key = recipient code)--> lienthong.submit --#--> lienthong.work
+    agency --(key = recipient code)--> lienthong.submit --#--> lienthong.intake
+    lienthong.intake --(hash of x-lienthong-lane)--> lienthong.work.lane.<nn>
     worker --(key = recipient code)--> lienthong.deliver --> lienthong.inbox.<code>
     worker --(key = sender code)-----> lienthong.status  --> lienthong.status.<code>
     worker --(key = tier)------------> lienthong.retry --> lienthong.retry.<tier>
                                         --(expires)--> "" --> lienthong.work
-    lienthong.work --(delivery limit)--> lienthong.parking --> lienthong.parked
+    lienthong.work, lanes --(delivery limit)--> lienthong.parking --> lienthong.parked
 
 Run ``python -m exchange.broker.topology`` to print the core topology as a
 definitions file (the committed ``deploy/rabbitmq/definitions.json``).
@@ -30,6 +31,7 @@ from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
 from exchange.agency import AgencyCode
+from exchange.broker import headers as header
 
 # -- names: the public contract -----------------------------------------------
 
@@ -37,15 +39,32 @@ PREFIX = "lienthong"
 
 # Agencies publish documents and status packages here, key = recipient's code.
 SUBMIT_EXCHANGE = f"{PREFIX}.submit"
-# Every submitted message, whatever its recipient, waits here for a worker.
+# The submit exchange passes every message on to this one (internal: no one
+# publishes to it directly), which hashes the lane header (the sender's own
+# agency code, set by the client library and the gateway) to one of the lane
+# queues: every message of one sender waits in one lane, so a flood from one
+# agency queues in its lane, not in front of the other agencies' documents
+# (docs/performance.md, "Fairness"). Consistent-hash exchange: a plugin that
+# ships with RabbitMQ (rabbitmq_consistent_hash_exchange).
+INTAKE_EXCHANGE = f"{PREFIX}.intake"
+# How many lanes: two agencies share a lane with a chance of one in LANES.
+# Each lane is a quorum queue (a Raft group on each broker node); 16 keep
+# that cost small and the chance of sharing a flooder's lane at 6 %.
+LANES = 16
+LANE_QUEUE_PREFIX = f"{PREFIX}.work.lane."
+# Messages back from a retry queue, replayed, or from a client that predates
+# the lanes' binding wait here for a worker; the workers read it beside the
+# lanes.
 WORK_QUEUE = f"{PREFIX}.work"
 # Messages of a sender that already has its fair share of a worker's work in
 # hand wait here instead (the worker moves them: exchange/worker.py); the
 # workers read both queues, so a flood from one agency is not in front of
 # another agency's documents (docs/performance.md, "Fairness").
 BULK_QUEUE = f"{PREFIX}.work.bulk"
-# Binding key of the work queue: every routing key (every recipient).
+# Binding key of the intake: every routing key (every recipient).
 WORK_BINDING_KEY = "#"
+# Each lane's weight on the hash ring (a consistent-hash binding key): equal.
+LANE_WEIGHT = "1"
 # The worker publishes accepted packages here, key = recipient's code.
 DELIVER_EXCHANGE = f"{PREFIX}.deliver"
 # The worker publishes receipts and forwarded statuses here, key = the code of
@@ -64,6 +83,16 @@ STATUS_QUEUE_PREFIX = f"{PREFIX}.status."
 
 # RabbitMQ's default exchange routes a message to the queue named by its key.
 DEFAULT_EXCHANGE = ""
+
+
+def lane_queue(number: int) -> str:
+    """The name of lane ``number`` (0 to :data:`LANES` - 1)."""
+    return f"{LANE_QUEUE_PREFIX}{number:02d}"
+
+
+LANE_QUEUES: tuple[str, ...] = tuple(lane_queue(n) for n in range(LANES))
+# Every queue a submitted message waits in for a worker.
+WORK_QUEUES: tuple[str, ...] = (WORK_QUEUE, *LANE_QUEUES)
 
 
 def inbox_queue(code: AgencyCode) -> str:
@@ -129,6 +158,8 @@ class ExchangeType(StrEnum):
     TOPIC = "topic"
     DIRECT = "direct"
     FANOUT = "fanout"
+    # rabbitmq_consistent_hash_exchange: binding keys are weights on a hash ring.
+    CONSISTENT_HASH = "x-consistent-hash"
 
 
 class QueueType(StrEnum):
@@ -167,6 +198,14 @@ class Exchange:
     name: str
     type: ExchangeType
     durable: bool = True
+    # Internal: only reachable through bindings from other exchanges.
+    internal: bool = False
+    # ``hash-header`` of a consistent-hash exchange: hash this header's value.
+    hash_header: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The exchange's arguments as RabbitMQ receives them."""
+        return {} if self.hash_header is None else {"hash-header": self.hash_header}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +271,13 @@ def _wire(value: Enum | None) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """A binding of a queue to an exchange with a routing key (or topic pattern)."""
+    """A binding of a queue (or exchange) to an exchange with a routing key (or pattern)."""
 
     source: str
     destination: str
     routing_key: str
+    # "queue", or "exchange" for an exchange-to-exchange binding.
+    destination_type: str = "queue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +332,18 @@ def work_queue() -> Queue:
     )
 
 
+def lane(number: int) -> Queue:
+    """A lane: a work queue for the senders whose lane header hashes to ``number``."""
+    return Queue(
+        lane_queue(number),
+        QueueType.QUORUM,
+        delivery_limit=WORK_DELIVERY_LIMIT,
+        dead_letter_exchange=PARKING_EXCHANGE,
+        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
+        overflow=Overflow.REJECT_PUBLISH,
+    )
+
+
 def bulk_queue() -> Queue:
     """The quorum queue holding the excess of a flooding sender, read by the workers too."""
     return Queue(
@@ -321,11 +374,24 @@ def retry_queue(tier: RetryTier) -> Queue:
     )
 
 
+# Bindings that must not exist: the work queue bound to the submit exchange
+# would receive a second copy of every message beside its lane.
+# :func:`exchange.broker.connection.declare` removes them where a broker
+# still has them.
+UNWANTED_BINDINGS: tuple[Binding, ...] = (Binding(SUBMIT_EXCHANGE, WORK_QUEUE, WORK_BINDING_KEY),)
+
+
 def core_topology() -> Topology:
     """Everything that exists once per broker: exchanges, work, retry and parked queues."""
     return Topology(
         exchanges=(
             Exchange(SUBMIT_EXCHANGE, ExchangeType.TOPIC),
+            Exchange(
+                INTAKE_EXCHANGE,
+                ExchangeType.CONSISTENT_HASH,
+                internal=True,
+                hash_header=header.LANE,
+            ),
             Exchange(DELIVER_EXCHANGE, ExchangeType.TOPIC),
             Exchange(STATUS_EXCHANGE, ExchangeType.TOPIC),
             Exchange(RETRY_EXCHANGE, ExchangeType.DIRECT),
@@ -333,12 +399,14 @@ def core_topology() -> Topology:
         ),
         queues=(
             work_queue(),
+            *(lane(number) for number in range(LANES)),
             bulk_queue(),
             *(retry_queue(tier) for tier in RETRY_TIERS),
             Queue(PARKED_QUEUE, QueueType.QUORUM),
         ),
         bindings=(
-            Binding(SUBMIT_EXCHANGE, WORK_QUEUE, WORK_BINDING_KEY),
+            Binding(SUBMIT_EXCHANGE, INTAKE_EXCHANGE, WORK_BINDING_KEY, "exchange"),
+            *(Binding(INTAKE_EXCHANGE, name, LANE_WEIGHT) for name in LANE_QUEUES),
             *(Binding(RETRY_EXCHANGE, tier.queue, tier.routing_key) for tier in RETRY_TIERS),
             # A fanout exchange ignores the key; "" is what RabbitMQ reports.
             Binding(PARKING_EXCHANGE, PARKED_QUEUE, ""),
@@ -562,8 +630,8 @@ def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
             "type": exchange.type.value,
             "durable": exchange.durable,
             "auto_delete": False,
-            "internal": False,
-            "arguments": {},
+            "internal": exchange.internal,
+            "arguments": exchange.arguments(),
         }
         for exchange in sorted(topology.exchanges, key=lambda e: e.name)
     ]
@@ -582,7 +650,7 @@ def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
             "source": binding.source,
             "vhost": vhost,
             "destination": binding.destination,
-            "destination_type": "queue",
+            "destination_type": binding.destination_type,
             "routing_key": binding.routing_key,
             "arguments": {},
         }

@@ -62,6 +62,23 @@ def authorise_sender(
     return claimed
 
 
+def authorise_lane(lane: str | None, publisher: AgencyCode | None) -> None:
+    """Refuse a lane header that names another agency than the publisher.
+
+    The lane only schedules (a sender's messages wait in the lane its code
+    hashes to), but a sender that names other agencies' lanes spreads its
+    flood in front of theirs; the header is optional, a false one refused.
+    """
+    if lane is None or publisher is None or lane == str(publisher):
+        return
+    raise Rejection.of(
+        Reason.SENDER_MISMATCH,
+        f"the message names the lane of {lane} but was published by {publisher}; "
+        "set x-lienthong-lane to your own agency code, or leave it out",
+        "x-lienthong-lane",
+    )
+
+
 def authorise_route(package: Package, recipient: AgencyCode) -> None:
     """Refuse a message whose routing key is not an addressee of the package.
 

@@ -349,7 +349,7 @@ class Gateway:
                         str(recipient),
                         prepared.body,
                         message_id=store.submission_message_id(doc_id, recipient),
-                        headers={header.AGENCY: str(sender)},
+                        headers={header.AGENCY: str(sender), header.LANE: str(sender)},
                         user_id=self.own_user,
                     )
                     for recipient in prepared.recipients

@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from exchange.agency import AgencyCode
+from exchange.broker import headers as header
 from exchange.broker.admin import BrokerAdmin, QueueStats
 from exchange.broker.connection import (
     ConfirmingPublisher,
@@ -22,6 +23,9 @@ from exchange.broker.connection import (
 )
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
+    INTAKE_EXCHANGE,
+    LANE_QUEUES,
+    LANES,
     PARKED_QUEUE,
     RETRY_1S,
     RETRY_EXCHANGE,
@@ -101,16 +105,79 @@ async def test_declaring_topology_twice_changes_nothing(
     assert all(q.type == "quorum" for q in after)
 
 
-async def test_submitted_message_with_any_agency_key_lands_in_work_queue(
+async def lanes_of(
+    channel: AbstractChannel,
+) -> dict[str, list[aio_pika.abc.AbstractIncomingMessage]]:
+    """Every lane's waiting messages, taken; lanes holding none are left out."""
+    taken = {name: await drain(await channel.get_queue(name)) for name in LANE_QUEUES}
+    return {name: messages for name, messages in taken.items() if messages}
+
+
+async def lane_holding(channel: AbstractChannel) -> AbstractQueue:
+    """The lane a message is waiting in (taken and given back: one delivery more)."""
+    for name in LANE_QUEUES:
+        lane = await channel.get_queue(name)
+        if (message := await lane.get(fail=False)) is not None:
+            await message.reject(requeue=True)
+            return lane
+    raise AssertionError("no lane holds a message")
+
+
+async def test_each_senders_messages_wait_in_one_lane_whatever_their_recipient(
     channel: AbstractChannel, publisher: ConfirmingPublisher
 ) -> None:
     keys = [str(COMMUNE), str(HANOI), "000.00.00.G22", "999.99.99.Z99"]
+    senders = [f"000.00.{n:02d}.H26" for n in range(1, 41)]
+    await asyncio.gather(
+        *(
+            publisher.publish(SUBMIT_EXCHANGE, key, key.encode(), headers={header.LANE: sender})
+            for sender in senders
+            for key in keys
+        )
+    )
+
+    lanes = await lanes_of(channel)
+    assert await drain(await channel.get_queue(WORK_QUEUE)) == []
+    taken = [m for messages in lanes.values() for m in messages]
+    assert sorted(m.routing_key or "" for m in taken) == sorted(keys * len(senders))
+    assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in taken)
+    lane_of: dict[str, set[str]] = {}
+    for name, messages in lanes.items():
+        for m in messages:
+            lane_of.setdefault(header.text(m.headers, header.LANE) or "", set()).add(name)
+    assert all(len(names) == 1 for names in lane_of.values()), "one lane per sender"
+    assert len(lanes) >= LANES // 2, f"40 senders spread over {len(lanes)} of {LANES} lanes"
+
+
+async def test_a_message_without_a_lane_still_reaches_a_lane(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    keys = [str(COMMUNE), str(HANOI), "999.99.99.Z99"]
     await asyncio.gather(*(publisher.publish(SUBMIT_EXCHANGE, key, key.encode()) for key in keys))
 
+    lanes = await lanes_of(channel)
+    assert len(lanes) == 1
+    assert sorted(m.routing_key or "" for m in next(iter(lanes.values()))) == sorted(keys)
+
+
+async def test_declaring_removes_a_binding_of_the_work_queue_to_the_submit_exchange(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
     work = await channel.get_queue(WORK_QUEUE)
-    taken = await drain(work)
-    assert sorted(m.routing_key or "" for m in taken) == sorted(keys)
-    assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in taken)
+    await work.bind(SUBMIT_EXCHANGE, routing_key="#")
+
+    await declare(channel, core_topology())
+    await publisher.publish(SUBMIT_EXCHANGE, str(COMMUNE), b"<edXML/>")
+
+    assert await drain(work) == []
+    assert sum(len(m) for m in (await lanes_of(channel)).values()) == 1
+
+
+async def test_no_one_publishes_to_the_intake_directly(
+    channel: AbstractChannel, publisher: ConfirmingPublisher
+) -> None:
+    with pytest.raises(Exception, match="internal"):
+        await publisher.publish(INTAKE_EXCHANGE, str(COMMUNE), b"<edXML/>")
 
 
 async def test_delivery_reaches_its_own_inbox_and_nobody_else(
@@ -186,7 +253,7 @@ async def test_many_concurrent_publishes_are_each_confirmed(
     )
 
     assert len(set(ids)) == count
-    taken = await drain(await channel.get_queue(WORK_QUEUE))
+    taken = [m for messages in (await lanes_of(channel)).values() for m in messages]
     assert sorted(m.message_id or "" for m in taken) == sorted(ids)
 
 
@@ -234,11 +301,11 @@ async def test_poison_message_is_parked_after_the_delivery_limit(
     channel: AbstractChannel, publisher: ConfirmingPublisher
 ) -> None:
     await publisher.publish(SUBMIT_EXCHANGE, str(COMMUNE), b"<poison/>")
-    work = await channel.get_queue(WORK_QUEUE)
+    work = await lane_holding(channel)
     parked = await channel.get_queue(PARKED_QUEUE)
 
     # A worker that crashes on the message: it comes back, again and again.
-    deliveries = 0
+    deliveries = 1  # lane_holding's
     while (message := await work.get(fail=False)) is not None:
         deliveries += 1
         await message.reject(requeue=True)

@@ -168,3 +168,23 @@ def test_a_bad_attachment_is_refused_after_the_envelope_checks(pki: TestPKI) -> 
     with pytest.raises(Rejection) as impostor:
         inspector.recall(Envelope(signed, NGHE_AN, AgencyCode.parse("000.00.00.G09")))
     assert impostor.value.reason is Reason.SENDER_MISMATCH
+
+
+def test_a_lane_that_names_another_agency_is_refused_before_the_signature(
+    pki: TestPKI, signed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own code, or no lane at all, goes through; another agency's is refused, unexamined."""
+    counted = Counted(monkeypatch)
+    inspector = CheckCache(CheckContext(trust=pki.trust), max_bytes=2**20)
+
+    inspector.check(Envelope(signed, NGHE_AN, SENDER, lane=str(SENDER)))
+    inspector.check(Envelope(signed, CAO_BANG, SENDER, lane=None))
+    examined = counted.count
+    with pytest.raises(Rejection) as spread:
+        inspector.check(Envelope(signed + b"\n", NGHE_AN, SENDER, lane="000.00.00.G09"))
+
+    assert spread.value.reason is Reason.SENDER_MISMATCH
+    assert spread.value.problems[0].where == "x-lienthong-lane"
+    assert "000.00.00.G09" in spread.value.explain()
+    assert counted.count == examined, "refused before its bytes were examined"
+    assert spread.value.before_signature

@@ -11,12 +11,16 @@ import pytest
 from exchange.agency import AgencyCode, matches_pattern
 from exchange.broker.topology import (
     DELIVER_EXCHANGE,
+    INTAKE_EXCHANGE,
+    LANE_QUEUES,
+    LANES,
     PARKED_QUEUE,
     PARKING_EXCHANGE,
     RETRY_EXCHANGE,
     RETRY_TIERS,
     STATUS_EXCHANGE,
     SUBMIT_EXCHANGE,
+    UNWANTED_BINDINGS,
     WORK_DELIVERY_LIMIT,
     WORK_QUEUE,
     Binding,
@@ -70,8 +74,26 @@ def test_work_queue_parks_poison_messages_without_losing_them() -> None:
     }
 
 
-def test_every_submitted_message_reaches_the_work_queue() -> None:
-    assert Binding(SUBMIT_EXCHANGE, WORK_QUEUE, "#") in core_topology().bindings
+def test_every_submitted_message_reaches_one_lane_by_its_lane_header() -> None:
+    topology = core_topology()
+    intake = next(e for e in topology.exchanges if e.name == INTAKE_EXCHANGE)
+
+    assert Binding(SUBMIT_EXCHANGE, INTAKE_EXCHANGE, "#", "exchange") in topology.bindings
+    assert (intake.type, intake.internal) == (ExchangeType.CONSISTENT_HASH, True)
+    assert intake.arguments() == {"hash-header": "x-lienthong-lane"}
+    lanes = [b for b in topology.bindings if b.source == INTAKE_EXCHANGE]
+    assert sorted(b.destination for b in lanes) == sorted(LANE_QUEUES)
+    assert {b.routing_key for b in lanes} == {"1"}, "equal weights on the hash ring"
+    assert len(set(LANE_QUEUES)) == LANES
+    for name in LANE_QUEUES:
+        assert topology.queue(name).arguments() == topology.queue(WORK_QUEUE).arguments()
+
+
+def test_the_work_queue_is_not_bound_to_the_submit_exchange_beside_the_lanes() -> None:
+    wrong = Binding(SUBMIT_EXCHANGE, WORK_QUEUE, "#")
+
+    assert wrong not in core_topology().bindings
+    assert wrong in UNWANTED_BINDINGS
 
 
 def test_retry_tiers_wait_longer_each_and_return_to_work() -> None:
@@ -107,7 +129,8 @@ def test_every_binding_joins_declared_exchanges_and_queues() -> None:
     queues = {q.name for q in topology.queues}
 
     for binding in topology.bindings:
-        assert binding.source in exchanges and binding.destination in queues, binding
+        targets = exchanges if binding.destination_type == "exchange" else queues
+        assert binding.source in exchanges and binding.destination in targets, binding
 
 
 def test_agency_queues_are_bound_with_its_code_only() -> None:
