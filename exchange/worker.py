@@ -317,6 +317,8 @@ class Worker:
         self._consumer_tag: str | None = None
         self._lane_channel: AbstractChannel | None = None
         self._lane_tags: list[str] = []
+        # Set once the worker's consumers are cancelled on the way out.
+        self._not_consuming = asyncio.Event()
         # Messages of each sender (its broker user) this worker holds now,
         # from either queue: past settings.fair_share, the sender's next
         # messages from the work queue are moved to the bulk queue.
@@ -370,13 +372,13 @@ class Worker:
             pacer.cancel()
             self._consumer_tag = None
             self._lane_tags = []
-            for lane, lane_tag in zip(lanes, lane_tags, strict=True):
-                with contextlib.suppress(Exception):
-                    await lane.cancel(lane_tag)
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
-            with contextlib.suppress(Exception):
-                await bulk.cancel(bulk_tag)
+            await asyncio.gather(
+                queue.cancel(tag),
+                bulk.cancel(bulk_tag),
+                *(lane.cancel(lane_tag) for lane, lane_tag in zip(lanes, lane_tags, strict=True)),
+                return_exceptions=True,
+            )
+            self._not_consuming.set()
             # Messages already handed to us are finished, not abandoned:
             # each one ends acked (done) or nacked (back to the queue). Again
             # until none is left: a delivery the broker sent before the cancel
@@ -546,6 +548,8 @@ class Worker:
             log.critical("stopping the worker: %s", error)
         if self._stop is not None:
             self._stop.set()
+            # Handed back once no consumer of this worker can take it again.
+            await self._not_consuming.wait()
         with contextlib.suppress(Exception):
             await settle(message, ack=False)
 

@@ -29,11 +29,12 @@ from functools import partial
 from typing import TypeVar
 
 import pytest
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from exchange.agency import AgencyCode
 from exchange.broker.admin import AgencyUser, BrokerAdmin, BrokerAdminError
 from exchange.broker.connection import connect
+from exchange.broker.topology import WORK_QUEUES
 from exchange.registry import url_for_user
 from exchange.settings import Settings, url_user
 
@@ -57,6 +58,16 @@ def _run(call: Callable[[], Awaitable[T]]) -> T:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, wrapper()).result()
+
+
+async def take_waiting(channel: AbstractChannel) -> list[AbstractIncomingMessage]:
+    """Take (and ack) every message waiting for a worker: the work queue and every lane."""
+    taken = []
+    for name in WORK_QUEUES:
+        queue = await channel.get_queue(name)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            taken.append(message)
+    return taken
 
 
 def amqp_url_for(vhost: str, base_url: str | None = None) -> str:

@@ -38,6 +38,7 @@ import pytest
 from exchange.agency import AgencyCode
 from exchange.broker.admin import BrokerAdmin
 from exchange.broker.connection import connect
+from exchange.broker.topology import WORK_QUEUES
 from exchange.client import AgencyClient, InboxItem, Item, StatusItem
 from exchange.demo import LocalAgency, LocalExchange
 from exchange.settings import Settings, url_user
@@ -182,6 +183,10 @@ class ExchangeUnderTest:
             return int(count or 0)
         finally:
             await connection.close()
+
+    async def work_depth(self) -> int:
+        """Messages waiting for a worker: in the work queue and every lane."""
+        return sum([await self.queue_depth(name) for name in WORK_QUEUES])
 
     async def inbox_of(self, agency: LocalAgency) -> list[InboxItem]:
         """What waits in an agency's inbox, read and acked by the agency's own client.

@@ -34,7 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from exchange.broker import headers as header
 from exchange.broker.admin import BrokerAdminError, QueueStats
 from exchange.broker.connection import connect
-from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUES
 from exchange.client import StatusItem
 from exchange.failures import Failure
 from exchange.reasons import Reason
@@ -390,17 +390,18 @@ async def check_broker(exchange: ExchangeUnderTest, *, consumers: int) -> None:
 
     async def clean() -> tuple[bool, str]:
         stats = await queue_stats(exchange)
-        work = stats[WORK_QUEUE]
         problems = []
-        if (work.messages_ready, work.messages_unacknowledged) != (0, 0):
-            problems.append(
-                f"{WORK_QUEUE}: {work.messages_ready} ready, "
-                f"{work.messages_unacknowledged} unacknowledged"
-            )
-        if work.consumers != consumers:
-            problems.append(f"{WORK_QUEUE}: {work.consumers} consumers, expected {consumers}")
+        for name in WORK_QUEUES:
+            work = stats[name]
+            if (work.messages_ready, work.messages_unacknowledged) != (0, 0):
+                problems.append(
+                    f"{name}: {work.messages_ready} ready, "
+                    f"{work.messages_unacknowledged} unacknowledged"
+                )
+            if work.consumers != consumers:
+                problems.append(f"{name}: {work.consumers} consumers, expected {consumers}")
         for name, queue in stats.items():
-            if name not in (WORK_QUEUE, PARKED_QUEUE) and queue.messages:
+            if name not in (*WORK_QUEUES, PARKED_QUEUE) and queue.messages:
                 problems.append(f"{name}: {queue.messages} messages")
         for name in (*retry_queues, PARKED_QUEUE):
             if name not in stats:

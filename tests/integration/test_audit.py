@@ -26,7 +26,14 @@ from exchange.audit import (
     reconcile,
     vhost_of,
 )
-from exchange.broker.topology import PARKED_QUEUE, PARKING_EXCHANGE, RETRY_TIERS, WORK_QUEUE
+from exchange.broker.topology import (
+    BULK_QUEUE,
+    PARKED_QUEUE,
+    PARKING_EXCHANGE,
+    RETRY_TIERS,
+    WORK_QUEUE,
+    WORK_QUEUES,
+)
 from exchange.demo import LocalAgency, demo_document
 from exchange.edxml.model import VIETNAM_TIME
 from exchange.status import StatusCode, TransportOutcome
@@ -211,7 +218,7 @@ async def test_clean_run_audits_ok_and_a_message_without_outcome_in_no_queue_doe
     assert report.ok, list(report.lines())
     assert report.tally.received == 2
     assert report.tally.outcomes == {"delivered": 2}
-    assert {q.name for q in report.queues} == {WORK_QUEUE, PARKED_QUEUE} | {
+    assert {q.name for q in report.queues} == {*WORK_QUEUES, BULK_QUEUE, PARKED_QUEUE} | {
         t.queue for t in RETRY_TIERS
     }
     assert await asyncio.to_thread(_command_line, ["audit", *_services(settled)]) == 0
@@ -239,14 +246,14 @@ async def test_message_waiting_in_the_work_queue_is_accounted_for(
 ) -> None:
     sender: LocalAgency = settled.agencies[next(iter(settled.agencies))]
     recipient = next(a for a in settled.agencies.values() if a is not sender)
-    # No worker runs: the document waits in lienthong.work.
+    # No worker runs: the document waits in its sender's lane.
     async with sender.client() as client:
         await client.send_document(demo_document(sender, [recipient], 2, "VPCP", "Chờ xử lý"))
     # ... while a worker that took it had recorded it before dying.
     await _record_without_outcome(settled)
     report = await audit(settled.settings)
     assert report.ok, list(report.lines())
-    assert next(q for q in report.queues if q.name == WORK_QUEUE).ready == 1
+    assert sum(q.ready for q in report.queues if q.name in WORK_QUEUES) == 1
 
 
 @pytest.mark.services

@@ -45,7 +45,7 @@ from exchange.broker.topology import (
     PARKED_QUEUE,
     RETRY_TIERS,
     SUBMIT_EXCHANGE,
-    WORK_QUEUE,
+    WORK_QUEUES,
     inbox_queue,
     status_queue,
 )
@@ -206,8 +206,8 @@ async def take_all(amqp_url: str, queue: str) -> list[AbstractIncomingMessage]:
 
 async def work_queue_empty(exchange: ExchangeUnderTest) -> tuple[bool, str]:
     """Whether ``lienthong.work`` is empty, and what was seen (for :func:`wait_for`)."""
-    waiting = await exchange.queue_depth(WORK_QUEUE)
-    return waiting == 0, f"{waiting} messages still waiting in {WORK_QUEUE}"
+    waiting = await exchange.work_depth()
+    return waiting == 0, f"{waiting} messages still waiting for a worker"
 
 
 class Publishers:
@@ -350,7 +350,7 @@ async def run_corpus(exchange: ExchangeUnderTest) -> CorpusRun:
     )
     leftover = {
         queue: await exchange.queue_depth(queue)
-        for queue in (WORK_QUEUE, PARKED_QUEUE, *(tier.queue for tier in RETRY_TIERS))
+        for queue in (*WORK_QUEUES, PARKED_QUEUE, *(tier.queue for tier in RETRY_TIERS))
     }
     return CorpusRun(
         setup=setup,

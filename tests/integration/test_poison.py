@@ -5,6 +5,7 @@ from __future__ import annotations
 import aio_pika
 
 from exchange.broker.connection import connect
+from exchange.broker.topology import WORK_QUEUES
 from exchange.demo import demo_document
 from exchange.failures import Failure
 from exchange.status import TransportOutcome
@@ -16,14 +17,18 @@ SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H26"
 
 
 async def _redeliver_once(exchange: ExchangeUnderTest) -> None:
-    """Take the waiting message off lienthong.work and hand it back, as a dying worker would."""
+    """Take the waiting message off its lane and hand it back, as a dying worker would."""
     connection = await connect(exchange.settings.amqp_url, name="pytest-dying-worker")
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue("lienthong.work", ensure=False)
-        message = await queue.get(timeout=5, fail=True)
-        assert isinstance(message, aio_pika.abc.AbstractIncomingMessage)
-        await message.nack(requeue=True)
+        for name in WORK_QUEUES:
+            queue = await channel.get_queue(name, ensure=False)
+            message = await queue.get(timeout=5, fail=False)
+            if message is not None:
+                assert isinstance(message, aio_pika.abc.AbstractIncomingMessage)
+                await message.nack(requeue=True)
+                return
+        raise AssertionError("no message waits for a worker")
     finally:
         await connection.close()
 

@@ -27,7 +27,7 @@ from exchange.broker.topology import (
     PARKED_QUEUE,
     PARKING_EXCHANGE,
     WORK_DELIVERY_LIMIT,
-    WORK_QUEUE,
+    WORK_QUEUES,
 )
 from exchange.commands import ServiceOptions
 from exchange.demo import LocalAgency, demo_document
@@ -97,7 +97,7 @@ async def state_of(exchange: ExchangeUnderTest) -> dict[str, Any]:
     return {
         "messages": [dict(row) for row in rows],
         "replays": await exchange.fetchval("SELECT count(*) FROM replays"),
-        "work": await exchange.queue_depth(WORK_QUEUE),
+        "work": await exchange.work_depth(),
         "parked": await exchange.queue_depth(PARKED_QUEUE),
     }
 
@@ -122,22 +122,23 @@ async def park_as_the_worker_does(
 
 
 async def poison(exchange: ExchangeUnderTest) -> None:
-    """Return the message waiting in lienthong.work until the broker's delivery limit parks it.
+    """Return the messages waiting for a worker until the broker's delivery limit parks them.
 
     What a worker dying on a message again and again looks like to RabbitMQ.
     """
     connection = await aio_pika.connect(exchange.settings.amqp_url)
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue(WORK_QUEUE, ensure=False)
-        for _ in range(WORK_DELIVERY_LIMIT + 1):
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            await message.nack(requeue=True)
+        for name in WORK_QUEUES:
+            queue = await channel.get_queue(name, ensure=False)
+            for _ in range(WORK_DELIVERY_LIMIT + 1):
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                await message.nack(requeue=True)
     finally:
         await connection.close()
-    assert await exchange.queue_depth(WORK_QUEUE) == 0
+    assert await exchange.work_depth() == 0
 
 
 # -- the proof: a missing CA --------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.broker.topology import WORK_QUEUE
+from exchange.broker.topology import WORK_QUEUES
 from tests.crash.checks import (
     Figures,
     check_parked_queue,
@@ -82,13 +82,15 @@ async def test_sigterm_stops_consuming_finishes_what_is_in_flight_and_exits_0(
             assert unfinished == 0, "the stopped worker left messages half-done"
 
             async def released() -> tuple[bool, str]:
-                work = (await queue_stats(exchange))[WORK_QUEUE]
-                return (work.consumers, work.messages_unacknowledged) == (0, 0), (
-                    f"{work.consumers} consumers, {work.messages_unacknowledged} unacknowledged"
+                stats = await queue_stats(exchange)
+                consumers = sum(stats[name].consumers for name in WORK_QUEUES)
+                held = sum(stats[name].messages_unacknowledged for name in WORK_QUEUES)
+                return (consumers, held) == (0, 0), (
+                    f"{consumers} consumers, {held} unacknowledged"
                 )
 
             await poll(released, timeout=30, what="the stopped worker still holds messages")
-            waiting = await exchange.queue_depth(WORK_QUEUE)
+            waiting = await exchange.work_depth()
             assert waiting > 0, "the worker drained the queue instead of stopping"
             # A new worker takes over and finishes the run.
             await workers.start_worker(0)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS, WORK_QUEUE
+from exchange.broker.topology import PARKED_QUEUE, RETRY_TIERS
 from exchange.checks import schema
 from exchange.demo import demo_document
 from exchange.installation import BrokenInstallation
@@ -310,7 +310,7 @@ async def test_a_worker_whose_schema_files_vanish_gives_the_message_back_and_sto
 
     # The message waits in the work queue for a worker that can judge it:
     # neither retried, nor parked, nor recorded, nor answered.
-    assert await exchange.queue_depth(WORK_QUEUE) == 1
+    assert await exchange.work_depth() == 1
     for queue in (PARKED_QUEUE, *(tier.queue for tier in RETRY_TIERS)):
         assert await exchange.queue_depth(queue) == 0, queue
     assert await exchange.fetchval("SELECT count(*) FROM messages") == 0
