@@ -209,10 +209,15 @@ def _development_ca(directory: Path) -> Credential:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    """Revoke an agency certificate of the development CA in ``--dir``; write ``ca.crl.pem``."""
+    """Revoke an agency certificate of the development CA in ``--dir``; write ``ca.crl.pem``.
+
+    A certificate change, so an operator action: recorded in the operator log
+    of ``--database-url`` with the certificate's serial, subject and SHA-256.
+    """
     from cryptography import x509
 
-    from exchange.pki import Credential, revoke
+    from exchange.operator_log import detail
+    from exchange.pki import Credential, fingerprint, revoke
 
     code = _agency_code(args.code)
     directory = Path(args.dir)
@@ -223,6 +228,12 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         certificate = x509.load_pem_x509_certificate(_read_file(str(cert_path)))
     except ValueError:
         raise CommandError(f"{cert_path} is not a PEM certificate") from None
+    # The operator log names the certificate, whichever file held it.
+    detail(
+        serial=f"{certificate.serial_number:x}",
+        subject=certificate.subject.rfc4514_string(),
+        sha256=fingerprint(certificate),
+    )
     try:
         crl = revoke(Credential.read(directory, "ca"), certificate, directory)
     except ValueError as error:
@@ -1390,6 +1401,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Vietnamese, else en)",
     )
 
+    # Each command offers the connection options of the services it uses.
+    options = ServiceOptions.build()
+    amqp, database = options.amqp, options.database
+    services = options.every
+
     keys = commands.add_parser("keys", help="development CA and agency certificates")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     init = keys_commands.add_parser("init", help="create a development CA")
@@ -1430,7 +1446,10 @@ def build_parser() -> argparse.ArgumentParser:
     exchange_key.add_argument("--force", action="store_true", help="replace an existing one")
     exchange_key.set_defaults(handler=cmd_keys_issue_exchange)
     revoking = keys_commands.add_parser(
-        "revoke", help="revoke an agency certificate; write the CA's revocation list"
+        "revoke",
+        parents=[database],
+        help="revoke an agency certificate; write the CA's revocation list (recorded in the "
+        "operator log)",
     )
     revoking.add_argument("code", help="agency code whose certificate is revoked")
     _completes(
@@ -1559,10 +1578,6 @@ def build_parser() -> argparse.ArgumentParser:
     receipt_verify.add_argument("--json", action="store_true", help="machine-readable output")
     receipt_verify.set_defaults(handler=cmd_receipt_verify)
 
-    # Each command offers the connection options of the services it uses.
-    options = ServiceOptions.build()
-    amqp, database = options.amqp, options.database
-    services = options.every
     agency_side = argparse.ArgumentParser(add_help=False, parents=[amqp])
     agency_side.add_argument(
         "--as", dest="agency", required=True, metavar="CODE", help="the agency acting (its code)"

@@ -10,10 +10,22 @@ database fills in ``session_user``, the role the operator logged in with
 personal roles, members of ``lienthong_operator`` (docs/security.md).
 
 A command that changes something is recorded when it ends (``done``,
-``refused``, ``failed: <why>``). A command that shows documents (``trace``,
-``replay show --body``) is recorded just *before* it reads them
-(:func:`reading`), with outcome ``read``: a read that cannot be recorded
-shows nothing.
+``refused``, ``failed: <why>``), with what it found out on the way
+(:func:`detail`: the serial of the certificate ``keys revoke`` revoked). A
+change is not held back by the log: when the row cannot be written, the
+change stands and the command says the log was not written. A command that
+shows documents (``trace``, ``replay show --body``) is recorded just
+*before* it reads them (:func:`reading`), with outcome ``read``: a read
+that cannot be recorded shows nothing.
+
+The commands that change nothing by themselves are not in :data:`ACTIONS`:
+``keys init/issue/issue-exchange/server/client/crl`` write files of the
+development CA that count once registered (``agency add --cert``, ``agency
+cert add``) or configured; plain ``init`` brings the schema, topology and
+limits to what the version and the settings say (``schema_migrations``
+keeps when each migration was applied); ``bench`` works in a vhost and a
+database of its own. An agency's own commands (``send``, ``inbox``, ...) are
+in the record itself.
 """
 
 from __future__ import annotations
@@ -24,9 +36,19 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exchange.commands import EXIT_OK, EXIT_REFUSED, describe_error, run, settings_from_args
+from exchange.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    CommandError,
+    describe_error,
+    run,
+    settings_from_args,
+)
+
+if TYPE_CHECKING:
+    from exchange.settings import Settings
 
 # Outcomes of a recorded action.
 DONE = "done"
@@ -49,6 +71,9 @@ class Accountable:
     secrets: tuple[str, ...] = ()
     # The command is recorded only when this says so (``replay show --body``).
     applies: Callable[[argparse.Namespace], bool] = field(default=lambda args: True)
+    # Recorded as the schema's owner, the role the command acts as
+    # (``init --create-login``), not as ``--database-url``'s.
+    as_owner: bool = False
 
 
 _FILTERS = ("since", "until", "sender", "recipient", "reason", "outcome")
@@ -117,9 +142,25 @@ ACTIONS: dict[tuple[str, ...], Accountable] = {
     ("audit",): Accountable(
         "audit --seal", (), applies=lambda args: bool(getattr(args, "seal", False))
     ),
+    # The certificate revoked is added by the command (serial, subject, SHA-256).
+    ("keys", "revoke"): Accountable("keys revoke", ("code", "dir", "cert")),
+    # The vhost is added by the command; the password is never recorded.
+    ("gateway-user",): Accountable("gateway-user", ("name",), secrets=("password_stdin",)),
+    ("init",): Accountable(
+        "init --create-login",
+        ("create_login", "group"),
+        secrets=("password_stdin",),
+        as_owner=True,
+        applies=lambda args: (
+            bool(getattr(args, "create_login", None)) and not getattr(args, "roles_sql", False)
+        ),
+    ),
+    # The demo registers agencies, broker users and systems where it is pointed.
+    ("demo",): Accountable("demo", ("keys", "workers", "via_gateway", "certificate_login")),
 }
 
 _SUBCOMMANDS = (
+    "keys_command",
     "replay_command",
     "agency_command",
     "cert_command",
@@ -129,6 +170,8 @@ _SUBCOMMANDS = (
 
 # What the command adds to its outcome (the seal's number, the replay's id).
 _notes: list[str] = []
+# What the command adds to its arguments (the certificate it revoked).
+_details: dict[str, Any] = {}
 # The reading command not yet recorded: it is, by reading(), before it reads.
 _pending: list[tuple[argparse.Namespace, Accountable, dict[str, Any]]] = []
 
@@ -136,6 +179,15 @@ _pending: list[tuple[argparse.Namespace, Accountable, dict[str, Any]]] = []
 def note(text: str) -> None:
     """Add ``text`` to the outcome the running command is recorded with."""
     _notes.append(text)
+
+
+def detail(**values: Any) -> None:
+    """Add ``values`` to the arguments the running command is recorded with.
+
+    For what the command learns as it runs (the serial of the certificate it
+    revokes); like the options, never a password, a secret or a body.
+    """
+    _details.update(values)
 
 
 def words_of(args: argparse.Namespace) -> tuple[str, ...]:
@@ -185,6 +237,16 @@ def arguments_of(args: argparse.Namespace, accountable: Accountable) -> dict[str
     return kept
 
 
+def recording_settings(args: argparse.Namespace, accountable: Accountable) -> Settings:
+    """The command's settings, with the database the row is written to as ``database_url``."""
+    from exchange.registry import owner_url
+
+    settings = settings_from_args(args)
+    if accountable.as_owner:
+        settings = settings.model_copy(update={"database_url": owner_url(settings)})
+    return settings
+
+
 async def record(
     args: argparse.Namespace, accountable: Accountable, arguments: Mapping[str, Any], outcome: str
 ) -> None:
@@ -192,7 +254,7 @@ async def record(
     from exchange.store import accountability
     from exchange.store.db import connect
 
-    conn = await connect(settings_from_args(args))
+    conn = await connect(recording_settings(args, accountable))
     try:
         await accountability.record_action(conn, accountable.name, arguments, outcome)
     finally:
@@ -211,6 +273,7 @@ def accountable(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
         return handler(args)
     arguments = arguments_of(args, found)
     _notes.clear()
+    _details.clear()
     _pending.clear()
     if found.before:
         _pending.append((args, found, arguments))
@@ -228,7 +291,7 @@ def accountable(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
         if not isinstance(error, KeyboardInterrupt):
             outcome += describe_error(error, settings)
         try:
-            run(_recorded(record(args, found, arguments, outcome)))
+            run(_recorded(record(args, found, {**arguments, **_details}, outcome)))
         except Exception as failure:  # the command's own error is the one to show
             print(f"lienthong: the operator log was not written: {failure}", file=sys.stderr)
         raise
@@ -238,7 +301,14 @@ def accountable(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
     outcome = {EXIT_OK: DONE, EXIT_REFUSED: REFUSED}.get(code, f"exit {code}")
     if _notes:
         outcome += ": " + "; ".join(_notes)
-    run(_recorded(record(args, found, arguments, outcome)))
+    try:
+        run(_recorded(record(args, found, {**arguments, **_details}, outcome)))
+    except Exception as failure:
+        # The change is made: say so, or the operator takes it for undone.
+        why = describe_error(failure, recording_settings(args, found))
+        raise CommandError(
+            f"{found.name}: {outcome}, but the operator log was not written: {why}"
+        ) from failure
     return code
 
 
@@ -261,8 +331,10 @@ __all__ = [
     "accountable",
     "accountable_of",
     "arguments_of",
+    "detail",
     "note",
     "reading",
     "record",
+    "recording_settings",
     "words_of",
 ]

@@ -176,6 +176,92 @@ def _intermediates_below(ca: Credential) -> tuple[bytes, ...]:
     return (ca.cert_pem, *ca.chain_pem)
 
 
+def _usage_bits(
+    *,
+    digital_signature: bool = False,
+    content_commitment: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    """A KeyUsage with the given bits; the encipherment and agreement bits are never set."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=content_commitment,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _certificate(
+    key: PrivateKey,
+    subject: x509.Name,
+    issuer: Credential | None,
+    *,
+    not_before: datetime | None,
+    valid_for: timedelta,
+    usage: x509.KeyUsage,
+    ca: bool = False,
+    extended_usage: Sequence[x509.ObjectIdentifier] = (),
+    alternative_names: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    """The certificate of ``key`` for ``subject``, signed by ``issuer`` (``None``: by ``key``).
+
+    Every certificate the development CA makes has this shape: a random
+    serial, SHA-256, BasicConstraints and KeyUsage (critical), then
+    ExtendedKeyUsage, SubjectKeyIdentifier, AuthorityKeyIdentifier (when
+    another key signs) and subjectAltName, each only when given.
+    """
+    start, end = _validity(not_before, valid_for)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+    )
+    if extended_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(extended_usage), critical=False)
+    builder = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key()),
+            critical=False,
+        )
+    if alternative_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(alternative_names), critical=False
+        )
+    return builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
+
+
+def _credential(
+    key: PrivateKey,
+    certificate: x509.Certificate,
+    issuer: Credential | None,
+    directory: Path | None,
+    stem: str,
+) -> Credential:
+    """``key``, ``certificate`` and ``issuer``'s intermediates, written to ``directory`` if any."""
+    chain = _intermediates_below(issuer) if issuer else ()
+    credential = Credential(
+        _key_pem(key), certificate.public_bytes(serialization.Encoding.PEM), chain
+    )
+    if directory is not None:
+        credential.write(directory, stem)
+    return credential
+
+
 def create_ca(
     directory: Path | None = None,
     *,
@@ -193,46 +279,16 @@ def create_ca(
     there (the file a :class:`TrustStore` loads is the ``.cert.pem``).
     """
     key = key_type.generate()
-    subject = _name(common_name, organization)
-    start, end = _validity(not_before, valid_for)
-    signer_key: PrivateKey = issuer.private_key if issuer else key
-    issuer_name = issuer.certificate.subject if issuer else subject
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    cert = _certificate(
+        key,
+        _name(common_name, organization),
+        issuer,
+        not_before=not_before,
+        valid_for=valid_for,
+        usage=_usage_bits(key_cert_sign=True, crl_sign=True),
+        ca=True,
     )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key()),
-            critical=False,
-        )
-    cert = builder.sign(signer_key, hashes.SHA256())
-    chain = _intermediates_below(issuer) if issuer else ()
-    credential = Credential(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM), chain)
-    if directory is not None:
-        credential.write(directory, stem)
-    return credential
+    return _credential(key, cert, issuer, directory, stem)
 
 
 def issue_agency_certificate(
@@ -257,43 +313,15 @@ def issue_agency_certificate(
     """
     code = str(AgencyCode.parse(agency) if isinstance(agency, str) else agency) if agency else None
     key = key_type.generate()
-    start, end = _validity(not_before, valid_for)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name, organization or common_name, code))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-            critical=False,
-        )
-        .sign(ca.private_key, hashes.SHA256())
+    cert = _certificate(
+        key,
+        _name(common_name, organization or common_name, code),
+        ca,
+        not_before=not_before,
+        valid_for=valid_for,
+        usage=_usage_bits(digital_signature=True, content_commitment=True),
     )
-    credential = Credential(
-        _key_pem(key), cert.public_bytes(serialization.Encoding.PEM), _intermediates_below(ca)
-    )
-    if directory is not None:
-        credential.write(directory, stem or code or "agency")
-    return credential
+    return _credential(key, cert, ca, directory, stem or code or "agency")
 
 
 class TlsRole(StrEnum):
@@ -327,53 +355,22 @@ def issue_tls_certificate(
     if role is TlsRole.SERVER and not hosts:
         raise ValueError("a server certificate names at least one host")
     key = KeyType.ECDSA_P256.generate()
-    start, end = _validity(not_before, valid_for)
     usage = (
         ExtendedKeyUsageOID.SERVER_AUTH
         if role is TlsRole.SERVER
-        else (ExtendedKeyUsageOID.CLIENT_AUTH)
+        else ExtendedKeyUsageOID.CLIENT_AUTH
     )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name, "lienthong"))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-            critical=False,
-        )
+    cert = _certificate(
+        key,
+        _name(common_name, "lienthong"),
+        ca,
+        not_before=not_before,
+        valid_for=valid_for,
+        usage=_usage_bits(digital_signature=True),
+        extended_usage=(usage,),
+        alternative_names=[_general_name(host) for host in hosts],
     )
-    if hosts:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False
-        )
-    cert = builder.sign(ca.private_key, hashes.SHA256())
-    credential = Credential(
-        _key_pem(key), cert.public_bytes(serialization.Encoding.PEM), _intermediates_below(ca)
-    )
-    if directory is not None:
-        credential.write(directory, stem or common_name)
-    return credential
+    return _credential(key, cert, ca, directory, stem or common_name)
 
 
 def _general_name(host: str) -> x509.GeneralName:
@@ -405,44 +402,16 @@ def issue_exchange_certificate(
     intermediates, if any).
     """
     key = key_type.generate()
-    start, end = _validity(not_before, valid_for)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name, organization))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([RECEIPT_SIGNING]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-            critical=False,
-        )
-        .sign(ca.private_key, hashes.SHA256())
+    cert = _certificate(
+        key,
+        _name(common_name, organization),
+        ca,
+        not_before=not_before,
+        valid_for=valid_for,
+        usage=_usage_bits(digital_signature=True, content_commitment=True),
+        extended_usage=(RECEIPT_SIGNING,),
     )
-    credential = Credential(
-        _key_pem(key), cert.public_bytes(serialization.Encoding.PEM), _intermediates_below(ca)
-    )
-    if directory is not None:
-        credential.write(directory, stem)
-    return credential
+    return _credential(key, cert, ca, directory, stem)
 
 
 def signs_receipts(certificate: x509.Certificate) -> bool:

@@ -72,8 +72,9 @@ def add_commands(
 
     user = commands.add_parser(
         "gateway-user",
-        parents=[options.amqp, options.management],
-        help="create the gateway's broker user with its permissions; prints its password once",
+        parents=[options.amqp, options.management, options.database],
+        help="create the gateway's broker user with its permissions; prints its password once "
+        "(recorded in the operator log of --database-url)",
     )
     user.add_argument(
         "name", nargs="?", default=GATEWAY_USER, help=f"the user's name (default {GATEWAY_USER})"
@@ -255,8 +256,10 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _gateway_user(args: argparse.Namespace, settings: Settings) -> int:
-    from exchange.registry import provision_gateway_user
+    from exchange.operator_log import detail
+    from exchange.registry import provision_gateway_user, vhost_of
 
+    detail(vhost=vhost_of(settings.amqp_url))
     password = None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

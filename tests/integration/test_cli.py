@@ -865,7 +865,7 @@ async def test_the_demo_registering_an_agency_again_renews_its_certificate_and_p
 
 
 def test_keys_revoke_writes_the_crl_that_verify_crl_honours(
-    tmp_path: Path, lienthong: Callable[..., Outcome]
+    tmp_path: Path, database_url: str, lienthong: Callable[..., Outcome]
 ) -> None:
     from tests.packages import document_package
 
@@ -880,7 +880,9 @@ def test_keys_revoke_writes_the_crl_that_verify_crl_honours(
     trust = ["--trust", str(keys / "ca.cert.pem")]
     assert lienthong("verify", signed, *trust).status == cli.EXIT_OK
 
-    revoked = lienthong("keys", "revoke", "000.00.00.G22", "--dir", str(keys))
+    # A revocation is recorded in the operator log of --database-url.
+    log = ["--database-url", database_url]
+    revoked = lienthong("keys", "revoke", "000.00.00.G22", "--dir", str(keys), *log)
     assert revoked.status == 0, revoked.err
     assert (keys / "ca.crl.pem").exists()
     refused = lienthong("verify", signed, *trust, "--crl", str(keys / "ca.crl.pem"), "--json")
@@ -889,7 +891,7 @@ def test_keys_revoke_writes_the_crl_that_verify_crl_honours(
     # The directory of CRLs works too; without any, revocation is not checked.
     assert lienthong("verify", signed, *trust, "--crl", str(keys)).status == cli.EXIT_REFUSED
     assert lienthong("verify", signed, *trust).status == cli.EXIT_OK
-    missing = lienthong("keys", "revoke", "000.00.00.G09", "--dir", str(keys))
+    missing = lienthong("keys", "revoke", "000.00.00.G09", "--dir", str(keys), *log)
     assert "cannot read" in missing.one_line_error()
 
 

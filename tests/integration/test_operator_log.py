@@ -22,6 +22,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cryptography import x509
 
 from exchange.audit import verify_chains
 from exchange.broker.admin import Permissions
@@ -204,6 +205,133 @@ async def test_every_operator_command_leaves_a_row_with_the_role_that_ran_it(
     assert report.seals == 1
     (log_chain,) = [c for c in report.chains if c.chain == "operator_actions"]
     assert log_chain.rows == 9
+
+
+async def test_a_revoked_certificate_and_new_broker_and_database_logins_are_recorded(
+    exchange: ExchangeUnderTest,
+    operator_role: str,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = as_role(exchange.settings.database_url, operator_role)
+    keys = tmp_path / "ca"
+    # The development CA's files change nothing until a certificate is
+    # registered (`agency add --cert`, recorded): not operator actions.
+    assert await lienthong("keys", "init", "--dir", str(keys)) == (0, "")
+    assert await lienthong("keys", "issue", HANOI, "--dir", str(keys)) == (0, "")
+    revoked = x509.load_pem_x509_certificate((keys / f"{HANOI}.cert.pem").read_bytes())
+    code, _ = await lienthong(
+        "keys", "revoke", HANOI, "--dir", str(keys), "--database-url", database
+    )
+    assert code == 0
+    # No certificate for Quảng Ninh: refused, and recorded as it ended.
+    code, _ = await lienthong(
+        "keys", "revoke", QUANG_NINH, "--dir", str(keys), "--database-url", database
+    )
+    assert code == 2
+
+    gateway = f"{exchange.user_prefix}-gateway"
+    exchange.broker_users.append(gateway)
+    gateway_password = secrets.token_urlsafe(24)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(gateway_password + "\n"))
+    code, _ = await lienthong(
+        "gateway-user",
+        gateway,
+        "--password-stdin",
+        "--amqp-url",
+        exchange.settings.amqp_url,
+        "--database-url",
+        database,
+    )
+    assert code == 0
+
+    # A database login made by init is made by the schema's owner: the row
+    # names the owner's role, not --database-url's.
+    login = f"lienthong_test_login_{uuid.uuid4().hex[:10]}"
+    login_password = secrets.token_urlsafe(18)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(login_password + "\n"))
+    owner = ["--owner-database-url", exchange.settings.database_url]
+    broker = ["--amqp-url", exchange.settings.amqp_url]
+    try:
+        code, _ = await lienthong("init", "--database-url", database, *owner, *broker)
+        assert code == 0  # brings the schema up to date: not an operator action
+        code, _ = await lienthong(
+            "init",
+            "--create-login",
+            login,
+            "--password-stdin",
+            "--database-url",
+            database,
+            *owner,
+            *broker,
+        )
+        assert code == 0
+    finally:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f'DROP ROLE IF EXISTS "{login}"')
+        finally:
+            await admin.close()
+
+    async with exchange.db() as conn:
+        rows = list(reversed(await operator_actions(conn)))
+        owner_role = await conn.fetchval("SELECT session_user")
+    for row in rows:
+        print(f"{row.chain_seq} {row.db_role} {row.action} {row.arguments} -> {row.outcome}")
+    assert [(r.action, r.db_role) for r in rows] == [
+        ("keys revoke", operator_role),
+        ("keys revoke", operator_role),
+        ("gateway-user", operator_role),
+        ("init --create-login", owner_role),
+    ]
+    revoke, missing, user, init = rows
+    assert revoke.outcome == "done"
+    assert revoke.arguments == {
+        "code": HANOI,
+        "dir": str(keys),
+        "serial": f"{revoked.serial_number:x}",
+        "subject": revoked.subject.rfc4514_string(),
+        "sha256": fingerprint(revoked),
+    }
+    assert missing.outcome.startswith("failed: cannot read ")
+    assert missing.arguments == {"code": QUANG_NINH, "dir": str(keys)}
+    assert user.outcome == "done"
+    assert user.arguments == {
+        "name": gateway,
+        "vhost": exchange.vhost,
+        "password_stdin_given": True,
+    }
+    assert init.outcome == "done"
+    assert init.arguments == {
+        "create_login": login,
+        "group": "worker",
+        "password_stdin_given": True,
+    }
+    everything = repr([(r.arguments, r.outcome) for r in rows])
+    for secret in (gateway_password, login_password):
+        assert secret not in everything
+
+
+def test_a_revocation_stands_when_the_operator_log_cannot_be_written(
+    tmp_path: Path, empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "ca"
+    assert main(["keys", "init", "--dir", str(keys)]) == 0
+    assert main(["keys", "issue", HANOI, "--dir", str(keys)]) == 0
+    revoked = x509.load_pem_x509_certificate((keys / f"{HANOI}.cert.pem").read_bytes())
+    capsys.readouterr()
+    # A database with no operator_actions table: the row cannot be written.
+    code = main(["keys", "revoke", HANOI, "--dir", str(keys), "--database-url", empty_database_url])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(
+        "lienthong: keys revoke: done, but the operator log was not written: PostgreSQL at "
+    )
+    assert "operator_actions" in line
+    crl = x509.load_pem_x509_crl((keys / "ca.crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(revoked.serial_number) is not None
 
 
 async def test_the_operator_log_is_append_only_and_an_edited_row_breaks_its_chain(

@@ -37,6 +37,7 @@ from exchange.report import (
 )
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 NOW = datetime(2025, 6, 1, 3, 0, tzinfo=UTC)
 
 # Every label the exchange's metrics may have: each takes a few known values.
@@ -67,6 +68,25 @@ def test_every_metric_label_is_one_of_the_bounded_ones() -> None:
     for metric in declared:
         labels = set(metric._labelnames)
         assert labels <= BOUNDED_LABELS, f"{metric._name} has unbounded labels {labels}"
+
+
+def exposed_names() -> set[str]:
+    """The names Prometheus scrapes for the declared metrics (a counter's ``_total``, ...)."""
+    suffix = {"counter": "_total", "info": "_info"}
+    return {
+        family.name + suffix.get(family.type, "")
+        for metric in declared_metrics()
+        for family in metric.describe()
+    }
+
+
+def test_every_metric_is_described_in_the_observability_guide_and_no_other() -> None:
+    documented = set(re.findall(r"^\| `(lienthong_[a-z_]+)` \|", OBSERVABILITY.read_text(), re.M))
+    exposed = exposed_names()
+
+    assert "lienthong_messages_total" in exposed and "lienthong_build_info" in exposed
+    assert sorted(exposed - documented) == [], "declared in exchange/metrics.py, not described"
+    assert sorted(documented - exposed) == [], "described in docs/observability.md, not declared"
 
 
 def test_every_latency_threshold_of_the_alerts_is_a_bucket_edge() -> None:

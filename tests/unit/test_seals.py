@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from exchange import operator_log
 from exchange.cli import build_parser
 from exchange.operator_log import accountable_of, arguments_of
 from exchange.pki import KeyType, create_ca
@@ -170,6 +172,20 @@ def test_which_commands_are_operator_actions() -> None:
     assert sealing is not None and sealing.name == "audit --seal"
     assert accountable_of(parse("agency", "list")) is None
     assert accountable_of(parse("agency", "cert", "add", "000.00.00.H26", "c.pem")) is not None
+    revoking = accountable_of(parse("keys", "revoke", "000.00.00.H26", "--dir", "ca"))
+    assert revoking is not None and revoking.name == "keys revoke"
+    user = accountable_of(parse("gateway-user", "gw"))
+    assert user is not None and user.name == "gateway-user"
+    login = accountable_of(parse("init", "--create-login", "worker_1"))
+    assert login is not None and login.name == "init --create-login" and login.as_owner
+    demo = accountable_of(parse("demo"))
+    assert demo is not None and demo.name == "demo"
+    # Printing the SQL connects to nothing; the rest of init and the CA's
+    # files change nothing by themselves.
+    assert accountable_of(parse("init", "--roles-sql", "--create-login", "worker_1")) is None
+    assert accountable_of(parse("init")) is None
+    assert accountable_of(parse("keys", "issue", "000.00.00.H26", "--dir", "ca")) is None
+    assert accountable_of(parse("keys", "client", "lienthong-worker", "--dir", "ca")) is None
 
 
 def test_the_arguments_recorded_name_no_secret() -> None:
@@ -193,3 +209,31 @@ def test_the_arguments_recorded_name_no_secret() -> None:
         "secret_given": True,
     }
     assert "hunter2" not in repr(recorded) and "the-secret" not in repr(recorded)
+
+
+def test_what_a_command_finds_out_is_recorded_with_its_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows: list[tuple[str, dict[str, object], str]] = []
+
+    async def record(args, found, arguments, outcome):  # type: ignore[no-untyped-def]
+        rows.append((found.name, dict(arguments), outcome))
+
+    monkeypatch.setattr(operator_log, "record", record)
+
+    def revoking(args: argparse.Namespace) -> int:
+        operator_log.detail(serial="1f", subject="CN=x")
+        return 0
+
+    args = parse("keys", "revoke", "000.00.00.H26", "--dir", "ca")
+    assert operator_log.accountable(args, revoking) == 0
+    # The next command starts with none of them.
+    assert operator_log.accountable(args, lambda args: 1) == 1
+    assert rows == [
+        (
+            "keys revoke",
+            {"code": "000.00.00.H26", "dir": "ca", "serial": "1f", "subject": "CN=x"},
+            "done",
+        ),
+        ("keys revoke", {"code": "000.00.00.H26", "dir": "ca"}, "refused"),
+    ]
