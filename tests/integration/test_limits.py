@@ -18,9 +18,15 @@ from typing import Any
 import aiormq
 import pytest
 
+from exchange.broker import headers as header
 from exchange.broker.admin import BrokerAdmin
-from exchange.broker.connection import ConfirmingPublisher, PublishRefusedError, connect
-from exchange.broker.topology import AGENCY_ROUTING_KEY, BULK_QUEUE, SUBMIT_EXCHANGE
+from exchange.broker.connection import (
+    ConfirmingPublisher,
+    PublishRefusedError,
+    broker_user_of,
+    connect,
+)
+from exchange.broker.topology import AGENCY_ROUTING_KEY, BULK_QUEUE, SUBMIT_EXCHANGE, WORK_QUEUES
 from exchange.client import StatusItem
 from exchange.demo import LocalAgency, demo_document
 from exchange.failures import Failure
@@ -202,8 +208,8 @@ async def test_flood_from_one_agency_does_not_hold_back_another_agencys_document
     recipient = await exchange.register(RECIPIENT)
     await set_agency_rate(exchange.settings, flooder.code, rate_per_s=1000, burst=100_000)
     tag = uuid.uuid4().hex[:4].upper()
-    # Queued before any worker runs: the flood is in front of the other
-    # agency's documents in lienthong.work, as a burst of 20,000 would be.
+    # Queued before any worker runs, as a burst of 20,000 would be: one
+    # queue would hold the flood in front of the other agency's documents.
     async with recording_client(flooder) as client:
         flood = [
             client.sign(demo_document(flooder, [recipient], n, f"F{tag}", f"Lũ {n}"))
@@ -214,6 +220,10 @@ async def test_flood_from_one_agency_does_not_hold_back_another_agencys_document
     async with recording_client(other) as client:
         for n in range(1, OTHERS + 1):
             await client.send_document(demo_document(other, [recipient], n, f"O{tag}", f"Khác {n}"))
+    depths = {name: await exchange.queue_depth(name) for name in WORK_QUEUES}
+    # Each agency's messages wait in the lane its code hashes to; these two
+    # codes hash to two lanes (a pair sharing a lane has one chance in LANES).
+    assert sorted(depth for depth in depths.values() if depth) == [OTHERS, FLOOD], depths
     async with exchange.workers(1):
         await exchange.wait_settled(FLOOD + OTHERS, timeout=300)
     rows = await exchange.fetch(
@@ -227,5 +237,40 @@ async def test_flood_from_one_agency_does_not_hold_back_another_agencys_document
         f"the other agency's {OTHERS} documents were decided after {flood_before} of the "
         f"flood's {FLOOD} (positions {others_done}, median {statistics.median(others_done)})"
     )
-    # First come, first served, all of the flood would be decided first.
-    assert flood_before < FLOOD // 2
+    # First come, first served, all of the flood would be decided first; in
+    # its own lane, what the worker holds of it at most (prefetch of a lane
+    # and of the work queue), whatever the flood's length.
+    settings = exchange.settings
+    assert flood_before <= settings.lane_prefetch + settings.prefetch
+
+
+async def test_a_message_naming_another_agencys_lane_is_refused_with_a_receipt(
+    exchange: ExchangeUnderTest,
+) -> None:
+    sender = await exchange.register(SENDER)
+    other = await exchange.register(OTHER_SENDER)
+    recipient = await exchange.register(RECIPIENT)
+    async with recording_client(sender) as client:
+        body = client.sign(demo_document(sender, [recipient], 1, "VPCP-TH", "Làn của người khác"))
+    connection = await connect(sender.amqp_url)
+    try:
+        publisher = await ConfirmingPublisher.open(connection)
+        await publisher.publish(
+            SUBMIT_EXCHANGE,
+            str(recipient.code),
+            body,
+            user_id=broker_user_of(sender.amqp_url),
+            headers={header.LANE: str(other.code)},
+        )
+    finally:
+        await connection.close()
+    async with exchange.workers(1):
+        await exchange.wait_settled(1)
+    (receipt,) = await receipts_of(exchange, sender)
+    print(f"sender told: {receipt.reason_code}: {receipt.reason}")
+    assert (receipt.outcome, receipt.reason_code) == (
+        TransportOutcome.REJECTED,
+        Reason.SENDER_MISMATCH.code,
+    )
+    assert receipt.reason is not None and str(other.code) in receipt.reason
+    assert await exchange.inbox_of(recipient) == []
