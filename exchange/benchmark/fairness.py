@@ -3,11 +3,12 @@
 Three runs, each of real ``lienthong worker`` processes:
 
 1. **alone**: the other agency's messages at a fixed load, nothing else;
-2. **flood, first come first served** (``LIENTHONG_FAIR_SHARE=0``): the
-   flooding agency publishes its messages as fast as the broker confirms
-   them while the other publishes as in run 1;
-3. **flood, fair share** (the workers' default): the same, with the
-   workers moving a flooding sender's excess to ``lienthong.work.bulk``.
+2. **flood, own lanes** (as the client library publishes): the flooding
+   agency publishes its messages as fast as the broker confirms them while
+   the other publishes as in run 1, each naming its lane;
+3. **flood, one lane**: the same without lane headers, so that every
+   message waits in one lane, first come first served
+   (``LIENTHONG_FAIR_SHARE=0``): what two agencies sharing a lane see.
 
 Each of the other agency's messages is timed from its publish to the later
 of its delivery and its receipt; the figures are its percentiles in each
@@ -94,13 +95,12 @@ async def run_fairness(
     observer: Observer,
     start_workers: StartWorkers,
     rate: float,
-    fair_share: int,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """The three runs (``runs``: the flood and the other's messages of runs 2 and 3)."""
-    result: dict[str, Any] = {"rate": rate, "fair_share": fair_share}
-    (fifo_flood, fifo_fair), (fair_flood, fair_fair) = runs
-    children = await start_workers({"fair_share": str(fair_share)})
+    result: dict[str, Any] = {"rate": rate}
+    (lane_flood, lane_fair), (fifo_flood, fifo_fair) = runs
+    children = await start_workers({})
     try:
         progress(f"fairness: {len(alone)} messages of one agency alone at {rate:.0f} docs/s")
         tracker = Tracker(len(alone))
@@ -116,26 +116,29 @@ async def run_fairness(
         result["alone_ms"] = latency_figures(tracker, rate, wall)
         progress(f"fairness: alone {_said(result['alone_ms'])}")
         progress(
-            f"fairness: {len(fair_flood)} from the flooder with {len(fair_fair)} of the other, "
-            f"fair share {fair_share}"
+            f"fairness: {len(lane_flood)} from the flooder with {len(lane_fair)} of the other, "
+            "each in its own lane"
         )
-        result["fair_share_ms"] = await _flood_run(
-            "fairness flood, fair share",
-            fair_flood,
-            fair_fair,
+        result["lanes_ms"] = await _flood_run(
+            "fairness flood, own lanes",
+            lane_flood,
+            lane_fair,
             publishers,
             observer,
             rate,
             progress,
         )
-        progress(f"fairness: with the flood, fair share {_said(result['fair_share_ms'])}")
+        progress(f"fairness: with the flood, own lanes {_said(result['lanes_ms'])}")
     finally:
         await stop_children(children)
+    # Without lane headers every message waits in one lane, and no worker
+    # moves anything to the bulk queue: one first-come, first-served queue.
     children = await start_workers({"fair_share": "0"})
+    publishers.lanes = False
     try:
         progress(
             f"fairness: {len(fifo_flood)} from the flooder with {len(fifo_fair)} of the other, "
-            "first come first served"
+            "one lane, first come first served"
         )
         result["first_come_ms"] = await _flood_run(
             "fairness flood, first come first served",
@@ -148,9 +151,10 @@ async def run_fairness(
         )
         progress(f"fairness: with the flood, first come {_said(result['first_come_ms'])}")
     finally:
+        publishers.lanes = True
         await stop_children(children)
     alone_p99 = result["alone_ms"]["p99"] or 1.0
-    result["factor_fair_share"] = round(result["fair_share_ms"]["p99"] / alone_p99, 1)
+    result["factor_lanes"] = round(result["lanes_ms"]["p99"] / alone_p99, 1)
     result["factor_first_come"] = round(result["first_come_ms"]["p99"] / alone_p99, 1)
     return result
 
@@ -167,7 +171,7 @@ def _said(figures: dict[str, Any]) -> str:
 
 def fairness_lines(f: dict[str, Any]) -> list[str]:
     """The fairness figures as lines of the bench's table."""
-    alone, fair, fifo = f["alone_ms"], f["fair_share_ms"], f["first_come_ms"]
+    alone, lanes, fifo = f["alone_ms"], f["lanes_ms"], f["first_come_ms"]
 
     def line(label: str, lat: dict[str, Any]) -> str:
         return (
@@ -179,8 +183,8 @@ def fairness_lines(f: dict[str, Any]) -> list[str]:
         f"fairness: the other agency's {alone['messages']} messages at "
         f"{f['rate']:.0f} docs/s, publish to delivery and receipt",
         line("  alone", alone),
-        line(f"  with {fair['flood_messages']} flooding, fair share {f['fair_share']}", fair)
-        + f"  (x{f['factor_fair_share']}; flood drained in {fair['flood_drain_seconds']:.0f} s)",
-        line(f"  with {fifo['flood_messages']} flooding, first come first served", fifo)
+        line(f"  with {lanes['flood_messages']} flooding, own lanes", lanes)
+        + f"  (x{f['factor_lanes']}; flood drained in {lanes['flood_drain_seconds']:.0f} s)",
+        line(f"  with {fifo['flood_messages']} flooding, one lane", fifo)
         + f"  (x{f['factor_first_come']}; flood drained in {fifo['flood_drain_seconds']:.0f} s)",
     ]

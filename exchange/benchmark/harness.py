@@ -654,7 +654,6 @@ async def run_bench(
                 observer,
                 start_fair_workers,
                 config.fair_rate,
-                settings.fair_share,
                 progress,
             )
 

@@ -37,7 +37,13 @@ import yaml
 from cryptography import x509
 from dockerfile_parse import DockerfileParser
 
-from exchange.broker.topology import GATEWAY_USER, gateway_permissions
+from exchange.broker.topology import (
+    BULK_QUEUE,
+    GATEWAY_USER,
+    WORK_QUEUES,
+    core_topology,
+    gateway_permissions,
+)
 from exchange.cli import build_parser
 from exchange.settings import SECRET_SETTINGS, Settings
 
@@ -772,7 +778,11 @@ def test_probes_and_budgets_point_at_what_exists() -> None:
         assert len(budgets) == 1, name
     scaled = next(d for _, d in manifests() if d["kind"] == "ScaledObject")["spec"]
     assert scaled["scaleTargetRef"]["name"] == "lienthong-worker"
-    assert scaled["triggers"][0]["metadata"]["queueName"] == "lienthong.work"
+    trigger = scaled["triggers"][0]["metadata"]
+    assert (trigger["useRegex"], trigger["operation"]) == ("true", "sum")
+    queues = {queue.name for queue in core_topology().queues}
+    waiting = {name for name in queues if re.fullmatch(trigger["queueName"], name)}
+    assert waiting == {*WORK_QUEUES, BULK_QUEUE}, "KEDA counts every queue waiting for a worker"
     authentication = scaled["triggers"][0]["authenticationRef"]["name"]
     assert authentication in defined("TriggerAuthentication")
 
