@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from exchange.broker.admin import BrokerAdmin
-from exchange.broker.topology import INBOX_QUEUE_PREFIX, WORK_QUEUE
+from exchange.broker.topology import INBOX_QUEUE_PREFIX, LANE_QUEUES, WORK_QUEUE
 from exchange.client import AgencyClient
 from exchange.store.queries import dedup_key
 from tests.cluster import RabbitCluster, installed, rabbit_cluster
@@ -193,7 +193,7 @@ async def test_a_three_node_cluster_loses_its_leader_and_restarts_each_node_losi
     workload = await signed_workload(exchange, DOCUMENTS)
     # Every queue of the exchange is replicated on the three nodes.
     everyone = sorted(node.name for node in cluster.nodes)
-    for queue in (WORK_QUEUE, f"{INBOX_QUEUE_PREFIX}000.00.00.G22"):
+    for queue in (WORK_QUEUE, *LANE_QUEUES, f"{INBOX_QUEUE_PREFIX}000.00.00.G22"):
         _, members = await cluster.quorum_members(vhost, queue)
         assert sorted(members) == everyone, (queue, members)
 
@@ -213,6 +213,12 @@ async def test_a_three_node_cluster_loses_its_leader_and_restarts_each_node_losi
             await settled_at_least(exchange, half // 3)
             leader_name, _ = await cluster.quorum_members(vhost, WORK_QUEUE)
             leader = cluster.node_of(leader_name)
+            lanes_led = [
+                lane
+                for lane in LANE_QUEUES
+                if (await cluster.quorum_members(vhost, lane))[0] == leader_name
+            ]
+            print(f"{leader.name} leads lienthong.work and {len(lanes_led)} of the lanes")
             killed_at = time.time()
             windows.append(Window("steady, three nodes", run_start, killed_at))
             await cluster.kill_node(leader)
