@@ -181,7 +181,8 @@ def fairness_lines(f: dict[str, Any]) -> list[str]:
 
     return [
         f"fairness: the other agency's {alone['messages']} messages at "
-        f"{f['rate']:.0f} docs/s, publish to delivery and receipt",
+        f"{f['rate']:.0f} docs/s, publish to delivery and receipt"
+        + (f"; lane prefetch {f['lane_prefetch']}" if "lane_prefetch" in f else ""),
         line("  alone", alone),
         line(f"  with {lanes['flood_messages']} flooding, own lanes", lanes)
         + f"  (x{f['factor_lanes']}; flood drained in {lanes['flood_drain_seconds']:.0f} s)",

@@ -656,6 +656,7 @@ async def run_bench(
                 config.fair_rate,
                 progress,
             )
+            result["fairness"]["lane_prefetch"] = settings.lane_prefetch
 
         if "backlog" in phases:
             result["backlog"] = await run_backlog(
