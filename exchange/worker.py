@@ -394,22 +394,18 @@ class Worker:
             await self._publisher.close()
 
     async def is_consuming(self) -> bool:
-        """Whether this worker's consumer is registered on an open channel right now.
+        """Whether every consumer of this worker (work queue, lanes) is on an open channel now.
 
         Read from the channel itself, not from what the worker asked for: a
         consumer the broker cancelled (its queue deleted or lost), or one a
         reconnection did not restore, no longer counts.
         """
         channel, tag = self._channel, self._consumer_tag
-        if channel is None or tag is None:
-            return False
         lane_channel, lane_tags = self._lane_channel, list(self._lane_tags)
-        if lane_channel is None or not lane_tags:
+        if channel is None or tag is None or lane_channel is None or not lane_tags:
             return False
-        for consumer in (tag, *lane_tags):
-            if not await has_consumer(lane_channel if consumer != tag else channel, consumer):
-                return False
-        return True
+        consumers = [(channel, tag), *((lane_channel, lane_tag) for lane_tag in lane_tags)]
+        return all([await has_consumer(on, consumer) for on, consumer in consumers])
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self.handle_delivery(message, movable=True))
