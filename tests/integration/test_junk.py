@@ -42,8 +42,8 @@ POLL_S = 0.005
 
 # The junker publishes from a process of its own, as another agency would:
 # its 3 GiB of publishing does not share the workers' event loop. It prints
-# "ready", then the seconds its publishing took, then the first MiB of the
-# filler every junk body is made of.
+# "ready", then the seconds its publishing took and the CPU seconds it used,
+# then the first MiB of the filler every junk body is made of.
 PUBLISHER = """
 import asyncio, os, sys, time
 from exchange.client import AgencyClient
@@ -56,7 +56,7 @@ async def main():
         for number in range(count):
             head = f"junk {number:04d} ".encode()
             await client.submit(head + filler[len(head):], [recipient])
-        print(f"{time.perf_counter() - began:.3f}", flush=True)
+        print(f"{time.perf_counter() - began:.3f} {time.process_time():.3f}", flush=True)
     sys.stdout.buffer.write(filler[:1 << 20])
 asyncio.run(main())
 """
@@ -86,12 +86,13 @@ async def start_junker(junker: LocalAgency) -> asyncio.subprocess.Process:
     return process
 
 
-async def junker_finished(process: asyncio.subprocess.Process) -> tuple[float, bytes]:
-    """The seconds the junker took to publish (each confirmed), and its first MiB of filler."""
+async def junker_finished(process: asyncio.subprocess.Process) -> tuple[float, float, bytes]:
+    """Seconds the junker took to publish (each confirmed), its CPU seconds, its filler start."""
     output, _ = await process.communicate()
     assert process.returncode == 0
-    seconds, _, filler_start = output.partition(b"\n")
-    return float(seconds), filler_start
+    times, _, filler_start = output.partition(b"\n")
+    seconds, cpu = times.split()
+    return float(seconds), float(cpu), filler_start
 
 
 async def timed_documents(
@@ -99,7 +100,7 @@ async def timed_documents(
     sender: LocalAgency,
     recipient: LocalAgency,
     first: int,
-    until: asyncio.Future[tuple[float, bytes]] | None = None,
+    until: asyncio.Future[tuple[float, float, bytes]] | None = None,
     confirms: list[float] | None = None,
 ) -> list[float]:
     """Send documents one at a time; for each, seconds from publish to its effects confirmed.
@@ -162,7 +163,7 @@ async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhi
         meanwhile = await timed_documents(
             exchange, sender, recipient, 1000, until=flood, confirms=confirms
         )
-        flood_s, filler_start = await flood
+        flood_s, junker_cpu_s, filler_start = await flood
         documents = len(usual) + len(meanwhile)
         await exchange.wait_settled(documents + JUNK_MESSAGES, timeout=600)
         drained_s = time.perf_counter() - began
@@ -174,8 +175,9 @@ async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhi
     )
     print(
         f"\n{JUNK_MESSAGES} junk messages of {JUNK_BYTES} bytes published in {flood_s:.1f} s "
-        f"({JUNK_MESSAGES * JUNK_BYTES / flood_s / 2**20:.0f} MiB/s), all decided in "
-        f"{drained_s:.1f} s\n"
+        f"({JUNK_MESSAGES * JUNK_BYTES / flood_s / 2**20:.0f} MiB/s; the junker's process "
+        f"used {junker_cpu_s:.1f} CPU seconds of this machine's {os.cpu_count()} cores), "
+        f"all decided in {drained_s:.1f} s\n"
         f"bodies in the database: {junk_kept} bytes ({junk_kept / 2**20:.2f} MiB) for the "
         f"{JUNK_MESSAGES} junk messages ({JUNK_MESSAGES * JUNK_BYTES / 2**30:.2f} GiB received), "
         f"{kept} bytes in all with {documents} documents\n"
