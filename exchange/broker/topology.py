@@ -319,10 +319,10 @@ def _unique_by_name(items: Iterable[_Named]) -> tuple[_Named, ...]:
 # -- the topologies ---------------------------------------------------------------
 
 
-def work_queue() -> Queue:
-    """The quorum queue the workers consume every submitted message from."""
+def _waiting_for_a_worker(name: str) -> Queue:
+    """A quorum queue the workers consume: its poison is parked, never lost."""
     return Queue(
-        WORK_QUEUE,
+        name,
         QueueType.QUORUM,
         delivery_limit=WORK_DELIVERY_LIMIT,
         dead_letter_exchange=PARKING_EXCHANGE,
@@ -332,28 +332,19 @@ def work_queue() -> Queue:
     )
 
 
+def work_queue() -> Queue:
+    """The quorum queue of retried and replayed messages, consumed by the workers."""
+    return _waiting_for_a_worker(WORK_QUEUE)
+
+
 def lane(number: int) -> Queue:
     """A lane: a work queue for the senders whose lane header hashes to ``number``."""
-    return Queue(
-        lane_queue(number),
-        QueueType.QUORUM,
-        delivery_limit=WORK_DELIVERY_LIMIT,
-        dead_letter_exchange=PARKING_EXCHANGE,
-        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
-        overflow=Overflow.REJECT_PUBLISH,
-    )
+    return _waiting_for_a_worker(lane_queue(number))
 
 
 def bulk_queue() -> Queue:
     """The quorum queue holding the excess of a flooding sender, read by the workers too."""
-    return Queue(
-        BULK_QUEUE,
-        QueueType.QUORUM,
-        delivery_limit=WORK_DELIVERY_LIMIT,
-        dead_letter_exchange=PARKING_EXCHANGE,
-        dead_letter_strategy=DeadLetterStrategy.AT_LEAST_ONCE,
-        overflow=Overflow.REJECT_PUBLISH,
-    )
+    return _waiting_for_a_worker(BULK_QUEUE)
 
 
 def retry_queue(tier: RetryTier) -> Queue:
