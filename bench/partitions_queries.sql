@@ -55,8 +55,8 @@ EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_events_all(:doc_
 
 -- The statements queries.list_refused builds: a filter not given is not in
 -- the statement.
-\echo '== replay filters: refused in June 2025 (the month refused states, by time received)'
-PREPARE refused(text[], timestamptz, timestamptz) AS
+\echo '== replay filters: refused in June 2025 (the refused states of the month, by time received)'
+PREPARE refused(timestamptz, timestamptz) AS
 SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
        m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
        s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
@@ -66,20 +66,41 @@ CROSS JOIN LATERAL (
            m.received_at, m.body_size
     FROM messages m
     WHERE m.id = s.message_pk AND m.received_at = s.received_at
-      AND m.received_at >= coalesce($2::timestamptz, '-infinity')
-      AND m.received_at < coalesce($3::timestamptz, 'infinity')
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
     OFFSET 0
 ) m
 WHERE s.outcome IN ('rejected', 'parked')
-  AND s.outcome = ANY($1::text[])
-  AND s.received_at >= coalesce($2::timestamptz, '-infinity')
-  AND s.received_at < coalesce($3::timestamptz, 'infinity')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
 ORDER BY s.received_at, s.message_pk;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused('{rejected,parked}', '2025-06-01Z', '2025-07-01Z');
+EXECUTE refused('2025-06-01Z', '2025-07-01Z');
+
+\echo '== replay filters: the same, at most 1000 (what replay list shows unless --limit says otherwise)'
+PREPARE refused_limit(timestamptz, timestamptz, bigint) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+ORDER BY s.received_at, s.message_pk LIMIT $3::bigint;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_limit('2025-06-01Z', '2025-07-01Z', 1000);
 
 \echo '== replay filters: June, one sender, one reason, a limit'
-PREPARE refused_sender_reason(text[], timestamptz, timestamptz, text, text[], bigint) AS
+PREPARE refused_sender_reason(timestamptz, timestamptz, text, text[], bigint) AS
 SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
        m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
        s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
@@ -89,47 +110,43 @@ CROSS JOIN LATERAL (
            m.received_at, m.body_size
     FROM messages m
     WHERE m.id = s.message_pk AND m.received_at = s.received_at
-      AND m.received_at >= coalesce($2::timestamptz, '-infinity')
-      AND m.received_at < coalesce($3::timestamptz, 'infinity')
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
     OFFSET 0
 ) m
 WHERE s.outcome IN ('rejected', 'parked')
-  AND s.outcome = ANY($1::text[])
-  AND s.received_at >= coalesce($2::timestamptz, '-infinity')
-  AND s.received_at < coalesce($3::timestamptz, 'infinity')
-  AND s.sender = $4::text
-  AND s.reason_code = ANY($5::text[])
-ORDER BY s.received_at, s.message_pk LIMIT $6::bigint;
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused_sender_reason('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '000.00.07.H26',
-                              '{REJECTED_SIGNATURE}', 100);
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused_sender_reason('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '000.00.50.H26',
-                              '{REJECTED_SIGNATURE}', 100);
-
-\echo '== replay filters: June, one reason, a limit (no sender)'
-PREPARE refused_reason(text[], timestamptz, timestamptz, text[], bigint) AS
-SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
-       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
-FROM message_state s
-CROSS JOIN LATERAL (
-    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
-           m.received_at, m.body_size
-    FROM messages m
-    WHERE m.id = s.message_pk AND m.received_at = s.received_at
-      AND m.received_at >= coalesce($2::timestamptz, '-infinity')
-      AND m.received_at < coalesce($3::timestamptz, 'infinity')
-    OFFSET 0
-) m
-WHERE s.outcome IN ('rejected', 'parked')
-  AND s.outcome = ANY($1::text[])
-  AND s.received_at >= coalesce($2::timestamptz, '-infinity')
-  AND s.received_at < coalesce($3::timestamptz, 'infinity')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+  AND s.sender = $3::text
   AND s.reason_code = ANY($4::text[])
 ORDER BY s.received_at, s.message_pk LIMIT $5::bigint;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused_reason('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '{PARKED_TRANSIENT}', 100);
+EXECUTE refused_sender_reason('2025-06-01Z', '2025-07-01Z', '000.00.07.H26', '{REJECTED_SIGNATURE}', 100);
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_sender_reason('2025-06-01Z', '2025-07-01Z', '000.00.50.H26', '{REJECTED_SIGNATURE}', 100);
+
+\echo '== replay filters: June, one reason, a limit (no sender)'
+PREPARE refused_reason(timestamptz, timestamptz, text[], bigint) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+  AND s.reason_code = ANY($3::text[])
+ORDER BY s.received_at, s.message_pk LIMIT $4::bigint;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_reason('2025-06-01Z', '2025-07-01Z', '{PARKED_TRANSIENT}', 100);
 
 -- The alternative form: one statement for every filter ("$n IS NULL OR"),
 -- the month's messages joined to their states.
