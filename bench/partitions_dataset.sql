@@ -50,18 +50,24 @@ SELECT (i + 1) / 2, sender, format('%s,%s,%s/QĐ', sender, to_char(at, 'YYYY/MM/
        (i + 1) / 2, md5(i::text) || md5((-i)::text)
 FROM gen WHERE i % 2 = 1;
 
-INSERT INTO deliveries (id, document_pk, recipient, message_pk, state, delivered_at, created_at)
+-- A delivery's due_date is its document's: the DueDate of the document's
+-- first message, the odd one before it.
+INSERT INTO deliveries (id, document_pk, recipient, message_pk, state, delivered_at, created_at,
+                        due_date)
 OVERRIDING SYSTEM VALUE
-SELECT i, (i + 1) / 2, recipient, i, CASE WHEN i % 2 = 0 THEN '01' END, at, at FROM gen
+SELECT i, (i + 1) / 2, recipient, i, CASE WHEN i % 2 = 0 THEN '01' END, at, at,
+       (timestamptz '2025-01-01 00:00Z' + (2 * ((i + 1) / 2) - 2) * (interval '365 days' / :n)
+        + interval '30 days')::date
+FROM gen
 WHERE i % 50 <> 0 AND i % 97 <> 0;
 
 INSERT INTO message_state (message_pk, kind, sender, outcome, reason_code, document_pk,
-                           document_id, published_at, updated_at)
+                           document_id, published_at, updated_at, received_at)
 SELECT i, 'document', g.sender,
        CASE WHEN i % 50 = 0 THEN 'rejected' WHEN i % 97 = 0 THEN 'parked' ELSE 'delivered' END,
        CASE WHEN i % 50 = 0 THEN 'REJECTED_SIGNATURE' WHEN i % 97 = 0 THEN 'PARKED_TRANSIENT' END,
        CASE WHEN i % 50 <> 0 AND i % 97 <> 0 THEN (i + 1) / 2 END,
-       format('%s,%s,%s/QĐ', g.sender, to_char(at, 'YYYY/MM/DD'), (i + 1) / 2), at, at
+       format('%s,%s,%s/QĐ', g.sender, to_char(at, 'YYYY/MM/DD'), (i + 1) / 2), at, at, at
 FROM gen g;
 
 INSERT INTO events (id, delivery_pk, message_pk, kind, code, at, recorded_at, chain_seq, chain_hash)

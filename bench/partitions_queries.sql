@@ -53,9 +53,108 @@ SELECT e.* FROM events e JOIN deliveries d ON d.id = e.delivery_pk
 WHERE d.document_pk = $1 ORDER BY e.at, e.id;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE trace_events_all(:doc_pk);
 
-\echo '== replay filters: refused in June 2025 (bounds the planner prunes with)'
-PREPARE refused(text[], timestamptz, timestamptz, text, text, text[], int) AS
-SELECT m.id, m.received_at, s.outcome, s.reason_code
+-- The statements queries.list_refused builds: a filter not given is not in
+-- the statement.
+\echo '== replay filters: refused in June 2025 (the refused states of the month, by time received)'
+PREPARE refused(timestamptz, timestamptz) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+ORDER BY s.received_at, s.message_pk;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused('2025-06-01Z', '2025-07-01Z');
+
+\echo '== replay filters: the same, at most 1000 (what replay list shows unless --limit says otherwise)'
+PREPARE refused_limit(timestamptz, timestamptz, bigint) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+ORDER BY s.received_at, s.message_pk LIMIT $3::bigint;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_limit('2025-06-01Z', '2025-07-01Z', 1000);
+
+\echo '== replay filters: June, one sender, one reason, a limit'
+PREPARE refused_sender_reason(timestamptz, timestamptz, text, text[], bigint) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+  AND s.sender = $3::text
+  AND s.reason_code = ANY($4::text[])
+ORDER BY s.received_at, s.message_pk LIMIT $5::bigint;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_sender_reason('2025-06-01Z', '2025-07-01Z', '000.00.07.H26', '{REJECTED_SIGNATURE}', 100);
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_sender_reason('2025-06-01Z', '2025-07-01Z', '000.00.50.H26', '{REJECTED_SIGNATURE}', 100);
+
+\echo '== replay filters: June, one reason, a limit (no sender)'
+PREPARE refused_reason(timestamptz, timestamptz, text[], bigint) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ('rejected', 'parked')
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+  AND s.reason_code = ANY($3::text[])
+ORDER BY s.received_at, s.message_pk LIMIT $4::bigint;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
+EXECUTE refused_reason('2025-06-01Z', '2025-07-01Z', '{PARKED_TRANSIENT}', 100);
+
+-- The alternative form: one statement for every filter ("$n IS NULL OR"),
+-- the month's messages joined to their states.
+\echo '== replay filters, the alternative form: the month of messages, every filter in one statement'
+PREPARE refused_messages(text[], timestamptz, timestamptz, text, text, text[], int) AS
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
 FROM messages m JOIN message_state s ON s.message_pk = m.id
 WHERE s.outcome = ANY($1::text[])
   AND m.received_at >= coalesce($2::timestamptz, '-infinity')
@@ -65,14 +164,16 @@ WHERE s.outcome = ANY($1::text[])
   AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
 ORDER BY m.received_at, m.id LIMIT $7;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', NULL, NULL, NULL, NULL);
+EXECUTE refused_messages('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', NULL, NULL, NULL, NULL);
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON)
-EXECUTE refused('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '000.00.07.H26', NULL,
-                '{REJECTED_SIGNATURE}', 100);
+EXECUTE refused_messages('{rejected,parked}', '2025-06-01Z', '2025-07-01Z', '000.00.07.H26', NULL,
+                         '{REJECTED_SIGNATURE}', 100);
 
-\echo '== replay filters: the same, written "$2 IS NULL OR received_at >= $2" (no pruning)'
+\echo '== replay filters, the alternative form written "$2 IS NULL OR received_at >= $2" (no pruning)'
 PREPARE refused_unpruned(text[], timestamptz, timestamptz, text, text, text[], int) AS
-SELECT m.id, m.received_at, s.outcome, s.reason_code
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
 FROM messages m JOIN message_state s ON s.message_pk = m.id
 WHERE s.outcome = ANY($1::text[])
   AND ($2::timestamptz IS NULL OR m.received_at >= $2)
@@ -95,9 +196,27 @@ SELECT a.code,
 FROM agencies a;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE activity('2025-06-01Z', '2025-07-01Z');
 
-\echo '== report: overdue deliveries'
-PREPARE overdue(date, text[]) AS
+\echo '== report: overdue deliveries (the open ones due before the day)'
+PREPARE overdue(date) AS
+SELECT count(*) FROM deliveries v
+WHERE v.due_date < $1
+  AND v.due_date IS NOT NULL AND v.delivered_at IS NOT NULL AND NOT v.withdrawn
+  AND coalesce(v.state, '') NOT IN ('02', '06');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE overdue('2025-07-01');
+
+\echo '== report: the first 100 overdue deliveries'
+PREPARE overdue_list(date, bigint) AS
+SELECT d.document_id, d.sender, v.recipient, v.due_date, v.state
+FROM deliveries v JOIN documents d ON d.id = v.document_pk
+WHERE v.due_date < $1
+  AND v.due_date IS NOT NULL AND v.delivered_at IS NOT NULL AND NOT v.withdrawn
+  AND coalesce(v.state, '') NOT IN ('02', '06')
+ORDER BY v.due_date, d.document_id, v.recipient LIMIT $2;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE overdue_list('2025-07-01', 100);
+
+\echo '== report, the alternative form: overdue deliveries through their documents'' DueDate'
+PREPARE overdue_documents(date, text[]) AS
 SELECT count(*) FROM deliveries v JOIN documents d ON d.id = v.document_pk
 WHERE d.due_date < $1 AND v.delivered_at IS NOT NULL AND NOT v.withdrawn
   AND NOT (coalesce(v.state, '') = ANY($2::text[]));
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE overdue('2025-07-01', '{06,02}');
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE overdue_documents('2025-07-01', '{02,06}');

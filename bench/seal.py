@@ -64,7 +64,8 @@ CREATE PROCEDURE bench_transactions(
 )
 LANGUAGE plpgsql AS $$
 DECLARE
-    k int := 0; message bigint; document bigint; delivery bigint; body bytea;
+    k int := 0; message bigint; received timestamptz; document bigint; delivery bigint;
+    body bytea;
     recipients text[] := '{000.00.00.G01,000.00.00.G02,000.00.00.G03,000.00.00.G09}';
     started timestamptz := clock_timestamp(); committing timestamptz;
 BEGIN
@@ -77,9 +78,9 @@ BEGIN
                 (dedup_key, amqp_message_id, routing_key, broker_user, body, sha256)
             VALUES (encode(sha256(convert_to(random()::text || clock_timestamp(), 'UTF8')), 'hex'),
                     'bench-' || k, recipients[1 + k % 4], 'g22', body, encode(sha256(body), 'hex'))
-            RETURNING id INTO message;
-            INSERT INTO message_state (message_pk, kind, sender)
-            VALUES (message, 'document', '000.00.00.G22');
+            RETURNING id, received_at INTO message, received;
+            INSERT INTO message_state (message_pk, kind, sender, received_at)
+            VALUES (message, 'document', '000.00.00.G22', received);
             IF document IS NULL OR k % 4 = 0 THEN
                 INSERT INTO documents (sender, document_id, sha256, subject, first_message_pk)
                 VALUES ('000.00.00.G22', 'bench ' || message || ' ' || random(),

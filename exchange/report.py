@@ -43,7 +43,6 @@ from exchange.commands import (
     settings_from_args,
 )
 from exchange.edxml.model import VIETNAM_TIME
-from exchange.status import StatusCode
 from exchange.store import queries
 
 if TYPE_CHECKING:
@@ -79,9 +78,6 @@ GROUP_NAMES = {
     AgencyGroup.PROVINCIAL_COUNCIL: "provincial People's Councils",
     AgencyGroup.OTHER: "other letters",
 }
-# A returned document (02) was answered; a done one (06) is finished. Any
-# other state past the DueDate is a status not reported in time.
-ANSWERED_STATES = (StatusCode.RETURNED.value, StatusCode.DONE.value)
 
 
 def group_label(group: AgencyGroup) -> str:
@@ -266,12 +262,12 @@ async def directory_figures(
 
 async def count_overdue(conn: Connection, today: date) -> int:
     """Deliveries of documents due before ``today`` whose recipient has not answered."""
-    return await queries.count_overdue_deliveries(conn, today, ANSWERED_STATES)
+    return await queries.count_overdue_deliveries(conn, today)
 
 
 async def list_overdue(conn: Connection, today: date, limit: int) -> list[OverdueDelivery]:
     """The first ``limit`` overdue deliveries, longest overdue first."""
-    rows = await queries.list_overdue_deliveries(conn, today, ANSWERED_STATES, limit)
+    rows = await queries.list_overdue_deliveries(conn, today, limit)
     return [
         OverdueDelivery(
             row["document_id"], row["sender"], row["recipient"], row["due_date"], row["state"]

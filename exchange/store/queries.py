@@ -386,8 +386,8 @@ async def record_message(
             RETURNING id, dedup_key, amqp_message_id, routing_key, broker_user, sha256,
                       received_at, body_size
         ), state AS (
-            INSERT INTO message_state (message_pk, kind, sender)
-            SELECT id, $8, $9 FROM new
+            INSERT INTO message_state (message_pk, kind, sender, received_at)
+            SELECT id, $8, $9, received_at FROM new
             RETURNING message_pk, kind, sender, outcome, reason_code, reason_detail,
                       document_pk, document_id, attempts, published_at, updated_at
         )
@@ -727,7 +727,7 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
                    subject, promulgation_date, due_date, doc_type, priority, warnings
             FROM ranked WHERE copy_of_message = 1 AND copy_of_delivery = 1
         ), {_MARK_PUBLISHED.format(pks="$18").strip()}, before AS (
-            SELECT i.n, d.id, d.sha256
+            SELECT i.n, d.id, d.sha256, d.due_date
             FROM input i JOIN documents d ON d.sender = i.sender AND d.document_id = i.document_id
         ), m AS (
             INSERT INTO messages
@@ -758,16 +758,16 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             -- as every writer of documents takes them.
             ORDER BY first.n
             ON CONFLICT (sender, document_id) DO NOTHING
-            RETURNING id, sender, document_id, sha256
+            RETURNING id, sender, document_id, sha256, due_date
         ), doc AS (
-            SELECT mi.n, nd.id FROM mi
+            SELECT mi.n, nd.id, nd.due_date FROM mi
             JOIN new_doc nd ON nd.sender = mi.sender AND nd.document_id = mi.document_id
                            AND nd.sha256 = mi.sha256
             UNION ALL
-            SELECT mi.n, b.id FROM mi JOIN before b ON b.n = mi.n
+            SELECT mi.n, b.id, b.due_date FROM mi JOIN before b ON b.n = mi.n
         ), new_delivery AS (
-            INSERT INTO deliveries (document_pk, recipient, message_pk)
-            SELECT doc.id, mi.recipient, mi.id FROM doc JOIN mi ON mi.n = doc.n
+            INSERT INTO deliveries (document_pk, recipient, message_pk, due_date)
+            SELECT doc.id, mi.recipient, mi.id, doc.due_date FROM doc JOIN mi ON mi.n = doc.n
             ORDER BY doc.n
             ON CONFLICT (document_pk, recipient) DO NOTHING
             RETURNING id, document_pk, recipient
@@ -788,12 +788,13 @@ _RECORD_DELIVERED_DOCUMENTS = f"""
             ORDER BY delivery.n
         ), state AS (
             INSERT INTO message_state
-                (message_pk, kind, sender, outcome, document_pk, document_id, reason_detail)
+                (message_pk, kind, sender, outcome, document_pk, document_id, reason_detail,
+                 received_at)
             SELECT mi.id, $21, mi.sender,
                    CASE WHEN delivery.id IS NOT NULL THEN $20 END,
                    CASE WHEN delivery.id IS NOT NULL THEN doc.id END,
                    mi.document_id,
-                   CASE WHEN delivery.id IS NOT NULL THEN mi.warnings END
+                   CASE WHEN delivery.id IS NOT NULL THEN mi.warnings END, mi.received_at
             FROM mi LEFT JOIN delivery ON delivery.n = mi.n LEFT JOIN doc ON doc.n = mi.n
             RETURNING message_pk, {_columns(_STATE_FIELDS)}
         )
@@ -893,8 +894,8 @@ async def create_delivery(
     """
     row = await conn.fetchrow(
         f"""
-        INSERT INTO deliveries (document_pk, recipient, message_pk)
-        VALUES ($1, $2, $3)
+        INSERT INTO deliveries (document_pk, recipient, message_pk, due_date)
+        VALUES ($1, $2, $3, (SELECT due_date FROM documents WHERE id = $1))
         ON CONFLICT (document_pk, recipient) DO NOTHING
         RETURNING {_DELIVERY_COLUMNS}
         """,  # noqa: S608
@@ -1196,6 +1197,34 @@ async def sender_view(conn: Connection, sender: AgencyCode) -> list[SenderViewRo
 
 REFUSED_OUTCOMES = (TransportOutcome.REJECTED, TransportOutcome.PARKED)
 
+# The refused states, oldest first, with their messages. The outcomes are
+# written as the predicate of the indexes the list reads
+# (message_state_refused_received, message_state_refused_sender: migration
+# 0020) says them: PostgreSQL uses a partial index only for a query whose
+# conditions say what its predicate says. Each state then probes its own
+# message, by its key, in its month: a plain join would let the planner
+# read every message of the period instead, since a generic plan costs that
+# probe in every month (the months are pruned when it runs, not planned);
+# OFFSET 0 keeps the subquery a probe.
+_REFUSED_SELECT = f"""
+SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+       m.received_at, m.body_size, s.kind, s.sender, s.outcome, s.reason_code, s.reason_detail,
+       s.document_pk, s.document_id, s.attempts, s.published_at, s.updated_at
+FROM message_state s
+CROSS JOIN LATERAL (
+    SELECT m.id, m.dedup_key, m.amqp_message_id, m.routing_key, m.broker_user, m.sha256,
+           m.received_at, m.body_size
+    FROM messages m
+    WHERE m.id = s.message_pk AND m.received_at = s.received_at
+      AND m.received_at >= coalesce($1::timestamptz, '-infinity')
+      AND m.received_at < coalesce($2::timestamptz, 'infinity')
+    OFFSET 0
+) m
+WHERE s.outcome IN ({", ".join(f"'{o.value}'" for o in REFUSED_OUTCOMES)})
+  AND s.received_at >= coalesce($1::timestamptz, '-infinity')
+  AND s.received_at < coalesce($2::timestamptz, 'infinity')
+"""  # noqa: S608 (constant outcomes, no input)
+
 
 async def list_refused(
     conn: Connection,
@@ -1216,29 +1245,53 @@ async def list_refused(
     refused for one of these codes. ``outcomes`` may only narrow the refused
     outcomes: a delivered message is never listed.
     """
-    wanted = [o.value for o in outcomes if o in REFUSED_OUTCOMES]
-    rows = await conn.fetch(
-        _MESSAGE_SELECT
-        + """
-        WHERE s.outcome = ANY($1::text[])
-          -- Bounds the planner prunes the months of messages with.
-          AND m.received_at >= coalesce($2::timestamptz, '-infinity')
-          AND m.received_at < coalesce($3::timestamptz, 'infinity')
-          AND ($4::text IS NULL OR s.sender = $4)
-          AND ($5::text IS NULL OR m.routing_key = $5)
-          AND ($6::text[] IS NULL OR s.reason_code = ANY($6))
-        ORDER BY m.received_at, m.id
-        LIMIT $7
-        """,
-        wanted,
-        since,
-        until,
-        None if sender is None else str(sender),
-        None if recipient is None else str(recipient),
-        None if reason_codes is None else list(reason_codes),
-        limit,
+    query, args = refused_query(
+        since=since,
+        until=until,
+        sender=sender,
+        recipient=recipient,
+        reason_codes=reason_codes,
+        outcomes=outcomes,
+        limit=limit,
     )
+    rows = await conn.fetch(query, *args)
     return [Message.from_row(row) for row in rows]
+
+
+def refused_query(
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    sender: AgencyCode | None,
+    recipient: AgencyCode | None,
+    reason_codes: Iterable[str] | None,
+    outcomes: Iterable[TransportOutcome],
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """The statement :func:`list_refused` runs for these filters, and its arguments."""
+    # A filter not given is left out of the statement rather than written
+    # "$n IS NULL OR ...": a prepared statement's generic plan cannot use
+    # the sender's index for a condition that may be void. So are outcomes
+    # that keep every refused one: beside the outcomes of the indexes'
+    # predicate, the planner would count them twice and expect too few rows.
+    chosen = set(outcomes)
+    wanted = [o.value for o in REFUSED_OUTCOMES if o in chosen]
+    args: list[Any] = [since, until]
+    query = _REFUSED_SELECT
+    for condition, value in (
+        ("s.outcome = ANY(${}::text[])", None if len(wanted) == len(REFUSED_OUTCOMES) else wanted),
+        ("s.sender = ${}::text", None if sender is None else str(sender)),
+        ("m.routing_key = ${}::text", None if recipient is None else str(recipient)),
+        ("s.reason_code = ANY(${}::text[])", None if reason_codes is None else list(reason_codes)),
+    ):
+        if value is not None:
+            args.append(value)
+            query += f"  AND {condition.format(len(args))}\n"
+    query += "ORDER BY s.received_at, s.message_pk"
+    if limit is not None:
+        args.append(limit)
+        query += f" LIMIT ${len(args)}::bigint"
+    return query, args
 
 
 async def get_messages(conn: Connection, pks: Iterable[int]) -> dict[int, Message]:
@@ -1570,12 +1623,17 @@ SELECT a.code,
 FROM agencies a
 """
 
-_OVERDUE_WHERE = """
-FROM deliveries v JOIN documents d ON d.id = v.document_pk
-WHERE d.due_date < $1
-  AND v.delivered_at IS NOT NULL
-  AND NOT v.withdrawn
-  AND NOT (coalesce(v.state, '') = ANY($2::text[]))
+# A returned document (02) was answered; a done one (06) is finished. Any
+# other state past the DueDate is a status not reported in time. The
+# conditions are the predicate of the index the overdue queries read
+# (deliveries_overdue, migration 0020), written as it says them: PostgreSQL
+# uses a partial index only for a query whose conditions say what its
+# predicate says. A delivery's due_date is its document's.
+ANSWERED_STATES = (StatusCode.RETURNED.value, StatusCode.DONE.value)
+_OVERDUE_WHERE = f"""
+WHERE v.due_date < $1
+  AND v.due_date IS NOT NULL AND v.delivered_at IS NOT NULL AND NOT v.withdrawn
+  AND coalesce(v.state, '') NOT IN ({", ".join(f"'{state}'" for state in ANSWERED_STATES)})
 """
 
 
@@ -1588,27 +1646,26 @@ async def agency_activity(
     return await conn.fetch(_AGENCY_ACTIVITY, since, until)
 
 
-async def count_overdue_deliveries(
-    conn: Connection, today: date, answered_states: Sequence[str]
-) -> int:
-    """Deliveries of documents due before ``today`` whose state is none of ``answered_states``."""
+async def count_overdue_deliveries(conn: Connection, today: date) -> int:
+    """Deliveries of documents due before ``today`` whose state is none of ``ANSWERED_STATES``."""
     count: int = await conn.fetchval(
-        "SELECT count(*) " + _OVERDUE_WHERE, today, list(answered_states)
+        "SELECT count(*) FROM deliveries v " + _OVERDUE_WHERE,  # noqa: S608 (constant)
+        today,
     )
     return count
 
 
 async def list_overdue_deliveries(
-    conn: Connection, today: date, answered_states: Sequence[str], limit: int
+    conn: Connection, today: date, limit: int
 ) -> list[asyncpg.Record]:
     """The first ``limit`` overdue deliveries (``document_id``, ``sender``, ``recipient``,
     ``due_date``, ``state``), longest overdue first."""
     return await conn.fetch(
-        "SELECT d.document_id, d.sender, v.recipient, d.due_date, v.state "
+        "SELECT d.document_id, d.sender, v.recipient, v.due_date, v.state "
+        "FROM deliveries v JOIN documents d ON d.id = v.document_pk "
         + _OVERDUE_WHERE
-        + " ORDER BY d.due_date, d.document_id, v.recipient LIMIT $3",
+        + " ORDER BY v.due_date, d.document_id, v.recipient LIMIT $2",
         today,
-        list(answered_states),
         limit,
     )
 

@@ -59,6 +59,23 @@ async def _record(conn: asyncpg.Connection, text: str, at: datetime) -> tuple[in
     return message.pk, created
 
 
+async def _record_in_old_schema(conn: asyncpg.Connection, text: str, at: datetime) -> int:
+    """_record's rows as the code before the migrations under test wrote them."""
+    body = text.encode()
+    async with conn.transaction():
+        pk: int = await conn.fetchval(
+            "INSERT INTO messages (dedup_key, routing_key, body, sha256, received_at)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            queries.dedup_key(str(RECIPIENT), body),
+            str(RECIPIENT),
+            body,
+            hashlib.sha256(body).hexdigest(),
+            at,
+        )
+        await conn.execute("INSERT INTO message_state (message_pk) VALUES ($1)", pk)
+    return pk
+
+
 async def _receipts(conn: asyncpg.Connection, stamped: list[tuple[int, datetime]]) -> None:
     """A document of the first message, and one receipt event per message, each at its time."""
     first = stamped[0][0]
@@ -130,7 +147,7 @@ async def test_a_database_with_rows_is_converted_and_its_chains_still_verify(
         await migrate(conn, [m for m in everything if m.version < 18])
         await _agencies(conn)
         stamped = [
-            ((await _record(conn, f"before {n}", at))[0], at)
+            (await _record_in_old_schema(conn, f"before {n}", at), at)
             for n, at in enumerate((JANUARY, FEBRUARY, JANUARY, MARCH), 1)
         ]
         await _receipts(conn, stamped)
@@ -153,6 +170,11 @@ async def test_a_database_with_rows_is_converted_and_its_chains_still_verify(
             "messages_2025_02": 1,
             "messages_2025_03": 1,
         }
+        # Each state knows when its message was received (migration 0020).
+        assert await conn.fetchval(
+            "SELECT count(*) FROM messages m JOIN message_state s ON s.message_pk = m.id"
+            " WHERE s.received_at = m.received_at"
+        ) == len(stamped)
         # Recorded after the conversion: chained on from the same head.
         await _record(conn, "after", datetime.now(UTC))
         assert (await verify_chains(_settings(empty_database_url))).ok
