@@ -347,14 +347,14 @@ class Worker:
         bulk_channel = await self.connection.channel()
         await bulk_channel.set_qos(prefetch_count=self._bulk_prefetch_idle)
         bulk = await bulk_channel.get_queue(BULK_QUEUE, ensure=True)
-        bulk_tag = await bulk.consume(self._on_bulk_message)
+        bulk_tag = await bulk.consume(self._on_unmovable_message)
         # Every lane on one channel, each consumer with the lane prefetch:
         # a flooding sender's lane gives the worker that many messages, and
         # the other lanes theirs beside them.
         lane_channel = await self.connection.channel()
         await lane_channel.set_qos(prefetch_count=self.settings.lane_prefetch)
         lanes = [await lane_channel.get_queue(name, ensure=True) for name in LANE_QUEUES]
-        lane_tags = [await lane.consume(self._on_lane_message) for lane in lanes]
+        lane_tags = [await lane.consume(self._on_unmovable_message) for lane in lanes]
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
         self._lane_channel, self._lane_tags = lane_channel, lane_tags
@@ -407,22 +407,19 @@ class Worker:
         consumers = [(channel, tag), *((lane_channel, lane_tag) for lane_tag in lane_tags)]
         return all([await has_consumer(on, consumer) for on, consumer in consumers])
 
+    def _start(self, message: AbstractIncomingMessage, *, movable: bool) -> None:
+        task = asyncio.create_task(self.handle_delivery(message, movable=movable))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle_delivery(message, movable=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(message, movable=True)
 
-    async def _on_lane_message(self, message: AbstractIncomingMessage) -> None:
-        # A lane holds one sender's messages (or a few senders'), each lane
-        # with its own prefetch: there is nothing to move out of its way.
-        task = asyncio.create_task(self.handle_delivery(message, movable=False))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _on_bulk_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self.handle_delivery(message, movable=False))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _on_unmovable_message(self, message: AbstractIncomingMessage) -> None:
+        # From the bulk queue (already moved), or from a lane: a lane holds
+        # one sender's messages (or a few senders'), each lane with its own
+        # prefetch, so there is nothing to move out of its way.
+        self._start(message, movable=False)
 
     async def handle_delivery(
         self, message: AbstractIncomingMessage, *, movable: bool = False

@@ -175,18 +175,24 @@ class ExchangeUnderTest:
 
     async def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (nobody consumes it while the test looks)."""
-        connection = await connect(self.settings.amqp_url, name="lienthong-test")
-        try:
-            channel = await connection.channel()
-            declared = await channel.declare_queue(queue, passive=True)
-            count = declared.declaration_result.message_count
-            return int(count or 0)
-        finally:
-            await connection.close()
+        return sum(await self._ready_in((queue,)))
 
     async def work_depth(self) -> int:
         """Messages waiting for a worker: in the work queue and every lane."""
-        return sum([await self.queue_depth(name) for name in WORK_QUEUES])
+        return sum(await self._ready_in(WORK_QUEUES))
+
+    async def _ready_in(self, queues: tuple[str, ...]) -> list[int]:
+        """Messages ready in each of ``queues``, read over one connection."""
+        connection = await connect(self.settings.amqp_url, name="lienthong-test")
+        try:
+            channel = await connection.channel()
+            counts = []
+            for queue in queues:
+                declared = await channel.declare_queue(queue, passive=True)
+                counts.append(int(declared.declaration_result.message_count or 0))
+            return counts
+        finally:
+            await connection.close()
 
     async def inbox_of(self, agency: LocalAgency) -> list[InboxItem]:
         """What waits in an agency's inbox, read and acked by the agency's own client.
