@@ -120,7 +120,7 @@ CONSUMERS = Gauge(
 )
 BROKER_CONNECTED = Gauge(
     "lienthong_broker_connected",
-    "1 while this worker process is connected to RabbitMQ, 0 while it is reconnecting.",
+    "1 while every broker connection of this worker process is up, 0 while one is reconnecting.",
 )
 DB_POOL_CONNECTIONS = Gauge(
     "lienthong_db_pool_connections",

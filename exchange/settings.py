@@ -347,6 +347,12 @@ class Settings(ParserLimits):
     # (docs/performance.md, "Fairness"). A flood alone keeps this many busy
     # in each worker.
     lane_prefetch: int = Field(8, ge=1)
+    # Broker connections a worker process reads the lanes over, the lanes
+    # dealt out among them. The broker sends a connection's messages one
+    # after another, so a large message delays every lane of its connection
+    # by the time it takes to send it (60 MiB: about half a second); with a
+    # connection per lane, a junk flood delays only its own lane.
+    lane_connections: int = Field(16, ge=1, le=16)
 
     # -- the gateway (`lienthong gateway`, docs/gateway.md) -------------------
     # Where the VXP adapter protocol is served, and under which path (the SDK

@@ -37,7 +37,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from exchange import metrics
 from exchange.agency import AgencyCode
@@ -58,12 +63,12 @@ from exchange.broker.origin import Origin, delivery_count
 from exchange.broker.topology import (
     BULK_QUEUE,
     DELIVER_EXCHANGE,
-    LANE_QUEUES,
     PARKING_EXCHANGE,
     RETRY_EXCHANGE,
     RETRY_TIERS,
     STATUS_EXCHANGE,
     WORK_QUEUE,
+    deal_lanes,
 )
 from exchange.checks.schema import check_schema_files, use_schema_dir
 from exchange.directory import Directory, refuse_trusted_users
@@ -261,16 +266,26 @@ class Worker:
         trust: TrustStore,
         pool: Pool,
         connection: AbstractRobustConnection,
+        publishing: AbstractRobustConnection | None = None,
+        lane_connections: Sequence[AbstractRobustConnection] = (),
         prefetch: int | None = None,
         revocations: Revocations | None = None,
         signer: ReceiptSigner | None = None,
         budget: ByteBudget | None = None,
     ) -> None:
-        """A worker over an open broker connection and database pool; ``signer`` signs receipts.
+        """A worker over open broker connections and a database pool; ``signer`` signs receipts.
 
-        ``budget`` bounds the package bytes in hand, shared with the other
-        workers of the process; by default one of ``settings.handling_bytes``
-        of its own.
+        It consumes on ``connection`` and publishes on ``publishing`` (by
+        default the same): the broker sends a connection's frames in order,
+        so on one connection the confirm of a delivery waits behind every
+        large message being delivered to the worker, and a publisher the
+        broker throttles (flow control, an alarm) slows the consumers'
+        acks with it. For the same reason the lanes are read over
+        ``lane_connections`` (by default ``connection``), dealt out among
+        them: a large message delays only the lanes of its own connection.
+        ``budget`` bounds the package bytes in hand, shared
+        with the other workers of the process; by default one of
+        ``settings.handling_bytes`` of its own.
         """
         self.settings = settings
         self.budget = budget or ByteBudget(settings.handling_bytes)
@@ -282,6 +297,8 @@ class Worker:
         )
         self.pool = pool
         self.connection = connection
+        self.publishing = publishing or connection
+        self.lane_connections = tuple(lane_connections) or (connection,)
         self.prefetch = prefetch or settings.prefetch
         self.gateway_users = frozenset(settings.gateway_users)
         self.directory = Directory(pool, self.gateway_users)
@@ -315,8 +332,8 @@ class Worker:
         # watchdog (is_consuming).
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
-        self._lane_channel: AbstractChannel | None = None
-        self._lane_tags: list[str] = []
+        # The lanes' channels, one on each lane connection, with their consumer tags.
+        self._lane_consumers: list[tuple[AbstractChannel, str]] = []
         # Set once the worker's consumers are cancelled on the way out.
         self._not_consuming = asyncio.Event()
         # Messages of each sender (its broker user) this worker holds now,
@@ -334,7 +351,7 @@ class Worker:
         itself and is kept in :attr:`fatal`.
         """
         self._stop = stop
-        self._publisher = await ConfirmingPublisher.open(self.connection)
+        self._publisher = await ConfirmingPublisher.open(self.publishing)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         # Declared (passively), not just named: aio-pika's robust channel
@@ -348,21 +365,30 @@ class Worker:
         await bulk_channel.set_qos(prefetch_count=self._bulk_prefetch_idle)
         bulk = await bulk_channel.get_queue(BULK_QUEUE, ensure=True)
         bulk_tag = await bulk.consume(self._on_unmovable_message)
-        # Every lane on one channel, each consumer with the lane prefetch:
-        # a flooding sender's lane gives the worker that many messages, and
-        # the other lanes theirs beside them.
-        lane_channel = await self.connection.channel()
-        await lane_channel.set_qos(prefetch_count=self.settings.lane_prefetch)
-        lanes = [await lane_channel.get_queue(name, ensure=True) for name in LANE_QUEUES]
-        lane_tags = [await lane.consume(self._on_unmovable_message) for lane in lanes]
+        # The lanes dealt out among the lane connections, a channel on each,
+        # each consumer with the lane prefetch: a flooding sender's lane
+        # gives the worker that many messages, and the other lanes theirs
+        # beside them, over other connections.
+        lane_channels: list[AbstractChannel] = []
+        lane_consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
+        dealt = deal_lanes(len(self.lane_connections))
+        for lane_connection, names in zip(self.lane_connections, dealt, strict=True):
+            lane_channel = await lane_connection.channel()
+            await lane_channel.set_qos(prefetch_count=self.settings.lane_prefetch)
+            lane_channels.append(lane_channel)
+            for name in names:
+                lane = await lane_channel.get_queue(name, ensure=True)
+                lane_tag = await lane.consume(self._on_unmovable_message)
+                lane_consumers.append((lane_channel, lane, lane_tag))
         tag = await queue.consume(self._on_message)
         self._channel, self._consumer_tag = channel, tag
-        self._lane_channel, self._lane_tags = lane_channel, lane_tags
+        self._lane_consumers = [(on, lane_tag) for on, _, lane_tag in lane_consumers]
         pacer = asyncio.create_task(self._pace_bulk(bulk_channel, stop))
         log.info(
-            "worker consuming %s and %d lanes (prefetch %d, %d a lane)",
+            "worker consuming %s and %d lanes over %d connections (prefetch %d, %d a lane)",
             WORK_QUEUE,
-            len(lanes),
+            len(lane_consumers),
+            len(self.lane_connections),
             self.prefetch,
             self.settings.lane_prefetch,
         )
@@ -371,11 +397,11 @@ class Worker:
         finally:
             pacer.cancel()
             self._consumer_tag = None
-            self._lane_tags = []
+            self._lane_consumers = []
             await asyncio.gather(
                 queue.cancel(tag),
                 bulk.cancel(bulk_tag),
-                *(lane.cancel(lane_tag) for lane, lane_tag in zip(lanes, lane_tags, strict=True)),
+                *(lane.cancel(lane_tag) for _, lane, lane_tag in lane_consumers),
                 return_exceptions=True,
             )
             self._not_consuming.set()
@@ -385,8 +411,9 @@ class Worker:
             # reached it starts its task while the first ones finish.
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
-            with contextlib.suppress(Exception):
-                await lane_channel.close()
+            for opened_channel in lane_channels:
+                with contextlib.suppress(Exception):
+                    await opened_channel.close()
             with contextlib.suppress(Exception):
                 await bulk_channel.close()
             with contextlib.suppress(Exception):
@@ -401,10 +428,10 @@ class Worker:
         reconnection did not restore, no longer counts.
         """
         channel, tag = self._channel, self._consumer_tag
-        lane_channel, lane_tags = self._lane_channel, list(self._lane_tags)
-        if channel is None or tag is None or lane_channel is None or not lane_tags:
+        lanes = list(self._lane_consumers)
+        if channel is None or tag is None or not lanes:
             return False
-        consumers = [(channel, tag), *((lane_channel, lane_tag) for lane_tag in lane_tags)]
+        consumers = [(channel, tag), *lanes]
         return all([await has_consumer(on, consumer) for on, consumer in consumers])
 
     def _start(self, message: AbstractIncomingMessage, *, movable: bool) -> None:
@@ -866,7 +893,7 @@ RefreshFigures = Callable[[Pool], Awaitable[None]]
 
 async def watch(
     workers: list[Worker],
-    connection: AbstractRobustConnection,
+    connections: Sequence[AbstractRobustConnection],
     pool: Pool,
     stop: asyncio.Event,
     refresh_figures: RefreshFigures | None = None,
@@ -884,7 +911,7 @@ async def watch(
         # A watchdog that fails must not stop the workers: it says so and
         # looks again next round.
         try:
-            connected = not connection.is_closed and connection.connected.is_set()
+            connected = all(not c.is_closed and c.connected.is_set() for c in connections)
             metrics.BROKER_CONNECTED.set(int(connected))
             metrics.CONSUMERS.set(sum([await worker.is_consuming() for worker in workers]))
             idle = pool.get_idle_size()
@@ -1211,6 +1238,25 @@ async def run_workers(
         if connection is None:
             return 0
         opened.push_async_callback(connection.close)
+        # Publishing and the lanes on connections of their own (see Worker): a
+        # confirm, or another lane's message, never waits behind a large
+        # delivery, nor a consumer behind a throttled publisher.
+        publishing = await connect_quietly(settings.amqp_url, name="lienthong-worker-publish")
+        opened.push_async_callback(publishing.close)
+        openings = await asyncio.gather(
+            *(
+                connect_quietly(settings.amqp_url, name=f"lienthong-worker-lanes-{number:02d}")
+                for number in range(settings.lane_connections)
+            ),
+            return_exceptions=True,
+        )
+        lane_connections = [c for c in openings if not isinstance(c, BaseException)]
+        for lane_connection in lane_connections:
+            opened.push_async_callback(lane_connection.close)
+        for failed in openings:
+            if isinstance(failed, BaseException):
+                raise failed
+        connections = (connection, publishing, *lane_connections)
         # One budget for the process: memory is the process's, however many workers.
         budget = ByteBudget(settings.handling_bytes)
         workers = [
@@ -1219,6 +1265,8 @@ async def run_workers(
                 trust=trust,
                 pool=pool,
                 connection=connection,
+                publishing=publishing,
+                lane_connections=lane_connections,
                 revocations=revocations,
                 signer=signer,
                 budget=budget,
@@ -1226,7 +1274,7 @@ async def run_workers(
             for _ in range(count)
         ]
         observe_revocations(revocations)
-        watchdog = asyncio.create_task(watch(workers, connection, pool, stop, refresh_figures))
+        watchdog = asyncio.create_task(watch(workers, connections, pool, stop, refresh_figures))
         keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
         opened.callback(keeper.cancel)
         if settings.seal_key is not None and settings.seal_interval_s > 0:

@@ -95,6 +95,17 @@ LANE_QUEUES: tuple[str, ...] = tuple(lane_queue(n) for n in range(LANES))
 WORK_QUEUES: tuple[str, ...] = (WORK_QUEUE, *LANE_QUEUES)
 
 
+def deal_lanes(connections: int) -> list[tuple[str, ...]]:
+    """The lanes dealt out among ``connections`` connections (1 to :data:`LANES`), in turn.
+
+    Every lane goes to exactly one connection, and the connections hold as
+    many lanes as one another, give or take one.
+    """
+    if not 1 <= connections <= LANES:
+        raise ValueError(f"{connections} connections for {LANES} lanes: 1 to {LANES}")
+    return [LANE_QUEUES[number::connections] for number in range(connections)]
+
+
 def inbox_queue(code: AgencyCode) -> str:
     """The queue an agency consumes its incoming documents from."""
     return f"{INBOX_QUEUE_PREFIX}{code}"

@@ -6,8 +6,17 @@ a process of its own); the record keeps of each its first 64 KiB with the
 SHA-256 and size of the whole, so under 4 MiB of bodies stay in the
 database, the hash chains still verify, and the replay tool says such a
 message is refused for good. Meanwhile another agency's documents go
-through; their latency with and without the flood is printed (no
-wall-clock assertion).
+through; their latency is printed (no wall-clock assertion) alone, during
+the junk flood, and during a control flood: the same bytes published by the
+exchange's own user to a queue beside the lanes, read and dropped by that
+process, never reaching a worker. The control is what moving those bytes
+through this machine's broker, disks and cores costs everyone anyway; the
+difference to it is what the exchange's handling of the junk costs the
+other agency.
+
+The workers are two ``lienthong worker`` processes, as deployed: the
+test's own process holds only the other agency's client and the clock,
+so what it measures is not its own event loop reading the junk.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -28,6 +39,7 @@ from exchange.ledger import JUNK_KEPT_BYTES
 from exchange.reasons import Reason
 from exchange.replay import Action, Selection, plan_replay
 from exchange.status import TransportOutcome
+from tests.crash.supervisor import Supervisor, worker_env
 from tests.exchange_fixtures import ExchangeUnderTest, wait_for
 
 pytestmark = pytest.mark.services
@@ -37,26 +49,65 @@ SENDER = "000.00.00.G22"  # Văn phòng Chính phủ
 RECIPIENT = "000.00.00.H26"  # UBND Thành phố Hà Nội
 JUNK_MESSAGES = 50
 JUNK_BYTES = 60 * 2**20
-DOCUMENTS = 10  # per phase, one at a time
+DOCUMENTS = 30  # per phase, one at a time
 POLL_S = 0.005
+WORKERS = 2  # processes
+COMMIT_PAUSE_S = 0.02
+
+CONTROL_QUEUE = "control.flood"
 
 # The junker publishes from a process of its own, as another agency would:
 # its 3 GiB of publishing does not share the workers' event loop. It prints
 # "ready", then the seconds its publishing took and the CPU seconds it used,
-# then the first MiB of the filler every junk body is made of.
+# then the first MiB of the filler every junk body is made of. With
+# "control" instead of an agency code, it publishes the same bytes to a
+# quorum queue of its own (like a lane), which it reads and drops over a
+# second connection, as a worker reads a lane.
 PUBLISHER = """
 import asyncio, os, sys, time
+import aio_pika
 from exchange.client import AgencyClient
 code, recipient, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+url = os.environ["JUNKER_AMQP_URL"]
+def body(number, filler):
+    head = f"junk {number:04d} ".encode()
+    return head + filler[len(head):]
+async def junk(filler):
+    async with AgencyClient(code, url) as client:
+        print("ready", flush=True)
+        for number in range(count):
+            await client.submit(body(number, filler), [recipient])
+async def control(filler):
+    publishing, reading = await aio_pika.connect(url), await aio_pika.connect(url)
+    channel = await publishing.channel(publisher_confirms=True)
+    queue = await channel.declare_queue(
+        recipient, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    dropping = await reading.channel()
+    await dropping.set_qos(prefetch_count=8)
+    read, all_read = 0, asyncio.Event()
+    async def drop(message):
+        nonlocal read
+        await message.ack()
+        read += 1
+        if read == count:
+            all_read.set()
+    reader = await dropping.get_queue(recipient)
+    tag = await reader.consume(drop)
+    print("ready", flush=True)
+    for number in range(count):
+        message = aio_pika.Message(body(number, filler), delivery_mode=2)
+        await channel.default_exchange.publish(message, recipient)
+    await all_read.wait()
+    await reader.cancel(tag)
+    await queue.delete(if_unused=False, if_empty=False)
+    await reading.close()
+    await publishing.close()
 async def main():
     filler = os.urandom(size)
-    async with AgencyClient(code, os.environ["JUNKER_AMQP_URL"]) as client:
-        print("ready", flush=True)
-        began = time.perf_counter()
-        for number in range(count):
-            head = f"junk {number:04d} ".encode()
-            await client.submit(head + filler[len(head):], [recipient])
-        print(f"{time.perf_counter() - began:.3f} {time.process_time():.3f}", flush=True)
+    began = time.perf_counter()
+    await (control(filler) if code == "control" else junk(filler))
+    print(f"{time.perf_counter() - began:.3f} {time.process_time():.3f}", flush=True)
     sys.stdout.buffer.write(filler[:1 << 20])
 asyncio.run(main())
 """
@@ -68,18 +119,23 @@ def junk(number: int, filler: bytes) -> bytes:
     return head + filler[len(head) :]
 
 
-async def start_junker(junker: LocalAgency) -> asyncio.subprocess.Process:
-    """The junker's process, connected and publishing once it printed ``ready``."""
+async def start_junker(code: str, amqp_url: str) -> asyncio.subprocess.Process:
+    """The junker's process, connected and publishing once it printed ``ready``.
+
+    ``code`` is the junking agency's, or "control" for the control flood
+    (``amqp_url`` then the exchange's own).
+    """
+    target = RECIPIENT if code != "control" else CONTROL_QUEUE
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         PUBLISHER,
-        str(junker.code),
-        RECIPIENT,
+        code,
+        target,
         str(JUNK_MESSAGES),
         str(JUNK_BYTES),
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "JUNKER_AMQP_URL": junker.amqp_url},
+        env={**os.environ, "JUNKER_AMQP_URL": amqp_url},
     )
     assert process.stdout is not None
     assert await process.stdout.readline() == b"ready\n"
@@ -133,38 +189,102 @@ async def timed_documents(
     return latencies
 
 
-def figures(latencies: list[float]) -> str:
-    """Median and worst, in milliseconds."""
-    median, worst = statistics.median(latencies) * 1000, max(latencies) * 1000
-    return f"median {median:.0f} ms, max {worst:.0f} ms"
+async def timed_commits(
+    exchange: ExchangeUnderTest, until: asyncio.Future[tuple[float, float, bytes]]
+) -> list[float]:
+    """Seconds each commit of a one-row write took, one every :data:`COMMIT_PAUSE_S`, until done.
+
+    The database's own share of a document's latency: each document is
+    committed more than once on its way.
+    """
+    timings: list[float] = []
+    async with exchange.db() as conn:
+        await conn.execute("CREATE TABLE commit_probe (at timestamptz)")
+        while not until.done():
+            began = time.perf_counter()
+            await conn.execute("INSERT INTO commit_probe VALUES (now())")
+            timings.append(time.perf_counter() - began)
+            await asyncio.sleep(COMMIT_PAUSE_S)
+        await conn.execute("DROP TABLE commit_probe")
+    return timings
 
 
-async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhile(
+@dataclass
+class Flood:
+    """A flood and the other agency's documents beside it."""
+
+    seconds: float  # to publish every message, each confirmed (and, control, read)
+    cpu_s: float  # of the flooding process
+    filler_start: bytes  # the first MiB of every body's filler
+    latencies: list[float]  # the other agency's documents', publish to confirmed delivery
+    confirms: list[float]  # of which the broker's confirm of their publish
+    commits: list[float]  # a one-row commit in the database meanwhile
+
+    @property
+    def rate(self) -> str:
+        """The flood's bytes a second."""
+        return f"{JUNK_MESSAGES * JUNK_BYTES / self.seconds / 2**20:.0f} MiB/s"
+
+
+async def flood_beside(
     exchange: ExchangeUnderTest,
-) -> None:
-    junker = await exchange.register(JUNKER)
-    sender = await exchange.register(SENDER)
-    recipient = await exchange.register(RECIPIENT)
+    sender: LocalAgency,
+    recipient: LocalAgency,
+    first: int,
+    code: str,
+    amqp_url: str,
+) -> Flood:
+    """Flood from ``code`` (or "control") while ``sender`` sends documents one at a time.
 
-    async with exchange.workers(2):
-        usual_confirms: list[float] = []
-        usual = await timed_documents(exchange, sender, recipient, 0, confirms=usual_confirms)
-        began = time.perf_counter()
-        junker_process = await start_junker(junker)
-        flood = asyncio.ensure_future(junker_finished(junker_process))
+    The documents are timed from the flood's first junk message decided
+    (control: from its start) to its last message published.
+    """
+    flood = asyncio.ensure_future(junker_finished(await start_junker(code, amqp_url)))
+    if code != "control":
 
         async def junk_recorded() -> tuple[bool, str]:
             count = await exchange.fetchval("SELECT count(*) FROM messages WHERE body_size > 0")
             return count > 0, f"{count} junk messages recorded"
 
-        # From the first junk message decided to the last one published.
         await wait_for(junk_recorded, timeout=300)
-        confirms: list[float] = []
-        meanwhile = await timed_documents(
-            exchange, sender, recipient, 1000, until=flood, confirms=confirms
+    confirms: list[float] = []
+    commits = asyncio.ensure_future(timed_commits(exchange, flood))
+    latencies = await timed_documents(
+        exchange, sender, recipient, first, until=flood, confirms=confirms
+    )
+    seconds, cpu_s, filler_start = await flood
+    return Flood(seconds, cpu_s, filler_start, latencies, confirms, await commits)
+
+
+def figures(latencies: list[float]) -> str:
+    """Median, 90th percentile, mean and worst, in milliseconds."""
+    ms = sorted(latency * 1000 for latency in latencies)
+    p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
+    return (
+        f"median {statistics.median(ms):.0f} ms, p90 {p90:.0f} ms, "
+        f"mean {statistics.fmean(ms):.0f} ms, max {ms[-1]:.0f} ms"
+    )
+
+
+async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhile(
+    exchange: ExchangeUnderTest, tmp_path: Path
+) -> None:
+    junker = await exchange.register(JUNKER)
+    sender = await exchange.register(SENDER)
+    recipient = await exchange.register(RECIPIENT)
+    env = worker_env(exchange.worker_settings)
+
+    async with Supervisor(env, workers=WORKERS, log_dir=tmp_path / "workers", restart=False):
+        usual_confirms: list[float] = []
+        usual = await timed_documents(exchange, sender, recipient, 0, confirms=usual_confirms)
+        control = await flood_beside(
+            exchange, sender, recipient, 100_000, "control", exchange.settings.amqp_url
         )
-        flood_s, junker_cpu_s, filler_start = await flood
-        documents = len(usual) + len(meanwhile)
+        began = time.perf_counter()
+        junk_flood = await flood_beside(
+            exchange, sender, recipient, 200_000, JUNKER, junker.amqp_url
+        )
+        documents = len(usual) + len(control.latencies) + len(junk_flood.latencies)
         await exchange.wait_settled(documents + JUNK_MESSAGES, timeout=600)
         drained_s = time.perf_counter() - began
 
@@ -174,17 +294,24 @@ async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhi
         exchange.broker_user_for(JUNKER),
     )
     print(
-        f"\n{JUNK_MESSAGES} junk messages of {JUNK_BYTES} bytes published in {flood_s:.1f} s "
-        f"({JUNK_MESSAGES * JUNK_BYTES / flood_s / 2**20:.0f} MiB/s; the junker's process "
-        f"used {junker_cpu_s:.1f} CPU seconds of this machine's {os.cpu_count()} cores), "
+        f"\n{JUNK_MESSAGES} junk messages of {JUNK_BYTES} bytes published in "
+        f"{junk_flood.seconds:.1f} s ({junk_flood.rate}; the junker's process used "
+        f"{junk_flood.cpu_s:.1f} CPU seconds of this machine's {os.cpu_count()} cores), "
         f"all decided in {drained_s:.1f} s\n"
         f"bodies in the database: {junk_kept} bytes ({junk_kept / 2**20:.2f} MiB) for the "
         f"{JUNK_MESSAGES} junk messages ({JUNK_MESSAGES * JUNK_BYTES / 2**30:.2f} GiB received), "
         f"{kept} bytes in all with {documents} documents\n"
-        f"the other agency's documents, publish to confirmed delivery, one at a time: "
-        f"usual ({len(usual)}) {figures(usual)}; during the flood ({len(meanwhile)}) "
-        f"{figures(meanwhile)}; of which the broker's confirm of the publish: usual "
-        f"{figures(usual_confirms)}, during the flood {figures(confirms)}"
+        f"the other agency's documents, publish to confirmed delivery, one at a time, through "
+        f"{WORKERS} worker processes:\n"
+        f"  alone ({len(usual)}): {figures(usual)}\n"
+        f"  beside the control flood ({len(control.latencies)}; the same bytes to a queue no "
+        f"worker reads, {control.seconds:.1f} s, {control.rate}): {figures(control.latencies)}\n"
+        f"  beside the junk flood ({len(junk_flood.latencies)}): {figures(junk_flood.latencies)}\n"
+        f"of which the broker's confirm of their publish: alone {figures(usual_confirms)}; "
+        f"beside the control {figures(control.confirms)}; beside the junk "
+        f"{figures(junk_flood.confirms)}\n"
+        f"a one-row commit in the database: beside the control {figures(control.commits)}; "
+        f"beside the junk {figures(junk_flood.commits)}"
     )
     assert junk_kept < 4 * 2**20
 
@@ -203,7 +330,7 @@ async def test_junk_keeps_its_start_only_and_others_documents_go_through_meanwhi
     for row in rows:
         assert row["body_size"] == JUNK_BYTES
         assert len(row["body"]) == JUNK_KEPT_BYTES
-        assert row["body"] == junk(int(row["body"][5:9]), filler_start)[:JUNK_KEPT_BYTES]
+        assert row["body"] == junk(int(row["body"][5:9]), junk_flood.filler_start)[:JUNK_KEPT_BYTES]
     # The hash is of the whole body sent, not of the start kept.
     digests = {row["sha256"] for row in rows}
     assert len(digests) == JUNK_MESSAGES

@@ -36,6 +36,7 @@ from exchange.broker.topology import (
     agency_permissions,
     agency_topology,
     core_topology,
+    deal_lanes,
     definitions_json,
     inbox_queue,
     status_queue,
@@ -87,6 +88,22 @@ def test_every_submitted_message_reaches_one_lane_by_its_lane_header() -> None:
     assert len(set(LANE_QUEUES)) == LANES
     for name in LANE_QUEUES:
         assert topology.queue(name).arguments() == topology.queue(WORK_QUEUE).arguments()
+
+
+@pytest.mark.parametrize("connections", range(1, LANES + 1))
+def test_the_lanes_are_dealt_out_each_to_one_connection_evenly(connections: int) -> None:
+    dealt = deal_lanes(connections)
+    assert len(dealt) == connections
+    assert sorted(lane for hand in dealt for lane in hand) == sorted(LANE_QUEUES)
+    assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
+
+
+@pytest.mark.parametrize("connections", [0, LANES + 1])
+def test_lanes_cannot_be_dealt_to_no_connection_or_to_more_than_there_are_lanes(
+    connections: int,
+) -> None:
+    with pytest.raises(ValueError, match="1 to 16"):
+        deal_lanes(connections)
 
 
 def test_the_work_queue_is_not_bound_to_the_submit_exchange_beside_the_lanes() -> None:

@@ -1,0 +1,115 @@
+"""A worker process's broker connections: publishing apart, the lanes over connections of their own.
+
+The broker sends a connection's messages one after another: on a shared
+connection a 60 MiB message holds back every other lane's messages and the
+confirms of the worker's own publishing for the time it takes to send it.
+Read from the broker's management API, through a real worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from exchange.broker.admin import BrokerAdmin
+from exchange.broker.topology import BULK_QUEUE, LANE_QUEUES, LANES, WORK_QUEUE
+from exchange.settings import Settings
+from exchange.worker import run_workers
+from tests.exchange_fixtures import ExchangeUnderTest, wait_for
+
+pytestmark = pytest.mark.services
+
+
+@contextlib.asynccontextmanager
+async def worker_process(settings: Settings, count: int) -> AsyncIterator[None]:
+    """``run_workers`` with ``settings``, consuming for the duration of the block."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+
+    async def started(_: object) -> None:
+        ready.set()
+
+    task = asyncio.create_task(run_workers(settings, count=count, stop=stop, on_ready=started))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def consumers_by_connection(
+    exchange: ExchangeUnderTest, expected: int
+) -> dict[str, list[str]]:
+    """Client-given connection name -> the queues consumed over it, once ``expected`` consume."""
+    admin = BrokerAdmin.from_settings(exchange.settings)
+    vhost = urllib.parse.quote(exchange.vhost, safe="")
+    found: dict[str, list[str]] = {}
+
+    async def listed() -> tuple[bool, str]:
+        connections: list[dict[str, Any]] = await admin.request(
+            "GET", f"/vhosts/{vhost}/connections"
+        )
+        named = {c["name"]: c["client_properties"].get("connection_name", "") for c in connections}
+        consumers: list[dict[str, Any]] = await admin.request("GET", f"/consumers/{vhost}")
+        found.clear()
+        for name in named.values():
+            found[name] = []
+        for consumer in consumers:
+            connection = named.get(consumer["channel_details"]["connection_name"], "?")
+            found.setdefault(connection, []).append(consumer["queue"]["name"])
+        count = sum(len(queues) for queues in found.values())
+        return count >= expected, f"{count} of {expected} consumers listed"
+
+    await wait_for(listed, timeout=30)
+    return found
+
+
+async def test_a_worker_publishes_apart_and_reads_each_lane_over_a_connection_of_its_own(
+    exchange: ExchangeUnderTest,
+) -> None:
+    settings = exchange.worker_settings
+    assert settings.lane_connections == LANES
+    workers = 2
+
+    async with worker_process(settings, workers):
+        # Each worker: the work queue, the bulk queue and every lane.
+        found = await consumers_by_connection(exchange, workers * (2 + LANES))
+
+    assert found["lienthong-worker-publish"] == [], "the publishing connection consumes nothing"
+    assert sorted(found["lienthong-worker"]) == sorted([WORK_QUEUE, BULK_QUEUE] * workers)
+    lanes = {name: queues for name, queues in found.items() if "-lanes-" in name}
+    assert len(lanes) == LANES
+    # One lane a connection, consumed by each worker of the process.
+    assert sorted(queue for queues in lanes.values() for queue in set(queues)) == sorted(
+        LANE_QUEUES
+    )
+    assert all(len(queues) == workers and len(set(queues)) == 1 for queues in lanes.values())
+
+
+async def test_fewer_lane_connections_each_carry_their_share_of_the_lanes(
+    exchange: ExchangeUnderTest,
+) -> None:
+    settings = exchange.worker_settings.model_copy(update={"lane_connections": 3})
+
+    async with worker_process(settings, 1):
+        found = await consumers_by_connection(exchange, 2 + LANES)
+
+    lanes = {name: queues for name, queues in found.items() if "-lanes-" in name}
+    assert sorted(lanes) == [f"lienthong-worker-lanes-{n:02d}" for n in range(3)]
+    assert sorted(len(queues) for queues in lanes.values()) == [5, 5, 6]
+    assert sorted(q for queues in lanes.values() for q in queues) == sorted(LANE_QUEUES)
+    counted: defaultdict[str, int] = defaultdict(int)
+    for queues in found.values():
+        for queue in queues:
+            counted[queue] += 1
+    assert set(counted.values()) == {1}, "every queue consumed once"
