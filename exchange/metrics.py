@@ -186,9 +186,14 @@ CRL_EARLIEST_NEXT_UPDATE = Gauge(
 CRL_LISTS = Gauge("lienthong_crl_lists", "Revocation lists this worker process holds.")
 TRUST_RELOADS = Counter(
     "lienthong_trust_reloads_total",
-    "Reloads of the trust anchors and revocation lists (periodic or SIGHUP), by outcome "
-    "(ok, failed: the previous ones stay in use).",
+    "Reloads of the revocation lists (periodic), or of them, the trust anchors and the "
+    "receipt key (SIGHUP), by outcome (ok, failed: the previous ones stay in use).",
     ["outcome"],
+)
+RECEIPT_CERTIFICATE_EXPIRY = Gauge(
+    "lienthong_receipt_certificate_expiry_timestamp_seconds",
+    "When the certificate this worker process signs receipts with expires (Unix time; "
+    "0 when receipts are unsigned, development only).",
 )
 SEALS = Counter(
     "lienthong_seals_total",

@@ -1048,13 +1048,20 @@ def observe_revocations(revocations: Revocations) -> None:
     )
 
 
+def observe_receipt_signer(signer: ReceiptSigner | None) -> None:
+    """Set the receipt certificate's expiry gauge (0 without one: unsigned receipts)."""
+    expiry = 0.0 if signer is None else signer.certificate.not_valid_after_utc.timestamp()
+    metrics.RECEIPT_CERTIFICATE_EXPIRY.set(expiry)
+
+
 class TrustKeeper:
-    """The trust anchors and revocation lists of a worker process, reloaded while it runs.
+    """The trust anchors, revocation lists and receipt key of a worker process, reloaded as it runs.
 
     :meth:`reload` reads the files again and hands them to every worker's
-    checks; a message being inspected finishes with what it started with,
-    the next one uses the new. Files that cannot be read leave the previous
-    ones in use (logged, counted as a failed reload).
+    checks and ledger; a message being inspected finishes with what it
+    started with, the next one uses the new. Files that cannot be read, or a
+    receipt certificate not valid now, leave the previous ones in use
+    (logged, counted as a failed reload).
     """
 
     def __init__(self, settings: Settings, workers: Sequence[Worker]) -> None:
@@ -1063,21 +1070,32 @@ class TrustKeeper:
         self.workers = workers
 
     async def reload(self, *, trust: bool) -> bool:
-        """Read the revocation lists again (and the trust anchors, with ``trust``)."""
+        """Read the revocation lists again; with ``trust``, the trust anchors and receipt key too.
+
+        The receipt key and certificate are read again from the same files
+        (``LIENTHONG_RECEIPT_KEY``, ``LIENTHONG_RECEIPT_CERT``): the next
+        certificate is put in place of the current one before it expires.
+        """
         try:
             store = None
             if trust and self.settings.trust is not None:
                 TrustStore.forget(self.settings.trust)
                 store = TrustStore.load(self.settings.trust)
             revocations = load_revocations(self.settings)
+            signer = load_receipt_signer(self.settings) if trust else None
         except (OSError, ValueError) as error:
             metrics.TRUST_RELOADS.labels("failed").inc()
-            log.error("could not reload the trust anchors or revocation lists: %s", error)
+            log.error(
+                "could not reload the trust anchors, revocation lists or receipt key: %s", error
+            )
             return False
         for worker in self.workers:
             worker.check_cache.use(trust=store, revocations=revocations)
             if trust:
+                worker.ledger.signer = signer
                 await worker.directory.reload()
+        if trust:
+            observe_receipt_signer(signer)
         observe_revocations(revocations)
         metrics.TRUST_RELOADS.labels("ok").inc()
         stale = revocations.stale()
@@ -1090,7 +1108,7 @@ class TrustKeeper:
             )
         log.info(
             "reloaded %s%d revocation list(s)",
-            "the trust anchors and " if trust else "",
+            "the trust anchors, the receipt key and " if trust else "",
             len(revocations),
         )
         return True
@@ -1274,6 +1292,7 @@ async def run_workers(
             for _ in range(count)
         ]
         observe_revocations(revocations)
+        observe_receipt_signer(signer)
         watchdog = asyncio.create_task(watch(workers, connections, pool, stop, refresh_figures))
         keeper = asyncio.create_task(TrustKeeper(settings, workers).run(stop, reload_now))
         opened.callback(keeper.cancel)

@@ -11,21 +11,27 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import aio_pika
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client import REGISTRY
 
 from exchange import cli
 from exchange.benchmark.processes import lienthong_command
 from exchange.broker.topology import STATUS_EXCHANGE
 from exchange.demo import demo_document
+from exchange.pki import issue_exchange_certificate
 from exchange.receipts import RECEIPT_CONTENT_TYPE, ReceiptProblem, ReceiptSignatureError
 from exchange.status import TransportOutcome
 from tests.crash.supervisor import worker_env
-from tests.exchange_fixtures import ExchangeUnderTest
+from tests.exchange_fixtures import ExchangeUnderTest, wait_for
 from tests.integration.test_worker_start import only_line, run_to_end
 
 pytestmark = pytest.mark.services
@@ -135,6 +141,69 @@ async def test_the_published_certificate_is_the_one_in_the_receipts(
     assert sender.receipt_trust is not None
     signer = item.verify_receipt(sender.receipt_trust).signer  # the receipt's x5c
     assert published.stdout == signer.public_bytes(Encoding.PEM).decode()
+
+
+def _reloads(outcome: str) -> float:
+    return REGISTRY.get_sample_value("lienthong_trust_reloads_total", {"outcome": outcome}) or 0.0
+
+
+async def sighup_and_wait(outcome: str) -> None:
+    """SIGHUP this process (the workers run in it); wait until they reloaded, or failed to."""
+    assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None)
+    before = _reloads(outcome)
+    os.kill(os.getpid(), signal.SIGHUP)
+
+    async def reloaded() -> tuple[bool, str]:
+        return _reloads(outcome) > before, f"no {outcome} reload yet"
+
+    await wait_for(reloaded)
+
+
+def receipt_certificate_expiry() -> float | None:
+    return REGISTRY.get_sample_value("lienthong_receipt_certificate_expiry_timestamp_seconds")
+
+
+async def test_sighup_rolls_the_receipt_key_over_and_a_broken_pair_leaves_the_current_one(
+    exchange: ExchangeUnderTest, tmp_path: Path
+) -> None:
+    sender = await exchange.register(SENDER)
+    recipient = await exchange.register(RECIPIENT)
+    key, cert = exchange.settings.receipt_key, exchange.settings.receipt_cert
+    assert key is not None and cert is not None
+    first = x509.load_pem_x509_certificate(cert.read_bytes())
+    # The next pair: the same CA, a new key, a later end date.
+    following = issue_exchange_certificate(
+        exchange.local.ca, valid_for=timedelta(days=900), directory=tmp_path, stem="next"
+    )
+    number = 0
+
+    async def signer_of_the_next_receipt() -> x509.Certificate:
+        nonlocal number
+        number += 1
+        document = demo_document(sender, [recipient], number, "VPCP-TH", "Về việc đổi khoá")
+        async with sender.client() as client:
+            await client.send_document(document)
+        await exchange.wait_settled(number)
+        items = [i for i in await exchange.statuses_of(sender) if i.receipt is not None]
+        assert sender.receipt_trust is not None and len(items) == 1
+        return items[0].verify_receipt(sender.receipt_trust).signer
+
+    async with exchange.workers(1):
+        assert receipt_certificate_expiry() == first.not_valid_after_utc.timestamp()
+        assert await signer_of_the_next_receipt() == first
+
+        shutil.copyfile(tmp_path / "next.key.pem", key)
+        shutil.copyfile(tmp_path / "next.cert.pem", cert)
+        await sighup_and_wait("ok")
+        assert await signer_of_the_next_receipt() == following.certificate
+        expiry = following.certificate.not_valid_after_utc.timestamp()
+        assert receipt_certificate_expiry() == expiry
+
+        # A certificate that is not the key's: refused, the new pair stays in use.
+        cert.write_bytes(first.public_bytes(Encoding.PEM))
+        await sighup_and_wait("failed")
+        assert await signer_of_the_next_receipt() == following.certificate
+        assert receipt_certificate_expiry() == expiry
 
 
 async def test_the_client_refuses_a_receipt_the_exchange_did_not_sign(
