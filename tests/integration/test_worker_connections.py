@@ -60,16 +60,22 @@ async def consumers_by_connection(
 
     async def listed() -> tuple[bool, str]:
         opened: list[dict[str, Any]] = await admin.request("GET", f"/vhosts/{vhost}/connections")
-        named = {c["name"]: c["client_properties"].get("connection_name", "") for c in opened}
+        named = {
+            c["name"]: c.get("client_properties", {}).get("connection_name", "") for c in opened
+        }
         consumers: list[dict[str, Any]] = await admin.request("GET", f"/consumers/{vhost}")
         found.clear()
         for name in named.values():
             found[name] = []
         for consumer in consumers:
-            connection = named.get(consumer["channel_details"]["connection_name"], "?")
+            # Until the channel's statistics come in (every 5 s), the API
+            # gives [] for its details; after a restart, the connection may
+            # be listed later than its consumers.
+            details = consumer.get("channel_details")
+            on = details.get("connection_name") if isinstance(details, dict) else None
+            connection = named.get(on, "?") if on else "?"
             found.setdefault(connection, []).append(consumer["queue"]["name"])
         count = sum(len(queues) for queues in found.values())
-        # The API lists a consumer before its connection at times: look again.
         unknown = len(found.get("?", []))
         listed = len(named)
         return count >= expected and not unknown and listed >= connections, (
@@ -77,7 +83,7 @@ async def consumers_by_connection(
             f"listed, {unknown} consumers on a connection not listed yet"
         )
 
-    await wait_for(listed, timeout=30)
+    await wait_for(listed, timeout=60)
     return found
 
 
