@@ -47,7 +47,7 @@ from exchange.reasons import Reason, Rejection, with_problems
 from exchange.receipts import RECEIPT_CONTENT_TYPE, Receipt, ReceiptSigner, receipt_body
 from exchange.status import MessageKind, StatusCode, TransportOutcome
 from exchange.store import queries
-from exchange.store.db import Connection, Pool
+from exchange.store.db import Connection, Pool, again_on_conflict
 from exchange.store.records import Message, NewDocument, NewDocumentMessage, StoredDocument
 
 log = logging.getLogger("lienthong.ledger")
@@ -874,9 +874,13 @@ class GroupCommit:
 
     async def _set_flags(self, flags: list[_Flag]) -> None:
         error: Exception | None = None
-        try:
+
+        async def mark() -> None:
             async with self._pool.acquire() as conn:
                 await queries.mark_published_many(conn, [pk for pk, _ in flags])
+
+        try:
+            await again_on_conflict(mark)
         except Exception as failure:
             # Each of its messages fails as if its own flag could not be set:
             # it takes the retry path, and its effects are published again,
@@ -886,9 +890,17 @@ class GroupCommit:
             _settle(done, error=error)
 
     async def _together(self, group: list[_Pending]) -> list[Any]:
-        """Every message's writes in one transaction, no savepoints: the usual case."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            return [await pending.writes(conn) for pending in group]
+        """Every message's writes in one transaction, no savepoints: the usual case.
+
+        Run again when PostgreSQL aborted it for a deadlock with another
+        worker's group: nothing of it was written.
+        """
+
+        async def write() -> list[Any]:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return [await pending.writes(conn) for pending in group]
+
+        return await again_on_conflict(write)
 
     async def _separately(self, group: list[_Pending]) -> None:
         """One transaction, each message's writes in a savepoint: a failure stays its own."""

@@ -7,7 +7,10 @@ caller decides the transaction (the worker: one per message).
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncpg
@@ -25,6 +28,45 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 """A pool of connections to the system of record."""
+
+T = TypeVar("T")
+
+# A deadlock or a serialization failure aborts one of the transactions
+# involved, and PostgreSQL expects the application to run it again. Two
+# workers meet so when one marks a batch of messages published (their
+# deliveries, in the database's order) while the other takes the same
+# deliveries one by one for the statuses of a group.
+CONFLICT_ATTEMPTS = 4
+CONFLICT_PAUSE_S = 0.02
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether PostgreSQL aborted a transaction as a deadlock's or a serialization's victim."""
+    return isinstance(
+        error,
+        asyncpg.exceptions.DeadlockDetectedError | asyncpg.exceptions.SerializationError,
+    )
+
+
+async def again_on_conflict(
+    run: Callable[[], Awaitable[T]], *, attempts: int = CONFLICT_ATTEMPTS
+) -> T:
+    """``run()``, run again when PostgreSQL aborted it for a conflict (:func:`is_conflict`).
+
+    ``run`` opens its own transaction (or is one statement): nothing of an
+    aborted attempt is left. Up to ``attempts`` in all, after a random pause
+    that grows with each, so that the two sides of a deadlock do not meet
+    again; the last conflict is raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await run()
+        except Exception as error:
+            if attempt == attempts or not is_conflict(error):
+                raise
+        pause = random.uniform(0.5, 1.5) * CONFLICT_PAUSE_S * attempt  # noqa: S311 (a jitter)
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 async def create_pool(settings: Settings, *, dsn: str | None = None) -> Pool:
