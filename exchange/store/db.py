@@ -58,15 +58,15 @@ async def again_on_conflict(
     that grows with each, so that the two sides of a deadlock do not meet
     again; the last conflict is raised.
     """
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return await run()
         except Exception as error:
-            if attempt == attempts or not is_conflict(error):
+            if not is_conflict(error):
                 raise
         pause = random.uniform(0.5, 1.5) * CONFLICT_PAUSE_S * attempt  # noqa: S311 (a jitter)
         await asyncio.sleep(pause)
-    raise AssertionError("unreachable")
+    return await run()
 
 
 async def create_pool(settings: Settings, *, dsn: str | None = None) -> Pool:

@@ -8,43 +8,17 @@ Read from the broker's management API, through a real worker.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import urllib.parse
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from exchange.broker.admin import BrokerAdmin
 from exchange.broker.topology import BULK_QUEUE, LANE_QUEUES, LANES, WORK_QUEUE
-from exchange.settings import Settings
-from exchange.worker import run_workers
 from tests.exchange_fixtures import ExchangeUnderTest, wait_for
 
 pytestmark = pytest.mark.services
-
-
-@contextlib.asynccontextmanager
-async def worker_process(settings: Settings, count: int) -> AsyncIterator[None]:
-    """``run_workers`` with ``settings``, consuming for the duration of the block."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-
-    async def started(_: object) -> None:
-        ready.set()
-
-    task = asyncio.create_task(run_workers(settings, count=count, stop=stop, on_ready=started))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        task.result()
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def consumers_by_connection(
@@ -90,11 +64,10 @@ async def consumers_by_connection(
 async def test_a_worker_publishes_apart_and_reads_each_lane_over_a_connection_of_its_own(
     exchange: ExchangeUnderTest,
 ) -> None:
-    settings = exchange.worker_settings
-    assert settings.lane_connections == LANES
+    assert exchange.settings.lane_connections == LANES
     workers = 2
 
-    async with worker_process(settings, workers):
+    async with exchange.workers(workers):
         # Each worker: the work queue, the bulk queue and every lane.
         found = await consumers_by_connection(exchange, workers * (2 + LANES), 2 + LANES)
 
@@ -112,9 +85,9 @@ async def test_a_worker_publishes_apart_and_reads_each_lane_over_a_connection_of
 async def test_fewer_lane_connections_each_carry_their_share_of_the_lanes(
     exchange: ExchangeUnderTest,
 ) -> None:
-    settings = exchange.worker_settings.model_copy(update={"lane_connections": 3})
+    exchange.local.settings = exchange.settings.model_copy(update={"lane_connections": 3})
 
-    async with worker_process(settings, 1):
+    async with exchange.workers(1):
         found = await consumers_by_connection(exchange, 2 + LANES, 2 + 3)
 
     lanes = {name: queues for name, queues in found.items() if "-lanes-" in name}
